@@ -1,0 +1,580 @@
+"""Datasets as numpy arrays, and the label-efficient splits built on them.
+
+Every loader returns a :class:`Dataset` of float32 inputs and int32 labels:
+images are ``(N, H, W, 1)`` channels-last in ``[0, 1]``, 1-D signals ``(N, L, 1)``.
+Nothing here touches a device; the training code decides what to put where.
+
+- ``digits`` and ``mnist1d`` are built locally (scikit-learn, the ``mnist1d``
+  generator), so they always work offline.
+- ``fashion_mnist`` and ``mnist`` read the classic IDX files from disk
+  (see :func:`fashion_mnist` for where they are looked for) and download them
+  only when asked to with ``download=True``, checking SHA-256 digests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import importlib.metadata
+import io
+import json
+import logging
+import math
+import operator
+import os
+import random
+import struct
+import urllib.request
+import uuid
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "DATASETS",
+    "MIRRORS",
+    "SHA256",
+    "DataNotFoundError",
+    "Dataset",
+    "IDXFormatError",
+    "cache_dir",
+    "digits",
+    "fashion_mnist",
+    "labeled_split",
+    "load",
+    "mnist",
+    "mnist1d",
+    "read_idx",
+    "resize_images",
+    "validation_split",
+    "write_idx",
+]
+
+log = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A dataset's files are in none of the places looked at (or could not be downloaded)."""
+
+
+class IDXFormatError(ValueError):
+    """A file is not a well-formed IDX file."""
+
+
+# --------------------------------------------------------------------------- Dataset
+
+
+# eq=False: the generated __eq__ would compare arrays elementwise and fail on `bool(...)`;
+# identity equality (and hashing) is what a bundle of large arrays wants.
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A train/test pair of a classification dataset, as numpy arrays."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    source: str
+
+    def __post_init__(self) -> None:
+        for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+            if len(x) != len(y):
+                raise ValueError(f"{self.name}: x_{split} has {len(x)} examples but y_{split} has {len(y)} labels")
+            if len(y) and not (0 <= y.min() and y.max() < self.num_classes):
+                raise ValueError(
+                    f"{self.name}: y_{split} has labels in {y.min()}..{y.max()}, "
+                    f"but there are {self.num_classes} class names (labels 0..{self.num_classes - 1})"
+                )
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise ValueError(
+                f"{self.name}: train inputs have shape {self.x_train.shape[1:]} but test inputs {self.x_test.shape[1:]}"
+            )
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.x_train.shape[1:]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, classes: Sequence[int]) -> Dataset:
+        """Keep only ``classes``; label ``classes[i]`` becomes ``i``.
+
+        The order of ``classes`` sets the new labels, so ``subset([5, 6, 7, 8, 9])``
+        gives a 5-class dataset for class-split transfer from ``subset([0, 1, 2, 3, 4])``.
+        """
+        classes = [operator.index(c) for c in classes]  # ints only: a float label is a bug upstream
+        valid = range(self.num_classes)
+        if not classes or len(set(classes)) != len(classes) or any(c not in valid for c in classes):
+            raise ValueError(
+                f"classes={classes} must be a non-empty list of distinct labels in 0..{self.num_classes - 1}"
+            )
+        new_label = np.full(self.num_classes, -1, dtype=np.int32)
+        new_label[classes] = np.arange(len(classes), dtype=np.int32)
+
+        def keep(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            mask = new_label[y] >= 0
+            return x[mask], new_label[y[mask]]
+
+        x_train, y_train = keep(self.x_train, self.y_train)
+        x_test, y_test = keep(self.x_test, self.y_test)
+        return Dataset(
+            name=f"{self.name}[{','.join(map(str, classes))}]",
+            x_train=x_train,
+            y_train=y_train,
+            x_test=x_test,
+            y_test=y_test,
+            class_names=tuple(self.class_names[c] for c in classes),
+            source=self.source,
+        )
+
+
+_DIGIT_NAMES = tuple(str(d) for d in range(10))
+_FASHION_MNIST_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- small local datasets
+
+
+def digits(*, test_size: float = 0.25, seed: int = 0) -> Dataset:
+    """scikit-learn's 8x8 digits (1797 images), with its usual stratified 25% test split."""
+    # scikit-learn takes ~2 s to import; only pay for it when digits are asked for.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[..., None]
+    y = bunch.target.astype(np.int32)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
+    return Dataset("digits", x_train, y_train, x_test, y_test, _DIGIT_NAMES, "sklearn.datasets.load_digits")
+
+
+def mnist1d(*, seed: int = 42) -> Dataset:
+    """MNIST-1D made by its package's generator with default arguments: 4000 train / 1000 test signals, length 40.
+
+    The arrays are cached in ``cache_dir()/mnist1d``, keyed by the generator's arguments and version.
+    """
+    # mnist1d.data imports matplotlib (~1 s); keep it out of `import lab.data`.
+    import mnist1d.data
+
+    args = mnist1d.data.get_dataset_args()
+    args.seed = seed
+    key = json.dumps({"args": vars(args), "mnist1d": importlib.metadata.version("mnist1d")}, sort_keys=True)
+    path = cache_dir() / "mnist1d" / f"mnist1d-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    if path.exists():
+        with np.load(path) as cached:
+            arrays = {name: cached[name] for name in cached.files}
+    else:
+        # make_dataset reseeds numpy's and Python's global RNGs; don't let that leak to the caller.
+        with _global_rng_restored():
+            generated = mnist1d.data.make_dataset(args)
+        arrays = {
+            "x_train": generated["x"].astype(np.float32)[..., None],
+            "y_train": generated["y"].astype(np.int32),
+            "x_test": generated["x_test"].astype(np.float32)[..., None],
+            "y_test": generated["y_test"].astype(np.int32),
+        }
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        _write_atomic(path, buffer.getvalue())
+    return Dataset("mnist1d", **arrays, class_names=_DIGIT_NAMES, source=f"mnist1d.data.make_dataset(seed={seed})")
+
+
+@contextlib.contextmanager
+def _global_rng_restored() -> Iterator[None]:
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+
+
+def cache_dir() -> Path:
+    """Where generated and downloaded data is kept: ``$LAB_CACHE``, else ``~/.cache/lab``."""
+    return Path(os.environ.get("LAB_CACHE") or Path.home() / ".cache" / "lab").expanduser()
+
+
+# --------------------------------------------------------------------------- IDX files
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_IDX_DTYPES = {
+    0x08: np.dtype("u1"),
+    0x09: np.dtype("i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_IDX_CODES = {(dtype.kind, dtype.itemsize): code for code, dtype in _IDX_DTYPES.items()}
+_IDX_ALLOWED = ", ".join(f"0x{code:02x} ({dtype.name})" for code, dtype in _IDX_DTYPES.items())
+
+
+def read_idx(path: PathLike) -> np.ndarray:
+    """Read an IDX file (raw or gzip-compressed, told apart by content) into a native-endian array."""
+    path = Path(path)
+    data = _gunzip_if_gzip(path.read_bytes(), str(path))
+    if len(data) < 4:
+        raise IDXFormatError(f"{path}: truncated IDX header ({len(data)} bytes, need at least 4)")
+    if data[:2] != b"\0\0":
+        raise IDXFormatError(
+            f"{path}: bad magic number 0x{data[:4].hex()}; an IDX file starts with two zero bytes, "
+            "a type code and the number of dimensions (e.g. 0x00000803 for uint8 images)"
+        )
+    code, ndim = data[2], data[3]
+    if code not in _IDX_DTYPES:
+        raise IDXFormatError(f"{path}: unknown IDX data type code 0x{code:02x}; allowed: {_IDX_ALLOWED}")
+    dtype = _IDX_DTYPES[code]
+    header_size = 4 + 4 * ndim
+    if len(data) < header_size:
+        raise IDXFormatError(f"{path}: truncated IDX header ({len(data)} bytes, {ndim} dimensions need {header_size})")
+    shape = struct.unpack(f">{ndim}I", data[4:header_size])
+    expected, found = math.prod(shape) * dtype.itemsize, len(data) - header_size
+    if found != expected:
+        problem = "truncated" if found < expected else "has trailing bytes"
+        raise IDXFormatError(
+            f"{path}: file {problem}: shape {shape} of {dtype.name} needs {expected} data bytes, found {found}"
+        )
+    return np.frombuffer(data, dtype, offset=header_size).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: PathLike, array: np.ndarray) -> None:
+    """Write ``array`` as an IDX file, gzip-compressed if ``path`` ends with ``.gz``; atomic."""
+    path = Path(path)
+    array = np.asarray(array)
+    code = _IDX_CODES.get((array.dtype.kind, array.dtype.itemsize))
+    if code is None:
+        raise ValueError(f"cannot store dtype {array.dtype} in IDX file {path}; allowed: {_IDX_ALLOWED}")
+    if array.ndim > 255 or any(n >= 2**32 for n in array.shape):
+        raise ValueError(f"cannot store shape {array.shape} in IDX file {path}: at most 255 dimensions below 2**32")
+    header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(_IDX_DTYPES[code]).tobytes()
+    # mtime=0 makes the .gz bytes depend on the content only.
+    _write_atomic(path, gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
+
+
+def _gunzip_if_gzip(data: bytes, origin: str) -> bytes:
+    if data[:2] != _GZIP_MAGIC:
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as err:
+        raise IDXFormatError(f"{origin}: corrupt gzip data ({err})") from err
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same directory, so readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not tempfile.mkstemp: its files are private (0600); open(..., "x") keeps the user's umask.
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+    try:
+        with open(temp, "xb") as file:
+            file.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- MNIST-style datasets
+
+# The four files of an MNIST-style dataset, by the Dataset field they fill.
+_IDX_STEMS = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+# Base URLs, overridable per call (`mirror=`) or by $LAB_MIRROR_MNIST / $LAB_MIRROR_FASHION_MNIST.
+MIRRORS = {
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+}
+
+# SHA-256 of the decompressed files: gzip wrappers differ between mirrors, the content does not.
+SHA256 = {
+    "mnist": {
+        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+}
+
+
+@dataclass(frozen=True)
+class _IDXDataset:
+    name: str  # the folder name under $LAB_DATA and the cache, and the key of MIRRORS and SHA256
+    title: str
+    loader: str  # the public function, for hints in error messages
+    class_names: tuple[str, ...]
+    lab_data_dirs: tuple[str, ...]  # folder names accepted under $LAB_DATA
+    system_dirs: tuple[Path, ...]
+    install_hint: str | None
+
+
+_MNIST = _IDXDataset("mnist", "MNIST", "mnist", _DIGIT_NAMES, ("mnist",), (), None)
+_FASHION_MNIST = _IDXDataset(
+    "fashion-mnist",
+    "Fashion-MNIST",
+    "fashion_mnist",
+    _FASHION_MNIST_NAMES,
+    ("fashion-mnist", "fashion_mnist"),
+    (Path("/usr/share/datasets/fashion-mnist"),),
+    "apt-get install dataset-fashion-mnist  (Debian/Ubuntu; installs /usr/share/datasets/fashion-mnist)",
+)
+
+
+def fashion_mnist(
+    *, data_dir: PathLike | None = None, download: bool = False, mirror: str | None = None
+) -> Dataset:
+    """Zalando's Fashion-MNIST: 60000 train / 10000 test 28x28 images of 10 kinds of clothing.
+
+    With ``data_dir``, the IDX files are read from there (and downloaded into it with
+    ``download=True``). Otherwise the first directory holding all four files wins, of:
+    ``$LAB_DATA/fashion-mnist``, ``$LAB_DATA/fashion_mnist``, ``/usr/share/datasets/fashion-mnist``
+    (Debian's ``dataset-fashion-mnist``), ``cache_dir()/fashion-mnist``; ``download=True`` downloads
+    into the last when none does. File names may be ``train-images-idx3-ubyte`` or
+    ``train-images.idx3-ubyte``, each raw or ``.gz``.
+    """
+    return _load_idx_dataset(_FASHION_MNIST, data_dir, download, mirror)
+
+
+def mnist(*, data_dir: PathLike | None = None, download: bool = False, mirror: str | None = None) -> Dataset:
+    """LeCun et al.'s MNIST: 60000 train / 10000 test 28x28 handwritten digits.
+
+    Looked for like :func:`fashion_mnist`, in ``data_dir`` if given, else ``$LAB_DATA/mnist`` then
+    ``cache_dir()/mnist``.
+    """
+    return _load_idx_dataset(_MNIST, data_dir, download, mirror)
+
+
+def _load_idx_dataset(spec: _IDXDataset, data_dir: PathLike | None, download: bool, mirror: str | None) -> Dataset:
+    # An explicit data_dir is the only place looked at: silently reading another copy would hide a wrong path.
+    directories = [Path(data_dir).expanduser()] if data_dir is not None else _search_dirs(spec)
+    for directory in directories:
+        files = _find_idx_files(directory)
+        if len(files) == len(_IDX_STEMS):
+            return _read_idx_dataset(spec, directory, files)
+    if not download:
+        raise DataNotFoundError(_not_found_message(spec, directories, explicit=data_dir is not None))
+    target = directories[0] if data_dir is not None else cache_dir() / spec.name
+    _download(spec, target, mirror)
+    return _read_idx_dataset(spec, target, _find_idx_files(target))
+
+
+def _search_dirs(spec: _IDXDataset) -> list[Path]:
+    lab_data = os.environ.get("LAB_DATA")
+    from_env = [Path(lab_data).expanduser() / name for name in spec.lab_data_dirs] if lab_data else []
+    return [*from_env, *spec.system_dirs, cache_dir() / spec.name]
+
+
+def _find_idx_files(directory: Path) -> dict[str, Path]:
+    """Those of the four files present in ``directory``, by stem, under the first name variant found."""
+    found = {}
+    for stem in _IDX_STEMS.values():
+        dotted = stem.replace("-idx", ".idx")  # e.g. train-images.idx3-ubyte
+        paths = [directory / name for name in (stem, f"{stem}.gz", dotted, f"{dotted}.gz")]
+        path = next((path for path in paths if path.is_file()), None)
+        if path is not None:
+            found[stem] = path
+    return found
+
+
+def _not_found_message(spec: _IDXDataset, directories: list[Path], explicit: bool) -> str:
+    lines = [f"{spec.title} not found. Looked in:"]
+    for directory in directories:
+        if not directory.is_dir():
+            status = "no such directory"
+        else:
+            present = _find_idx_files(directory)
+            missing = [stem for stem in _IDX_STEMS.values() if stem not in present]
+            status = f"missing {', '.join(missing)}"
+        lines.append(f"  - {directory}  ({status})")
+    if explicit:
+        lines += [
+            "Put the four IDX files there (names like train-images-idx3-ubyte or train-images.idx3-ubyte, raw or .gz),",
+            f"or download them into it: lab.data.{spec.loader}(data_dir=..., download=True).",
+        ]
+        return "\n".join(lines)
+    if not os.environ.get("LAB_DATA"):
+        lines.append(f"  - $LAB_DATA/{spec.name}  (LAB_DATA is not set)")
+    lines.append("To get it, do one of:")
+    if spec.install_hint:
+        lines.append(f"  - {spec.install_hint}")
+    lines += [
+        f"  - put the four IDX files in <dir>/{spec.name}/ and set LAB_DATA=<dir>",
+        f"  - download it into {cache_dir() / spec.name}: lab.data.{spec.loader}(download=True)"
+        f" or lab.data.load({spec.loader!r}, download=True)",
+    ]
+    return "\n".join(lines)
+
+
+def _download(spec: _IDXDataset, target: Path, mirror: str | None) -> None:
+    """Fetch the files missing from ``target``, refusing any whose content fails its SHA-256 check."""
+    env_var = f"LAB_MIRROR_{spec.name.upper().replace('-', '_')}"
+    base = mirror or os.environ.get(env_var) or MIRRORS[spec.name]
+    present = _find_idx_files(target)
+    for stem in _IDX_STEMS.values():
+        if stem in present:
+            continue
+        url = f"{base.rstrip('/')}/{stem}.gz"
+        log.info("downloading %s", url)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                payload = response.read()
+        except OSError as err:
+            raise DataNotFoundError(f"could not download {spec.title} from {url}: {err}") from err
+        actual = hashlib.sha256(_gunzip_if_gzip(payload, url)).hexdigest()
+        expected = SHA256[spec.name][stem]
+        if actual != expected:
+            raise ValueError(
+                f"checksum mismatch for {url}: expected SHA-256 {expected}, got {actual} "
+                f"(of the decompressed content); not saved. Check the mirror ({base}, ${env_var})."
+            )
+        # Saved as served: read_idx tells gzip from raw by content, the name just says which it is.
+        _write_atomic(target / (f"{stem}.gz" if payload[:2] == _GZIP_MAGIC else stem), payload)
+
+
+def _read_idx_dataset(spec: _IDXDataset, directory: Path, files: dict[str, Path]) -> Dataset:
+    arrays: dict[str, np.ndarray] = {}
+    for split in ("train", "test"):
+        images_path, labels_path = files[_IDX_STEMS[f"x_{split}"]], files[_IDX_STEMS[f"y_{split}"]]
+        images, labels = read_idx(images_path), read_idx(labels_path)
+        _check_uint8(images, 3, "(count, height, width) images", images_path)
+        _check_uint8(labels, 1, "labels", labels_path)
+        if len(images) != len(labels):
+            raise ValueError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
+        out_of_range = np.flatnonzero(labels >= len(spec.class_names))
+        if out_of_range.size:
+            first = out_of_range[0]
+            raise ValueError(
+                f"{labels_path}: label {labels[first]} at index {first} is out of range; "
+                f"{spec.title} labels are 0..{len(spec.class_names) - 1}"
+            )
+        arrays[f"x_{split}"] = (images.astype(np.float32) / 255.0)[..., None]
+        arrays[f"y_{split}"] = labels.astype(np.int32)
+    return Dataset(spec.name.replace("-", "_"), **arrays, class_names=spec.class_names, source=str(directory))
+
+
+def _check_uint8(array: np.ndarray, ndim: int, what: str, path: Path) -> None:
+    if array.dtype != np.uint8 or array.ndim != ndim:
+        raise ValueError(f"{path}: expected {ndim}-D uint8 {what}, found {array.ndim}-D {array.dtype}")
+
+
+# --------------------------------------------------------------------------- splits and transforms
+
+
+def labeled_split(y: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pick exactly ``per_class`` examples of each class to keep labeled.
+
+    Returns sorted, disjoint ``(labeled_idx, unlabeled_idx)`` covering ``range(len(y))``;
+    the same ``seed`` always picks the same examples.
+    """
+    y = np.asarray(y)
+    classes, counts = _class_counts(y)
+    smallest = int(np.argmin(counts))
+    if not isinstance(per_class, int | np.integer) or not 1 <= per_class <= counts[smallest]:
+        raise ValueError(
+            f"per_class={per_class} must be between 1 and {counts[smallest]}, the size of the smallest class "
+            f"(class {classes[smallest]} has {counts[smallest]} examples)"
+        )
+    return _take_per_class(y, classes, np.full_like(counts, per_class), seed)
+
+
+def validation_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out ``fraction`` of each class (rounded to the nearest count) for validation.
+
+    Returns sorted, disjoint ``(train_idx, val_idx)`` covering ``range(len(y))``.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction={fraction} must be strictly between 0 and 1")
+    y = np.asarray(y)
+    classes, counts = _class_counts(y)
+    val_idx, train_idx = _take_per_class(y, classes, np.rint(fraction * counts).astype(int), seed)
+    if val_idx.size == 0 or train_idx.size == 0:
+        raise ValueError(
+            f"fraction={fraction} of {len(train_idx) + len(val_idx)} examples leaves "
+            f"the {'validation' if val_idx.size == 0 else 'training'} set empty"
+        )
+    return train_idx, val_idx
+
+
+def _class_counts(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if y.ndim != 1 or y.size == 0 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"y must be a non-empty 1-D array of integer labels, got shape {y.shape} of {y.dtype}")
+    return np.unique(y, return_counts=True)
+
+
+def _take_per_class(
+    y: np.ndarray, classes: np.ndarray, take: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(taken, rest): ``take[i]`` random indices of class ``classes[i]``, and all the others; both sorted."""
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take, strict=True)]
+    taken = np.sort(np.concatenate(chosen))
+    return taken, np.setdiff1d(np.arange(len(y)), taken, assume_unique=True)
+
+
+def resize_images(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area-resize ``(N, H, W, C)`` images to ``size = (height, width)``.
+
+    Each output pixel is the mean of the input area it covers (fractional pixels weighted
+    by overlap), so 28x28 MNIST can be shrunk to the 8x8 of ``digits`` without aliasing,
+    a constant image stays constant, and values never leave the input's range.
+    """
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"x must be (N, H, W, C) images, got shape {x.shape}")
+    if len(size) != 2 or not all(isinstance(n, int | np.integer) and n >= 1 for n in size):
+        raise ValueError(f"size={size} must be a (height, width) pair of positive integers")
+    rows, cols = _area_weights(x.shape[1], size[0]), _area_weights(x.shape[2], size[1])
+    resized = np.einsum("ih,nhwc,jw->nijc", rows, x.astype(np.float32, copy=False), cols, optimize=True)
+    # Weighted means lie within the input's range up to float32 rounding; clip that rounding away.
+    return np.clip(resized, x.min(), x.max()) if x.size else resized
+
+
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix: output pixel i averages input span [i, i+1) * n_in / n_out."""
+    edges = np.arange(n_out + 1) * (n_in / n_out)
+    pixel = np.arange(n_in)
+    overlap = np.minimum(edges[1:, None], pixel + 1) - np.maximum(edges[:-1, None], pixel)
+    weights = np.clip(overlap, 0, None)
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- by name
+
+_LOADERS: dict[str, Callable[..., Dataset]] = {
+    "digits": digits,
+    "mnist1d": mnist1d,
+    "fashion_mnist": fashion_mnist,
+    "mnist": mnist,
+}
+DATASETS = tuple(_LOADERS)
+
+
+def load(name: str, **kwargs: object) -> Dataset:
+    """Load a dataset by name (one of :data:`DATASETS`); ``kwargs`` go to its loader."""
+    if name not in _LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    return _LOADERS[name](**kwargs)
