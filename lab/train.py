@@ -1,0 +1,566 @@
+"""Training as a library: a pytree train state, pure jit-able steps and a fused fit loop.
+
+The model is a Flax NNX module, but everything compiled here is a pure function of
+pytrees: the module is split once into a static ``graphdef`` (one for train mode,
+one for eval mode) and its ``nnx.State`` halves (``params`` and the rest: BatchNorm
+statistics, dropout RNG counters). ``jax.jit``, ``lax.scan``, ``jax.vmap`` and
+``jax.shard_map`` therefore apply directly.
+
+What a step minimises is an :class:`Objective`; supervised cross-entropy is one and
+the semi-supervised methods in :mod:`lab.ssl` are others, all sharing this loop.
+Batches are drawn *inside* compiled code from data kept on device: every step
+indexes a per-epoch permutation derived from ``(seed, pool, epoch)``, so the
+batch sequence depends only on the seed and the step number. That makes resuming
+from a checkpoint, running seeds side by side with ``vmap`` and running data
+parallel give the same numbers as one uninterrupted single-device run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm as std_tqdm
+from tqdm.auto import tqdm
+
+from lab import losses, metrics
+
+PyTree = Any
+Pools = Mapping[str, Mapping[str, jax.Array]]
+
+
+# --------------------------------------------------------------------------- state
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training, as one pytree."""
+
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: nnx.State
+    model_state: nnx.State  # non-parameter variables: BatchNorm statistics, RNG streams
+    opt_state: optax.OptState
+    key: jax.Array  # raw uint32 PRNG key; batch draws and objective noise fold in the step
+    extra: PyTree = None  # objective-specific state, e.g. an EMA teacher
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A split NNX module: static graph definitions for train and eval mode."""
+
+    train_graph: nnx.GraphDef
+    eval_graph: nnx.GraphDef
+
+    @classmethod
+    def split(cls, module: nnx.Module) -> tuple[Model, nnx.State, nnx.State]:
+        """Split ``module`` into (Model, params, model_state)."""
+        module.eval()
+        eval_graph, _, _ = nnx.split(module, nnx.Param, ...)
+        module.train()
+        train_graph, params, model_state = nnx.split(module, nnx.Param, ...)
+        return cls(train_graph, eval_graph), params, model_state
+
+    def bind(self, params: nnx.State, model_state: nnx.State, *, train: bool) -> nnx.Module:
+        return nnx.merge(self.train_graph if train else self.eval_graph, params, model_state)
+
+
+def create_train_state(
+    params: nnx.State, model_state: nnx.State, tx: optax.GradientTransformation, seed: int, extra: PyTree = None
+) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+        key=jax.random.PRNGKey(seed),
+        extra=extra,
+    )
+
+
+# ---------------------------------------------------------------------- objectives
+
+
+class Objective:
+    """What a training step minimises.
+
+    Subclasses implement :meth:`loss`; :meth:`init_extra` and :meth:`after_update`
+    carry objective-specific state (an EMA teacher, adaptive thresholds) through
+    ``TrainState.extra``. ``batch_sizes`` names the data pools a step draws from.
+    """
+
+    def batch_sizes(self, batch_size: int) -> dict[str, int]:
+        return {"labeled": batch_size}
+
+    def init_extra(self, params: nnx.State, model_state: nnx.State) -> PyTree:
+        return None
+
+    def loss(self, model: nnx.Module, batch: Pools, key: jax.Array, extra: PyTree, step: jax.Array):
+        """Return ``(scalar loss, dict of scalar metrics, new extra)``."""
+        raise NotImplementedError
+
+    def after_update(self, extra: PyTree, params: nnx.State, model_state: nnx.State, step: jax.Array) -> PyTree:
+        return extra
+
+
+@dataclasses.dataclass(frozen=True)
+class Supervised(Objective):
+    """Softmax cross-entropy on the labeled pool."""
+
+    label_smoothing: float = 0.0
+
+    def loss(self, model, batch, key, extra, step):
+        labeled = batch["labeled"]
+        logits = model(labeled["x"])
+        loss = losses.softmax_cross_entropy(logits, labeled["y"], label_smoothing=self.label_smoothing)
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == labeled["y"])
+        return loss, {"loss": loss, "accuracy": accuracy}, extra
+
+
+# -------------------------------------------------------------------------- steps
+
+
+def draw_batch(pools: Pools, batch_sizes: Mapping[str, int], key: jax.Array, step: jax.Array) -> Pools:
+    """Draw one batch per pool: slice ``step`` of a fresh permutation each epoch.
+
+    A pool is a dict of equally long arrays (``x``, ``y``, ...). If it holds an
+    ``index`` array, the pool is the rows of the other arrays that ``index`` names:
+    several seeds can then share one copy of the data, each with its own index.
+    Sampling is without replacement within an epoch; the last incomplete batch of an
+    epoch is dropped. A pool smaller than its batch size is sampled with wrap-around.
+    """
+    batch = {}
+    for pool_index, (name, size) in enumerate(sorted(batch_sizes.items())):
+        pool = dict(pools[name])
+        rows = pool.pop("index", None)
+        n = next(iter(pool.values())).shape[0] if rows is None else rows.shape[0]
+        batches_per_epoch = max(n // size, 1)
+        epoch, position = jnp.divmod(step, batches_per_epoch)
+        pool_key = jax.random.fold_in(jax.random.fold_in(key, pool_index), epoch)
+        permutation = jax.random.permutation(pool_key, n)
+        chosen = jnp.take(permutation, position * size + jnp.arange(size), mode="wrap")
+        if rows is not None:
+            chosen = jnp.take(rows, chosen)
+        batch[name] = {field: jnp.take(array, chosen, axis=0) for field, array in pool.items()}
+    return batch
+
+
+def shard_batch(batch: Pools, axis_name: str) -> Pools:
+    """This device's contiguous slice of a global batch (inside ``shard_map``)."""
+    count = jax.lax.axis_size(axis_name)
+    index = jax.lax.axis_index(axis_name)
+
+    def local(array):
+        size = array.shape[0] // count
+        return jax.lax.dynamic_slice_in_dim(array, index * size, size)
+
+    return jax.tree.map(local, batch)
+
+
+def train_step(
+    state: TrainState,
+    batch: Pools,
+    *,
+    model: Model,
+    tx: optax.GradientTransformation,
+    objective: Objective,
+    axis_name: str | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step. With ``axis_name`` (inside ``shard_map``), gradients,
+    metrics and BatchNorm statistics are averaged over that axis like ``pmap`` did."""
+    key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.step)
+
+    def loss_fn(params):
+        module = model.bind(params, state.model_state, train=True)
+        loss, step_metrics, extra = objective.loss(module, batch, key, state.extra, state.step)
+        _, _, model_state = nnx.split(module, nnx.Param, ...)
+        return loss, (step_metrics, extra, model_state)
+
+    grads, (step_metrics, extra, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
+    if axis_name is not None:
+        grads, step_metrics = jax.lax.pmean((grads, step_metrics), axis_name)
+        # Average the float statistics (BatchNorm); RNG keys and counters are the same everywhere.
+        model_state = jax.tree.map(
+            lambda v: jax.lax.pmean(v, axis_name) if jnp.issubdtype(v.dtype, jnp.floating) else v, model_state
+        )
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    extra = objective.after_update(extra, params, model_state, state.step)
+    new_state = state.replace(
+        step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state, extra=extra
+    )
+    return new_state, step_metrics
+
+
+def make_train_chunk(
+    model: Model,
+    tx: optax.GradientTransformation,
+    objective: Objective,
+    batch_size: int,
+    num_steps: int,
+    *,
+    axis_name: str | None = None,
+) -> Callable[[TrainState, Pools], tuple[TrainState, dict[str, jax.Array]]]:
+    """``chunk(state, pools) -> (state, per-step metrics)``: ``num_steps`` fused steps.
+
+    A non-finite loss halts the chunk: that step and every later one leave the state
+    untouched, so the returned state is the last finite one (``metrics['halted']``).
+    """
+    batch_sizes = objective.batch_sizes(batch_size)
+
+    def chunk(state: TrainState, pools: Pools):
+        def body(carry, _):
+            state, halted = carry
+            batch = draw_batch(pools, batch_sizes, state.key, state.step)
+            if axis_name is not None:
+                batch = shard_batch(batch, axis_name)
+            new_state, step_metrics = train_step(
+                state, batch, model=model, tx=tx, objective=objective, axis_name=axis_name
+            )
+            halted = halted | ~jnp.isfinite(step_metrics["loss"])
+            state = jax.tree.map(lambda old, new: jnp.where(halted, old, new), state, new_state)
+            return (state, halted), {**step_metrics, "halted": halted}
+
+        (state, _), step_metrics = jax.lax.scan(body, (state, jnp.zeros((), bool)), length=num_steps)
+        return state, step_metrics
+
+    return chunk
+
+
+def predict(model: Model, params: nnx.State, model_state: nnx.State, x: jax.Array, batch_size: int = 1024) -> jax.Array:
+    """Eval-mode logits for all of ``x``, computed in fixed-size batches with ``lax.map``."""
+    n = x.shape[0]
+    batches = math.ceil(n / batch_size)
+    padded = jnp.pad(x, [(0, batches * batch_size - n)] + [(0, 0)] * (x.ndim - 1))
+
+    def logits(xb):
+        return model.bind(params, model_state, train=False)(xb)
+
+    out = jax.lax.map(logits, padded.reshape(batches, batch_size, *x.shape[1:]))
+    return out.reshape(batches * batch_size, -1)[:n]
+
+
+def eval_step(model: Model, state: TrainState, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
+    """Loss and accuracy on (x, y) in eval mode (jit-able)."""
+    logits = predict(model, state.params, state.model_state, x)
+    return {
+        "loss": losses.softmax_cross_entropy(logits, y),
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
+    }
+
+
+# ---------------------------------------------------------------------------- fit
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/Inf loss. ``state`` is the last finite train state."""
+
+    def __init__(self, step: int, last_finite_loss: float | None, state: TrainState):
+        self.step, self.last_finite_loss, self.state = step, last_finite_loss, state
+        last = "none" if last_finite_loss is None else f"{last_finite_loss:.6g}"
+        super().__init__(
+            f"non-finite loss at step {step} (last finite loss: {last}); training stopped and the "
+            "state from before that step was kept. Try a lower learning rate or gradient clipping (clip_norm)."
+        )
+
+
+@dataclasses.dataclass
+class FitResult:
+    state: TrainState
+    history: list[dict[str, float]]  # one row per evaluation: step, train_loss, eval metrics
+    wall_time_s: dict[str, float]  # seconds spent compiling and training (evaluation excluded)
+
+
+def fit(
+    model: Model,
+    state: TrainState,
+    tx: optax.GradientTransformation,
+    objective: Objective,
+    pools: Pools,
+    *,
+    steps: int,
+    batch_size: int,
+    eval_every: int | None = None,
+    evaluate: Callable[[TrainState], Mapping[str, float]] | None = None,
+    patience: int | None = None,
+    monitor: str = "accuracy",
+    checkpoints: Checkpointer | None = None,
+    checkpoint_every: int | None = None,
+    parallel: Callable | None = None,
+    seed_axis: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``state`` until ``steps`` optimizer steps have been taken.
+
+    Steps run in compiled chunks of ``eval_every`` steps (fused with ``lax.scan``,
+    state buffers donated); the host only syncs between chunks to log, evaluate,
+    early-stop (``patience`` evaluations without ``monitor`` improving; the best state
+    is returned) and checkpoint. If ``checkpoints`` holds a checkpoint, training
+    resumes from it. ``parallel`` wraps a chunk function for several devices
+    (see :class:`lab.parallel.DataParallel`).
+
+    With ``seed_axis``, ``state`` holds several independent runs stacked on a leading
+    axis (one per seed) and they train together under ``jax.vmap``; pools are shared
+    except their ``index`` arrays, which carry the seed axis. Evaluation values may
+    then be per-seed arrays; history stores them as lists.
+    """
+    _check_positive(steps=steps, batch_size=batch_size)
+    eval_every = eval_every or steps
+    _check_positive(eval_every=eval_every)
+    boundaries = [eval_every]  # chunks end where the host has work to do
+    if checkpoint_every is not None:
+        _check_positive(checkpoint_every=checkpoint_every)
+        boundaries.append(checkpoint_every)
+    if parallel is not None:
+        for size in objective.batch_sizes(batch_size).values():
+            parallel.check_batch_size(size)
+    if checkpoints is not None:
+        state = checkpoints.restore_latest(state)
+    # Chunks donate their input state; copy once so the caller's arrays (and the
+    # module they were split from) stay valid.
+    state = jax.tree.map(jnp.copy, state)
+    seed_axes = _seed_axes(pools) if seed_axis else None
+    wall = {"compile": 0.0, "train": 0.0}
+    build = functools.partial(_compiled_chunk, model, tx, objective, batch_size, parallel, _freeze(seed_axes))
+    executables = {}  # chunk length -> compiled executable; the last chunk may be shorter
+
+    def executable(length, state):
+        if length not in executables:
+            tic = time.perf_counter()
+            executables[length] = build(length).lower(state, pools).compile()
+            wall["compile"] += time.perf_counter() - tic
+        return executables[length]
+
+    history: list[dict[str, float]] = []
+    best: tuple[float, TrainState] | None = None
+    evals_since_best = 0
+    last_finite_loss = None
+    bar = progress_bar(total=steps, initial=_current_step(state), disable=not progress, desc="train", unit="step")
+    try:
+        while _current_step(state) < steps:
+            step0 = _current_step(state)
+            length = min([every - step0 % every for every in boundaries] + [steps - step0])
+            run_chunk = executable(length, state)
+            tic = time.perf_counter()
+            state, step_metrics = run_chunk(state, pools)
+            step_losses = np.asarray(step_metrics["loss"]).reshape(-1, length).mean(0)  # mean over seeds
+            wall["train"] += time.perf_counter() - tic
+            halted = np.asarray(step_metrics["halted"]).reshape(-1, length).any(0)
+            if halted[-1]:
+                bad = int(np.argmax(halted))
+                if bad > 0:
+                    last_finite_loss = float(step_losses[bad - 1])
+                raise NonFiniteLossError(step0 + bad, last_finite_loss, state)
+            last_finite_loss = float(step_losses[-1])
+            bar.update(length)
+            step = _current_step(state)
+            row = {"step": step, "train_loss": float(np.mean(step_losses))}
+            if evaluate is not None and (step % eval_every == 0 or step == steps):
+                row.update({k: _to_python(v) for k, v in evaluate(state).items()})
+                if patience is not None:
+                    score = float(np.mean(row[monitor]))
+                    if best is None or score > best[0]:
+                        best, evals_since_best = (score, jax.device_get(state)), 0
+                    else:
+                        evals_since_best += 1
+            history.append(row)
+            bar.set_postfix({k: round(float(np.mean(v)), 4) for k, v in row.items() if k != "step"}, refresh=False)
+            if checkpoints is not None and (step == steps or (checkpoint_every and step % checkpoint_every == 0)):
+                checkpoints.save(state)
+            if patience is not None and evals_since_best >= patience:
+                break
+    finally:
+        bar.close()
+    if best is not None:
+        state = jax.device_put(best[1])
+    return FitResult(state, history, wall)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_chunk(model, tx, objective, batch_size, parallel, seed_axes, length):
+    """One jitted chunk function per configuration and length, shared by every
+    ``fit`` call so that calling ``fit`` again (resuming, benchmarking) does not
+    recompile."""
+    axis = None if parallel is None else parallel.axis_name
+    fn = make_train_chunk(model, tx, objective, batch_size, length, axis_name=axis)
+    fn = fn if parallel is None else parallel(fn)
+    if seed_axes is not None:
+        fn = jax.vmap(fn, in_axes=(0, _thaw(seed_axes)))
+    return jax.jit(fn, donate_argnums=0)
+
+
+def _freeze(tree):
+    """A hashable form of a nested dict (for the compile cache key)."""
+    return None if tree is None else tuple((k, _freeze(v) if isinstance(v, dict) else v) for k, v in sorted(tree.items()))
+
+
+def _thaw(frozen):
+    return {k: _thaw(v) if isinstance(v, tuple) else v for k, v in frozen}
+
+
+def progress_bar(**kwargs) -> tqdm:
+    """A tqdm bar whose kind follows ``$LAB_PROGRESS``.
+
+    ``auto`` (default): ``tqdm.auto``, a widget in Jupyter and text in a terminal.
+    ``text``: plain text refreshed at most every 10 s, for logs such as
+    ``papermill --log-output`` (a widget would show nothing there, and a fast text bar
+    one line per refresh). ``off``: no bar.
+    """
+    mode = os.environ.get("LAB_PROGRESS", "auto")
+    if mode == "auto":
+        return tqdm(mininterval=1.0, **kwargs)
+    if mode == "text":
+        return std_tqdm(mininterval=10.0, **kwargs)
+    if mode == "off":
+        return tqdm(**{**kwargs, "disable": True})
+    raise ValueError(f"LAB_PROGRESS={mode!r} is not one of: auto, text, off")
+
+
+def _current_step(state: TrainState) -> int:
+    return int(np.max(np.asarray(state.step)))  # all seeds of a seed axis share the step
+
+
+def _seed_axes(pools: Pools) -> dict:
+    """vmap axes for pools: only ``index`` arrays are per seed."""
+    return {name: {field: 0 if field == "index" else None for field in pool} for name, pool in pools.items()}
+
+
+def _to_python(value) -> float | list:
+    array = np.asarray(value)
+    return float(array) if array.ndim == 0 else array.tolist()
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+# -------------------------------------------------------------------- checkpoints
+
+
+class Checkpointer:
+    """Orbax checkpoints of a :class:`TrainState` in ``directory``.
+
+    Orbax writes each checkpoint to a temporary folder and renames it when complete,
+    so an interrupted save never replaces the last good checkpoint.
+    """
+
+    def __init__(self, directory: str | Path, max_to_keep: int = 3):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.directory = Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep))
+
+    def save(self, state: TrainState) -> None:
+        self.manager.save(int(state.step), args=self._ocp.args.StandardSave(state))
+        self.manager.wait_until_finished()
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def restore_latest(self, like: TrainState) -> TrainState:
+        """The latest checkpoint, shaped like ``like``; ``like`` itself if there is none."""
+        step = self.manager.latest_step()
+        if step is None:
+            return like
+        return self.manager.restore(step, args=self._ocp.args.StandardRestore(like))
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+# ------------------------------------------------------------- train_and_evaluate
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Supervised training on a whole dataset (``lab train``)."""
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    clip_norm: float | None = None
+    label_smoothing: float = 0.0
+    steps: int = 2000
+    batch_size: int = 64
+    eval_every: int = 500
+    seed: int = 0
+    data_parallel: bool = False
+
+
+def train_and_evaluate(config: TrainConfig, workdir: str | Path | None = None, *, progress: bool = True) -> dict:
+    """Train ``config.model`` on ``config.dataset`` and return JSON-ready results.
+
+    With ``workdir``, checkpoints go to ``workdir/checkpoints`` and an interrupted run
+    resumes from the latest one.
+    """
+    from lab import data, models, optim, parallel as parallel_lib
+
+    dataset = data.load(config.dataset)
+    module = models.make_model(
+        config.model, dataset.input_shape, dataset.num_classes, seed=config.seed, **dict(config.model_kwargs)
+    )
+    model, params, model_state = Model.split(module)
+    tx = optim.make_optimizer(
+        config.optimizer,
+        config.learning_rate,
+        schedule=config.schedule,
+        total_steps=config.steps,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        clip_norm=config.clip_norm,
+    )
+    state = create_train_state(params, model_state, tx, config.seed)
+    pools = {"labeled": {"x": jnp.asarray(dataset.x_train), "y": jnp.asarray(dataset.y_train)}}
+    x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
+    test_logits = jax.jit(lambda s: predict(model, s.params, s.model_state, x_test))
+
+    def evaluate(s: TrainState) -> dict[str, float]:
+        return {"test_accuracy": metrics.accuracy(np.asarray(test_logits(s)), dataset.y_test)}
+
+    checkpoints = None if workdir is None else Checkpointer(Path(workdir) / "checkpoints")
+    try:
+        result = fit(
+            model,
+            state,
+            tx,
+            Supervised(config.label_smoothing),
+            pools,
+            steps=config.steps,
+            batch_size=config.batch_size,
+            eval_every=config.eval_every,
+            evaluate=evaluate,
+            checkpoints=checkpoints,
+            parallel=parallel_lib.DataParallel() if config.data_parallel else None,
+            progress=progress,
+        )
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
+    final = metrics.classification_metrics(np.asarray(test_logits(result.state)), dataset.y_test)
+    return {
+        "config": dataclasses.asdict(config),
+        "dataset": {"name": dataset.name, "source": dataset.source, "train": len(dataset.y_train), "test": len(y_test)},
+        "test": final,
+        "history": result.history,
+        "wall_time_s": result.wall_time_s,
+        "devices": jax.device_count() if config.data_parallel else 1,
+    }

@@ -1,0 +1,73 @@
+"""Data parallelism: on 4 forced CPU devices, shard_map + pmean steps equal the
+single-device steps on the same global batch. Runs in a subprocess because the
+device count is fixed when JAX starts."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    from lab import data, models, optim, parallel, train
+
+    assert jax.device_count() == 4, jax.devices()
+    digits = data.digits()
+    pools = {"labeled": {"x": jnp.asarray(digits.x_train), "y": jnp.asarray(digits.y_train)}}
+
+    def run(model_name, steps, dp, batch_size=64, **hyper):
+        module = models.make_model(model_name, digits.input_shape, digits.num_classes, seed=0, **hyper)
+        model, params, model_state = train.Model.split(module)
+        tx = optim.make_optimizer("momentum", 0.05)
+        state = train.create_train_state(params, model_state, tx, 0)
+        result = train.fit(model, state, tx, train.Supervised(), pools, steps=steps, batch_size=batch_size,
+                           eval_every=steps, parallel=parallel.DataParallel() if dp else None, progress=False)
+        return result
+
+    def max_diff(a, b):
+        return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+                   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+    runs = {(steps, dp): run("mlp", steps, dp, hidden=(64,)) for steps in (1, 25) for dp in (False, True)}
+    out = {"moved": max_diff(runs[25, False].state.params, runs[1, False].state.params)}
+    for steps in (1, 25):
+        single, multi = runs[steps, False], runs[steps, True]
+        out[f"params_{steps}"] = max_diff(single.state.params, multi.state.params)
+        out[f"loss_{steps}"] = abs(single.history[-1]["train_loss"] - multi.history[-1]["train_loss"])
+    try:
+        run("mlp", 1, True, hidden=(64,), batch_size=30)
+        out["error"] = None
+    except ValueError as error:
+        out["error"] = str(error)
+    print("RESULT" + json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def four_device_run():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))
+    return json.loads(line[len("RESULT") :])
+
+
+def test_one_data_parallel_step_equals_the_single_device_step(four_device_run):
+    assert four_device_run["params_1"] < 1e-6
+    assert four_device_run["loss_1"] < 1e-6
+
+
+def test_many_data_parallel_steps_track_the_single_device_run(four_device_run):
+    assert four_device_run["moved"] > 1e-2  # training really moved the parameters ...
+    assert four_device_run["params_25"] < 1e-4  # ... and both runs moved them the same way
+    assert four_device_run["loss_25"] < 1e-5
+
+
+def test_batch_size_must_divide_over_devices(four_device_run):
+    assert "batch_size 30 is not divisible by the 4 devices" in four_device_run["error"]

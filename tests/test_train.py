@@ -1,0 +1,233 @@
+"""Training loop: steps against a hand-written reference, sampling, NaN guard,
+checkpoint resume, early stopping and chunking invariance."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from lab import data, losses, models, optim, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.digits()
+
+
+def _setup(digits, seed=0, learning_rate=1e-3, hidden=(32,)):
+    module = models.make_model("mlp", digits.input_shape, digits.num_classes, seed=seed, hidden=hidden)
+    model, params, model_state = train.Model.split(module)
+    tx = optim.make_optimizer("adam", learning_rate)
+    state = train.create_train_state(params, model_state, tx, seed)
+    pools = {"labeled": {"x": jnp.asarray(digits.x_train), "y": jnp.asarray(digits.y_train)}}
+    return model, tx, state, pools
+
+
+def _leaves(tree):
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+
+
+def assert_trees_close(a, b, **tolerance):
+    for x, y in zip(_leaves(a), _leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, **tolerance)
+
+
+def test_fit_learns_digits(digits):
+    model, tx, state, pools = _setup(digits)
+    x_test = jnp.asarray(digits.x_test)
+    result = train.fit(
+        model,
+        state,
+        tx,
+        train.Supervised(),
+        pools,
+        steps=400,
+        batch_size=64,
+        eval_every=200,
+        progress=False,
+        evaluate=lambda s: {
+            "accuracy": float(
+                jnp.mean(train.predict(model, s.params, s.model_state, x_test).argmax(-1) == digits.y_test)
+            )
+        },
+    )
+    assert int(result.state.step) == 400
+    assert [row["step"] for row in result.history] == [200, 400]
+    assert result.history[-1]["accuracy"] > 0.9
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_train_step_matches_hand_written_update(digits):
+    model, tx, state, pools = _setup(digits)
+    batch = train.draw_batch(pools, {"labeled": 16}, state.key, state.step)
+    new_state, step_metrics = train.train_step(state, batch, model=model, tx=tx, objective=train.Supervised())
+
+    # Reference: plain jax.grad of the cross-entropy of an independently merged module, one Adam step.
+    def loss(params):
+        module = nnx.merge(model.train_graph, params, state.model_state)
+        logits = module(batch["labeled"]["x"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labeled"]["y"]).mean()
+
+    value, grads = jax.value_and_grad(loss)(state.params)
+    adam = optax.adam(1e-3)
+    updates, _ = adam.update(grads, adam.init(state.params), state.params)
+    expected = optax.apply_updates(state.params, updates)
+    np.testing.assert_allclose(step_metrics["loss"], value, rtol=1e-6)
+    assert_trees_close(new_state.params, expected, rtol=1e-6, atol=1e-7)
+    assert int(new_state.step) == 1
+
+
+def test_draw_batch_is_an_epoch_permutation():
+    pool = {"x": jnp.arange(12.0)[:, None], "y": jnp.arange(12)}
+    key = jax.random.PRNGKey(3)
+    epoch = [np.asarray(train.draw_batch({"p": pool}, {"p": 4}, key, jnp.int32(s))["p"]["y"]) for s in range(3)]
+    assert sorted(np.concatenate(epoch).tolist()) == list(range(12))  # each example once per epoch
+    again = np.asarray(train.draw_batch({"p": pool}, {"p": 4}, key, jnp.int32(1))["p"]["y"])
+    np.testing.assert_array_equal(again, epoch[1])  # a function of (key, step) alone
+    next_epoch = [np.asarray(train.draw_batch({"p": pool}, {"p": 4}, key, jnp.int32(s))["p"]["y"]) for s in range(3, 6)]
+    assert not np.array_equal(np.concatenate(next_epoch), np.concatenate(epoch))  # reshuffled
+    small = train.draw_batch({"p": pool}, {"p": 20}, key, jnp.int32(0))["p"]["y"]
+    assert small.shape == (20,)  # wraps around a pool smaller than the batch
+
+
+def test_chunk_length_does_not_change_the_result(digits):
+    results = []
+    for eval_every in (30, 7):
+        model, tx, state, pools = _setup(digits)
+        fit = train.fit(
+            model, state, tx, train.Supervised(), pools, steps=30, batch_size=32, eval_every=eval_every, progress=False
+        )
+        results.append(fit.state.params)
+    assert_trees_close(*results, rtol=1e-6, atol=1e-7)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoisonedAt(train.Objective):
+    """Supervised loss that turns NaN from step ``bad_step`` on."""
+
+    bad_step: int
+
+    def loss(self, model, batch, key, extra, step):
+        loss, step_metrics, extra = train.Supervised().loss(model, batch, key, extra, step)
+        loss = jnp.where(step >= self.bad_step, jnp.nan, loss)
+        return loss, {**step_metrics, "loss": loss}, extra
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(digits, tmp_path):
+    model, tx, state, pools = _setup(digits)
+    checkpoints = train.Checkpointer(tmp_path / "ckpt")
+    with pytest.raises(train.NonFiniteLossError, match=r"step 13 \(last finite loss: \d") as error:
+        train.fit(
+            model,
+            state,
+            tx,
+            PoisonedAt(13),
+            pools,
+            steps=20,
+            batch_size=32,
+            eval_every=5,
+            checkpoints=checkpoints,
+            checkpoint_every=5,
+            progress=False,
+        )
+    kept = error.value.state
+    assert int(kept.step) == 13
+    assert all(np.isfinite(leaf).all() for leaf in _leaves(kept.params))
+    assert error.value.last_finite_loss is not None and np.isfinite(error.value.last_finite_loss)
+    # The last good checkpoint (step 10) is intact and finite.
+    assert checkpoints.latest_step() == 10
+    restored = checkpoints.restore_latest(_setup(digits)[2])
+    assert int(restored.step) == 10
+    assert all(np.isfinite(leaf).all() for leaf in _leaves(restored.params))
+    checkpoints.close()
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_run(digits, tmp_path):
+    model, tx, state, pools = _setup(digits)
+    straight = train.fit(
+        model, state, tx, train.Supervised(), pools, steps=24, batch_size=32, eval_every=8, progress=False
+    )
+
+    model, tx, state, pools = _setup(digits)
+    first = train.Checkpointer(tmp_path / "ckpt")
+    train.fit(
+        model,
+        state,
+        tx,
+        train.Supervised(),
+        pools,
+        steps=16,
+        batch_size=32,
+        eval_every=8,
+        checkpoints=first,
+        progress=False,
+    )
+    first.close()
+
+    model, tx, fresh, pools = _setup(digits)  # a new process would start here
+    second = train.Checkpointer(tmp_path / "ckpt")
+    resumed = train.fit(
+        model,
+        fresh,
+        tx,
+        train.Supervised(),
+        pools,
+        steps=24,
+        batch_size=32,
+        eval_every=8,
+        checkpoints=second,
+        progress=False,
+    )
+    second.close()
+    assert [row["step"] for row in resumed.history] == [24]
+    assert_trees_close(resumed.state.params, straight.state.params, rtol=1e-6, atol=1e-7)
+    assert_trees_close(resumed.state.opt_state, straight.state.opt_state, rtol=1e-6, atol=1e-7)
+
+
+def test_early_stopping_returns_the_best_state(digits):
+    model, tx, state, pools = _setup(digits)
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9])
+    seen = {}
+
+    def evaluate(s):
+        seen[int(s.step)] = jax.device_get(s.params)
+        return {"accuracy": next(scores)}
+
+    result = train.fit(
+        model,
+        state,
+        tx,
+        train.Supervised(),
+        pools,
+        steps=50,
+        batch_size=32,
+        eval_every=10,
+        evaluate=evaluate,
+        patience=2,
+        progress=False,
+    )
+    assert [row["step"] for row in result.history] == [10, 20, 30, 40]  # stopped after 2 evals without gain
+    assert int(result.state.step) == 20
+    assert_trees_close(result.state.params, seen[20], rtol=0, atol=0)
+
+
+def test_invalid_arguments_are_named(digits):
+    model, tx, state, pools = _setup(digits)
+    with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
+        train.fit(model, state, tx, train.Supervised(), pools, steps=0, batch_size=32, progress=False)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got -1"):
+        train.fit(model, state, tx, train.Supervised(), pools, steps=5, batch_size=-1, progress=False)
+
+
+def test_supervised_loss_is_the_cross_entropy(digits):
+    model, tx, state, pools = _setup(digits)
+    batch = train.draw_batch(pools, {"labeled": 8}, state.key, state.step)
+    module = model.bind(state.params, state.model_state, train=True)
+    loss, step_metrics, _ = train.Supervised().loss(module, batch, state.key, None, state.step)
+    logits = module(batch["labeled"]["x"])
+    np.testing.assert_allclose(loss, losses.softmax_cross_entropy(logits, batch["labeled"]["y"]), rtol=1e-6)
+    np.testing.assert_allclose(step_metrics["accuracy"], np.mean(np.argmax(logits, -1) == batch["labeled"]["y"]))
