@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "CLASS_NAMES",
     "DATASETS",
     "MIRRORS",
     "SHA256",
@@ -571,6 +572,13 @@ _LOADERS: dict[str, Callable[..., Dataset]] = {
     "mnist": mnist,
 }
 DATASETS = tuple(_LOADERS)
+# Known without loading anything, e.g. to validate a class split before a run.
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "digits": _DIGIT_NAMES,
+    "mnist1d": _DIGIT_NAMES,
+    "fashion_mnist": _FASHION_MNIST_NAMES,
+    "mnist": _DIGIT_NAMES,
+}
 
 
 def load(name: str, **kwargs: object) -> Dataset:

@@ -278,7 +278,8 @@ class NonFiniteLossError(FloatingPointError):
 @dataclasses.dataclass
 class FitResult:
     state: TrainState
-    history: list[dict[str, float]]  # one row per evaluation: step, train_loss, eval metrics
+    history: list[dict[str, float]]  # one row per chunk: step, train_<metric> chunk means, eval metrics
+    log: dict[str, np.ndarray]  # every step's training metrics, shape (steps,) or (seeds, steps)
     wall_time_s: dict[str, float]  # seconds spent compiling and training (evaluation excluded)
 
 
@@ -343,6 +344,7 @@ def fit(
         return executables[length]
 
     history: list[dict[str, float]] = []
+    log: dict[str, list[np.ndarray]] = {}
     best: tuple[float, TrainState] | None = None
     evals_since_best = 0
     last_finite_loss = None
@@ -365,7 +367,10 @@ def fit(
             last_finite_loss = float(step_losses[-1])
             bar.update(length)
             step = _current_step(state)
-            row = {"step": step, "train_loss": float(np.mean(step_losses))}
+            chunk_log = {name: np.asarray(value) for name, value in step_metrics.items() if name != "halted"}
+            for name, value in chunk_log.items():
+                log.setdefault(name, []).append(value)
+            row = {"step": step, **{f"train_{name}": _to_python(_chunk_mean(value)) for name, value in chunk_log.items()}}
             if evaluate is not None and (step % eval_every == 0 or step == steps):
                 row.update({k: _to_python(v) for k, v in evaluate(state).items()})
                 if patience is not None:
@@ -375,7 +380,7 @@ def fit(
                     else:
                         evals_since_best += 1
             history.append(row)
-            bar.set_postfix({k: round(float(np.mean(v)), 4) for k, v in row.items() if k != "step"}, refresh=False)
+            bar.set_postfix(_postfix(row), refresh=False)
             if checkpoints is not None and (step == steps or (checkpoint_every and step % checkpoint_every == 0)):
                 checkpoints.save(state)
             if patience is not None and evals_since_best >= patience:
@@ -384,7 +389,8 @@ def fit(
         bar.close()
     if best is not None:
         state = jax.device_put(best[1])
-    return FitResult(state, history, wall)
+    steps_log = {name: np.concatenate(chunks, axis=-1) for name, chunks in log.items()}
+    return FitResult(state, history, steps_log, wall)
 
 
 @functools.lru_cache(maxsize=64)
@@ -436,9 +442,30 @@ def _seed_axes(pools: Pools) -> dict:
     return {name: {field: 0 if field == "index" else None for field in pool} for name, pool in pools.items()}
 
 
-def _to_python(value) -> float | list:
-    array = np.asarray(value)
-    return float(array) if array.ndim == 0 else array.tolist()
+def _postfix(row: Mapping[str, Any]) -> dict[str, float]:
+    """The progress bar's summary of a history row: means over seeds, measured values only."""
+    means = {}
+    for name, value in row.items():
+        array = np.asarray(value, dtype=float)  # None (not measured) becomes NaN
+        if name != "step" and np.isfinite(array).any():
+            means[name] = round(float(np.nanmean(array)), 4)
+    return means
+
+
+def _chunk_mean(value: np.ndarray) -> np.ndarray:
+    """Mean over a chunk's steps (the last axis), ignoring NaN (e.g. no pseudo-label in a step)."""
+    finite = np.isfinite(value)
+    counts = finite.sum(-1)
+    total = np.where(finite, value, 0.0).sum(-1)
+    return np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
+
+
+def _to_python(value) -> float | list | None:
+    """JSON-ready: a float, or a list per seed; NaN (nothing to measure) becomes None."""
+    array = np.asarray(value, dtype=float)
+    if array.ndim == 0:
+        return None if np.isnan(array) else float(array)
+    return [_to_python(item) for item in array]
 
 
 def _check_positive(**values: int) -> None:

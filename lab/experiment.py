@@ -1,0 +1,363 @@
+"""One entry point for the three setups: ``run(config) -> Result``.
+
+``setup`` is ``supervised`` (the labeled examples only), ``semi_supervised`` (the
+labeled examples plus the unlabeled pool, through a method of :mod:`lab.ssl`) or
+``transfer`` (a backbone pretrained by :mod:`lab.transfer`, then adapted on the
+labeled examples). All three train in the same loop (:func:`lab.train.fit`) with
+the same labeled-set draw, so their numbers are comparable.
+
+Several seeds train together: each seed draws its own labeled set and its own
+initialisation, and the runs are stacked on a leading axis and trained under one
+``jax.vmap``-ed compiled program. The results equal separate single-seed runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import time
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lab import data, metrics, models, optim, ssl, train, transfer
+
+SETUPS = ("supervised", "semi_supervised", "transfer")
+_CHECK_SHAPE = (8, 8, 1)  # any valid input shape: hyperparameter checks do not depend on it
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that defines a run. ``ExperimentConfig.from_dict`` validates input."""
+
+    setup: str = "supervised"
+    dataset: str = "digits"
+    data_dir: str | None = None  # folder with IDX files for fashion_mnist / mnist
+    classes: tuple[int, ...] | None = None  # keep only these classes (relabelled 0..n-1), e.g. for class-split transfer
+    labels_per_class: int = 4
+    seeds: tuple[int, ...] = (0,)
+    # model and optimisation
+    model: str = "mlp"
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    steps: int = 1000
+    batch_size: int = 32
+    eval_every: int = 250
+    # semi-supervised (setup == "semi_supervised")
+    method: str = "fixmatch"
+    method_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # transfer (setup == "transfer")
+    pretrain: str = "simclr"
+    pretrain_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    adaptation: str = "finetune"
+    backbone_lr_multiplier: float = 0.1
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ExperimentConfig:
+        """Build and validate a config; unknown keys, wrong types and out-of-range
+        values fail with a message that lists what is allowed."""
+        known = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown experiment parameter(s) {unknown}; allowed: {sorted(known)}")
+        hints = typing.get_type_hints(cls)
+        converted = {name: _coerce(name, value, hints[name]) for name, value in values.items()}
+        config = cls(**converted)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Check every value that can be checked without loading data."""
+        _choice("setup", self.setup, SETUPS)
+        _choice("dataset", self.dataset, data.DATASETS)
+        _choice("model", self.model, sorted(models.MODELS))
+        _choice("optimizer", self.optimizer, optim.OPTIMIZERS)
+        _choice("schedule", self.schedule, optim.SCHEDULES)
+        _choice("method", self.method, sorted(ssl.METHODS))
+        _choice("pretrain", self.pretrain, transfer.PRETRAIN_SOURCES)
+        _choice("adaptation", self.adaptation, transfer.ADAPTATIONS)
+        for name in ("labels_per_class", "steps", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed, got ()")
+        _distinct("seeds", self.seeds)
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.backbone_lr_multiplier:
+            raise ValueError(f"backbone_lr_multiplier must be >= 0, got {self.backbone_lr_multiplier}")
+        if self.classes is not None:
+            _distinct("classes", self.classes)
+            num_classes = len(data.CLASS_NAMES[self.dataset])
+            if len(self.classes) < 2 or not all(0 <= c < num_classes for c in self.classes):
+                raise ValueError(f"classes must list at least 2 labels of {self.dataset} in 0..{num_classes - 1}, got {list(self.classes)}")
+        # Building the method and the pretraining config checks their hyperparameters
+        # now, before any data is loaded; neither depends on the input shape for that.
+        if self.setup == "semi_supervised":
+            ssl.make_method(self.method, input_shape=_CHECK_SHAPE, **self.method_kwargs)
+        if self.setup == "transfer":
+            _pretrain_config(self)
+            transfer.adaptation_param_groups(self.adaptation, self.backbone_lr_multiplier)
+
+    @property
+    def method_label(self) -> str:
+        """The name a comparison shows for this run's method."""
+        if self.setup == "supervised":
+            return "supervised"
+        if self.setup == "semi_supervised":
+            return self.method
+        return f"{self.pretrain}+{self.adaptation}"
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["seeds"] = list(self.seeds)
+        return values
+
+
+def validate_parameters(parameters: Mapping[str, Any]) -> None:
+    """Validate notebook/sweep parameters that are experiment fields (others pass)."""
+    known = {field.name for field in dataclasses.fields(ExperimentConfig)}
+    ExperimentConfig.from_dict({k: v for k, v in parameters.items() if k in known})
+
+
+def _distinct(name: str, values: Sequence[int]) -> None:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} must be distinct, got {list(values)}")
+
+
+def _choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the field's type hint; lists become tuples, ints floats."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (hint,) = [option for option in options if option is not type(None)]
+        origin = typing.get_origin(hint)
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise ValueError(f"{name} must be a list of integers, got {value!r}")
+        return tuple(_coerce(f"{name}[{i}]", item, int) for i, item in enumerate(value))
+    if hint is Mapping[str, Any] or origin is Mapping or origin is typing.Mapping:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{name} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    if hint is str and isinstance(value, str):
+        return value
+    raise ValueError(f"{name} must be of type {getattr(hint, '__name__', hint)}, got {value!r} ({type(value).__name__})")
+
+
+# ---------------------------------------------------------------------------- run
+
+
+@dataclasses.dataclass
+class Result:
+    """What a run produced, JSON-ready. Per-seed values are lists aligned with ``seeds``."""
+
+    config: dict[str, Any]
+    seeds: list[int]
+    metrics: dict[str, list[float]]  # final test metrics per seed: accuracy, macro_f1, ece, ...
+    curves: dict[str, list]  # "step", then per evaluation one list per seed (test_accuracy, train_loss, ...)
+    wall_time_s: dict[str, float]  # pretrain (0 on a cache hit), compile, train
+    environment: dict[str, Any]  # library versions, git commit, devices
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Mean and (population) standard deviation over seeds of each final metric."""
+        return {
+            name: {"mean": float(np.mean(values)), "std": float(np.std(values))} for name, values in self.metrics.items()
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def record(self) -> dict[str, Any]:
+        """The payload notebooks hand to :func:`lab.store.record` for sweeps and reports."""
+        return {
+            "dataset": self.config["dataset"],
+            "setup": self.config["setup"],
+            "method": ExperimentConfig.from_dict(self.config).method_label,
+            "labels_per_class": self.config["labels_per_class"],
+            "seeds": self.seeds,
+            "metrics": self.metrics,
+            "curves": {"step": self.curves["step"], "accuracy": self.curves["test_accuracy"]},
+            "wall_time_s": self.wall_time_s,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the result as JSON atomically (temporary file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(self.to_dict(), indent=2))
+        os.replace(temporary, path)
+        return path
+
+
+def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) -> Result:
+    """Train and evaluate ``config`` for every seed in ``config.seeds``, side by side."""
+    if not isinstance(config, ExperimentConfig):
+        config = ExperimentConfig.from_dict(config)
+    config.validate()
+    dataset = _load(config)
+    splits = [data.labeled_split(dataset.y_train, config.labels_per_class, seed) for seed in config.seeds]
+    wall = {"pretrain": 0.0}
+
+    if config.setup == "transfer":
+        tic = time.perf_counter()
+        backbone = transfer.pretrain(_pretrain_config(config), load_dataset=functools.partial(_load_named, config))
+        wall["pretrain"] = time.perf_counter() - tic
+
+        def make_module(seed):
+            return backbone.classifier(dataset.num_classes, seed=seed)
+
+        param_groups = transfer.adaptation_param_groups(config.adaptation, config.backbone_lr_multiplier)
+    else:
+
+        def make_module(seed):
+            return models.make_model(
+                config.model, dataset.input_shape, dataset.num_classes, seed=seed, **config.model_kwargs
+            )
+
+        param_groups = None
+    if config.setup == "semi_supervised":
+        objective = ssl.make_method(config.method, input_shape=dataset.input_shape, **config.method_kwargs)
+    else:
+        objective = ssl.make_method("supervised", input_shape=dataset.input_shape)
+
+    tx = optim.make_optimizer(
+        config.optimizer,
+        config.learning_rate,
+        schedule=config.schedule,
+        total_steps=config.steps,
+        weight_decay=config.weight_decay,
+        param_groups=param_groups,
+    )
+
+    def initial_state(seed: jax.Array) -> train.TrainState:
+        _, params, model_state = nnx.split(make_module(seed), nnx.Param, ...)
+        extra = objective.init_extra(params, model_state)
+        return train.create_train_state(params, model_state, tx, seed, extra=extra)
+
+    # One compiled, vmapped initialisation for all seeds: built eagerly, every
+    # initializer would compile on its own, which costs more than the training.
+    model, _, _ = train.Model.split(nnx.eval_shape(lambda: make_module(0)))
+    state = jax.jit(jax.vmap(initial_state))(jnp.asarray(config.seeds))
+
+    x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+    pools = {
+        "labeled": {"x": x_train, "y": y_train, "index": jnp.asarray(np.stack([labeled for labeled, _ in splits]))},
+        "unlabeled": {"x": x_train, "y": y_train, "index": jnp.asarray(np.stack([rest for _, rest in splits]))},
+    }
+    x_test = jnp.asarray(dataset.x_test)
+    test_logits = jax.jit(jax.vmap(lambda params, model_state: train.predict(model, params, model_state, x_test)))
+
+    def evaluate(state: train.TrainState) -> dict[str, np.ndarray]:
+        logits = np.asarray(test_logits(state.params, state.model_state))
+        return {"test_accuracy": (logits.argmax(-1) == dataset.y_test).mean(-1)}
+
+    fit = train.fit(
+        model,
+        state,
+        tx,
+        objective,
+        pools,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        eval_every=min(config.eval_every, config.steps),
+        evaluate=evaluate,
+        seed_axis=True,
+        progress=progress,
+    )
+    wall.update(fit.wall_time_s)
+    logits = np.asarray(test_logits(fit.state.params, fit.state.model_state))
+    per_seed = [metrics.classification_metrics(seed_logits, dataset.y_test) for seed_logits in logits]
+    return Result(
+        config=config.to_dict(),
+        seeds=list(config.seeds),
+        metrics={name: [row[name] for row in per_seed] for name in per_seed[0]},
+        curves=_curves(fit.history),
+        wall_time_s={name: round(seconds, 3) for name, seconds in wall.items()},
+        environment=environment(),
+    )
+
+
+def _load(config: ExperimentConfig) -> data.Dataset:
+    dataset = _load_named(config, config.dataset)
+    return dataset if config.classes is None else dataset.subset(config.classes)
+
+
+def _load_named(config: ExperimentConfig, name: str) -> data.Dataset:
+    kwargs = {"data_dir": config.data_dir} if name in ("fashion_mnist", "mnist") else {}
+    return data.load(name, **kwargs)
+
+
+def _pretrain_config(config: ExperimentConfig) -> transfer.PretrainConfig:
+    """The pretraining of a transfer run. For ``pretrain="classes"`` the source classes
+    default to every class outside ``config.classes``."""
+    inherited = {"source", "dataset", "model", "model_kwargs"}  # set by the experiment itself
+    allowed = sorted({field.name for field in dataclasses.fields(transfer.PretrainConfig)} - inherited)
+    kwargs = dict(config.pretrain_kwargs)
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown pretrain_kwargs {unknown}; allowed: {allowed}")
+    if config.pretrain == "classes" and "source_classes" not in kwargs:
+        if config.classes is None:
+            raise ValueError(
+                "pretrain='classes' pretrains on the classes outside the target task: set classes "
+                "(e.g. classes=[5, 6, 7, 8, 9]) or pretrain_kwargs={'source_classes': [...]}"
+            )
+        num_classes = len(data.CLASS_NAMES[config.dataset])
+        kwargs["source_classes"] = tuple(c for c in range(num_classes) if c not in config.classes)
+    return transfer.PretrainConfig(
+        source=config.pretrain, dataset=config.dataset, model=config.model, model_kwargs=dict(config.model_kwargs), **kwargs
+    )
+
+
+def _curves(history: list[dict[str, Any]]) -> dict[str, list]:
+    """Columns of the evaluated history rows (every row that has a test accuracy)."""
+    rows = [row for row in history if "test_accuracy" in row]
+    return {name: [row[name] for row in rows] for name in rows[0]} if rows else {"step": [], "test_accuracy": []}
+
+
+@functools.cache
+def environment() -> dict[str, Any]:
+    """Library versions, git commit and devices, for the record of a run."""
+    versions = {"python": platform.python_version()}
+    for package in ("lab", "jax", "jaxlib", "flax", "optax", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"versions": versions, "git_commit": commit, "devices": [str(device) for device in jax.devices()]}

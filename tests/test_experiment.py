@@ -1,0 +1,113 @@
+"""experiment.run: config validation, the three setups, and vmapped seeds."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lab import experiment
+
+SMALL = {"labels_per_class": 2, "steps": 40, "learning_rate": 0.01, "eval_every": 20, "batch_size": 16, "model_kwargs": {"hidden": (32,)}}
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"label_per_class": 4}, r"unknown experiment parameter\(s\) \['label_per_class'\]; allowed: \[.*'labels_per_class'"),
+        ({"labels_per_class": "4"}, "labels_per_class must be of type int, got '4'"),
+        ({"labels_per_class": 0}, "labels_per_class must be >= 1, got 0"),
+        ({"setup": "unsupervised"}, "unknown setup 'unsupervised'; choose one of: supervised, semi_supervised, transfer"),
+        ({"dataset": "cifar"}, "unknown dataset 'cifar'; choose one of: digits, mnist1d"),
+        ({"setup": "semi_supervised", "method_kwargs": {"threshold": 0}}, r"threshold must be a number in \(0, 1\], got 0"),
+        ({"setup": "semi_supervised", "method_kwargs": {"tau": 0.9}}, "fixmatch has no hyperparameter 'tau'"),
+        ({"seeds": []}, "seeds must name at least one seed"),
+        ({"seeds": [0, 0]}, r"seeds must be distinct, got \[0, 0\]"),
+        ({"learning_rate": -1.0}, "learning_rate must be > 0, got -1.0"),
+        ({"setup": "transfer", "adaptation": "probe"}, "unknown adaptation 'probe'; choose one of: linear_probe"),
+        ({"setup": "transfer", "pretrain": "classes"}, "pretrain='classes' pretrains on the classes outside"),
+        ({"setup": "transfer", "pretrain_kwargs": {"epochs": 3}}, r"unknown pretrain_kwargs \['epochs'\]; allowed:"),
+        ({"classes": [3, 12]}, r"classes must list at least 2 labels of digits in 0..9, got \[3, 12\]"),
+    ],
+)
+def test_bad_configs_fail_before_training_with_the_allowed_values(values, message):
+    with pytest.raises(ValueError, match=message):
+        experiment.ExperimentConfig.from_dict(values)
+
+
+def test_too_many_labels_per_class_fails_naming_the_smallest_class():
+    with pytest.raises(ValueError, match="per_class=1000"):
+        experiment.run({**SMALL, "labels_per_class": 1000}, progress=False)
+
+
+def test_validate_parameters_checks_experiment_fields_and_passes_others():
+    experiment.validate_parameters({"labels_per_class": 3, "output_dir": "runs/x"})
+    with pytest.raises(ValueError, match="labels_per_class must be >= 1"):
+        experiment.validate_parameters({"labels_per_class": 0, "output_dir": "runs/x"})
+
+
+@pytest.mark.parametrize(
+    "setup_values",
+    [
+        {"setup": "supervised"},
+        {"setup": "semi_supervised", "method": "fixmatch", "method_kwargs": {"mu": 2}},
+        {"setup": "transfer", "pretrain": "autoencoder", "adaptation": "linear_probe", "pretrain_kwargs": {"steps": 20}},
+    ],
+)
+def test_every_setup_runs_and_reports_per_seed_results(setup_values):
+    result = experiment.run({**SMALL, **setup_values, "seeds": [0, 1]}, progress=False)
+    assert result.seeds == [0, 1]
+    for name in ("accuracy", "macro_f1", "ece"):
+        assert len(result.metrics[name]) == 2 and all(0 <= value <= 1 for value in result.metrics[name])
+    assert result.metrics["accuracy"][0] > 0.2  # at least twice chance (0.1) after 40 steps
+    assert result.curves["step"] == [20, 40]
+    assert np.shape(result.curves["test_accuracy"]) == (2, 2)  # evaluations x seeds
+    assert set(result.wall_time_s) == {"pretrain", "compile", "train"}
+    assert result.environment["versions"]["jax"]
+    payload = result.record()
+    assert payload["setup"] == setup_values["setup"] and payload["labels_per_class"] == 2
+    json.dumps(result.to_dict())  # JSON-ready
+    summary = result.summary()["accuracy"]
+    assert summary["mean"] == pytest.approx(np.mean(result.metrics["accuracy"]))
+
+
+def test_vmapped_seeds_equal_separate_runs():
+    config = {**SMALL, "setup": "semi_supervised", "method": "freematch"}  # freematch carries state in `extra`
+    together = experiment.run({**config, "seeds": [0, 1]}, progress=False)
+    alone = [experiment.run({**config, "seeds": [seed]}, progress=False) for seed in (0, 1)]
+    for i, single in enumerate(alone):
+        for name, values in together.metrics.items():
+            assert values[i] == pytest.approx(single.metrics[name][0], abs=1e-5), name
+        np.testing.assert_allclose(np.asarray(together.curves["train_loss"])[:, i],
+                                   np.asarray(single.curves["train_loss"])[:, 0], rtol=1e-4)
+    assert together.metrics["accuracy"][0] != together.metrics["accuracy"][1] or \
+        together.curves["train_loss"][0][0] != together.curves["train_loss"][0][1]  # the seeds really differ
+
+
+def test_same_seed_same_numbers():
+    first = experiment.run({**SMALL, "seeds": [3]}, progress=False)
+    second = experiment.run({**SMALL, "seeds": [3]}, progress=False)
+    assert first.metrics == second.metrics and first.curves == second.curves
+
+
+def test_class_split_transfer_pretrains_on_the_other_classes(tmp_path):
+    result = experiment.run(
+        {**SMALL, "setup": "transfer", "pretrain": "classes", "classes": [5, 6, 7, 8, 9],
+         "pretrain_kwargs": {"steps": 30}},
+        progress=False,
+    )
+    assert result.record()["method"] == "classes+finetune"
+    (entry,) = (tmp_path / "cache" / "pretrained").iterdir()  # one cached backbone, pretrained on 0-4
+    assert json.loads((entry / "config.json").read_text())["config"]["source_classes"] == [0, 1, 2, 3, 4]
+    assert result.metrics["accuracy"][0] > 0.4  # a 5-way task, chance is 0.2
+
+
+def test_result_saves_atomically_as_json(tmp_path):
+    result = experiment.run({**SMALL, "steps": 20}, progress=False)
+    path = result.save(tmp_path / "out" / "result.json")
+    assert json.loads(path.read_text())["metrics"] == result.metrics
+    assert [p.name for p in path.parent.iterdir()] == ["result.json"]
