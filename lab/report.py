@@ -1,0 +1,284 @@
+"""``lab report``: figures and a summary table from the results store.
+
+:func:`build_report` writes, into an output folder (``figures/`` by default):
+
+- ``accuracy_vs_labels.png``: test accuracy against labels per class (log scale),
+  one line per setup and method, mean ± standard deviation over all seeds;
+- ``learning_curves.png``: accuracy against training step, when the records have
+  learning curves;
+- ``summary.md`` and ``summary.csv``: :func:`summary_table`, the mean, standard
+  deviation and number of seeds of every metric per configuration.
+
+Only done points count. Results are grouped by dataset, setup, method and
+labels_per_class, and also by any other notebook parameter whose value differs
+between the points (a learning rate swept alongside, say), so that different
+configurations are never averaged together; seeds are pooled. Standard deviations
+are sample standard deviations (n - 1 in the denominator), empty for one seed.
+
+Figures are drawn on :class:`matplotlib.figure.Figure` objects without pyplot, so
+they render with the Agg backend on machines without a display and leave the
+pyplot state of an interactive session alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import matplotlib as mpl
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+from lab import store
+
+GROUP_KEYS = ("dataset", "setup", "method", "labels_per_class")
+# Parameters that never tell configurations apart: seeds are pooled, output folders differ per point.
+POOLED_PARAMETERS = ("seeds", "seed", "output_dir")
+CURVE_METRIC = "accuracy"
+DEFAULT_OUT_DIR = Path("figures")
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation and seed count of each metric, per configuration.
+
+    ``df`` is a frame from :func:`lab.store.load` (points that are not done are
+    ignored). Returns one row per configuration, sorted, with the grouping columns
+    (see the module docstring), ``n_seeds``, and ``<metric>_mean`` and
+    ``<metric>_std`` for accuracy, macro_f1 and ece (those present).
+    """
+    done = _done(df)
+    keys = _configuration_keys(done)
+    metrics = [metric for metric in store.METRICS if metric in done.columns]
+    per_point = _hashable(done, keys)
+    for metric in metrics:  # a notebook that does not record this metric: NaN per seed, skipped by mean and std
+        per_point[metric] = [
+            values if isinstance(values, list) else [math.nan] * len(seeds)
+            for values, seeds in zip(per_point[metric], per_point["seeds"], strict=True)
+        ]
+    per_seed = per_point[[*keys, "seeds", *metrics]].explode(["seeds", *metrics])
+    per_seed[metrics] = per_seed[metrics].astype(float)
+    aggregations: dict[str, tuple[str, str]] = {"n_seeds": ("seeds", "size")}
+    for metric in metrics:
+        aggregations[f"{metric}_mean"] = (metric, "mean")
+        aggregations[f"{metric}_std"] = (metric, "std")
+    return per_seed.groupby(keys, sort=True, dropna=False).agg(**aggregations).reset_index()
+
+
+def _done(df: pd.DataFrame) -> pd.DataFrame:
+    done = df[df["status"] == "done"] if "status" in df.columns else df
+    if done.empty:
+        raise ValueError("no done points to report on: run a sweep first (`lab runs list` shows what is stored)")
+    missing = [column for column in (*GROUP_KEYS, "seeds") if column not in done.columns]
+    if missing:
+        raise ValueError(f"results lack the record columns {', '.join(missing)}; pass a frame from lab.store.load()")
+    return done
+
+
+def _configuration_keys(done: pd.DataFrame) -> list[str]:
+    """GROUP_KEYS, then each other parameter whose value differs between points of the same group.
+
+    A parameter that only changes along with the group keys (one value per group)
+    tells nothing new and would only split the lines of the figures.
+    """
+    keys = list(GROUP_KEYS)
+    if "parameters" not in done.columns:
+        return keys
+    groups = _hashable(done, GROUP_KEYS).groupby(list(GROUP_KEYS), dropna=False)
+    names = sorted(
+        {name for parameters in done["parameters"] for name in parameters} - {*GROUP_KEYS, *POOLED_PARAMETERS}
+    )
+    for name in names:
+        column = name if name in done.columns else f"param.{name}"
+        distinct = groups["parameters"].agg(_distinct_values, name=name)
+        if column in done.columns and (distinct > 1).any():
+            keys.append(column)
+    return keys
+
+
+def _distinct_values(parameter_dicts: pd.Series, name: str) -> int:
+    return len({json.dumps(parameters.get(name), sort_keys=True) for parameters in parameter_dicts})
+
+
+def _hashable(frame: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
+    """``frame`` with list and dict values in ``columns`` as JSON text, so they can be grouped on."""
+    converted = frame.copy()
+    for column in columns:
+        converted[column] = converted[column].map(
+            lambda value: json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+        )
+    return converted
+
+
+def summary_markdown(table: pd.DataFrame) -> str:
+    """``summary_table``'s result as a Markdown table with "mean ± std" cells."""
+    metrics = [metric for metric in store.METRICS if f"{metric}_mean" in table.columns]
+    keys = [column for column in table.columns if column != "n_seeds" and not column.endswith(("_mean", "_std"))]
+    header = [*keys, "n_seeds", *metrics]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(" --- " if column in keys else " ---: " for column in header) + "|",
+    ]
+    for _, row in table.iterrows():
+        cells = ["" if pd.isna(row[key]) else str(row[key]) for key in keys] + [str(row["n_seeds"])]
+        cells += [_mean_std(row[f"{metric}_mean"], row[f"{metric}_std"]) for metric in metrics]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _mean_std(mean: float, std: float) -> str:
+    return f"{mean:.4f}" if pd.isna(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def _line_label(row: pd.Series, keys: list[str]) -> str:
+    extras = [f"{key.removeprefix('param.')}={row[key]}" for key in keys if key not in GROUP_KEYS]
+    return f"{row['setup']} / {row['method']}" + (f" ({', '.join(extras)})" if extras else "")
+
+
+def _colors(labels: Iterable[str]) -> dict[str, Any]:
+    """The same color for the same line in every figure."""
+    cycle = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {label: cycle[index % len(cycle)] for index, label in enumerate(sorted(set(labels)))}
+
+
+def plot_accuracy_vs_labels(table: pd.DataFrame) -> Figure:
+    """Accuracy against labels per class, one panel per dataset, one line per setup and method."""
+    keys = [column for column in table.columns if column != "n_seeds" and not column.endswith(("_mean", "_std"))]
+    labelled = table.assign(line=[_line_label(row, keys) for _, row in table.iterrows()])
+    colors = _colors(labelled["line"])
+    datasets = sorted(labelled["dataset"].unique())
+    figure = Figure(figsize=(5.5 * len(datasets), 4.2), layout="constrained")
+    for axes, dataset in zip(figure.subplots(1, len(datasets), squeeze=False)[0], datasets, strict=True):
+        panel = labelled[labelled["dataset"] == dataset]
+        for line, points in panel.groupby("line", sort=True):
+            points = points.sort_values("labels_per_class")
+            axes.errorbar(
+                points["labels_per_class"].astype(float),
+                points["accuracy_mean"],
+                yerr=points["accuracy_std"].fillna(0.0),
+                marker="o",
+                capsize=3,
+                label=line,
+                color=colors[line],
+            )
+        label_counts = sorted(panel["labels_per_class"].unique())
+        axes.set_xscale("log")
+        axes.set_xticks([float(count) for count in label_counts])
+        axes.xaxis.set_major_formatter(ScalarFormatter())
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.set_xlabel("labels per class")
+        axes.set_ylabel("test accuracy (mean ± std over seeds)")
+        axes.set_title(dataset)
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize="small")
+    return figure
+
+
+def learning_curves(df: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per training step, mean and std over seeds, per configuration (empty without curves)."""
+    done = _done(df)
+    keys = _configuration_keys(done)
+    rows = []
+    for _, point in _hashable(done, keys).iterrows():
+        curves = point.get("curves")
+        if not isinstance(curves, dict) or CURVE_METRIC not in curves:
+            continue
+        for step, values in zip(curves["step"], curves[CURVE_METRIC], strict=True):
+            rows += [{**{key: point[key] for key in keys}, "step": step, CURVE_METRIC: value} for value in values]
+    if not rows:
+        return pd.DataFrame(columns=[*keys, "step", "mean", "std", "n_seeds"])
+    grouped = pd.DataFrame(rows).groupby([*keys, "step"], sort=True, dropna=False)[CURVE_METRIC]
+    return grouped.agg(mean="mean", std="std", n_seeds="size").reset_index()
+
+
+def plot_learning_curves(curves: pd.DataFrame) -> Figure:
+    """Accuracy against step, one panel per (dataset, labels per class), one line per setup and method."""
+    keys = [column for column in curves.columns if column not in ("step", "mean", "std", "n_seeds")]
+    labelled = curves.assign(line=[_line_label(row, keys) for _, row in curves.iterrows()])
+    colors = _colors(labelled["line"])
+    panels = sorted({(row["dataset"], row["labels_per_class"]) for _, row in labelled.iterrows()})
+    columns = min(len(panels), 4)
+    rows = -(-len(panels) // columns)
+    figure = Figure(figsize=(4.5 * columns, 3.6 * rows), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False, sharey=True)
+    for axes, (dataset, labels) in zip(grid.flat, panels, strict=False):  # the grid may have spare cells
+        panel = labelled[(labelled["dataset"] == dataset) & (labelled["labels_per_class"] == labels)]
+        for line, points in panel.groupby("line", sort=True):
+            points = points.sort_values("step")
+            spread = points["std"].fillna(0.0)
+            axes.plot(points["step"], points["mean"], label=line, color=colors[line])
+            axes.fill_between(
+                points["step"], points["mean"] - spread, points["mean"] + spread, alpha=0.2, color=colors[line]
+            )
+        axes.set_title(f"{dataset}, labels per class = {labels}")
+        axes.set_xlabel("step")
+        axes.set_ylabel(f"{CURVE_METRIC} (mean ± std)")
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize="small")
+    for axes in grid.flat[len(panels) :]:
+        axes.set_visible(False)
+    return figure
+
+
+def build_report(df: pd.DataFrame, out_dir: str | os.PathLike[str] = DEFAULT_OUT_DIR) -> list[Path]:
+    """Write the figures and summary tables for ``df`` (from :func:`lab.store.load`) into ``out_dir``.
+
+    Each file is written to a temporary name and then renamed, so an interrupted
+    report never leaves a half-written file. Returns the paths written.
+    """
+    out_dir = Path(out_dir)
+    table = summary_table(df)
+    written = [
+        _write_text(out_dir / "summary.md", summary_markdown(table)),
+        _write_text(out_dir / "summary.csv", table.to_csv(index=False)),
+        _write_figure(out_dir / "accuracy_vs_labels.png", plot_accuracy_vs_labels(table)),
+    ]
+    curves = learning_curves(df)
+    if not curves.empty:
+        written.append(_write_figure(out_dir / "learning_curves.png", plot_learning_curves(curves)))
+    return written
+
+
+def _write_text(path: Path, text: str) -> Path:
+    with store.atomic_output(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return path
+
+
+def _write_figure(path: Path, figure: Figure) -> Path:
+    with store.atomic_output(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=150)
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# `lab report`
+# --------------------------------------------------------------------------------------
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``lab report`` to the ``lab`` command line."""
+    parser = subparsers.add_parser(
+        "report", help="figures and a summary table (Markdown, CSV) from stored sweep results"
+    )
+    parser.add_argument("--sweep", default=None, help="only this sweep (default: every done point in the store)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT_DIR), help=f"output folder (default: {DEFAULT_OUT_DIR})")
+    parser.add_argument(
+        "--store", default=str(store.DEFAULT_PATH), help=f"results database (default: {store.DEFAULT_PATH})"
+    )
+    parser.set_defaults(handler=_cli_report)
+    return parser
+
+
+def _cli_report(args: argparse.Namespace) -> int:
+    frame = store.load(args.sweep, path=args.store)
+    if args.sweep is not None and frame.empty:
+        raise ValueError(f"no sweep named {args.sweep!r} in {args.store}; `lab runs list` shows the sweeps")
+    for path in build_report(frame, args.out):
+        print(f"wrote {path}")
+    return 0

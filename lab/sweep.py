@@ -1,0 +1,813 @@
+"""``lab sweep``: run a notebook over a grid of parameters, one papermill run per point.
+
+::
+
+    lab sweep notebooks/02_semi_supervised.ipynb --name ssl-digits \\
+        -p method fixmatch,pseudo_label -p labels_per_class 1,2,4,10 -p seed 0:5 --workers 2
+
+Grid values are comma-separated lists or half-open integer ranges ``a:b`` (like
+``range(a, b)``); ``--grid FILE`` gives the same as a YAML mapping of names to
+lists. Each value is converted to the type of the parameter's default in the
+notebook's ``parameters`` cell. When the notebook has a list parameter ``seeds``,
+a ``seed`` axis is folded into it: all seeds of a point run in one notebook (which
+trains them together) as ``seeds=[...]``.
+
+Everything is checked before the first run: parameter names, value types, and
+each point through an optional ``validate`` callable. Each point gets an id, a
+short hash of its parameters, and runs as ``runs/<name>/<point-id>.ipynb`` with its
+output streams in ``runs/<name>/<point-id>.log``. When the notebook has an
+``output_dir`` parameter that the grid does not set, each point gets its own,
+``runs/<name>/<point-id>/``, so runs never overwrite each other's files.
+
+Each finished run is saved at once in the results store (``runs/results.db``, see
+:mod:`lab.store`), as done with the notebook's record, or as failed with the error
+and traceback, while the other runs go on. Running the same sweep again skips the
+points that are done (and, unless ``retry_failed``, those that failed); points left
+pending or running by an interrupted (Ctrl-C) or killed sweep run again. After
+Ctrl-C, the local pool waits for the runs in progress to stop; Dask workers finish
+theirs, unsaved.
+
+Runs execute in a local process pool, or on a Dask cluster (``executor="dask"``:
+a scheduler address, or a local cluster on 127.0.0.1). With Dask, the workers
+must see the same files as this process (a shared file system): they read the
+notebook and write the executed notebooks and logs under the runs folder; only
+this process writes the results store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import platform
+import re
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import traitlets
+import yaml
+from jupyter_client import AsyncKernelManager
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from tqdm.auto import tqdm
+from traitlets.config import Config
+
+import lab
+from lab import store
+from lab.store import RunRow
+
+SEED_AXIS = "seed"
+SEEDS_PARAMETER = "seeds"
+OUTPUT_DIR_PARAMETER = "output_dir"
+EXECUTORS = ("local", "dask")
+STORE_FILENAME = "results.db"
+
+_SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+_INTEGER_RANGE = re.compile(r"\s*(-?\d+)\s*:\s*(-?\d+)\s*\Z")
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_TYPES: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str, "list": list, "dict": dict}
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+Validator = Callable[[dict[str, Any]], None]
+
+
+class GridError(ValueError):
+    """A sweep's grid or parameters are invalid; raised before anything runs."""
+
+
+# --------------------------------------------------------------------------------------
+# The notebook's parameters
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NotebookParameter:
+    """A parameter of a notebook's ``parameters`` cell."""
+
+    name: str
+    type: type | None  # what grid values become; None when neither an annotation nor a literal default tells
+    default_source: str  # the default as written in the cell
+    default: Any  # its value, when default_source is a Python literal (else None)
+    has_literal_default: bool
+
+
+def notebook_parameters(notebook: str | os.PathLike[str]) -> dict[str, NotebookParameter]:
+    """The parameters of ``notebook``'s cell tagged ``parameters``, read by papermill's Python translator.
+
+    A parameter's type is its annotation (``lr: float = 1e-3``) when that is one of
+    bool, int, float, str, list, dict; otherwise the type of its literal default.
+    (Sweeps run every notebook on a Python kernel, so the notebook's kernelspec,
+    which papermill.inspect_notebook insists on, does not matter.)
+    """
+    import nbformat  # here, like papermill below: they take seconds to import, which other lab commands need not pay
+    from papermill.translators import PythonTranslator
+
+    cells = nbformat.read(os.fspath(notebook), as_version=4).cells
+    tagged = next((cell for cell in cells if "parameters" in cell.metadata.get("tags", [])), None)
+    inspected = PythonTranslator.inspect(tagged) if tagged is not None else []
+    if not inspected:
+        raise GridError(
+            f"{notebook} has no cell tagged 'parameters' (or it assigns no parameters), so it cannot be swept"
+        )
+    parameters = {}
+    for info in inspected:
+        try:
+            value, literal = ast.literal_eval(info.default), True
+        except (ValueError, SyntaxError):
+            value, literal = None, False
+        expected = _TYPES.get(info.inferred_type_name)
+        if expected is None and literal and value is not None:
+            expected = _TYPES.get(type(value).__name__)
+        parameters[info.name] = NotebookParameter(info.name, expected, info.default, value, literal)
+    return parameters
+
+
+# --------------------------------------------------------------------------------------
+# Grids
+# --------------------------------------------------------------------------------------
+
+
+class _GridLoader(yaml.SafeLoader):
+    """YAML 1.1 without base-60 integers, so that ``seed: 1:5`` stays the range "1:5" (not 65)."""
+
+
+_GridLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_GridLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"), list("-+0123456789")
+)
+
+
+def parse_grid(
+    options: Iterable[tuple[str, str]] = (),
+    grid_file: str | os.PathLike[str] | None = None,
+) -> dict[str, list[Any]]:
+    """Build a grid from ``-p NAME VALUES`` pairs and/or a YAML grid file.
+
+    ``VALUES`` is a comma-separated list (commas inside brackets, as in ``[64,64]``,
+    do not split) whose items may be integer ranges ``a:b`` (half-open). The YAML
+    file maps names to a list of values or to one value; its strings may be ranges
+    too. Values stay as written (strings from the command line) until
+    :func:`expand_grid` converts them to the notebook's parameter types.
+    """
+    grid: dict[str, list[Any]] = {}
+    if grid_file is not None:
+        loaded = yaml.load(Path(grid_file).read_text(encoding="utf-8"), Loader=_GridLoader)
+        if not isinstance(loaded, dict):
+            raise GridError(
+                f"grid file {grid_file} must be a YAML mapping of parameter names to lists of values, "
+                f"got {type(loaded).__name__}"
+            )
+        for name, values in loaded.items():
+            grid[str(name)] = _expand_ranges(str(name), values if isinstance(values, list) else [values])
+    for name, text in options:
+        if name in grid:
+            raise GridError(
+                f"parameter {name!r} is given more than once; give all its values in one place, comma-separated"
+            )
+        grid[name] = _expand_ranges(name, _split_values(name, text))
+    return grid
+
+
+def _split_values(name: str, text: str) -> list[str]:
+    """Split on commas outside brackets, so list values such as ``[64,64],[128]`` stay whole."""
+    items, depth, current = [], 0, []
+    for character in text:
+        if character in "[{(":
+            depth += 1
+        elif character in "]})":
+            depth -= 1
+        if character == "," and depth == 0:
+            items.append("".join(current).strip())
+            current = []
+        else:
+            current.append(character)
+    items.append("".join(current).strip())
+    if "" in items:
+        raise GridError(f"parameter {name!r}: {text!r} has an empty value; separate values with single commas")
+    return items
+
+
+def _expand_ranges(name: str, values: list[Any]) -> list[Any]:
+    expanded: list[Any] = []
+    for value in values:
+        match = _INTEGER_RANGE.match(value) if isinstance(value, str) else None
+        if match is None:
+            expanded.append(value)
+            continue
+        start, stop = int(match[1]), int(match[2])
+        if stop <= start:
+            raise GridError(f"parameter {name!r}: range {value!r} is empty; a:b means a, a+1, ..., b-1")
+        expanded.extend(range(start, stop))
+    return expanded
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+    """One run of a sweep: the parameters given to the notebook, and their id."""
+
+    point_id: str
+    parameters: dict[str, Any]
+
+
+def point_id(parameters: Mapping[str, Any]) -> str:
+    """A short, stable id for a point: a hash of its parameters as canonical JSON (sorted keys)."""
+    canonical = json.dumps(parameters, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def expand_grid(
+    notebook: str | os.PathLike[str],
+    grid: Mapping[str, list[Any]],
+    *,
+    extra_parameters: Mapping[str, Any] | None = None,
+    validate: Validator | None = None,
+) -> list[SweepPoint]:
+    """The points of ``grid`` (the cartesian product of its axes) for ``notebook``.
+
+    Checks every name against the notebook's parameters, converts every value to
+    its parameter's type, folds a ``seed`` axis into ``seeds`` when the notebook has
+    that list parameter, adds ``extra_parameters`` (fixed values) to every point,
+    and passes each point, completed with the notebook's defaults, to ``validate``.
+    Raises :class:`GridError` naming the bad value and what is allowed.
+    """
+    extra_parameters = dict(extra_parameters or {})
+    if not grid:
+        raise GridError("the grid is empty: give at least one parameter with values (-p NAME VALUES or --grid FILE)")
+    parameters = notebook_parameters(notebook)
+    folds_seeds = (
+        SEEDS_PARAMETER in parameters and parameters[SEEDS_PARAMETER].type is list and SEED_AXIS not in parameters
+    )
+    allowed = sorted(parameters) + ([SEED_AXIS] if folds_seeds else [])
+    unknown = [name for name in [*grid, *extra_parameters] if name not in allowed]
+    if unknown:
+        note = f" ('{SEED_AXIS}' values are folded into the list parameter '{SEEDS_PARAMETER}')" if folds_seeds else ""
+        raise GridError(
+            f"{notebook} has no parameter {', '.join(map(repr, unknown))}; "
+            f"its parameters cell defines: {', '.join(allowed)}{note}"
+        )
+    both = sorted(set(grid) & set(extra_parameters))
+    if both:
+        raise GridError(f"parameter {', '.join(map(repr, both))} is both a grid axis and a fixed extra parameter")
+    if folds_seeds and SEED_AXIS in grid and SEEDS_PARAMETER in {*grid, *extra_parameters}:
+        raise GridError(f"give either a '{SEED_AXIS}' axis or '{SEEDS_PARAMETER}', not both")
+    if SEED_AXIS in extra_parameters and folds_seeds:
+        raise GridError(
+            f"'{SEED_AXIS}' is a grid axis folded into '{SEEDS_PARAMETER}'; pass fixed seeds as '{SEEDS_PARAMETER}'"
+        )
+
+    targets = dict(parameters)
+    if folds_seeds:  # each seed value is one element of the notebook's seeds list
+        seeds_default = f"{SEEDS_PARAMETER}={parameters[SEEDS_PARAMETER].default_source}"
+        targets[SEED_AXIS] = NotebookParameter(SEED_AXIS, int, seeds_default, None, False)
+    axes: dict[str, list[Any]] = {}
+    for name, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise GridError(f"parameter {name!r} has no values; give a non-empty list")
+        converted = [_convert(targets[name], value) for value in values]
+        repeated = [value for index, value in enumerate(converted) if value in converted[:index]]
+        if repeated:
+            raise GridError(f"parameter {name!r} lists {repeated[0]!r} more than once")
+        axes[name] = converted
+    fixed = {name: _convert(parameters[name], value) for name, value in extra_parameters.items()}
+    seeds = axes.pop(SEED_AXIS, None) if folds_seeds else None
+
+    points = []
+    for combination in itertools.product(*axes.values()):
+        point = {**fixed, **dict(zip(axes, combination, strict=True))}
+        if seeds is not None:
+            point[SEEDS_PARAMETER] = seeds
+        points.append(SweepPoint(point_id(point), point))
+    if validate is not None:
+        defaults = {name: parameter.default for name, parameter in parameters.items() if parameter.has_literal_default}
+        for point in points:
+            try:
+                validate({**defaults, **point.parameters})
+            except ValueError as error:
+                raise GridError(f"point {json.dumps(point.parameters, sort_keys=True)} is invalid: {error}") from error
+    return points
+
+
+def _convert(parameter: NotebookParameter, value: Any) -> Any:
+    """``value`` as the parameter's type, or a GridError naming parameter, value and type."""
+    expected = parameter.type
+    if expected is None:
+        return value
+    converted = _converted_or_none(expected, value)
+    if converted is None:
+        hint = {bool: " (true/false, yes/no, on/off or 1/0)", list: " (e.g. [1,2])", dict: " (e.g. {a: 1})"}.get(
+            expected, ""
+        )
+        raise GridError(
+            f"parameter {parameter.name!r} takes {expected.__name__} values{hint} "
+            f"(its default is {parameter.default_source}); cannot use {value!r}"
+        )
+    return converted
+
+
+def _converted_or_none(expected: type, value: Any) -> Any:
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        return None
+    if isinstance(value, bool):  # bool is an int subclass; True is no valid int, float or str here
+        return None
+    if expected is int or expected is float:
+        if isinstance(value, str):
+            try:
+                return expected(value.strip())
+            except ValueError:
+                return None
+        if isinstance(value, int) or (expected is float and isinstance(value, float)):
+            return expected(value)
+        return None
+    if expected is str:
+        return value if isinstance(value, str) else None
+    # list or dict: YAML gives them directly; the command line gives their YAML text.
+    if isinstance(value, str):
+        with contextlib.suppress(yaml.YAMLError):
+            value = yaml.load(value, Loader=_GridLoader)
+    return value if isinstance(value, expected) else None
+
+
+# --------------------------------------------------------------------------------------
+# Running one point
+# --------------------------------------------------------------------------------------
+
+
+def _kernel_environment() -> dict[str, str]:
+    # The kernel imports the same lab as this process (records must be written by
+    # the code that reads them), even when lab is not installed, e.g. in a checkout.
+    lab_root = str(Path(lab.__file__).resolve().parent.parent)
+    python_path = [lab_root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {"PYTHONPATH": os.pathsep.join(python_path)}
+
+
+class CurrentPythonKernelSpecManager(KernelSpecManager):
+    """Resolves every kernel name to IPython on the interpreter running this code.
+
+    Installed kernelspecs may point to another Python (a ``python3`` spec from a
+    global Jupyter install, or none at all in a fresh virtualenv); sweeps must run
+    notebooks with the packages of the environment that launched them.
+    """
+
+    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+        return KernelSpec(
+            argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            display_name=f"Python {platform.python_version()} ({sys.executable})",
+            language="python",
+            env=_kernel_environment(),
+        )
+
+
+class CurrentPythonKernelManager(AsyncKernelManager):
+    """The kernel manager papermill uses for sweeps: see :class:`CurrentPythonKernelSpecManager`."""
+
+    output_fd = traitlets.Integer(
+        None,
+        allow_none=True,
+        help="file descriptor for the kernel process's own stdout and stderr: what it prints outside cells, "
+        "such as startup warnings and native crash messages (default: this process's)",
+    ).tag(config=True)
+
+    @traitlets.default("kernel_spec_manager")
+    def _kernel_spec_manager_default(self) -> KernelSpecManager:
+        return CurrentPythonKernelSpecManager()
+
+    async def start_kernel(self, **kwargs: Any) -> None:
+        if self.output_fd is not None:
+            kwargs.setdefault("stdout", self.output_fd)
+            kwargs.setdefault("stderr", self.output_fd)
+        await super().start_kernel(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunTask:
+    """What a worker needs to run one point; paths are absolute so any worker can use them."""
+
+    sweep: str
+    point_id: str
+    notebook: str
+    parameters: dict[str, Any]
+    output_notebook: str
+    log_path: str
+    working_dir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutcome:
+    """How one run ended, as the worker saw it."""
+
+    status: str  # "done" or "failed"
+    started_at: str
+    ended_at: str
+    duration_s: float
+    payload: dict[str, Any] | None = None
+    error: str | None = None
+    traceback: str | None = None
+    versions: dict[str, str | None] | None = None
+    git_commit: str | None = None
+
+
+def execute_run(task: RunTask) -> RunOutcome:
+    """Execute one point with papermill; failures are returned, not raised.
+
+    The notebook's stdout and stderr stream into the run's log as it runs, followed
+    by the outcome. A failed run keeps its executed notebook, and its record too if
+    the notebook made one before failing.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    started_at, clock = store.utc_now(), time.monotonic()
+    payload = error = failure_traceback = None
+    with open(task.log_path, "w", encoding="utf-8") as log:
+        log.write(f"lab sweep {task.sweep}, point {task.point_id}\nnotebook: {task.notebook}\n")
+        log.write(f"parameters: {json.dumps(task.parameters, sort_keys=True)}\nstarted: {started_at}\n\n")
+        log.flush()
+        try:
+            executed = _in_fresh_context(
+                papermill.execute_notebook,
+                task.notebook,
+                task.output_notebook,
+                parameters=task.parameters,
+                kernel_name="python3",  # resolved to this interpreter by CurrentPythonKernelManager
+                language="python",
+                progress_bar=False,
+                stdout_file=log,
+                stderr_file=log,
+                kernel_manager_class=CurrentPythonKernelManager,
+                config=Config({"CurrentPythonKernelManager": {"output_fd": log.fileno()}}),
+                # The kernel's working directory, passed to nbclient rather than as papermill's
+                # cwd=, which changes the whole process's directory (unsafe in threaded Dask workers).
+                resources={"metadata": {"path": task.working_dir}},
+            )
+            payload = store.records_from_notebook(executed, task.output_notebook)
+        except PapermillExecutionError as failure:
+            error = f"{failure.ename}: {failure.evalue}"
+            failure_traceback = _ANSI_ESCAPE.sub("", "\n".join(failure.traceback))
+            payload = _record_if_any(task.output_notebook)
+        except Exception as failure:  # any failure of one run is stored, and the sweep goes on
+            error = f"{type(failure).__name__}: {failure}"
+            failure_traceback = traceback.format_exc()
+        ended_at, duration_s = store.utc_now(), time.monotonic() - clock
+        status = "failed" if error else "done"
+        log.write(f"\n{status} at {ended_at} after {duration_s:.1f} s\n")
+        if error:
+            log.write(f"{error}\n{failure_traceback}\n")
+    return RunOutcome(
+        status=status,
+        started_at=started_at,
+        ended_at=ended_at,
+        duration_s=duration_s,
+        payload=payload,
+        error=error,
+        traceback=failure_traceback,
+        versions=store.library_versions(),
+        git_commit=store.git_commit(task.working_dir),
+    )
+
+
+def _in_fresh_context(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``function`` in an empty contextvars context, then close the event loops it left there.
+
+    papermill runs its async client on an event loop that jupyter_core caches in a
+    context variable. Threads of a Dask worker start from a copy of the submitting
+    thread's context, so without this two runs could share one cached loop and fail
+    with "This event loop is already running".
+    """
+    context = contextvars.Context()
+    try:
+        return context.run(function, *args, **kwargs)
+    finally:
+        for value in context.values():
+            if isinstance(value, asyncio.AbstractEventLoop) and not value.is_closed():
+                value.close()
+
+
+def _record_if_any(executed_notebook: str) -> dict[str, Any] | None:
+    try:
+        return store.read_records(executed_notebook)
+    except (OSError, ValueError, LookupError):
+        return None
+
+
+# --------------------------------------------------------------------------------------
+# Running a sweep
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SweepSummary:
+    """What one ``run_sweep`` call did."""
+
+    name: str
+    store_path: Path
+    runs_dir: Path
+    points: int
+    done: list[str] = dataclasses.field(default_factory=list)  # point ids finished in this call
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)  # point id -> error, failed in this call
+    already_done: list[str] = dataclasses.field(default_factory=list)  # skipped: done before
+    not_retried: list[str] = dataclasses.field(default_factory=list)  # skipped: failed before, retry_failed not set
+
+    @property
+    def complete(self) -> bool:
+        """Whether every point of the sweep is done."""
+        return not self.failed and not self.not_retried
+
+    def describe(self) -> str:
+        """A few lines for people: what ran, what was skipped, where things are, why runs failed."""
+        ran = len(self.done) + len(self.failed)
+        headline = (
+            f"sweep {self.name}: {self.points} points; ran {ran} ({len(self.done)} done, {len(self.failed)} failed)"
+        )
+        if self.already_done:
+            headline += f"; skipped {len(self.already_done)} done before"
+        if self.not_retried:
+            headline += f"; skipped {len(self.not_retried)} that failed before (--retry-failed runs them again)"
+        lines = [headline, f"results: {self.store_path}; notebooks and logs: {self.runs_dir / self.name}"]
+        lines += [
+            f"  failed {point}: {error}  (log: {self.runs_dir / self.name / point}.log)"
+            for point, error in self.failed.items()
+        ]
+        return "\n".join(lines)
+
+
+def run_sweep(
+    notebook: str | os.PathLike[str],
+    grid: Mapping[str, list[Any]],
+    *,
+    name: str,
+    runs_dir: str | os.PathLike[str] = "runs",
+    workers: int | None = None,
+    executor: str = "local",
+    scheduler: str | None = None,
+    retry_failed: bool = False,
+    validate: Validator | None = None,
+    extra_parameters: Mapping[str, Any] | None = None,
+) -> SweepSummary:
+    """Run ``notebook`` at every point of ``grid``; see the module docstring.
+
+    ``workers`` is how many runs execute at once: the process pool's size, or the
+    number of Dask workers of the local cluster; with a ``scheduler`` address it
+    defaults to the cluster's worker threads. Results go to ``<runs_dir>/results.db``
+    as each run ends. Returns the ids of what ran and what was skipped.
+
+    The local executor starts its workers with ``spawn``, which imports the calling
+    script again: in a script, call ``run_sweep`` under ``if __name__ == "__main__":``.
+    """
+    if not _SWEEP_NAME.match(name):
+        raise ValueError(
+            f"sweep name {name!r} is not allowed: "
+            "use letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
+    if scheduler is not None and executor != "dask":
+        raise ValueError(f"a scheduler address ({scheduler}) needs executor 'dask', not {executor!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    notebook = Path(notebook)
+    if not notebook.is_file():
+        raise FileNotFoundError(f"notebook {notebook} does not exist")
+    points = expand_grid(notebook, grid, extra_parameters=extra_parameters, validate=validate)
+
+    runs_dir = Path(runs_dir)
+    results = store.ResultsStore(runs_dir / STORE_FILENAME)
+    previous = {row.point_id: row for row in results.rows(name)}
+    other_notebooks = {row.notebook for row in previous.values() if Path(row.notebook).resolve() != notebook.resolve()}
+    if other_notebooks:
+        raise ValueError(
+            f"sweep {name!r} already holds runs of {', '.join(sorted(other_notebooks))}; "
+            f"give this sweep of {notebook} another --name"
+        )
+
+    summary = SweepSummary(name, results.path, runs_dir, len(points))
+    tasks = []
+    sweep_dir = runs_dir / name
+    with_output_dir = OUTPUT_DIR_PARAMETER in notebook_parameters(notebook)
+    for point in points:
+        status = previous[point.point_id].status if point.point_id in previous else None
+        if status == "done":
+            summary.already_done.append(point.point_id)
+        elif status == "failed" and not retry_failed:
+            summary.not_retried.append(point.point_id)
+        else:
+            parameters = dict(point.parameters)
+            if with_output_dir and OUTPUT_DIR_PARAMETER not in parameters:
+                parameters[OUTPUT_DIR_PARAMETER] = str(sweep_dir / point.point_id)
+            tasks.append(
+                RunTask(
+                    sweep=name,
+                    point_id=point.point_id,
+                    notebook=str(notebook.resolve()),
+                    parameters=parameters,
+                    output_notebook=str((sweep_dir / f"{point.point_id}.ipynb").resolve()),
+                    log_path=str((sweep_dir / f"{point.point_id}.log").resolve()),
+                    working_dir=os.getcwd(),
+                )
+            )
+    if not tasks:
+        return summary
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    results.save(*(_row(notebook, task, "pending") for task in tasks))
+    _run_tasks(notebook, tasks, results, summary, executor, workers, scheduler)
+    return summary
+
+
+def _row(
+    notebook: Path, task: RunTask, status: str, outcome: RunOutcome | None = None, started_at: str | None = None
+) -> RunRow:
+    row = RunRow(
+        sweep=task.sweep,
+        point_id=task.point_id,
+        notebook=str(notebook),
+        parameters=task.parameters,
+        status=status,
+        started_at=started_at,
+        output_notebook=os.path.relpath(task.output_notebook),
+        log_path=os.path.relpath(task.log_path),
+    )
+    if outcome is not None:
+        fields = dataclasses.asdict(outcome)
+        del fields["status"]
+        row = dataclasses.replace(row, **fields)
+    return row
+
+
+def _run_tasks(
+    notebook: Path,
+    tasks: list[RunTask],
+    results: store.ResultsStore,
+    summary: SweepSummary,
+    executor: str,
+    workers: int | None,
+    scheduler: str | None,
+) -> None:
+    """Run ``tasks``, at most ``capacity`` at a time, saving each outcome as soon as it arrives.
+
+    Submitting no more runs than the executor runs at once means that a point the
+    store marks as running is running, with the right start time, not queued.
+    """
+    waiting = collections.deque(tasks)
+    in_flight: dict[concurrent.futures.Future[RunOutcome], RunTask] = {}
+    with (
+        _executor(executor, workers, scheduler) as (pool, capacity),
+        tqdm(total=len(tasks), desc=summary.name, unit="run") as progress,
+    ):
+        try:
+            while waiting or in_flight:
+                while waiting and len(in_flight) < capacity:
+                    task = waiting.popleft()
+                    in_flight[pool.submit(execute_run, task)] = task
+                    results.save(_row(notebook, task, "running", started_at=store.utc_now()))
+                finished, _ = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in finished:
+                    task = in_flight[future]
+                    outcome = _outcome(future)
+                    del in_flight[future]
+                    results.save(_row(notebook, task, outcome.status, outcome))
+                    if outcome.status == "done":
+                        summary.done.append(task.point_id)
+                    else:
+                        summary.failed[task.point_id] = outcome.error or "unknown error"
+                    progress.update()
+                    progress.set_postfix(done=len(summary.done), failed=len(summary.failed))
+        except BaseException:
+            # Interrupted (Ctrl-C) or the executor broke: finished runs are already saved;
+            # the ones still in flight go back to pending, so the next run of this sweep redoes them.
+            results.save(*(_row(notebook, task, "pending") for task in in_flight.values()))
+            raise
+
+
+def _outcome(future: concurrent.futures.Future[RunOutcome]) -> RunOutcome:
+    """The run's outcome, or a failed one when its worker itself died (killed, out of memory).
+
+    A broken executor (a process pool that lost a worker process) is raised: the
+    runs are not at fault and stay pending for the next attempt.
+    """
+    try:
+        return future.result()
+    except concurrent.futures.BrokenExecutor:
+        raise
+    except Exception as failure:  # the worker is gone: record why, and go on
+        now = store.utc_now()
+        return RunOutcome(
+            status="failed",
+            started_at=now,
+            ended_at=now,
+            duration_s=0.0,
+            error=f"worker failed: {type(failure).__name__}: {failure}",
+            traceback="".join(traceback.format_exception(failure)),
+        )
+
+
+@contextlib.contextmanager
+def _executor(
+    kind: str, workers: int | None, scheduler: str | None
+) -> Iterator[tuple[concurrent.futures.Executor, int]]:
+    """A concurrent.futures executor for the runs, and how many runs it executes at once."""
+    if kind == "local":
+        # spawn: a fresh interpreter per worker; forking this process (with tqdm's and
+        # possibly Dask's threads) could deadlock the child.
+        pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=workers or 1, mp_context=multiprocessing.get_context("spawn")
+        )
+        try:
+            yield pool, workers or 1
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as error:
+        raise ImportError("executor 'dask' needs dask.distributed: pip install 'lab[distributed]'") from error
+    with contextlib.ExitStack() as stack:
+        if scheduler is None:
+            # Loopback only; port 0 picks a free port for the scheduler's HTTP server, which
+            # is started even without a dashboard and would otherwise clash with another cluster's 8787.
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=workers or 1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+                )
+            )
+            client = stack.enter_context(Client(cluster))
+        else:
+            client = stack.enter_context(Client(scheduler))
+        capacity = workers or max(1, sum(client.nthreads().values()))
+        # pure=False: every submission is a run to execute, never a cached result.
+        yield client.get_executor(pure=False), capacity
+
+
+# --------------------------------------------------------------------------------------
+# `lab sweep`
+# --------------------------------------------------------------------------------------
+
+
+def register_cli(subparsers: argparse._SubParsersAction, validate: Validator | None = None) -> argparse.ArgumentParser:
+    """Add ``lab sweep`` to the ``lab`` command line; ``validate`` checks every point before any run."""
+    parser = subparsers.add_parser(
+        "sweep",
+        help="run a notebook over a grid of parameters (papermill), saving results in runs/results.db",
+        description="Run a notebook once per point of a parameter grid with papermill. Each result is saved in "
+        "<runs-dir>/results.db as its run ends; running the same --name again skips the points already done.",
+        epilog="example: lab sweep notebooks/02_semi_supervised.ipynb --name ssl-digits "
+        "-p method fixmatch,pseudo_label -p labels_per_class 1,2,4,10 -p seed 0:5 --workers 2",
+    )
+    parser.add_argument("notebook", help="the notebook to run; it needs a cell tagged 'parameters'")
+    parser.add_argument(
+        "-p", "--parameter", nargs=2, action="append", default=[], dest="parameters", metavar=("NAME", "VALUES"),
+        help="a grid axis: comma-separated values and integer ranges a:b (b excluded); repeat for more axes",
+    )  # fmt: skip
+    parser.add_argument(
+        "--grid", metavar="FILE", help="YAML mapping of parameter names to lists of values (the same forms as -p)"
+    )
+    parser.add_argument("--name", required=True, help="sweep name; running the same name again resumes the sweep")
+    parser.add_argument("--runs-dir", default="runs", help="where notebooks, logs and results.db go (default: runs)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="runs at once (default: 1; with --scheduler, the cluster's threads)"
+    )
+    parser.add_argument(
+        "--executor", choices=EXECUTORS, default="local", help="local process pool or Dask (default: local)"
+    )
+    parser.add_argument(
+        "--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://127.0.0.1:8786 (default: a local cluster)"
+    )
+    parser.add_argument("--retry-failed", action="store_true", help="run the points that failed before again")
+    parser.set_defaults(handler=functools.partial(_cli_sweep, validate=validate))
+    return parser
+
+
+def _cli_sweep(args: argparse.Namespace, validate: Validator | None) -> int:
+    summary = run_sweep(
+        args.notebook,
+        parse_grid(args.parameters, args.grid),
+        name=args.name,
+        runs_dir=args.runs_dir,
+        workers=args.workers,
+        executor=args.executor,
+        scheduler=args.scheduler,
+        retry_failed=args.retry_failed,
+        validate=validate,
+    )
+    print(summary.describe())
+    return 0 if summary.complete else 1

@@ -1,0 +1,179 @@
+"""`lab report`: the summary table against hand-computed means and standard
+deviations, configuration grouping, learning curves, and the files written."""
+
+import argparse
+import math
+
+import matplotlib.image
+import pandas as pd
+import pytest
+
+from lab import report, store
+from lab.store import ResultsStore, RunRow
+
+
+def _row(
+    point_id, method, labels, seeds, accuracy, *, setup="semi_supervised", status="done", curves=None, **parameters
+):
+    payload = {
+        "dataset": "digits",
+        "setup": setup,
+        "method": method,
+        "labels_per_class": labels,
+        "seeds": seeds,
+        "metrics": {
+            "accuracy": accuracy,
+            "macro_f1": [value - 0.1 for value in accuracy],
+            "ece": [0.1 * seed for seed in seeds],
+        },
+    }
+    if curves is not None:
+        payload["curves"] = curves
+    parameters = {
+        "method": method,
+        "labels_per_class": labels,
+        "seeds": seeds,
+        "output_dir": f"runs/s/{point_id}",
+        **parameters,
+    }
+    return RunRow("s", point_id, "nb.ipynb", parameters, status, payload=payload if status == "done" else None)
+
+
+@pytest.fixture
+def results(tmp_path):
+    path = tmp_path / "results.db"
+    ResultsStore(path).save(
+        _row("a", "fixmatch", 1, [0, 1], [0.6, 0.8], curves={"step": [0, 50], "accuracy": [[0.1, 0.3], [0.6, 0.8]]}),
+        _row("b", "fixmatch", 1, [2], [0.7], curves={"step": [0, 50], "accuracy": [[0.2], [0.7]]}),
+        _row("c", "fixmatch", 4, [0, 1], [0.85, 0.95]),
+        _row("d", "pseudo_label", 1, [0], [0.5]),
+        _row("e", "pseudo_label", 4, [0], [0.99], status="failed"),
+        _row("f", "erm", 1, [0, 1], [0.4, 0.6], setup="supervised"),
+    )
+    return path
+
+
+def test_summary_table_pools_seeds_and_matches_hand_computed_numbers(results):
+    table = report.summary_table(store.load(path=results))
+    assert list(table.columns) == [
+        "dataset", "setup", "method", "labels_per_class", "n_seeds",
+        "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std", "ece_mean", "ece_std",
+    ]  # fmt: skip
+    rows = {(row.setup, row.method, row.labels_per_class): row for row in table.itertuples()}
+    assert set(rows) == {
+        ("semi_supervised", "fixmatch", 1),
+        ("semi_supervised", "fixmatch", 4),
+        ("semi_supervised", "pseudo_label", 1),
+        ("supervised", "erm", 1),
+    }
+    # fixmatch, 1 label: seeds 0, 1 (point a) and 2 (point b) pooled: 0.6, 0.8, 0.7.
+    pooled = rows["semi_supervised", "fixmatch", 1]
+    assert pooled.n_seeds == 3
+    assert pooled.accuracy_mean == pytest.approx(0.7)
+    assert pooled.accuracy_std == pytest.approx(math.sqrt((0.1**2 + 0.1**2 + 0.0) / 2))
+    assert pooled.ece_mean == pytest.approx((0.0 + 0.1 + 0.2) / 3)
+    assert rows["semi_supervised", "fixmatch", 4].accuracy_std == pytest.approx(math.sqrt(2 * 0.05**2))
+    # One seed: no spread. The failed pseudo_label point (0.99) does not count.
+    single = rows["semi_supervised", "pseudo_label", 1]
+    assert (single.n_seeds, single.accuracy_mean) == (1, 0.5) and math.isnan(single.accuracy_std)
+
+
+def test_summary_markdown_shows_mean_plus_minus_std(results):
+    markdown = report.summary_markdown(report.summary_table(store.load(path=results)))
+    lines = markdown.splitlines()
+    assert lines[0] == "| dataset | setup | method | labels_per_class | n_seeds | accuracy | macro_f1 | ece |"
+    assert (
+        "| digits | semi_supervised | fixmatch | 1 | 3 | 0.7000 ± 0.1000 | 0.6000 ± 0.1000 | 0.1000 ± 0.1000 |" in lines
+    )
+    assert "| digits | semi_supervised | pseudo_label | 1 | 1 | 0.5000 | 0.4000 | 0.0000 |" in lines
+    assert len(lines) == 2 + 4
+
+
+def test_parameters_that_vary_within_a_configuration_keep_results_apart(tmp_path):
+    path = tmp_path / "results.db"
+    ResultsStore(path).save(
+        _row("a", "fixmatch", 1, [0], [0.6], learning_rate=0.1, width=1),
+        _row("b", "fixmatch", 1, [1], [0.8], learning_rate=0.01, width=1),
+        _row("c", "fixmatch", 4, [0], [0.9], learning_rate=0.1, width=4),  # width only changes with labels_per_class
+    )
+    table = report.summary_table(store.load(path=path))
+    assert list(table.columns[:5]) == ["dataset", "setup", "method", "labels_per_class", "learning_rate"]
+    assert list(zip(table["labels_per_class"], table["learning_rate"], table["accuracy_mean"], strict=True)) == [
+        (1, 0.01, 0.8),
+        (1, 0.1, 0.6),
+        (4, 0.1, 0.9),
+    ]
+
+
+def test_a_metric_that_some_notebooks_do_not_record_is_averaged_where_present(tmp_path):
+    path = tmp_path / "results.db"
+    without_ece = _row("b", "fixmatch", 1, [2], [0.7])
+    del without_ece.payload["metrics"]["ece"]
+    ResultsStore(path).save(_row("a", "fixmatch", 1, [0, 1], [0.6, 0.8]), without_ece)
+    (row,) = report.summary_table(store.load(path=path)).itertuples()
+    assert (row.n_seeds, row.accuracy_mean) == (3, pytest.approx(0.7))
+    assert row.ece_mean == pytest.approx(0.05)  # seeds 0 and 1 of point a only
+
+
+def test_learning_curves_average_over_seeds_per_step(results):
+    curves = report.learning_curves(store.load(path=results))
+    assert list(zip(curves["method"], curves["step"], curves["n_seeds"], strict=True)) == [
+        ("fixmatch", 0, 3),
+        ("fixmatch", 50, 3),
+    ]
+    assert curves["mean"].tolist() == pytest.approx([0.2, 0.7])
+    assert curves["std"].tolist() == pytest.approx([0.1, 0.1])
+
+
+def _is_png(path):
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(path).shape[0] > 100
+
+
+def test_build_report_writes_figures_and_tables(results, tmp_path):
+    out = tmp_path / "figures"
+    written = report.build_report(store.load(path=results), out)
+    assert sorted(path.name for path in written) == [
+        "accuracy_vs_labels.png",
+        "learning_curves.png",
+        "summary.csv",
+        "summary.md",
+    ]
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        path.name for path in written
+    )  # no temporary files left
+    assert _is_png(out / "accuracy_vs_labels.png") and _is_png(out / "learning_curves.png")
+    table = pd.read_csv(out / "summary.csv")
+    assert table.loc[
+        (table["method"] == "fixmatch") & (table["labels_per_class"] == 1), "accuracy_mean"
+    ].item() == pytest.approx(0.7)
+    assert "0.7000 ± 0.1000" in (out / "summary.md").read_text()
+
+
+def test_no_learning_curves_figure_without_curves(tmp_path):
+    path = tmp_path / "results.db"
+    ResultsStore(path).save(_row("c", "fixmatch", 4, [0, 1], [0.85, 0.95]))
+    written = report.build_report(store.load(path=path), tmp_path / "out")
+    assert "learning_curves.png" not in {written_path.name for written_path in written}
+
+
+def test_a_report_needs_done_points(tmp_path):
+    path = tmp_path / "results.db"
+    ResultsStore(path).save(_row("e", "pseudo_label", 4, [0], [0.99], status="failed"))
+    with pytest.raises(ValueError, match="no done points to report on"):
+        report.build_report(store.load(path=path), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _cli(*argv):
+    parser = argparse.ArgumentParser(prog="lab")
+    report.register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def test_cli_report(results, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert _cli("report", "--sweep", "s", "--out", str(out), "--store", str(results)) == 0
+    assert f"wrote {out / 'accuracy_vs_labels.png'}" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no sweep named 'nope'"):
+        _cli("report", "--sweep", "nope", "--out", str(out), "--store", str(results))

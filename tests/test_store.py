@@ -1,0 +1,414 @@
+"""Results store: notebook records, the SQLite store under parallel writers, schema
+versions, the pandas view, exports (CSV, Parquet, MLflow) and `lab runs`."""
+
+import argparse
+import json
+import multiprocessing
+import sqlite3
+import subprocess
+import sys
+import types
+
+import nbformat
+import numpy as np
+import pandas as pd
+import papermill
+import pytest
+
+from lab import store
+from lab.store import ResultsStore, RunRow
+
+
+def make_payload(method="fixmatch", labels=4, seeds=(0, 1), accuracy=(0.8, 0.9), **extra):
+    return {
+        "dataset": "digits",
+        "setup": "semi_supervised",
+        "method": method,
+        "labels_per_class": labels,
+        "seeds": list(seeds),
+        "metrics": {"accuracy": list(accuracy), "macro_f1": [a - 0.1 for a in accuracy], "ece": [0.05] * len(seeds)},
+        **extra,
+    }
+
+
+def done_row(sweep="s", point_id="p1", **payload_options):
+    payload = make_payload(**payload_options)
+    parameters = {
+        "method": payload["method"],
+        "labels_per_class": payload["labels_per_class"],
+        "seeds": payload["seeds"],
+    }
+    return RunRow(
+        sweep,
+        point_id,
+        "nb.ipynb",
+        parameters,
+        "done",
+        payload=payload,
+        duration_s=1.5,
+        versions={"python": "3.11.7", "jax": "0.7.1"},
+    )
+
+
+# --------------------------------------------------------------------------------------
+# record / read_records
+# --------------------------------------------------------------------------------------
+
+
+def test_record_round_trip_through_an_executed_notebook(tmp_path):
+    """Two record() calls in a real kernel (one per seed, NumPy values) read back as one merged record."""
+    from lab.sweep import CurrentPythonKernelManager  # runs the kernel on this interpreter, with this lab importable
+
+    first = "seeds=[0], accuracy=np.array([0.75]), curve=[[0.5], [0.75]], wall=1.0"
+    second = "seeds=[3], accuracy=[np.float32(0.5)], curve=[[0.25], [0.5]], wall=2.0"
+    cells = [nbformat.v4.new_code_cell("import numpy as np\nimport lab.store")]
+    for arguments in (first, second):
+        cells.append(
+            nbformat.v4.new_code_cell(
+                f"def report({arguments}):\n"
+                "    lab.store.record({'dataset': 'digits', 'setup': 'supervised', 'method': 'erm',\n"
+                "                      'labels_per_class': 2, 'seeds': seeds, 'metrics': {'accuracy': accuracy},\n"
+                "                      'curves': {'step': [0, 100], 'accuracy': curve},\n"
+                "                      'wall_time_s': {'train': wall}})\n"
+                "report()"
+            )
+        )
+    notebook = nbformat.v4.new_notebook(
+        cells=cells, metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}}
+    )
+    source, executed = tmp_path / "two_records.ipynb", tmp_path / "two_records.out.ipynb"
+    nbformat.write(notebook, source)
+    papermill.execute_notebook(
+        source, executed, kernel_name="python3", progress_bar=False, kernel_manager_class=CurrentPythonKernelManager
+    )
+
+    outputs = [output for cell in nbformat.read(executed, as_version=4).cells for output in cell.get("outputs", [])]
+    assert all("lab record: digits / supervised / erm" in output["data"]["text/plain"] for output in outputs)
+    record = store.read_records(executed)
+    assert record["seeds"] == [0, 3]
+    assert record["metrics"]["accuracy"] == [0.75, 0.5]
+    assert record["curves"] == {"step": [0, 100], "accuracy": [[0.5, 0.25], [0.75, 0.5]]}
+    assert record["wall_time_s"] == {"train": 3.0}
+
+
+def _notebook_with_records(*payloads):
+    outputs = [
+        nbformat.v4.new_output("display_data", data={store.RECORD_MIME_TYPE: payload, "text/plain": "record"})
+        for payload in payloads
+    ]
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("", outputs=outputs)])
+
+
+def test_read_records_names_the_notebook_without_a_record(tmp_path):
+    path = tmp_path / "silent.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")]), path)
+    with pytest.raises(store.RecordNotFoundError, match=r"silent\.ipynb holds no lab record"):
+        store.read_records(path)
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        (make_payload(method="mixmatch", seeds=[5], accuracy=[0.1]), "method is 'fixmatch' in one and 'mixmatch'"),
+        (make_payload(seeds=[1, 2], accuracy=[0.1, 0.2]), r"records seeds \[1\] more than once"),
+    ],
+)
+def test_records_that_cannot_be_merged_are_refused(second, message):
+    with pytest.raises(ValueError, match=message):
+        store.records_from_notebook(_notebook_with_records(make_payload(), second), "nb.ipynb")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda p: p.pop("metrics"), "missing 'metrics'"),
+        (lambda p: p["metrics"].update(accuracy=[0.5]), r"'metrics.accuracy' has 1 values but 'seeds' has 2"),
+        (lambda p: p.update(labels_per_class=0), "'labels_per_class' must be a positive integer, got 0"),
+        (lambda p: p.update(seeds=[1, 1]), "lists a seed more than once"),
+        (lambda p: p.update(curves={"step": [0], "accuracy": [[0.1]]}), r"'curves.accuracy\[0\]' has 1 values"),
+        (lambda p: p.update(notes={1, 2}), "'record.notes' is a set, which is not JSON"),
+    ],
+)
+def test_invalid_payloads_are_refused_with_the_reason(change, message):
+    payload = make_payload()
+    change(payload)
+    with pytest.raises(ValueError, match=message):
+        store.record(payload)
+
+
+def test_payload_numbers_from_numpy_become_plain_json():
+    checked = store.validate_payload(make_payload(accuracy=np.array([0.25, 0.5], dtype=np.float32), seeds=np.arange(2)))
+    assert checked["metrics"]["accuracy"] == [0.25, 0.5]
+    assert checked["seeds"] == [0, 1] and all(type(seed) is int for seed in checked["seeds"])
+    json.dumps(checked)
+
+
+# --------------------------------------------------------------------------------------
+# The SQLite store
+# --------------------------------------------------------------------------------------
+
+
+def test_rows_round_trip_and_upsert_replaces(tmp_path):
+    results = ResultsStore(tmp_path / "results.db")
+    results.save(
+        RunRow("s", "p1", "nb.ipynb", {"method": "fixmatch"}, "running", started_at="2025-01-01T00:00:00+00:00")
+    )
+    results.save(done_row())
+    (row,) = results.rows("s")
+    assert row.status == "done" and row.started_at is None
+    assert row.payload == make_payload()
+    assert row.parameters == {"method": "fixmatch", "labels_per_class": 4, "seeds": [0, 1]}
+    with pytest.raises(ValueError, match="run status 'finished' is not one of pending, running, done, failed"):
+        RunRow("s", "p1", "nb.ipynb", {}, "finished")
+
+
+def _write_rows(path, writer, count, barrier):
+    barrier.wait()  # every writer opens the (new) database and writes at the same moment
+    results = ResultsStore(path)
+    for index in range(count):
+        results.save(
+            done_row(sweep="parallel", point_id=f"w{writer}-{index}", accuracy=(writer / 10, index / 100), seeds=(0, 1))
+        )
+
+
+def test_parallel_writers_lose_no_rows(tmp_path):
+    path, writers, rows_each = tmp_path / "results.db", 4, 25
+    # fork: the writers need nothing but lab.store, already imported here; spawn would
+    # re-import this test module (papermill, pandas) in each of them, for many seconds.
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(writers)
+    processes = [
+        context.Process(target=_write_rows, args=(path, writer, rows_each, barrier)) for writer in range(writers)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [process.exitcode for process in processes] == [0] * writers
+    rows = ResultsStore(path).rows("parallel")
+    assert len(rows) == writers * rows_each
+    assert {row.point_id: row.payload["metrics"]["accuracy"] for row in rows} == {
+        f"w{writer}-{index}": [writer / 10, index / 100] for writer in range(writers) for index in range(rows_each)
+    }
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_store_from_a_newer_lab_is_refused(tmp_path):
+    path = tmp_path / "results.db"
+    ResultsStore(path).save(done_row())
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(store.StoreVersionError, match=r"schema version 99, but this lab .* reads version 1"):
+        ResultsStore(path)
+    with pytest.raises(store.StoreVersionError):
+        store.load(path=path)
+
+
+def test_reading_a_missing_store_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no results store at .*nowhere\.db"):
+        store.load(path=tmp_path / "nowhere.db")
+    assert not (tmp_path / "nowhere.db").exists()
+
+
+# --------------------------------------------------------------------------------------
+# pandas view and exports
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def filled_store(tmp_path):
+    path = tmp_path / "results.db"
+    results = ResultsStore(path)
+    results.save(
+        done_row(
+            point_id="a1",
+            curves={"step": [0, 10], "accuracy": [[0.1, 0.2], [0.8, 0.9]]},
+            wall_time_s={"compile": 2.0, "train": 30.0},
+        ),
+        done_row(point_id="b2", method="pseudo_label", labels=1, accuracy=(0.5, 0.7)),
+        RunRow(
+            "s",
+            "c3",
+            "nb.ipynb",
+            {"method": "mixmatch", "labels_per_class": 10, "status": "x"},
+            "failed",
+            error="RuntimeError: boom",
+            traceback="Traceback ...",
+        ),
+        done_row(sweep="other", point_id="d4"),
+    )
+    return path
+
+
+def test_load_expands_parameters_and_metrics(filled_store):
+    frame = store.load("s", path=filled_store)
+    assert list(frame["point_id"]) == ["a1", "b2", "c3"]
+    assert list(frame.columns[:8]) == [
+        "sweep",
+        "point_id",
+        "status",
+        "dataset",
+        "setup",
+        "method",
+        "labels_per_class",
+        "seeds",
+    ]
+    a1, b2, c3 = (frame.iloc[index] for index in range(3))
+    assert a1["accuracy"] == [0.8, 0.9] and b2["accuracy"] == [0.5, 0.7]
+    assert a1["train_time_s"] == 30.0 and a1["curves"]["step"] == [0, 10]
+    assert a1["jax_version"] == "0.7.1"
+    # The failed point keeps its parameters; its metrics are missing.
+    assert c3["method"] == "mixmatch" and c3["error"] == "RuntimeError: boom" and pd.isna(c3["accuracy"])
+    # A parameter named like a store column does not overwrite it.
+    assert c3["status"] == "failed" and c3["param.status"] == "x"
+    assert str(frame["labels_per_class"].dtype) == "Int64"
+    assert len(store.load(path=filled_store)) == 4
+
+
+def test_export_csv_and_parquet(filled_store, tmp_path):
+    csv_path = store.export(tmp_path / "out" / "runs.csv", "csv", "s", path=filled_store)
+    from_csv = pd.read_csv(csv_path)
+    assert list(from_csv["point_id"]) == ["a1", "b2", "c3"]
+    assert json.loads(from_csv.loc[0, "accuracy"]) == [0.8, 0.9]
+    assert json.loads(from_csv.loc[0, "curves"])["accuracy"] == [[0.1, 0.2], [0.8, 0.9]]
+
+    parquet_path = store.export(tmp_path / "runs.parquet", "parquet", path=filled_store)
+    from_parquet = pd.read_parquet(parquet_path)
+    assert len(from_parquet) == 4
+    assert list(from_parquet.loc[0, "accuracy"]) == [0.8, 0.9]
+    assert json.loads(from_parquet.loc[0, "parameters"])["method"] == "fixmatch"
+
+    with pytest.raises(ValueError, match="export format 'xlsx' is not one of csv, parquet"):
+        store.export(tmp_path / "runs.xlsx", "xlsx", path=filled_store)
+
+
+def test_parquet_export_without_pyarrow_says_what_to_install(filled_store, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    with pytest.raises(ImportError, match=r"pip install 'lab\[parquet\]'"):
+        store.export(tmp_path / "runs.parquet", "parquet", path=filled_store)
+    assert not (tmp_path / "runs.parquet").exists()
+
+
+def test_atomic_output_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "table.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), store.atomic_output(target) as temporary:
+        temporary.write_text("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+# --------------------------------------------------------------------------------------
+# Provenance
+# --------------------------------------------------------------------------------------
+
+
+def test_git_commit_inside_and_outside_a_repository(tmp_path):
+    outside = tmp_path / "plain"
+    outside.mkdir()
+    assert store.git_commit(outside) is None
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], cwd=repository, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "start"], cwd=repository, check=True)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repository, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    assert store.git_commit(repository) == head
+
+
+def test_library_versions_name_python_and_the_numeric_libraries():
+    versions = store.library_versions()
+    assert set(versions) == {"python", "jax", "flax", "optax", "lab"}
+    assert versions["python"] == ".".join(map(str, sys.version_info[:3]))
+
+
+# --------------------------------------------------------------------------------------
+# MLflow
+# --------------------------------------------------------------------------------------
+
+
+def test_mlflow_export_without_mlflow_says_what_to_install(filled_store, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(ImportError, match=r"pip install 'lab\[mlflow\]'"):
+        store.export_mlflow("s", path=filled_store)
+
+
+def test_mlflow_export_logs_parameters_metrics_and_notebook(filled_store, tmp_path, monkeypatch):
+    executed = tmp_path / "a1.ipynb"
+    executed.write_text("{}")
+    results = ResultsStore(filled_store)
+    (a1,) = [row for row in results.rows("s") if row.point_id == "a1"]
+    results.save(RunRow(**{**a1.__dict__, "output_notebook": str(executed)}))
+
+    calls = []
+    fake = types.ModuleType("mlflow")
+    fake.set_tracking_uri = lambda uri: calls.append(("tracking_uri", uri))
+    fake.set_experiment = lambda name: calls.append(("experiment", name))
+    fake.log_params = lambda params: calls.append(("params", params))
+    fake.log_metrics = lambda metrics: calls.append(("metrics", metrics))
+    fake.log_metric = lambda key, value, step: calls.append(("metric", key, value, step))
+    fake.log_artifact = lambda path: calls.append(("artifact", path))
+
+    class FakeRun:
+        def __init__(self, run_name, tags):
+            calls.append(("run", run_name, tags))
+            self.info = types.SimpleNamespace(run_id=f"mlflow-{run_name}")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    fake.start_run = FakeRun
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+
+    assert store.export_mlflow("s", "sqlite:///mlflow.db", path=filled_store) == ["mlflow-a1", "mlflow-b2"]
+    assert calls[:2] == [("tracking_uri", "sqlite:///mlflow.db"), ("experiment", "s")]
+    run, params, metrics = calls[2], calls[3], calls[4]
+    assert run[1] == "a1" and run[2]["lab.sweep"] == "s" and run[2]["lab.version.jax"] == "0.7.1"
+    assert params == ("params", {"method": "fixmatch", "labels_per_class": 4, "seeds": "[0, 1]"})
+    assert metrics[1]["accuracy"] == pytest.approx(0.85)
+    assert metrics[1]["accuracy_std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    assert metrics[1]["accuracy_seed_1"] == 0.9 and metrics[1]["train_time_s"] == 30.0
+    assert ("metric", "curve_accuracy", pytest.approx(0.85), 10) in calls
+    assert ("artifact", str(executed)) in calls
+    # Only done points are exported: the failed c3 is not.
+    assert [call[1] for call in calls if call[0] == "run"] == ["a1", "b2"]
+
+
+# --------------------------------------------------------------------------------------
+# `lab runs`
+# --------------------------------------------------------------------------------------
+
+
+def _run_cli(*argv):
+    parser = argparse.ArgumentParser(prog="lab")
+    store.register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def test_cli_list_show_and_export(filled_store, tmp_path, capsys):
+    assert _run_cli("runs", "--store", str(filled_store), "list") == 0
+    listing = capsys.readouterr().out
+    assert "other" in listing and "s " in listing
+
+    assert _run_cli("runs", "--store", str(filled_store), "show", "s") == 0
+    table = capsys.readouterr().out
+    assert "a1" in table and "0.8500" in table and "RuntimeError: boom" in table
+
+    assert _run_cli("runs", "--store", str(filled_store), "show", "c") == 0
+    details = capsys.readouterr().out
+    assert "status:          failed" in details and "Traceback ..." in details
+
+    with pytest.raises(ValueError, match="'zz' is neither a sweep nor a point id"):
+        _run_cli("runs", "--store", str(filled_store), "show", "zz")
+
+    output = tmp_path / "all.csv"
+    assert _run_cli("runs", "--store", str(filled_store), "export", "--format", "csv", "--output", str(output)) == 0
+    assert len(pd.read_csv(output)) == 4

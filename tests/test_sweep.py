@@ -1,0 +1,374 @@
+"""`lab sweep`: grid parsing and checks before any run, seed folding, point ids, and
+real papermill runs of tests/data/tiny.ipynb on a process pool and on Dask: failure
+isolation, resume, --retry-failed, interruption, and the kernel's interpreter."""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from lab import store, sweep
+from lab.sweep import GridError
+
+TINY = Path(__file__).parent / "data" / "tiny.ipynb"
+
+
+def expected_accuracy(x, seeds):
+    """What tiny.ipynb records."""
+    return [0.5 + 0.1 * x + 0.01 * seed for seed in seeds]
+
+
+# --------------------------------------------------------------------------------------
+# Grids, checked before anything runs
+# --------------------------------------------------------------------------------------
+
+
+def test_parse_grid_from_options_and_yaml(tmp_path):
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text("seed: 1:4\nmode: [ok, fail]\nx: 3\nseeds: ['[0, 1]', [2]]\n")
+    assert sweep.parse_grid(grid_file=grid_file) == {
+        "seed": [1, 2, 3],
+        "mode": ["ok", "fail"],
+        "x": [3],
+        "seeds": ["[0, 1]", [2]],
+    }
+    assert sweep.parse_grid([("method", "fixmatch, pseudo_label"), ("seed", "0:2,7"), ("hidden", "[64,64],[128]")]) == {
+        "method": ["fixmatch", "pseudo_label"],
+        "seed": [0, 1, "7"],  # ranges are expanded here; other values are converted by expand_grid
+        "hidden": ["[64,64]", "[128]"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ([("seed", "5:5")], "range '5:5' is empty"),
+        ([("x", "1,,2")], "has an empty value"),
+        ([("x", "1"), ("x", "2")], "'x' is given more than once"),
+    ],
+)
+def test_parse_grid_errors(options, message):
+    with pytest.raises(GridError, match=message):
+        sweep.parse_grid(options)
+
+
+def test_values_take_the_type_of_the_notebook_default():
+    points = sweep.expand_grid(TINY, {"x": ["2", 3], "mode": ["fail"], "seeds": ["[4, 5]"]})
+    assert [point.parameters for point in points] == [
+        {"x": 2, "mode": "fail", "seeds": [4, 5]},
+        {"x": 3, "mode": "fail", "seeds": [4, 5]},
+    ]
+
+
+def test_values_are_converted_to_each_parameter_type(tmp_path):
+    notebook = tmp_path / "typed.ipynb"
+    parameters = 'flag = False\nlr = 1e-3\nsteps: int = 10\nsizes = [64]\noptions = {"a": 1}\nhome = os.getcwd()'
+    cell = nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]})
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), notebook)
+    grid = {
+        "flag": ["yes", False],
+        "lr": ["0.1", 1],
+        "steps": ["5"],
+        "sizes": ["[32, 32]", [8]],
+        "options": ["{a: 2}"],
+        "home": ["/data"],  # no literal default: the value is passed as given
+    }
+    points = sweep.expand_grid(notebook, grid)
+    assert len(points) == 2 * 2 * 2
+    assert points[0].parameters == {
+        "flag": True, "lr": 0.1, "steps": 5, "sizes": [32, 32], "options": {"a": 2}, "home": "/data"
+    }  # fmt: skip
+    assert {type(point.parameters["lr"]) for point in points} == {float}
+    assert {point.parameters["flag"] for point in points} == {True, False}
+    with pytest.raises(GridError, match=r"'flag' takes bool values \(true/false, yes/no, on/off or 1/0\)"):
+        sweep.expand_grid(notebook, {"flag": ["maybe"]})
+    with pytest.raises(GridError, match="'options' takes dict values"):
+        sweep.expand_grid(notebook, {"options": ["[1]"]})
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ({"x": ["1.5"]}, r"parameter 'x' takes int values \(its default is 1\); cannot use '1.5'"),
+        ({"x": [True]}, "parameter 'x' takes int values"),
+        ({"mode": [3]}, r"parameter 'mode' takes str values \(its default is \"ok\"\); cannot use 3"),
+        ({"seeds": ["0"]}, "parameter 'seeds' takes list values"),
+        ({"seed": ["first"]}, "parameter 'seed' takes int values"),
+        (
+            {"learning_rate": ["0.1"], "x": ["1"]},
+            r"has no parameter 'learning_rate'; its parameters cell defines: mode, output_dir, seeds, x, seed",
+        ),
+        ({}, "the grid is empty"),
+        ({"x": []}, "parameter 'x' has no values"),
+        ({"x": ["1", "01"]}, "parameter 'x' lists 1 more than once"),
+        ({"seed": [0], "seeds": ["[1]"]}, "either a 'seed' axis or 'seeds'"),
+    ],
+)
+def test_bad_grids_fail_naming_the_value_and_what_is_allowed(grid, message):
+    with pytest.raises(GridError, match=message):
+        sweep.expand_grid(TINY, grid)
+
+
+def test_seed_axis_is_folded_into_one_run_per_point():
+    points = sweep.expand_grid(TINY, sweep.parse_grid([("x", "1,2"), ("seed", "0:3")]))
+    assert [point.parameters for point in points] == [{"x": 1, "seeds": [0, 1, 2]}, {"x": 2, "seeds": [0, 1, 2]}]
+
+
+def test_point_ids_are_stable_hashes_of_the_parameters():
+    assert sweep.point_id({"x": 1, "seeds": [0, 1]}) == sweep.point_id({"seeds": [0, 1], "x": 1})
+    assert sweep.point_id({"x": 1, "seeds": [0, 1]}) != sweep.point_id({"x": 1, "seeds": [0]})
+    # Fixed forever: results stored by earlier versions must still be found when a sweep resumes.
+    assert sweep.point_id({"x": 1, "seeds": [0, 1]}) == "a8097aa1d83b"
+    points = sweep.expand_grid(TINY, {"x": [1]}, extra_parameters={"mode": "ok"})
+    assert points[0].point_id == sweep.point_id({"x": 1, "mode": "ok"})
+
+
+def test_validate_rejects_a_point_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    seen = []
+
+    def validate(config):
+        seen.append(config)
+        if config["x"] > 2:
+            raise ValueError(f"x must be at most 2, got {config['x']}")
+
+    with pytest.raises(GridError, match=r'point \{"seeds": \[0\], "x": 3\} is invalid: x must be at most 2, got 3'):
+        sweep.run_sweep(TINY, {"x": [1, 3], "seed": [0]}, name="checked", validate=validate)
+    # The validator saw complete configurations: the notebook's defaults plus the point.
+    assert seen[0] == {"x": 1, "seeds": [0], "mode": "ok", "output_dir": "runs/scratch"}
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"name": "../escape"}, "sweep name '../escape' is not allowed"),
+        ({"name": "ok", "executor": "slurm"}, "executor 'slurm' is not one of local, dask"),
+        ({"name": "ok", "scheduler": "tcp://127.0.0.1:1"}, "needs executor 'dask'"),
+        ({"name": "ok", "workers": 0}, "workers must be a positive integer, got 0"),
+    ],
+)
+def test_bad_sweep_options_fail_before_any_run(tmp_path, monkeypatch, options, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        sweep.run_sweep(TINY, {"x": [1]}, **options)
+    assert not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------------------------------
+# Real sweeps on a local process pool
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory):
+    """x in {1, 2} times mode in {ok, fail}, three seeds each: four runs, two of which fail.
+
+    A bogus ``python3`` kernelspec comes first on JUPYTER_PATH, as a stale global
+    Jupyter install can leave one: runs must still use this interpreter.
+    """
+    root = tmp_path_factory.mktemp("local")
+    bogus = root / "jupyter" / "kernels" / "python3"
+    bogus.mkdir(parents=True)
+    (bogus / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": ["/nonexistent/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "stale",
+                "language": "python",
+            }
+        )
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("JUPYTER_PATH", str(root / "jupyter"))
+        grid = sweep.parse_grid([("x", "1,2"), ("mode", "ok,fail"), ("seed", "0:3")])
+        summary = sweep.run_sweep(TINY, grid, name="tiny-local", workers=2)
+    return root, grid, summary
+
+
+def _rows(root, sweep_name):
+    return {
+        row.point_id: row for row in store.ResultsStore(root / "runs" / "results.db", create=False).rows(sweep_name)
+    }
+
+
+def test_local_sweep_records_results_and_isolates_failures(local_sweep):
+    root, _, summary = local_sweep
+    assert len(summary.done) == 2 and len(summary.failed) == 2 and not summary.complete
+    rows = _rows(root, "tiny-local")
+    assert sorted(row.status for row in rows.values()) == ["done", "done", "failed", "failed"]
+    for point_id, row in rows.items():
+        x, mode = row.parameters["x"], row.parameters["mode"]
+        assert row.point_id == sweep.point_id({"x": x, "mode": mode, "seeds": [0, 1, 2]})
+        assert row.parameters["output_dir"] == f"runs/tiny-local/{point_id}"
+        assert row.output_notebook == f"runs/tiny-local/{point_id}.ipynb" and (root / row.output_notebook).is_file()
+        assert f"tiny notebook: x={x} seeds=[0, 1, 2] mode={mode}" in (root / row.log_path).read_text()
+        assert row.started_at <= row.ended_at and row.duration_s > 0
+        assert row.versions["python"] == ".".join(map(str, sys.version_info[:3])) and row.git_commit is None
+        if mode == "ok":
+            assert row.status == "done" and row.error is None
+            assert row.payload["metrics"]["accuracy"] == pytest.approx(expected_accuracy(x, [0, 1, 2]))
+            assert row.payload["python"] == sys.executable  # the kernel ran on this interpreter
+            assert (root / row.parameters["output_dir"] / "marker.txt").read_text() == f"x={x}"
+        else:
+            assert row.status == "failed" and row.payload is None
+            assert row.error == f"RuntimeError: asked to fail (x={x})"
+            assert 'raise RuntimeError(f"asked to fail (x={x})")' in row.traceback and "\x1b[" not in row.traceback
+            assert summary.failed[point_id] == row.error
+            executed = nbformat.read(root / row.output_notebook, as_version=4)
+            assert any(
+                output.get("ename") == "RuntimeError" for cell in executed.cells for output in cell.get("outputs", [])
+            )
+
+
+def test_resume_skips_done_points_and_retry_failed_reruns_only_failures(local_sweep):
+    root, grid, _ = local_sweep
+    before = _rows(root, "tiny-local")
+    notebook_times = {point_id: (root / row.output_notebook).stat().st_mtime_ns for point_id, row in before.items()}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        resumed = sweep.run_sweep(TINY, grid, name="tiny-local", workers=2)
+        assert (resumed.done, resumed.failed) == ([], {})
+        assert (len(resumed.already_done), len(resumed.not_retried)) == (2, 2)
+        assert _rows(root, "tiny-local") == before
+
+        retried = sweep.run_sweep(TINY, grid, name="tiny-local", workers=2, retry_failed=True)
+    after = _rows(root, "tiny-local")
+    failed_before = {point_id for point_id, row in before.items() if row.status == "failed"}
+    assert set(retried.failed) == failed_before and retried.done == [] and len(retried.already_done) == 2
+    for point_id, row in after.items():
+        rewritten = (root / row.output_notebook).stat().st_mtime_ns != notebook_times[point_id]
+        if point_id in failed_before:
+            assert row.status == "failed" and rewritten and row.updated_at >= before[point_id].updated_at
+        else:
+            assert row == before[point_id] and not rewritten
+
+
+def test_a_sweep_name_belongs_to_one_notebook(local_sweep, tmp_path):
+    root, _, _ = local_sweep
+    other = tmp_path / "other.ipynb"
+    other.write_bytes(TINY.read_bytes())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        with pytest.raises(
+            ValueError,
+            match=r"sweep 'tiny-local' already holds runs of .*tiny\.ipynb; give this sweep of .*other\.ipynb another",
+        ):
+            sweep.run_sweep(other, {"x": [1]}, name="tiny-local")
+
+
+def _cli(*argv, validate=None):
+    parser = argparse.ArgumentParser(prog="lab")
+    sweep.register_cli(parser.add_subparsers(dest="command", required=True), validate=validate)
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def test_cli_resumes_a_sweep_and_reports_incomplete_ones(local_sweep, capsys):
+    root, _, _ = local_sweep
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        exit_code = _cli(
+            "sweep",
+            str(TINY),
+            "-p",
+            "x",
+            "1,2",
+            "-p",
+            "mode",
+            "ok,fail",
+            "-p",
+            "seed",
+            "0:3",
+            "--name",
+            "tiny-local",
+            "--workers",
+            "2",
+        )
+        assert exit_code == 1  # two points are still failed
+        assert (
+            "ran 0 (0 done, 0 failed); skipped 2 done before; skipped 2 that failed before" in capsys.readouterr().out
+        )
+        with pytest.raises(GridError, match="has no parameter 'lr'"):
+            _cli("sweep", str(TINY), "-p", "lr", "0.1", "--name", "tiny-local")
+
+
+# --------------------------------------------------------------------------------------
+# Dask
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dask_scheduler():
+    distributed = pytest.importorskip("distributed")
+    # Threads in this process, reached over TCP on the loopback interface only.
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        protocol="tcp",
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+def test_dask_sweep_keeps_the_record_of_a_run_that_failed_afterwards(dask_scheduler, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    summary = sweep.run_sweep(
+        TINY,
+        {"mode": ["ok", "fail_after_record"], "x": [3]},
+        name="tiny-dask",
+        executor="dask",
+        scheduler=dask_scheduler,
+    )
+    assert len(summary.done) == 1 and len(summary.failed) == 1
+    rows = {row.parameters["mode"]: row for row in _rows(tmp_path, "tiny-dask").values()}
+    assert rows["ok"].status == "done" and rows["ok"].payload["metrics"]["accuracy"] == pytest.approx(
+        expected_accuracy(3, [0])
+    )
+    failed = rows["fail_after_record"]
+    assert failed.status == "failed" and failed.error == "RuntimeError: failed after recording"
+    assert failed.payload["metrics"]["accuracy"] == pytest.approx(
+        expected_accuracy(3, [0])
+    )  # computed before the failure: kept
+
+
+def test_an_interrupted_sweep_keeps_finished_runs_and_redoes_the_rest(dask_scheduler, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    class InterruptAfterFirstRun(sweep.tqdm):
+        def update(self, n=1):
+            super().update(n)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "tqdm", InterruptAfterFirstRun)
+    with pytest.raises(KeyboardInterrupt):
+        # The local pool lets the interrupted run end before run_sweep returns (Dask threads
+        # would go on running it, beside its re-run below).
+        sweep.run_sweep(TINY, {"x": [1, 2, 4]}, name="tiny-interrupted", workers=2)
+    # One run finished and is kept; the one still running went back to pending, like the one not started.
+    statuses = sorted(row.status for row in _rows(tmp_path, "tiny-interrupted").values())
+    assert statuses == ["done", "pending", "pending"]
+
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    resumed = sweep.run_sweep(
+        TINY, {"x": [1, 2, 4]}, name="tiny-interrupted", executor="dask", scheduler=dask_scheduler
+    )
+    assert len(resumed.already_done) == 1 and len(resumed.done) == 2
+    assert {row.status for row in _rows(tmp_path, "tiny-interrupted").values()} == {"done"}
+
+
+def test_dask_local_cluster_when_no_scheduler_is_given(tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    monkeypatch.chdir(tmp_path)
+    summary = sweep.run_sweep(TINY, {"x": [2]}, name="tiny-cluster", executor="dask", workers=1)
+    assert summary.complete and len(summary.done) == 1
+    (row,) = _rows(tmp_path, "tiny-cluster").values()
+    assert row.payload["python"] == sys.executable and os.path.isfile(tmp_path / row.log_path)
