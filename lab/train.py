@@ -135,21 +135,28 @@ def draw_batch(pools: Pools, batch_sizes: Mapping[str, int], key: jax.Array, ste
     """Draw one batch per pool: slice ``step`` of a fresh permutation each epoch.
 
     A pool is a dict of equally long arrays (``x``, ``y``, ...). If it holds an
-    ``index`` array, the pool is the rows of the other arrays that ``index`` names:
-    several seeds can then share one copy of the data, each with its own index.
-    Sampling is without replacement within an epoch; the last incomplete batch of an
-    epoch is dropped. A pool smaller than its batch size is sampled with wrap-around.
+    ``index`` array, the pool is the rows of the other arrays that ``index`` names,
+    and an optional ``count`` says how many leading entries of ``index`` are in use:
+    several seeds can then share one copy of the data, each with its own index, and
+    pools of different sizes (label budgets) padded to one length share one compiled
+    program. Sampling is without replacement within an epoch; the last incomplete
+    batch of an epoch is dropped. A pool smaller than its batch size wraps around.
     """
     batch = {}
     for pool_index, (name, size) in enumerate(sorted(batch_sizes.items())):
         pool = dict(pools[name])
         rows = pool.pop("index", None)
-        n = next(iter(pool.values())).shape[0] if rows is None else rows.shape[0]
-        batches_per_epoch = max(n // size, 1)
+        capacity = next(iter(pool.values())).shape[0] if rows is None else rows.shape[0]
+        count = pool.pop("count", capacity)
+        batches_per_epoch = jnp.maximum(count // size, 1)
         epoch, position = jnp.divmod(step, batches_per_epoch)
         pool_key = jax.random.fold_in(jax.random.fold_in(key, pool_index), epoch)
-        permutation = jax.random.permutation(pool_key, n)
-        chosen = jnp.take(permutation, position * size + jnp.arange(size), mode="wrap")
+        # A random permutation of the first `count` entries (unused ones sort last).
+        sort_keys = jax.random.bits(pool_key, (capacity,))
+        unused = jnp.array(jnp.iinfo(sort_keys.dtype).max, sort_keys.dtype)
+        sort_keys = jnp.where(jnp.arange(capacity) < count, sort_keys, unused)
+        permutation = jnp.argsort(sort_keys)
+        chosen = jnp.take(permutation, (position * size + jnp.arange(size)) % count)
         if rows is not None:
             chosen = jnp.take(rows, chosen)
         batch[name] = {field: jnp.take(array, chosen, axis=0) for field, array in pool.items()}
@@ -261,6 +268,28 @@ def eval_step(model: Model, state: TrainState, x: jax.Array, y: jax.Array) -> di
 
 
 # ---------------------------------------------------------------------------- fit
+
+
+def enable_compilation_cache(directory: str | Path | None = None) -> Path | None:
+    """Keep compiled programs on disk so that the next process (another papermill run
+    of a sweep, the next notebook) skips compilation, which dominates small runs.
+
+    The folder is ``directory``, else ``$LAB_COMPILATION_CACHE``, else
+    ``<lab cache>/jax`` (see :func:`lab.data.cache_dir`); ``LAB_COMPILATION_CACHE=off``
+    turns it off. Returns the folder in use, or None. JAX fixes the folder at the
+    first compilation of a process, so call this early.
+    """
+    from lab import data
+
+    setting = directory or os.environ.get("LAB_COMPILATION_CACHE") or data.cache_dir() / "jax"
+    if str(setting) == "off":
+        return None
+    path = Path(setting).expanduser()
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -438,8 +467,8 @@ def _current_step(state: TrainState) -> int:
 
 
 def _seed_axes(pools: Pools) -> dict:
-    """vmap axes for pools: only ``index`` arrays are per seed."""
-    return {name: {field: 0 if field == "index" else None for field in pool} for name, pool in pools.items()}
+    """vmap axes for pools: only ``index`` and ``count`` are per seed."""
+    return {name: {field: 0 if field in ("index", "count") else None for field in pool} for name, pool in pools.items()}
 
 
 def _postfix(row: Mapping[str, Any]) -> dict[str, float]:
@@ -541,6 +570,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path | None = None, *
     """
     from lab import data, models, optim, parallel as parallel_lib
 
+    enable_compilation_cache()
     dataset = data.load(config.dataset)
     module = models.make_model(
         config.model, dataset.input_shape, dataset.num_classes, seed=config.seed, **dict(config.model_kwargs)

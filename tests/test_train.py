@@ -231,3 +231,12 @@ def test_supervised_loss_is_the_cross_entropy(digits):
     logits = module(batch["labeled"]["x"])
     np.testing.assert_allclose(loss, losses.softmax_cross_entropy(logits, batch["labeled"]["y"]), rtol=1e-6)
     np.testing.assert_allclose(step_metrics["accuracy"], np.mean(np.argmax(logits, -1) == batch["labeled"]["y"]))
+
+
+def test_draw_batch_uses_only_the_counted_entries_of_a_padded_index():
+    pool = {"x": jnp.arange(12.0)[:, None], "y": jnp.arange(12), "index": jnp.array([7, 3, 9, 0, 0, 0]), "count": 3}
+    key = jax.random.PRNGKey(0)
+    epoch = [int(train.draw_batch({"p": pool}, {"p": 1}, key, jnp.int32(s))["p"]["y"][0]) for s in range(3)]
+    assert sorted(epoch) == [3, 7, 9]  # each counted row once per epoch, padding never drawn
+    wrapped = train.draw_batch({"p": pool}, {"p": 5}, key, jnp.int32(0))["p"]["y"]
+    assert set(np.asarray(wrapped).tolist()) == {3, 7, 9}
