@@ -1,0 +1,279 @@
+"""lab.widgets without a browser: set a control's .value, check the plot's Line2D data."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import ipywidgets
+import matplotlib.figure
+import numpy as np
+import optax
+import pytest
+
+from lab import widgets
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def scaled_quadratic(w):
+    """½ (w₀² + 4 w₁²): gradient (w₀, 4 w₁)."""
+    return 0.5 * (w[0] ** 2 + 4.0 * w[1] ** 2)
+
+
+def line_xy(line) -> np.ndarray:
+    return np.column_stack([np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)])
+
+
+# --------------------------------------------------------------------------
+# optimizer_path
+# --------------------------------------------------------------------------
+
+
+def test_optimizer_path_is_gradient_descent_by_hand():
+    # w ← w − η ∇f(w) with ∇f = (w₀, 4 w₁) and η = 0.1, from (1, 1):
+    expected = [[1.0, 1.0], [0.9, 0.6], [0.81, 0.36], [0.729, 0.216]]
+    path = widgets.optimizer_path(scaled_quadratic, (1.0, 1.0), "sgd", 0.1, 3)
+    assert path.shape == (4, 2)
+    np.testing.assert_allclose(path, expected, rtol=1e-6)
+
+
+def test_optimizer_path_momentum_by_hand():
+    # Heavy ball in optax's convention: v ← g + μ v, w ← w − η v (μ = 0.9).
+    w, v, rows = np.array([1.0, 1.0]), np.zeros(2), [[1.0, 1.0]]
+    for _ in range(4):
+        grad = np.array([w[0], 4.0 * w[1]])
+        v = grad + 0.9 * v
+        w = w - 0.1 * v
+        rows.append(w.tolist())
+    path = widgets.optimizer_path(scaled_quadratic, (1.0, 1.0), "momentum", 0.1, 4)
+    np.testing.assert_allclose(path, rows, rtol=1e-5, atol=1e-6)  # float32; w₁ passes through 0
+
+
+def test_optimizer_path_accepts_an_optax_constructor():
+    by_name = widgets.optimizer_path(widgets.quadratic, (-4.5, 1.5), "adam", 0.05, 20)
+    by_function = widgets.optimizer_path(widgets.quadratic, (-4.5, 1.5), optax.adam, 0.05, 20)
+    np.testing.assert_allclose(by_name, by_function, rtol=1e-6)
+
+
+def test_optimizer_path_keeps_a_diverging_run():
+    # Curvature 16 on w₁: gradient descent is unstable for η > 2/16.
+    path = widgets.optimizer_path(widgets.quadratic, (0.0, 1.0), "sgd", 0.2, 3)
+    np.testing.assert_allclose(path[:, 1], [1.0, -2.2, 4.84, -10.648], rtol=1e-5)
+
+
+def test_optimizer_path_zero_steps_and_bad_input():
+    np.testing.assert_array_equal(widgets.optimizer_path(scaled_quadratic, (2.0, 3.0), "sgd", 0.1, 0), [[2.0, 3.0]])
+    with pytest.raises(ValueError, match="learning_rate"):
+        widgets.optimizer_path(scaled_quadratic, (1.0, 1.0), "sgd", -0.1, 3)
+    with pytest.raises(ValueError, match="steps"):
+        widgets.optimizer_path(scaled_quadratic, (1.0, 1.0), "sgd", 0.1, -1)
+    with pytest.raises(ValueError, match="optimizer"):
+        widgets.optimizer_path(scaled_quadratic, (1.0, 1.0), "rmsprop-typo", 0.1, 3)
+    with pytest.raises(TypeError, match="GradientTransformation"):
+        widgets.optimizer_path(scaled_quadratic, (1.0, 1.0), lambda lr: lr, 0.1, 3)
+
+
+def test_draw_renders_contours_and_path_into_an_axes():
+    figure = matplotlib.figure.Figure()
+    ax = figure.add_subplot()
+    path = widgets.optimizer_path(widgets.quadratic, (-4.5, 1.5), "sgd", 0.1, 10)
+    artists = widgets.draw(ax, "quadratic", path)
+    np.testing.assert_allclose(line_xy(artists["path"]), path)
+    assert ax.get_xlim() == widgets.SURFACES["quadratic"].xlim
+    assert ax.get_ylim() == widgets.SURFACES["quadratic"].ylim
+
+
+# --------------------------------------------------------------------------
+# OptimizerPathExplorer
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def path_explorer():
+    return widgets.OptimizerPathExplorer(surface="quadratic", optimizer="sgd", learning_rate=0.1, steps=20)
+
+
+def test_path_explorer_draws_the_default_path(path_explorer):
+    expected = widgets.optimizer_path(widgets.quadratic, (-4.5, 1.5), "sgd", 0.1, 20)
+    np.testing.assert_allclose(line_xy(path_explorer.path_line), expected)
+    assert bytes(path_explorer.image.value).startswith(PNG_MAGIC)
+
+
+def test_changing_a_control_redraws_the_path(path_explorer):
+    before_line = line_xy(path_explorer.path_line)
+    before_image = path_explorer.image.value
+
+    path_explorer.controls["learning_rate"].value = 0.05
+    after = widgets.optimizer_path(widgets.quadratic, (-4.5, 1.5), "sgd", 0.05, 20)
+    np.testing.assert_allclose(line_xy(path_explorer.path_line), after)
+    assert not np.allclose(line_xy(path_explorer.path_line), before_line)
+    assert path_explorer.image.value != before_image
+
+    path_explorer.controls["optimizer"].value = "adam"
+    adam = widgets.optimizer_path(widgets.quadratic, (-4.5, 1.5), "adam", 0.05, 20)
+    np.testing.assert_allclose(line_xy(path_explorer.path_line), adam)
+
+    path_explorer.controls["steps"].value = 5
+    assert len(path_explorer.path_line.get_xdata()) == 6
+    assert path_explorer.status.value.endswith("after 5 steps")
+
+
+def test_changing_the_surface_redraws_contours_and_start(path_explorer):
+    path_explorer.controls["surface"].value = "rosenbrock"
+    assert path_explorer.path[0].tolist() == list(widgets.SURFACES["rosenbrock"].start)
+    np.testing.assert_allclose(line_xy(path_explorer.path_line), path_explorer.path)
+    assert path_explorer.ax.get_xlim() == widgets.SURFACES["rosenbrock"].xlim
+    path_explorer.controls["surface"].value = "quadratic"
+
+
+def test_diverging_run_is_reported():
+    explorer = widgets.OptimizerPathExplorer(optimizer="sgd", learning_rate=0.5, steps=200)
+    assert explorer.status.value.startswith("diverged")
+    assert "diverged" in explorer.ax.get_title()
+
+
+def test_show_static_displays_one_png(path_explorer, monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda *objects, **_: shown.extend(objects))
+    path_explorer.show_static()
+    assert len(shown) == 1
+    assert bytes(shown[0].data).startswith(PNG_MAGIC)
+
+
+def test_explorer_ui_holds_the_controls_and_a_short_repr(path_explorer):
+    ui = path_explorer.explorer()
+    assert isinstance(ui, ipywidgets.VBox)
+    children = {id(widget) for box in ui.children for widget in getattr(box, "children", (box,))}
+    assert all(id(control) in children for control in path_explorer.controls.values())
+    assert id(path_explorer.image) in children
+    assert repr(ui).startswith("OptimizerPathExplorer(surface=")
+    assert len(repr(ui)) < 200  # not the image bytes
+    path_explorer.controls["steps"].value = 7
+    assert "steps=7" in repr(ui)  # the repr follows the controls
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(ValueError, match="surface"):
+        widgets.OptimizerPathExplorer(surface="saddle")
+    with pytest.raises(ValueError, match="optimizer"):
+        widgets.OptimizerPathExplorer(optimizer="lbfgs")
+    with pytest.raises(ValueError, match="learning_rate"):
+        widgets.OptimizerPathExplorer(learning_rate=3.0)  # the slider would clamp it to 1
+    with pytest.raises(ValueError, match="steps"):
+        widgets.OptimizerPathExplorer(steps=10_000)
+
+
+# --------------------------------------------------------------------------
+# ExperimentExplorer
+# --------------------------------------------------------------------------
+
+
+class FakeRun:
+    """A run_fn whose curves encode its arguments, counting its calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, labels_per_class, method, learning_rate):
+        self.calls.append((labels_per_class, method, learning_rate))
+        steps = np.arange(0, 100, 10)
+        offset = {"supervised": 0.0, "fixmatch": 0.1}[method]
+        return {
+            "curves": {
+                "step": steps.tolist(),
+                "train_loss": (2.0 * np.exp(-learning_rate * steps) + offset).tolist(),
+                "accuracy": (1.0 - 0.5 / labels_per_class - offset + 0.0 * steps).tolist(),
+            }
+        }
+
+
+def make_experiment_explorer(run_fn):
+    return widgets.ExperimentExplorer(
+        run_fn,
+        labels_per_class=[1, 4, 10],
+        methods=["supervised", "fixmatch"],
+        learning_rate=0.01,
+        default_labels_per_class=4,
+    )
+
+
+def expected_curves(labels_per_class, method, learning_rate):
+    return FakeRun()(labels_per_class, method, learning_rate)["curves"]
+
+
+def test_experiment_explorer_draws_the_defaults_once():
+    run = FakeRun()
+    explorer = make_experiment_explorer(run)
+    assert run.calls == [(4, "supervised", 0.01)]
+    curves = expected_curves(4, "supervised", 0.01)
+    np.testing.assert_allclose(explorer.lines["train_loss"].get_ydata(), curves["train_loss"])
+    np.testing.assert_allclose(explorer.lines["accuracy"].get_xdata(), curves["step"])
+    assert bytes(explorer.image.value).startswith(PNG_MAGIC)
+    assert "final accuracy 0.875" in explorer.status.value
+
+
+def test_experiment_controls_rerun_and_redraw():
+    run = FakeRun()
+    explorer = make_experiment_explorer(run)
+
+    explorer.controls["labels_per_class"].value = 10
+    assert run.calls[-1] == (10, "supervised", 0.01)
+    expected = expected_curves(10, "supervised", 0.01)
+    np.testing.assert_allclose(explorer.lines["accuracy"].get_ydata(), expected["accuracy"])
+
+    explorer.controls["method"].value = "fixmatch"
+    assert run.calls[-1] == (10, "fixmatch", 0.01)
+    expected = expected_curves(10, "fixmatch", 0.01)
+    np.testing.assert_allclose(explorer.lines["train_loss"].get_ydata(), expected["train_loss"])
+
+    explorer.controls["learning_rate"].value = 0.1
+    assert run.calls[-1] == (10, "fixmatch", 0.1)
+    expected = expected_curves(10, "fixmatch", 0.1)
+    np.testing.assert_allclose(explorer.lines["train_loss"].get_ydata(), expected["train_loss"])
+    # the loss axis follows the new data
+    assert explorer.axes["train_loss"].get_ylim()[0] <= min(expected["train_loss"])
+
+
+def test_experiment_results_are_cached():
+    run = FakeRun()
+    explorer = make_experiment_explorer(run)
+    explorer.controls["labels_per_class"].value = 1
+    explorer.controls["labels_per_class"].value = 4
+    assert run.calls == [(4, "supervised", 0.01), (1, "supervised", 0.01)]
+    expected = expected_curves(4, "supervised", 0.01)
+    np.testing.assert_allclose(explorer.lines["accuracy"].get_ydata(), expected["accuracy"])
+
+
+def test_failed_run_keeps_the_plot_and_reports():
+    run = FakeRun()
+
+    def sometimes_failing(labels_per_class, method, learning_rate):
+        if labels_per_class == 1:
+            raise RuntimeError("out of memory")
+        return run(labels_per_class, method, learning_rate)
+
+    explorer = make_experiment_explorer(sometimes_failing)
+    before = explorer.lines["accuracy"].get_ydata().copy()
+    explorer.controls["labels_per_class"].value = 1
+    assert "run failed" in explorer.status.value and "out of memory" in explorer.status.value
+    np.testing.assert_allclose(explorer.lines["accuracy"].get_ydata(), before)
+
+
+def test_default_run_must_work():
+    def broken(labels_per_class, method, learning_rate):
+        return {"curves": {"step": [0, 1], "train_loss": [1.0], "accuracy": [0.5, 0.6]}}
+
+    with pytest.raises(ValueError, match="one value per step"):
+        make_experiment_explorer(broken)
+    with pytest.raises(ValueError, match="curves"):
+        make_experiment_explorer(lambda *args: {"accuracy": 0.5})
+
+
+def test_experiment_show_static_and_ui(monkeypatch):
+    explorer = make_experiment_explorer(FakeRun())
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda *objects, **_: shown.extend(objects))
+    explorer.show_static()
+    assert len(shown) == 1 and bytes(shown[0].data).startswith(PNG_MAGIC)
+    ui = explorer.explorer()
+    assert repr(ui).startswith("ExperimentExplorer(labels_per_class=4")
