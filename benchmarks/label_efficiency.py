@@ -1,0 +1,98 @@
+"""Accuracy with few labels: lab's setups vs scikit-learn peers on the same labeled sets.
+
+    python benchmarks/label_efficiency.py [--dataset digits] [--budgets 1 2 4 10] [--seeds 0 1 2 3 4]
+        [--runs supervised fixmatch transfer] [--steps 2000]
+
+For every label budget k and seed s, the labeled set is ``data.labeled_split(y_train,
+k, s)`` -- the draw ``lab.experiment.run`` makes -- and the rest of the training
+split is the unlabeled pool. Peers, side by side on the same sets: supervised
+``SVC`` (RBF) and ``LogisticRegression`` on the labeled examples, and the
+semi-supervised ``LabelSpreading(kernel="knn", n_neighbors=7)`` and
+``SelfTrainingClassifier(SVC)``. Prints mean ± std of test accuracy over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from lab import data, experiment
+
+RUNS = {
+    "supervised": {"setup": "supervised"},
+    "fixmatch": {"setup": "semi_supervised", "method": "fixmatch"},
+    "freematch": {"setup": "semi_supervised", "method": "freematch"},
+    "mean_teacher": {"setup": "semi_supervised", "method": "mean_teacher"},
+    "pseudo_label": {"setup": "semi_supervised", "method": "pseudo_label"},
+    "pi_model": {"setup": "semi_supervised", "method": "pi_model"},
+    "transfer": {"setup": "transfer", "pretrain": "simclr", "adaptation": "finetune"},
+    "transfer_probe": {"setup": "transfer", "pretrain": "simclr", "adaptation": "linear_probe"},
+}
+
+
+def peer_accuracies(dataset: data.Dataset, k: int, seed: int) -> dict[str, float]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
+    from sklearn.svm import SVC
+
+    x = dataset.x_train.reshape(len(dataset.x_train), -1)
+    x_test = dataset.x_test.reshape(len(dataset.x_test), -1)
+    labeled, _ = data.labeled_split(dataset.y_train, k, seed)
+    partial = np.full_like(dataset.y_train, -1)
+    partial[labeled] = dataset.y_train[labeled]
+    models = {
+        "sklearn SVC": lambda: SVC().fit(x[labeled], dataset.y_train[labeled]),
+        "sklearn LogisticRegression": lambda: LogisticRegression(max_iter=2000).fit(x[labeled], dataset.y_train[labeled]),
+        "sklearn LabelSpreading": lambda: LabelSpreading(kernel="knn", n_neighbors=7).fit(x, partial),
+        "sklearn SelfTraining(SVC)": lambda: SelfTrainingClassifier(SVC(probability=True, random_state=seed)).fit(x, partial),
+    }
+    return {name: float(fit().score(x_test, dataset.y_test)) for name, fit in models.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="digits", choices=data.DATASETS)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[1, 2, 4, 10])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--runs", nargs="+", default=["supervised", "fixmatch", "transfer"], choices=sorted(RUNS))
+    parser.add_argument("--model", default="mlp")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--pretrain-steps", type=int, default=2000)
+    args = parser.parse_args()
+    dataset = data.load(args.dataset)
+
+    table: dict[str, dict[int, list[float]]] = {}
+    for k in args.budgets:
+        for seed in args.seeds:
+            for name, accuracy in peer_accuracies(dataset, k, seed).items():
+                table.setdefault(name, {}).setdefault(k, []).append(accuracy)
+        for run in args.runs:
+            tic = time.perf_counter()
+            config = {
+                "dataset": args.dataset, "model": args.model, "labels_per_class": k, "seeds": args.seeds,
+                "steps": args.steps, "eval_every": args.steps, "learning_rate": args.learning_rate,
+                **RUNS[run],
+            }
+            if RUNS[run]["setup"] == "transfer":
+                config["pretrain_kwargs"] = {"steps": args.pretrain_steps}
+            result = experiment.run(config, progress=False)
+            table.setdefault(f"lab {run}", {})[k] = result.metrics["accuracy"]
+            print(f"k={k:<3} lab {run:<16} {np.mean(result.metrics['accuracy']):.4f} "
+                  f"({time.perf_counter() - tic:.0f} s)", flush=True)
+
+    print(f"\n{args.dataset}: test accuracy, mean ± std over seeds {args.seeds}; {args.steps} steps, model {args.model}")
+    header = "| method | " + " | ".join(f"{k} / class" for k in args.budgets) + " |"
+    print(header)
+    print("|" + " --- |" * (len(args.budgets) + 1))
+    for name, by_budget in table.items():
+        cells = [f"{100 * np.mean(v):.1f} ± {100 * np.std(v):.1f}" for v in (by_budget[k] for k in args.budgets)]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print(json.dumps({name: {str(k): v for k, v in by_budget.items()} for name, by_budget in table.items()}))
+
+
+if __name__ == "__main__":
+    main()
