@@ -17,8 +17,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
+# The headline study on digits: supervised vs semi-supervised (FixMatch) vs transfer
+# (SimCLR + fine-tuning) at 1, 2, 4 and 10 labels per class, 3 seeds per point.
+DEMO_GRID := -p setup supervised,semi_supervised,transfer -p labels_per_class 1,2,4,10 -p seed 0:3
 demo: setup
-	$(BIN)/lab train --dataset digits --model cnn --steps 2000 --seed 0
+	$(BIN)/lab sweep notebooks/05_experiment.ipynb $(DEMO_GRID) --name demo --workers 2
+	$(BIN)/lab report --sweep demo --out figures
 
 test: setup
 	$(BIN)/python -m pytest

@@ -281,4 +281,6 @@ def _cli_report(args: argparse.Namespace) -> int:
         raise ValueError(f"no sweep named {args.sweep!r} in {args.store}; `lab runs list` shows the sweeps")
     for path in build_report(frame, args.out):
         print(f"wrote {path}")
+    print()
+    print(summary_markdown(summary_table(frame)))
     return 0
