@@ -30,15 +30,21 @@ BATCH = 64
 LEARNING_RATE = 1e-3
 
 
-def time_steps(run_steps, steps: int, repeats: int) -> float:
-    """Median steps/s of ``run_steps(steps)`` (which must block until done)."""
-    run_steps(steps)  # warm-up: compilation, caches
-    rates = []
+def time_contenders(contenders: dict, steps: dict, repeats: int) -> dict[str, float]:
+    """Median steps/s of each ``run_steps(n)`` (which must block until done).
+
+    Every contender is warmed up first (compilation, caches); then the repeats are
+    interleaved, so that a change in the machine's load hits all of them alike.
+    """
+    for name, run_steps in contenders.items():
+        run_steps(steps[name])
+    rates = {name: [] for name in contenders}
     for _ in range(repeats):
-        tic = time.perf_counter()
-        run_steps(steps)
-        rates.append(steps / (time.perf_counter() - tic))
-    return statistics.median(rates)
+        for name, run_steps in contenders.items():
+            tic = time.perf_counter()
+            run_steps(steps[name])
+            rates[name].append(steps[name] / (time.perf_counter() - tic))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def lab_contender(digits: data.Dataset, steps_per_call: int):
@@ -149,18 +155,20 @@ def main() -> None:
         parser.error("--steps must be a multiple of --steps-per-call")
     digits = data.digits()
 
-    rates = {
-        "lab.fit": time_steps(lab_contender(digits, args.steps_per_call), args.steps, args.repeats),
-        "hand-written lax.scan": time_steps(scan_contender(digits, args.steps_per_call), args.steps, args.repeats),
+    contenders = {
+        "lab.fit": lab_contender(digits, args.steps_per_call),
+        "hand-written lax.scan": scan_contender(digits, args.steps_per_call),
     }
+    steps = {name: args.steps for name in contenders}
     torch_info = torch_contender(digits)
     notes = {}
     if torch_info is None:
         notes["pytorch"] = "not installed (pip install torch, CPU build) - row skipped"
     else:
-        run_steps, version, threads = torch_info
-        rates["pytorch eager"] = time_steps(run_steps, max(args.steps // 5, 1), args.repeats)
+        contenders["pytorch eager"], version, threads = torch_info
+        steps["pytorch eager"] = max(args.steps // 10, 1)  # eager steps are slow; rates are per step
         notes["pytorch"] = f"torch {version}, {threads} threads"
+    rates = time_contenders(contenders, steps, args.repeats)
 
     lab_rate = rates["lab.fit"]
     print(f"MLP 64-256-256-10, Adam, batch {BATCH}, digits; {args.steps} steps x {args.repeats} repeats (median)")

@@ -219,28 +219,17 @@ def make_train_chunk(
     *,
     axis_name: str | None = None,
 ) -> Callable[[TrainState, Pools], tuple[TrainState, dict[str, jax.Array]]]:
-    """``chunk(state, pools) -> (state, per-step metrics)``: ``num_steps`` fused steps.
-
-    A non-finite loss halts the chunk: that step and every later one leave the state
-    untouched, so the returned state is the last finite one (``metrics['halted']``).
-    """
+    """``chunk(state, pools) -> (state, per-step metrics)``: ``num_steps`` fused steps."""
     batch_sizes = objective.batch_sizes(batch_size)
 
     def chunk(state: TrainState, pools: Pools):
-        def body(carry, _):
-            state, halted = carry
+        def body(state, _):
             batch = draw_batch(pools, batch_sizes, state.key, state.step)
             if axis_name is not None:
                 batch = shard_batch(batch, axis_name)
-            new_state, step_metrics = train_step(
-                state, batch, model=model, tx=tx, objective=objective, axis_name=axis_name
-            )
-            halted = halted | ~jnp.isfinite(step_metrics["loss"])
-            state = jax.tree.map(lambda old, new: jnp.where(halted, old, new), state, new_state)
-            return (state, halted), {**step_metrics, "halted": halted}
+            return train_step(state, batch, model=model, tx=tx, objective=objective, axis_name=axis_name)
 
-        (state, _), step_metrics = jax.lax.scan(body, (state, jnp.zeros((), bool)), length=num_steps)
-        return state, step_metrics
+        return jax.lax.scan(body, state, length=num_steps)
 
     return chunk
 
@@ -383,20 +372,25 @@ def fit(
             step0 = _current_step(state)
             length = min([every - step0 % every for every in boundaries] + [steps - step0])
             run_chunk = executable(length, state)
+            # The chunk donates its input; this copy (once per chunk, not per step) lets a
+            # NaN be traced back to the last finite state.
+            chunk_start = jax.tree.map(jnp.copy, state)
             tic = time.perf_counter()
             state, step_metrics = run_chunk(state, pools)
-            step_losses = np.asarray(step_metrics["loss"]).reshape(-1, length).mean(0)  # mean over seeds
+            step_losses = np.asarray(step_metrics["loss"]).reshape(-1, length)  # (seeds, steps)
             wall["train"] += time.perf_counter() - tic
-            halted = np.asarray(step_metrics["halted"]).reshape(-1, length).any(0)
-            if halted[-1]:
-                bad = int(np.argmax(halted))
+            finite = np.isfinite(step_losses).all(0)
+            if not finite.all():
+                bad = int(np.argmin(finite))
                 if bad > 0:
-                    last_finite_loss = float(step_losses[bad - 1])
-                raise NonFiniteLossError(step0 + bad, last_finite_loss, state)
+                    last_finite_loss = float(step_losses[:, bad - 1].mean())
+                last_finite = chunk_start if bad == 0 else build(bad)(chunk_start, pools)[0]  # replay up to it
+                raise NonFiniteLossError(step0 + bad, last_finite_loss, last_finite)
+            step_losses = step_losses.mean(0)  # mean over seeds
             last_finite_loss = float(step_losses[-1])
             bar.update(length)
             step = _current_step(state)
-            chunk_log = {name: np.asarray(value) for name, value in step_metrics.items() if name != "halted"}
+            chunk_log = {name: np.asarray(value) for name, value in step_metrics.items()}
             for name, value in chunk_log.items():
                 log.setdefault(name, []).append(value)
             row = {"step": step, **{f"train_{name}": _to_python(_chunk_mean(value)) for name, value in chunk_log.items()}}
