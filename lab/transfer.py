@@ -1,0 +1,517 @@
+"""Transfer learning: pretrain a backbone once, then adapt it to a few labels.
+
+Pretraining trains a *pretraining model*: any NNX module with a ``backbone`` (the
+backbone of a :func:`lab.models.make_model` classifier, so it has exactly the
+architecture of the classifier it will initialise) and a ``head`` that the
+pretraining task needs. Only the backbone is kept, as a :class:`Backbone`; the head
+is thrown away. The sources (:data:`PRETRAIN_SOURCES`):
+
+* ``"classes"``: supervised on other classes of the target dataset (digits 0-4,
+  then adapt on 5-9), through :meth:`lab.data.Dataset.subset`;
+* ``"dataset"``: supervised on another dataset, resized to the target input shape
+  (28x28 MNIST for 8x8 digits) by :func:`match_input_shape`;
+* ``"simclr"``: contrastive self-supervision, :class:`SimCLR`: the NT-Xent loss
+  between projections of two augmented views of each unlabeled example;
+* ``"autoencoder"``: :class:`Reconstruction` of the input by a decoder head.
+
+Each is a :class:`lab.train.Objective` trained by :func:`lab.train.fit`.
+:func:`pretrain` caches its result on disk by a hash of its :class:`PretrainConfig`,
+so a sweep pretrains each backbone once.
+
+Adaptation (:data:`ADAPTATIONS`) trains a classifier whose backbone starts from the
+pretrained one and whose head is freshly initialised for the target classes. The
+modes differ only in the optimizer, through the ``param_groups`` of
+:func:`lab.optim.make_optimizer` (:func:`adaptation_param_groups`). The pieces
+compose like this (:func:`adapt` does exactly this on a labeled subset)::
+
+    backbone = transfer.pretrain(transfer.PretrainConfig("classes", "digits", source_classes=(0, 1, 2, 3, 4)))
+    module = transfer.init_from_backbone(models.make_model("mlp", (8, 8, 1), 5, seed=0), backbone)
+    tx = optim.make_optimizer("adam", 1e-3, param_groups=transfer.adaptation_param_groups("linear_probe"))
+    model, params, model_state = train.Model.split(module)
+    result = train.fit(model, train.create_train_state(params, model_state, tx, 0), tx, train.Supervised(), ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, traverse_util
+
+from lab import augment, data, losses, models, optim, train
+
+PRETRAIN_SOURCES = ("classes", "dataset", "simclr", "autoencoder")
+ADAPTATIONS = ("linear_probe", "finetune", "finetune_low_lr")
+
+_SUPERVISED_SOURCES = ("classes", "dataset")
+
+# What a Backbone carries, by the variables of the module's `backbone` it is read from.
+# RNG streams (dropout keys) stay with the run: the adapted classifier draws its own from its seed.
+_TRANSFERRED = {
+    "params": nnx.Param,
+    "model_state": nnx.All(nnx.Not(nnx.Param), nnx.Not(nnx.RngState)),
+}
+
+# Part of every cache key: bump it when the same config would pretrain a different backbone.
+_CACHE_VERSION = 1
+
+
+def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """What :func:`lab.models.make_model` needs to rebuild a backbone, the head aside."""
+
+    model: str
+    input_shape: tuple[int, ...]
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def build(self, num_classes: int, *, seed: int) -> nnx.Module:
+        """A freshly initialised classifier with this backbone and a ``num_classes`` head."""
+        return models.make_model(self.model, self.input_shape, num_classes, seed=seed, **self.model_kwargs)
+
+    def __str__(self) -> str:
+        kwargs = ", ".join(f"{name}={value!r}" for name, value in sorted(self.model_kwargs.items()))
+        return f"{self.model}({kwargs}) for inputs of shape {self.input_shape}"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: `==` on dicts of arrays is ambiguous
+class Backbone:
+    """A trained backbone: its variables by parameter path (``"backbone/..."``) and its architecture.
+
+    ``params`` are the ``nnx.Param`` values; ``model_state`` the other variables
+    (BatchNorm statistics), except RNG streams.
+    """
+
+    architecture: Architecture
+    params: Mapping[str, jax.Array]
+    model_state: Mapping[str, jax.Array]
+
+    @classmethod
+    def from_module(cls, module: nnx.Module, architecture: Architecture) -> Backbone:
+        """The current values of ``module.backbone``, e.g. of a pretraining model after training."""
+        values = {
+            group: {path: variable.get_value() for path, variable in variables.items()}
+            for group, variables in _backbone_variables(module).items()
+        }
+        return cls(architecture, **values)
+
+    def classifier(self, num_classes: int, *, seed: int) -> nnx.Module:
+        """A classifier with this backbone and a new ``num_classes`` head initialised from ``seed``."""
+        return init_from_backbone(self.architecture.build(num_classes, seed=seed), self)
+
+
+def init_from_backbone(module: nnx.Module, backbone: Backbone) -> nnx.Module:
+    """Load ``backbone`` into ``module.backbone`` (in place) and return ``module``.
+
+    Only ``backbone/*`` variables change: the head keeps its fresh initialisation.
+    Fails, naming the parameter paths, when the two backbones do not have the same
+    variables with the same shapes and dtypes.
+    """
+    targets = _backbone_variables(module)
+    problems = [
+        line for group, variables in targets.items() for line in _mismatches(variables, getattr(backbone, group))
+    ]
+    if problems:
+        raise ValueError(
+            f"the pretrained backbone ({backbone.architecture}) does not match the backbone of this "
+            f"{type(module).__name__}:\n  " + "\n  ".join(problems)
+        )
+    for group, variables in targets.items():
+        values = getattr(backbone, group)
+        for path, variable in variables.items():
+            # A copy: fit() donates the train state's buffers, which must not be the backbone's own.
+            variable.set_value(jnp.array(values[path]))
+    return module
+
+
+def _backbone_variables(module: nnx.Module) -> dict[str, dict[str, nnx.Variable]]:
+    """The transferred variables of ``module.backbone`` by group, then by parameter path."""
+    if not hasattr(module, "backbone"):
+        raise TypeError(
+            f"{type(module).__name__} has no `backbone` attribute; transfer needs a module with a "
+            "`backbone` and a `head`, like the classifiers of lab.models"
+        )
+    return {
+        group: {
+            "/".join(("backbone", *map(str, path))): variable
+            for path, variable in nnx.to_flat_state(nnx.state(module.backbone, kind))
+        }
+        for group, kind in _TRANSFERRED.items()
+    }
+
+
+def _mismatches(expected: Mapping[str, nnx.Variable], found: Mapping[str, jax.Array]) -> list[str]:
+    """One line per difference between the model's variables and the backbone's arrays."""
+
+    def describe(array) -> str:
+        return f"{tuple(array.shape)} {np.dtype(array.dtype).name}"
+
+    lines = [
+        f"missing from the pretrained backbone: {path} {describe(expected[path])}"
+        for path in sorted(expected.keys() - found.keys())
+    ]
+    lines += [
+        f"unexpected in the pretrained backbone: {path} {describe(found[path])}"
+        for path in sorted(found.keys() - expected.keys())
+    ]
+    lines += [
+        f"{path}: {describe(found[path])} in the pretrained backbone, {describe(expected[path])} in the model"
+        for path in sorted(expected.keys() & found.keys())
+        if describe(expected[path]) != describe(found[path])
+    ]
+    return lines
+
+
+# --------------------------------------------------------------------------- pretraining objectives
+
+
+def nt_xent(first: jax.Array, second: jax.Array, *, temperature: float) -> jax.Array:
+    """SimCLR's normalised-temperature cross-entropy for ``N`` positive pairs ``(first[i], second[i])``.
+
+    The ``2N`` embeddings are L2-normalised; each is a query whose positive is the
+    other view of its example and whose negatives are the other ``2N - 2`` embeddings.
+    The loss is the mean over all ``2N`` queries of the cross-entropy of the softmax
+    over cosine similarities divided by ``temperature`` (Chen et al., 2020).
+    """
+    if first.ndim != 2 or first.shape != second.shape:
+        raise ValueError(
+            f"first and second must be (N, D) embeddings of the same shape, got {first.shape} and {second.shape}"
+        )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    n = first.shape[0]
+    embeddings = jnp.concatenate([first, second]).astype(jnp.float32)
+    embeddings = embeddings * jax.lax.rsqrt(jnp.maximum(jnp.sum(embeddings**2, -1, keepdims=True), 1e-12))
+    similarity = embeddings @ embeddings.T / temperature
+    # An embedding is neither its own positive nor a negative.
+    similarity = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, similarity)
+    positive = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
+    log_probabilities = jax.nn.log_softmax(similarity, axis=-1)
+    return -jnp.mean(log_probabilities[jnp.arange(2 * n), positive])
+
+
+@dataclasses.dataclass(frozen=True)
+class SimCLR(train.Objective):
+    """NT-Xent between the projections of two augmented views of each unlabeled example.
+
+    ``augmentation(key, x)`` draws a random view of a batch (:func:`lab.augment.make_augmentation`).
+    Both views go through the model in one batch, so BatchNorm sees both.
+    """
+
+    augmentation: augment.Augmentation
+    temperature: float = 0.5
+
+    def batch_sizes(self, batch_size: int) -> dict[str, int]:
+        return {"unlabeled": batch_size}
+
+    def loss(self, model, batch, key, extra, step):
+        x = batch["unlabeled"]["x"]
+        first_key, second_key = jax.random.split(key)
+        projections = model(jnp.concatenate([self.augmentation(first_key, x), self.augmentation(second_key, x)]))
+        first, second = jnp.split(projections, 2)
+        loss = nt_xent(first, second, temperature=self.temperature)
+        return loss, {"loss": loss}, extra
+
+
+class Reconstruction(train.Objective):
+    """Mean squared error between the model's output and its flattened input (an autoencoder)."""
+
+    def batch_sizes(self, batch_size: int) -> dict[str, int]:
+        return {"unlabeled": batch_size}
+
+    def loss(self, model, batch, key, extra, step):
+        x = batch["unlabeled"]["x"]
+        loss = losses.mse(model(x), x.reshape(x.shape[0], -1))
+        return loss, {"loss": loss}, extra
+
+
+# --------------------------------------------------------------------------- pretraining
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Everything that defines a pretrained backbone; its hash names the cache entry.
+
+    ``dataset`` is the target: it fixes the input shape, and its training inputs are
+    what is pretrained on unless ``source_dataset`` names another dataset. With
+    ``source_classes``, only those classes of the pretraining data are used:
+    ``"classes"`` requires them, ``"dataset"`` requires ``source_dataset``;
+    ``"simclr"`` and ``"autoencoder"`` ignore labels and take either.
+    """
+
+    source: str
+    dataset: str
+    model: str = "mlp"
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    source_dataset: str | None = None
+    source_classes: tuple[int, ...] | None = None
+    steps: int = 1000
+    batch_size: int = 128
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    seed: int = 0
+    head_width: int = 128  # hidden width of the SimCLR projector and the autoencoder's decoder
+    projection_dim: int = 64  # simclr
+    temperature: float = 0.5  # simclr
+    augmentation: str = "strong"  # simclr: lab.augment strength of each view
+    flip: bool = False  # simclr
+    magnitude: float = 0.5  # simclr
+
+    def __post_init__(self) -> None:
+        _check_choice("pretraining source", self.source, PRETRAIN_SOURCES)
+        _check_choice("model", self.model, tuple(models.MODELS))
+        _check_choice("optimizer", self.optimizer, optim.OPTIMIZERS)
+        _check_choice("augmentation", self.augmentation, augment.STRENGTHS)
+        if self.source_classes is not None:
+            if isinstance(self.source_classes, (str, bytes)) or not isinstance(self.source_classes, Sequence):
+                raise ValueError(
+                    f"source_classes must be a sequence of class labels or None, got {self.source_classes!r}"
+                )
+            object.__setattr__(self, "source_classes", tuple(int(label) for label in self.source_classes))
+        if self.source == "classes" and (self.source_classes is None or self.source_dataset is not None):
+            raise ValueError(
+                "source='classes' pretrains on source_classes of the target dataset: set source_classes "
+                f"and leave source_dataset unset (got source_classes={self.source_classes!r}, "
+                f"source_dataset={self.source_dataset!r})"
+            )
+        if self.source == "dataset" and self.source_dataset in (None, self.dataset):
+            raise ValueError(
+                f"source='dataset' pretrains on another dataset than the target {self.dataset!r}: "
+                f"set source_dataset to its name (got {self.source_dataset!r})"
+            )
+        for name in ("steps", "batch_size", "head_width", "projection_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("learning_rate", "temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        # The cache key is made from the JSON form: fail now rather than after training.
+        try:
+            json.dumps(dataclasses.asdict(self))
+        except TypeError as error:
+            raise ValueError(f"every PretrainConfig value must be JSON-serialisable: {error}") from None
+
+    @property
+    def cache_key(self) -> str:
+        """A stable hash of the config (and of the cache format)."""
+        text = json.dumps({"cache_version": _CACHE_VERSION, **self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as JSON types (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def pretrain(
+    config: PretrainConfig,
+    *,
+    cache_dir: str | Path | None = None,
+    load_dataset: Callable[[str], data.Dataset] = data.load,
+    progress: bool = False,
+) -> Backbone:
+    """The backbone ``config`` describes: loaded from the cache, else trained and cached.
+
+    Entries live in ``cache_dir/<config.cache_key>/`` (``cache_dir`` defaults to
+    ``lab.data.cache_dir()/pretrained``): ``config.json`` and the arrays as an orbax
+    checkpoint. An entry is written in a temporary folder and renamed into place when
+    complete, so an interrupted run never leaves a half-written entry behind.
+    ``load_dataset(name)`` loads datasets by name (e.g. with a ``data_dir`` bound).
+    """
+    root = Path(cache_dir) if cache_dir is not None else data.cache_dir() / "pretrained"
+    entry = (root / config.cache_key).absolute()
+    if entry.exists():
+        return _read_entry(entry, config)
+    backbone = _train_backbone(config, load_dataset, progress)
+    _write_entry(entry, config, backbone)
+    return backbone
+
+
+def match_input_shape(x: np.ndarray, input_shape: Sequence[int]) -> np.ndarray:
+    """Area-resize a batch of images ``(N, H, W, C)`` or signals ``(N, L, C)`` to ``input_shape``.
+
+    Only the spatial size can change: the rank and the number of channels must agree.
+    """
+    x, input_shape = np.asarray(x), tuple(input_shape)
+    shape = x.shape[1:]
+    if shape == input_shape:
+        return x
+    if len(shape) != len(input_shape) or len(shape) not in (2, 3) or shape[-1] != input_shape[-1]:
+        raise ValueError(
+            f"cannot match inputs of shape {shape} to the target input shape {input_shape}: only the size of "
+            "images (H, W, C) -> (H', W', C) or signals (L, C) -> (L', C) can be changed; rank and channels must agree"
+        )
+    if len(shape) == 3:
+        return data.resize_images(x, input_shape[:2])
+    # A signal is resized as a one-pixel-wide image.
+    return data.resize_images(x[:, :, None, :], (input_shape[0], 1))[:, :, 0, :]
+
+
+def _train_backbone(config: PretrainConfig, load_dataset: Callable[[str], data.Dataset], progress: bool) -> Backbone:
+    target = load_dataset(config.dataset)
+    source = target if config.source_dataset is None else load_dataset(config.source_dataset)
+    if config.source_classes is not None:
+        source = source.subset(config.source_classes)
+    # JSON types, as a backbone read back from the cache has them.
+    architecture = Architecture(config.model, tuple(target.input_shape), config.to_dict()["model_kwargs"])
+    x = jnp.asarray(match_input_shape(source.x_train, architecture.input_shape))
+    if config.source in _SUPERVISED_SOURCES:
+        module = architecture.build(source.num_classes, seed=config.seed)
+        objective, pools = train.Supervised(), {"labeled": {"x": x, "y": jnp.asarray(source.y_train)}}
+    else:
+        module = _with_pretraining_head(architecture, config)
+        objective = _self_supervised_objective(config, architecture.input_shape)
+        pools = {"unlabeled": {"x": x}}
+    model, params, model_state = train.Model.split(module)
+    tx = optim.make_optimizer(config.optimizer, config.learning_rate)
+    state = train.create_train_state(params, model_state, tx, config.seed)
+    result = train.fit(
+        model, state, tx, objective, pools, steps=config.steps, batch_size=config.batch_size, progress=progress
+    )
+    return Backbone.from_module(model.bind(result.state.params, result.state.model_state, train=False), architecture)
+
+
+def _with_pretraining_head(architecture: Architecture, config: PretrainConfig) -> nnx.Module:
+    """A classifier of ``architecture`` whose head is the SimCLR projector or the autoencoder's decoder."""
+    outputs = config.projection_dim if config.source == "simclr" else math.prod(architecture.input_shape)
+    module = architecture.build(outputs, seed=config.seed)
+    # Folding in keeps the head's initialisation independent of the backbone's, which used `seed` itself.
+    rngs = nnx.Rngs(jax.random.fold_in(jax.random.key(config.seed), 1))
+    module.head = nnx.Sequential(
+        nnx.Linear(module.feature_dim, config.head_width, rngs=rngs),
+        nnx.relu,
+        nnx.Linear(config.head_width, outputs, rngs=rngs),
+    )
+    return module
+
+
+def _self_supervised_objective(config: PretrainConfig, input_shape: tuple[int, ...]) -> train.Objective:
+    if config.source == "autoencoder":
+        return Reconstruction()
+    augmentation = augment.make_augmentation(
+        config.augmentation, input_shape, flip=config.flip, magnitude=config.magnitude
+    )
+    return SimCLR(augmentation, config.temperature)
+
+
+# --------------------------------------------------------------------------- cache entries
+
+_CONFIG_FILE = "config.json"
+_ARRAYS_DIR = "arrays"
+
+
+def _write_entry(entry: Path, config: PretrainConfig, backbone: Backbone) -> None:
+    import orbax.checkpoint as ocp  # imported here: it takes half a second, and only the cache needs it
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    temporary = entry.with_name(f".{entry.name}.{uuid.uuid4().hex}.tmp")
+    arrays = {group: traverse_util.unflatten_dict(getattr(backbone, group), sep="/") for group in _TRANSFERRED}
+    description = {"config": config.to_dict(), "architecture": dataclasses.asdict(backbone.architecture)}
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(temporary / _ARRAYS_DIR, arrays)
+        (temporary / _CONFIG_FILE).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
+        try:
+            temporary.rename(entry)
+        except OSError:
+            if not entry.is_dir():
+                raise
+            # Another run wrote the same entry first; both hold the same backbone, keep theirs.
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _read_entry(entry: Path, config: PretrainConfig) -> Backbone:
+    import orbax.checkpoint as ocp
+
+    description = json.loads((entry / _CONFIG_FILE).read_text())
+    if description["config"] != config.to_dict():
+        raise ValueError(
+            f"the pretrained backbone cached in {entry} was made by another config than the one asked for "
+            f"(cached: {description['config']}); delete that folder to pretrain again"
+        )
+    with ocp.StandardCheckpointer() as checkpointer:
+        arrays = checkpointer.restore(entry / _ARRAYS_DIR)
+    architecture = description["architecture"]
+    architecture["input_shape"] = tuple(architecture["input_shape"])
+    return Backbone(
+        Architecture(**architecture),
+        **{group: traverse_util.flatten_dict(arrays[group], sep="/") for group in _TRANSFERRED},
+    )
+
+
+# --------------------------------------------------------------------------- adaptation
+
+
+def adaptation_param_groups(mode: str, backbone_lr_multiplier: float = 0.1) -> dict[str, str | float]:
+    """``param_groups`` for :func:`lab.optim.make_optimizer` that adapt in ``mode``.
+
+    ``"linear_probe"`` freezes the backbone, ``"finetune"`` trains everything at the
+    learning rate, ``"finetune_low_lr"`` trains the backbone at ``backbone_lr_multiplier``
+    times it. The head always trains at the full learning rate.
+    """
+    _check_choice("adaptation", mode, ADAPTATIONS)
+    if mode == "linear_probe":
+        return {"backbone/*": "frozen"}
+    if mode == "finetune":
+        return {}
+    if not backbone_lr_multiplier > 0:
+        raise ValueError(
+            f"backbone_lr_multiplier must be > 0 for finetune_low_lr, got {backbone_lr_multiplier!r} "
+            "(linear_probe freezes the backbone)"
+        )
+    return {"backbone/*": float(backbone_lr_multiplier)}
+
+
+def adapt(
+    backbone: Backbone,
+    dataset: data.Dataset,
+    labeled_idx: np.ndarray,
+    *,
+    mode: str,
+    steps: int,
+    batch_size: int = 32,
+    optimizer: str = "adam",
+    learning_rate: float = 1e-3,
+    backbone_lr_multiplier: float = 0.1,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[train.Model, train.FitResult]:
+    """Train a classifier for ``dataset`` on its training examples ``labeled_idx``, from ``backbone``.
+
+    The head is initialised from ``seed`` for ``dataset.num_classes`` classes; ``mode``
+    is one of :data:`ADAPTATIONS`. Returns the model (for :func:`lab.train.predict`) and
+    the fit result.
+    """
+    if tuple(dataset.input_shape) != backbone.architecture.input_shape:
+        raise ValueError(
+            f"{dataset.name} has inputs of shape {dataset.input_shape} but the backbone was pretrained for "
+            f"{backbone.architecture.input_shape}; resize them with match_input_shape"
+        )
+    param_groups = adaptation_param_groups(mode, backbone_lr_multiplier)
+    tx = optim.make_optimizer(optimizer, learning_rate, param_groups=param_groups)
+    model, params, model_state = train.Model.split(backbone.classifier(dataset.num_classes, seed=seed))
+    state = train.create_train_state(params, model_state, tx, seed)
+    x, y = jnp.asarray(dataset.x_train[labeled_idx]), jnp.asarray(dataset.y_train[labeled_idx])
+    result = train.fit(
+        model, state, tx, train.Supervised(), {"labeled": {"x": x, "y": y}}, steps=steps, batch_size=batch_size,
+        progress=progress,
+    )
+    return model, result
