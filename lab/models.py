@@ -1,0 +1,465 @@
+"""Classifiers for channels-last images ``(N, H, W, C)`` and 1-D signals ``(N, L, C)``.
+
+Every classifier is a ``backbone`` that maps a batch of inputs to ``(N, feature_dim)``
+features, followed by a linear ``head`` from features to ``(N, num_classes)`` logits.
+The two are attributes with exactly those names, so every parameter path (the
+``"/"``-joined keys of ``nnx.state(model, nnx.Param)``, e.g. ``backbone/layers/1/kernel``)
+starts with ``backbone/`` or ``head/``: ``lab.optim`` freezes or rescales parameters
+by these paths, and transfer learning swaps in a new head with
+``model.head = nnx.Linear(model.feature_dim, new_num_classes, rngs=...)``.
+
+Train and eval mode
+-------------------
+The mode is NNX's own mechanism: the ``deterministic`` attribute of ``nnx.Dropout``
+and the ``use_running_average`` attribute of ``nnx.BatchNorm``.
+
+* Models are built in training mode (NNX's default). Dropout is active and draws its
+  keys from the ``"dropout"`` stream of the ``nnx.Rngs`` passed to the constructor
+  (every dropout layer holds a fork of that stream); batch norm normalises with the
+  statistics of the batch and updates its running averages (``nnx.BatchStat``).
+* ``model.eval()`` makes dropout the identity and batch norm use its running
+  averages, in place; ``model.train()`` switches back.
+* ``nnx.view(model, deterministic=True, use_running_average=True,
+  raise_if_not_found=False)`` returns an eval-mode view sharing the model's variables
+  and leaves the model itself in its current mode.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# --------------------------------------------------------------------- validation
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _positive_ints(name: str, values) -> tuple[int, ...]:
+    if isinstance(values, str) or not isinstance(values, Sequence) or not values:
+        raise ValueError(f"{name} must be a non-empty sequence of positive integers, got {values!r}")
+    return tuple(_positive_int(f"{name}[{i}]", value) for i, value in enumerate(values))
+
+
+def _dropout_rate(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"dropout must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _signal_or_image_shape(input_shape, model: str) -> tuple[list[int], int]:
+    """Splits the shape of one example, (L, C) or (H, W, C), into (spatial axes, channels)."""
+    *spatial, channels = _positive_ints("input_shape", input_shape)
+    if len(spatial) not in (1, 2):
+        raise ValueError(
+            f"{model} takes (L, C) signals or (H, W, C) images, got input_shape={tuple(input_shape)!r}"
+        )
+    return spatial, channels
+
+
+# ------------------------------------------------- parameter-free layers (plain functions)
+
+
+def flatten(x: jax.Array) -> jax.Array:
+    """(N, ...) -> (N, prod(...))."""
+    return x.reshape(x.shape[0], -1)
+
+
+def halve_spatial(x: jax.Array) -> jax.Array:
+    """2x max pooling over every spatial axis of a channels-last batch."""
+    window = (2,) * (x.ndim - 2)
+    return nnx.max_pool(x, window_shape=window, strides=window)
+
+
+def _spatial_axes(x: jax.Array) -> tuple[int, ...]:
+    return tuple(range(1, x.ndim - 1))
+
+
+def global_max_pool(x: jax.Array) -> jax.Array:
+    """(N, *spatial, C) -> (N, C)."""
+    return x.max(axis=_spatial_axes(x))
+
+
+def global_average_pool(x: jax.Array) -> jax.Array:
+    """(N, *spatial, C) -> (N, C)."""
+    return x.mean(axis=_spatial_axes(x))
+
+
+# -------------------------------------------------------------------- classifiers
+
+
+class Classifier(nnx.Module):
+    """A `backbone` producing `feature_dim` features and a linear `head` on top."""
+
+    def __init__(self, backbone: nnx.Module, feature_dim: int, num_classes: int, *, rngs: nnx.Rngs):
+        self.backbone = backbone
+        self.feature_dim = feature_dim
+        self.head = nnx.Linear(feature_dim, _positive_int("num_classes", num_classes), rngs=rngs)
+
+    def features(self, x: jax.Array) -> jax.Array:
+        return self.backbone(x)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.head(self.features(x))
+
+
+class LogisticRegression(Classifier):
+    """A linear classifier on the flattened input."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, rngs: nnx.Rngs):
+        in_features = math.prod(_positive_ints("input_shape", input_shape))
+        super().__init__(nnx.Sequential(flatten), in_features, num_classes, rngs=rngs)
+
+
+def _dense_relu_dropout(in_features: int, out_features: int, dropout: float, rngs: nnx.Rngs) -> list:
+    return [nnx.Linear(in_features, out_features, rngs=rngs), nnx.relu, nnx.Dropout(dropout, rngs=rngs)]
+
+
+class MLP(Classifier):
+    """Dense-ReLU-dropout layers on the flattened input; the last one gives the features."""
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        *,
+        rngs: nnx.Rngs,
+        hidden: Sequence[int] = (256, 256),
+        dropout: float = 0.0,
+    ):
+        in_features = math.prod(_positive_ints("input_shape", input_shape))
+        hidden = _positive_ints("hidden", hidden)
+        dropout = _dropout_rate(dropout)
+        layers = [flatten]
+        for width in hidden:
+            layers += _dense_relu_dropout(in_features, width, dropout, rngs)
+            in_features = width
+        super().__init__(nnx.Sequential(*layers), hidden[-1], num_classes, rngs=rngs)
+
+
+class CNN(Classifier):
+    """Conv-ReLU-maxpool stages, global max pooling, then a dense ReLU layer of features.
+
+    Convolutions are 1-D with kernel 5 on (L, C) signals and 2-D with kernel 3x3 on
+    (H, W, C) images, 'SAME' padded. A stage halves the spatial size only while every
+    spatial axis is at least 2 long, so any number of stages fits small inputs.
+
+    Global max pooling makes the features invariant to where a pattern occurs. On
+    MNIST-1D, whose digits are randomly shifted, it lifts test accuracy of the default
+    network from about 90% (flattening) to about 96%, and on 8x8 digits it is as good
+    as flattening (99%).
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        *,
+        rngs: nnx.Rngs,
+        channels: Sequence[int] = (32, 64),
+        hidden: int = 128,
+        dropout: float = 0.0,
+    ):
+        spatial, in_channels = _signal_or_image_shape(input_shape, "CNN")
+        channels = _positive_ints("channels", channels)
+        hidden = _positive_int("hidden", hidden)
+        dropout = _dropout_rate(dropout)
+        kernel_size = (3, 3) if len(spatial) == 2 else (5,)
+        layers = []
+        for width in channels:
+            layers += [nnx.Conv(in_channels, width, kernel_size, padding="SAME", rngs=rngs), nnx.relu]
+            if min(spatial) >= 2:
+                layers.append(halve_spatial)
+                spatial = [size // 2 for size in spatial]
+            in_channels = width
+        layers.append(global_max_pool)
+        layers += _dense_relu_dropout(in_channels, hidden, dropout, rngs)
+        super().__init__(nnx.Sequential(*layers), hidden, num_classes, rngs=rngs)
+
+
+def _conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int, ndim: int, rngs: nnx.Rngs) -> list:
+    # The batch norm's bias makes a conv bias redundant. Momentum 0.9 (Flax defaults to
+    # 0.99) lets the running averages settle within the few hundred steps that
+    # small-data runs take, so eval-mode accuracy is not hurt by stale statistics.
+    conv = nnx.Conv(
+        in_channels, out_channels, (kernel,) * ndim, strides=stride, padding="SAME", use_bias=False, rngs=rngs
+    )
+    return [conv, nnx.BatchNorm(out_channels, momentum=0.9, rngs=rngs)]
+
+
+class BasicBlock(nnx.Module):
+    """relu(x' + F(x)), F = conv-BN-ReLU-conv-BN (He et al., 2016); x' projects x by a
+    strided 1x1 conv-BN when F changes the shape, and is x itself otherwise."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, ndim: int, *, rngs: nnx.Rngs):
+        self.residual = nnx.Sequential(
+            *_conv_bn(in_channels, out_channels, 3, stride, ndim, rngs),
+            nnx.relu,
+            *_conv_bn(out_channels, out_channels, 3, 1, ndim, rngs),
+        )
+        reshapes = stride != 1 or in_channels != out_channels
+        projection = _conv_bn(in_channels, out_channels, 1, stride, ndim, rngs) if reshapes else []
+        self.shortcut = nnx.Sequential(*projection)  # empty: the identity
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nnx.relu(self.shortcut(x) + self.residual(x))
+
+
+class ResNet(Classifier):
+    """A residual network: conv-BN-ReLU stem, one stage of basic blocks per width with
+    stride 2 entering every stage after the first, and global average pooling.
+
+    1-D convolutions on (L, C) signals, 2-D on (H, W, C) images, kernel 3 throughout.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        *,
+        rngs: nnx.Rngs,
+        widths: Sequence[int] = (16, 32, 64),
+        blocks_per_stage: int = 1,
+    ):
+        spatial, in_channels = _signal_or_image_shape(input_shape, "ResNet")
+        widths = _positive_ints("widths", widths)
+        blocks_per_stage = _positive_int("blocks_per_stage", blocks_per_stage)
+        ndim = len(spatial)
+        layers = [*_conv_bn(in_channels, widths[0], 3, 1, ndim, rngs), nnx.relu]
+        in_channels = widths[0]
+        for stage, width in enumerate(widths):
+            for block in range(blocks_per_stage):
+                stride = 2 if stage > 0 and block == 0 else 1
+                layers.append(BasicBlock(in_channels, width, stride, ndim, rngs=rngs))
+                in_channels = width
+        layers.append(global_average_pool)
+        super().__init__(nnx.Sequential(*layers), widths[-1], num_classes, rngs=rngs)
+
+
+# -------------------------------------------------------------------- transformer
+
+
+def attention_weights(q: jax.Array, k: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """softmax(q k^T / sqrt(d_k)) over the keys.
+
+    Args:
+      q: queries, (..., T_q, d_k).
+      k: keys, (..., T_k, d_k).
+      mask: optional boolean array broadcastable to (..., T_q, T_k); True where a
+        query may attend to a key.
+
+    Returns:
+      (..., T_q, T_k) weights; every row is a probability distribution over the keys.
+      Masked keys get weight 0. A query whose keys are all masked attends uniformly
+      to all of them rather than producing NaNs.
+    """
+    # Dividing by sqrt(d_k) keeps the logits' variance near 1 whatever the head size,
+    # so the softmax does not saturate into one-hot rows with vanishing gradients.
+    logits = jnp.einsum("...qd,...kd->...qk", q, k) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        # The most negative finite number, not -inf: exp underflows to exactly 0 for
+        # masked keys, and a fully masked row stays finite (uniform) instead of 0/0.
+        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def scaled_dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None
+) -> jax.Array:
+    """softmax(q k^T / sqrt(d_k)) v: each query's output is an average of the values,
+    weighted by how well the query matches each key (see `attention_weights`).
+
+    q: (..., T_q, d_k), k: (..., T_k, d_k), v: (..., T_k, d_v) -> (..., T_q, d_v).
+    """
+    return jnp.einsum("...qk,...kd->...qd", attention_weights(q, k, mask), v)
+
+
+class MultiHeadSelfAttention(nnx.Module):
+    """Self-attention in `heads` independent subspaces of size dim // heads."""
+
+    def __init__(self, dim: int, heads: int, *, rngs: nnx.Rngs):
+        self.heads = heads
+        self.qkv = nnx.Linear(dim, 3 * dim, rngs=rngs)
+        self.out = nnx.Linear(dim, dim, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, tokens, dim = x.shape
+        # (N, T, 3 * dim) -> 3 x (N, heads, T, dim // heads): heads become a batch axis.
+        qkv = self.qkv(x).reshape(n, tokens, 3, self.heads, dim // self.heads)
+        q, k, v = qkv.transpose(2, 0, 3, 1, 4)
+        attended = scaled_dot_product_attention(q, k, v)
+        return self.out(attended.transpose(0, 2, 1, 3).reshape(n, tokens, dim))
+
+
+class EncoderBlock(nnx.Module):
+    """Pre-LN transformer block: x + attention(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, *, rngs: nnx.Rngs):
+        self.attention_norm = nnx.LayerNorm(dim, rngs=rngs)
+        self.attention = MultiHeadSelfAttention(dim, heads, rngs=rngs)
+        self.mlp_norm = nnx.LayerNorm(dim, rngs=rngs)
+        self.mlp = nnx.Sequential(
+            nnx.Linear(dim, mlp_dim, rngs=rngs),
+            nnx.gelu,
+            nnx.Dropout(dropout, rngs=rngs),
+            nnx.Linear(mlp_dim, dim, rngs=rngs),
+        )
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.dropout(self.attention(self.attention_norm(x)))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
+# Attention costs grow with the square of the token count; up to 64 tokens is cheap
+# and still cuts small inputs (8x8 digits, 40-sample signals) into fine pieces.
+_MAX_DEFAULT_TOKENS = 64
+
+
+def _num_patches(spatial_shape: Sequence[int], patch_size: int) -> int:
+    return math.prod(spatial_shape) // patch_size ** len(spatial_shape)
+
+
+def default_patch_size(spatial_shape: Sequence[int]) -> int:
+    """The smallest patch size that divides every spatial axis and cuts the input into at
+    most 64 patches; the largest common divisor of the axes when none gets that low."""
+    common = math.gcd(*spatial_shape)
+    divisors = [size for size in range(1, common + 1) if common % size == 0]
+    return next((size for size in divisors if _num_patches(spatial_shape, size) <= _MAX_DEFAULT_TOKENS), common)
+
+
+def patchify(x: jax.Array, patch_size: int) -> jax.Array:
+    """Cuts a channels-last batch into non-overlapping patches, flattened into tokens:
+    (N, L, C) -> (N, L/p, p*C) and (N, H, W, C) -> (N, H/p * W/p, p*p*C)."""
+    n, *spatial, channels = x.shape
+    grid = [size // patch_size for size in spatial]
+    # Split each spatial axis into (grid, patch), then gather grid axes before patch axes.
+    x = x.reshape(n, *(d for g in grid for d in (g, patch_size)), channels)
+    ndim = len(spatial)
+    x = x.transpose(0, *range(1, 2 * ndim, 2), *range(2, 2 * ndim + 1, 2), 2 * ndim + 1)
+    return x.reshape(n, math.prod(grid), -1)
+
+
+class TransformerEncoder(nnx.Module):
+    """Patches -> linear embedding + learned positions -> pre-LN blocks -> LN -> mean over tokens."""
+
+    def __init__(
+        self,
+        spatial_shape: Sequence[int],
+        in_channels: int,
+        patch_size: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        dropout: float,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        self.patch_size = patch_size
+        self.embed = nnx.Linear(patch_size ** len(spatial_shape) * in_channels, dim, rngs=rngs)
+        num_tokens = _num_patches(spatial_shape, patch_size)
+        self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (num_tokens, dim)))
+        self.blocks = nnx.Sequential(*(EncoderBlock(dim, heads, mlp_dim, dropout, rngs=rngs) for _ in range(depth)))
+        self.norm = nnx.LayerNorm(dim, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        tokens = self.embed(patchify(x, self.patch_size)) + self.position[...]
+        return self.norm(self.blocks(tokens)).mean(axis=1)
+
+
+class Transformer(Classifier):
+    """A transformer encoder over patches of the input (ViT-style, mean-pooled).
+
+    2-D inputs are cut into non-overlapping patch_size x patch_size patches and 1-D
+    signals into chunks of patch_size samples; patch_size must divide every spatial
+    axis and defaults to `default_patch_size`.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        *,
+        rngs: nnx.Rngs,
+        patch_size: int | None = None,
+        dim: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        mlp_dim: int = 128,
+        dropout: float = 0.0,
+    ):
+        spatial, in_channels = _signal_or_image_shape(input_shape, "Transformer")
+        if patch_size is None:
+            patch_size = default_patch_size(spatial)
+        patch_size = _positive_int("patch_size", patch_size)
+        if any(size % patch_size for size in spatial):
+            raise ValueError(
+                f"patch_size={patch_size} must divide every spatial axis of input_shape={tuple(input_shape)}"
+            )
+        dim = _positive_int("dim", dim)
+        heads = _positive_int("heads", heads)
+        if dim % heads:
+            raise ValueError(f"heads={heads} must divide dim={dim}")
+        encoder = TransformerEncoder(
+            spatial,
+            in_channels,
+            patch_size,
+            dim,
+            _positive_int("depth", depth),
+            heads,
+            _positive_int("mlp_dim", mlp_dim),
+            _dropout_rate(dropout),
+            rngs=rngs,
+        )
+        super().__init__(encoder, dim, num_classes, rngs=rngs)
+
+
+# ----------------------------------------------------------------------- registry
+
+MODELS: dict[str, type[Classifier]] = {
+    "logreg": LogisticRegression,
+    "mlp": MLP,
+    "cnn": CNN,
+    "resnet": ResNet,
+    "transformer": Transformer,
+}
+
+
+def default_hyperparameters(name: str) -> dict[str, object]:
+    """The hyperparameters model `name` accepts, with their defaults."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    signature = inspect.signature(MODELS[name].__init__)
+    return {
+        parameter.name: parameter.default
+        for parameter in signature.parameters.values()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name != "rngs"
+    }
+
+
+def make_model(
+    name: str, input_shape: tuple[int, ...], num_classes: int, *, seed: int, **hyperparameters
+) -> Classifier:
+    """Builds model `name` (a key of `MODELS`) with parameters drawn from `seed`.
+
+    The same seed gives the same parameters and the same dropout masks. The model is
+    in training mode; see the module docstring.
+    """
+    accepted = default_hyperparameters(name)
+    unknown = sorted(set(hyperparameters) - set(accepted))
+    if unknown:
+        raise TypeError(f"unknown hyperparameter(s) {unknown} for model {name!r}; it accepts {sorted(accepted)}")
+    # Explicit keys (the values nnx.Rngs would make from the ints) so that `seed` may be traced,
+    # e.g. to initialise several seeds at once under jax.vmap.
+    rngs = nnx.Rngs(params=jax.random.key(seed), dropout=jax.random.key(seed + 1))
+    return MODELS[name](input_shape, num_classes, rngs=rngs, **hyperparameters)

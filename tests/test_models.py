@@ -1,0 +1,336 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from lab import models
+
+# Non-square images, so a swapped axis cannot go unnoticed; as many values in an
+# image as in a signal, so that the two share parameter shapes (see SMALL).
+INPUT_SHAPES = {"image": (4, 3, 2), "signal": (12, 2)}
+NUM_CLASSES = 5
+# Tiny networks that share parameter shapes keep this file fast: on CPU, building a
+# model costs about one XLA compilation of the random initialiser per distinct shape.
+SMALL = {
+    "logreg": {},
+    "mlp": {"hidden": (4,)},
+    "cnn": {"channels": (4, 4), "hidden": 4},
+    "resnet": {"widths": (4, 4)},
+    "transformer": {"dim": 4, "depth": 1, "heads": 2, "mlp_dim": 4},
+}
+MODELS_WITH_DROPOUT = ["mlp", "cnn", "transformer"]
+
+
+def small_model(name, input_kind, *, seed=0, **hyperparameters):
+    hyperparameters = {**SMALL[name], **hyperparameters}
+    return models.make_model(name, INPUT_SHAPES[input_kind], NUM_CLASSES, seed=seed, **hyperparameters)
+
+
+def batch(input_shape, n=4, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, *input_shape)).astype(np.float32)
+
+
+def param_paths(model) -> list[tuple]:
+    return [path for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+
+
+def params_of(model) -> list[np.ndarray]:
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))]
+
+
+# ------------------------------------------------------------- the classifier contract
+
+
+@pytest.mark.parametrize("input_kind", INPUT_SHAPES)
+@pytest.mark.parametrize("name", models.MODELS)
+def test_logits_features_and_parameter_paths(name, input_kind):
+    model = small_model(name, input_kind)
+    x = batch(INPUT_SHAPES[input_kind])
+
+    features = model.features(x)
+    logits = model(x)
+
+    assert isinstance(model.feature_dim, int)
+    assert features.shape == (4, model.feature_dim)
+    assert logits.shape == (4, NUM_CLASSES)
+    np.testing.assert_allclose(logits, model.head(features), rtol=1e-6)
+    assert isinstance(model.head, nnx.Linear)
+    assert {path[0] for path in param_paths(model)} <= {"backbone", "head"}  # logreg's backbone has none
+    assert sorted(path for path in param_paths(model) if path[0] == "head") == [("head", "bias"), ("head", "kernel")]
+
+
+def test_head_can_be_replaced_for_transfer():
+    model = small_model("cnn", "image")
+    model.head = nnx.Linear(model.feature_dim, 3, rngs=nnx.Rngs(1))
+
+    assert model(batch(INPUT_SHAPES["image"])).shape == (4, 3)
+
+
+@pytest.mark.parametrize("name", ["logreg", "mlp"])
+def test_flattening_models_take_any_rank(name):
+    model = models.make_model(name, (2, 2, 3, 2), NUM_CLASSES, seed=0, **SMALL[name])
+
+    assert model(batch((2, 2, 3, 2))).shape == (4, NUM_CLASSES)
+
+
+# ---------------------------------------------------------------------- train vs eval
+
+
+@pytest.mark.parametrize("name", MODELS_WITH_DROPOUT)
+def test_dropout_is_random_in_train_mode_and_off_in_eval_mode(name):
+    x = batch(INPUT_SHAPES["signal"])
+    model = small_model(name, "signal", dropout=0.5)
+    without_dropout = small_model(name, "signal", dropout=0.0)
+
+    train_1, train_2 = model(x), model(x)
+    model.eval()
+    eval_1, eval_2 = model(x), model(x)
+
+    assert not np.allclose(train_1, train_2)  # a fresh mask on every call
+    assert not np.allclose(train_1, eval_1)
+    np.testing.assert_array_equal(eval_1, eval_2)
+    # In eval mode dropout is the identity, so only the (seeded) parameters matter.
+    np.testing.assert_allclose(eval_1, without_dropout(x), rtol=1e-6)
+    model.train()
+    assert not np.allclose(model(x), eval_1)
+
+
+def test_dropout_masks_come_from_the_dropout_stream():
+    input_shape = INPUT_SHAPES["image"]
+    x = batch(input_shape)
+
+    def train_output(dropout_seed):
+        rngs = nnx.Rngs(params=0, dropout=dropout_seed)
+        return models.MLP(input_shape, NUM_CLASSES, rngs=rngs, **SMALL["mlp"], dropout=0.5)(x)
+
+    np.testing.assert_array_equal(train_output(1), train_output(1))
+    assert not np.allclose(train_output(1), train_output(2))
+
+
+def test_nnx_view_gives_an_eval_view_without_changing_the_model():
+    x = batch(INPUT_SHAPES["image"])
+    model = small_model("mlp", "image", dropout=0.5)
+
+    view = nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)
+
+    np.testing.assert_array_equal(view(x), view(x))
+    assert not np.allclose(model(x), model(x))  # the model itself still trains
+
+
+@pytest.mark.parametrize("input_kind", INPUT_SHAPES)
+def test_batch_norm_uses_batch_statistics_in_train_mode(input_kind):
+    model = small_model("resnet", input_kind)
+    x = 3.0 + 2.0 * batch(INPUT_SHAPES[input_kind])
+    stem_conv, stem_norm = model.backbone.layers[0], model.backbone.layers[1]
+    assert isinstance(stem_norm, nnx.BatchNorm)
+    batch_mean = stem_conv(x).mean(axis=tuple(range(x.ndim - 1)))
+
+    logits = model(x)
+
+    # The call moved the running mean from 0 by (1 - momentum) of the batch mean ...
+    np.testing.assert_allclose(stem_norm.mean[...], 0.1 * batch_mean, rtol=1e-4, atol=1e-6)
+    # ... and normalising with batch statistics couples the examples of a batch.
+    assert not np.allclose(logits[:2], model(x[:2]), atol=1e-4)
+
+
+@pytest.mark.parametrize("input_kind", INPUT_SHAPES)
+def test_batch_norm_uses_running_averages_in_eval_mode(input_kind):
+    model = small_model("resnet", input_kind)
+    x = 3.0 + 2.0 * batch(INPUT_SHAPES[input_kind])
+    model(x)  # in train mode: moves the running averages away from their initial values
+    model.eval()
+    running_averages = [np.asarray(leaf) for leaf in jax.tree.leaves(nnx.state(model, nnx.BatchStat))]
+
+    logits = model(x)
+
+    # Every example is normalised on its own, with the stored averages ...
+    np.testing.assert_allclose(logits[:2], model(x[:2]), rtol=1e-5, atol=1e-5)
+    stem_conv, stem_norm = model.backbone.layers[0], model.backbone.layers[1]
+    h = stem_conv(x)
+    normalised = (h - stem_norm.mean[...]) / np.sqrt(stem_norm.var[...] + stem_norm.epsilon)
+    expected = normalised * stem_norm.scale[...] + stem_norm.bias[...]
+    np.testing.assert_allclose(stem_norm(h), expected, rtol=1e-5, atol=1e-5)
+    # ... which evaluation leaves alone.
+    for before, after in zip(running_averages, jax.tree.leaves(nnx.state(model, nnx.BatchStat)), strict=True):
+        np.testing.assert_array_equal(before, after)
+
+
+# --------------------------------------------------------------------------- make_model
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_make_model_is_deterministic_per_seed(name):
+    first = params_of(small_model(name, "image", seed=3))
+    again = params_of(small_model(name, "image", seed=3))
+    other = params_of(small_model(name, "image", seed=4))
+
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_unknown_model_name_lists_the_valid_names():
+    with pytest.raises(ValueError, match="'lenet'.*'cnn'.*'logreg'.*'mlp'.*'resnet'.*'transformer'"):
+        models.make_model("lenet", (8, 8, 1), 10, seed=0)
+
+
+def test_unknown_hyperparameter_is_named_with_the_accepted_ones():
+    with pytest.raises(TypeError, match=r"\['widths'\].*'cnn'.*\['channels', 'dropout', 'hidden'\]"):
+        models.make_model("cnn", (8, 8, 1), 10, seed=0, widths=(8,))
+    with pytest.raises(TypeError, match=r"\['hidden'\].*'logreg'.*\[\]"):
+        models.make_model("logreg", (8, 8, 1), 10, seed=0, hidden=(8,))
+
+
+def test_default_hyperparameters():
+    assert models.default_hyperparameters("mlp") == {"hidden": (256, 256), "dropout": 0.0}
+    assert models.default_hyperparameters("logreg") == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "input_shape", "hyperparameters", "message"),
+    [
+        ("mlp", (8, 8, 1), {"hidden": (64, 0)}, r"hidden\[1\] must be a positive integer, got 0"),
+        ("mlp", (8, 8, 1), {"hidden": ()}, "hidden must be a non-empty sequence"),
+        ("mlp", (8, 8, 1), {"dropout": 1.0}, r"dropout must be a number in \[0, 1\), got 1.0"),
+        ("cnn", (8, 8, 1), {"dropout": -0.1}, "dropout must be a number in"),
+        ("cnn", (8, 8, 1), {"channels": 32}, "channels must be a non-empty sequence of positive integers, got 32"),
+        ("cnn", (8, 8, 1), {"hidden": 2.5}, "hidden must be a positive integer, got 2.5"),
+        ("resnet", (8, 8, 1), {"widths": (16, -32)}, r"widths\[1\] must be a positive integer, got -32"),
+        ("resnet", (8, 8, 1), {"blocks_per_stage": 0}, "blocks_per_stage must be a positive integer"),
+        ("transformer", (8, 8, 1), {"patch_size": 3}, "patch_size=3 must divide every spatial axis"),
+        ("transformer", (8, 8, 1), {"dim": 30, "heads": 4}, "heads=4 must divide dim=30"),
+        ("cnn", (64,), {}, r"CNN takes \(L, C\) signals or \(H, W, C\) images, got input_shape=\(64,\)"),
+        ("resnet", (2, 8, 8, 1), {}, "ResNet takes"),
+        ("logreg", (8, 0, 1), {}, r"input_shape\[1\] must be a positive integer, got 0"),
+    ],
+)
+def test_invalid_hyperparameter_values(name, input_shape, hyperparameters, message):
+    with pytest.raises(ValueError, match=message):
+        models.make_model(name, input_shape, 10, seed=0, **hyperparameters)
+
+
+def test_num_classes_must_be_positive():
+    with pytest.raises(ValueError, match="num_classes must be a positive integer, got 0"):
+        models.make_model("logreg", (4,), 0, seed=0)
+
+
+# -------------------------------------------------------------------------- attention
+
+
+def numpy_attention(q, k, v, mask=None):
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    logits = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
+    if mask is not None:
+        logits = np.where(mask, logits, -np.inf)
+    weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    weights /= weights.sum(axis=-1, keepdims=True)
+    return weights @ v, weights
+
+
+def qkv():
+    """Queries (2, 3, 5, 4), keys (2, 3, 7, 4) and values (2, 3, 7, 6)."""
+    rng = np.random.default_rng(0)
+    shapes = [(2, 3, 5, 4), (2, 3, 7, 4), (2, 3, 7, 6)]
+    return [jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in shapes]
+
+
+def test_scaled_dot_product_attention_matches_numpy():
+    q, k, v = qkv()
+    expected_output, expected_weights = numpy_attention(q, k, v)
+
+    output = models.scaled_dot_product_attention(q, k, v)
+    weights = models.attention_weights(q, k)
+
+    assert output.shape == (2, 3, 5, 6)
+    np.testing.assert_allclose(output, expected_output, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(weights, expected_weights, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(weights.sum(axis=-1), 1.0, rtol=1e-6)
+
+
+def test_attention_mask_zeroes_masked_keys():
+    q, k, v = qkv()
+    mask = np.tril(np.ones((5, 7), bool), k=2)  # query i sees keys 0 .. i + 2
+    expected_output, expected_weights = numpy_attention(q, k, v, mask)
+
+    weights = models.attention_weights(q, k, mask)
+
+    np.testing.assert_array_equal(np.asarray(weights)[..., ~mask], 0.0)
+    np.testing.assert_allclose(weights, expected_weights, rtol=1e-5, atol=1e-7)
+    output = models.scaled_dot_product_attention(q, k, v, mask)
+    np.testing.assert_allclose(output, expected_output, rtol=1e-5, atol=1e-6)
+
+
+def test_fully_masked_query_attends_uniformly_instead_of_nan():
+    q, k, v = qkv()
+    mask = np.ones((5, 7), bool)
+    mask[1] = False  # query 1 may attend to no key
+
+    weights = np.asarray(models.attention_weights(q, k, mask))
+
+    np.testing.assert_allclose(weights[..., 1, :], 1 / 7, rtol=1e-6)
+    _, unmasked = numpy_attention(q, k, v)
+    np.testing.assert_allclose(np.delete(weights, 1, axis=-2), np.delete(unmasked, 1, axis=-2), rtol=1e-5)
+
+
+def test_multi_head_attention_attends_within_each_head():
+    # The sizes of the tiny transformer of SMALL (12 tokens), so its compiled ops are reused.
+    dim, heads, head_dim = 4, 2, 2
+    attention = models.MultiHeadSelfAttention(dim, heads, rngs=nnx.Rngs(0))
+    x = batch((12, dim))
+    qkv_out = np.asarray(attention.qkv(x))
+    # The q, k and v projections are consecutive blocks of `dim` columns; head h
+    # owns columns h * head_dim : (h + 1) * head_dim of each block.
+    per_head = []
+    for h in range(heads):
+        q, k, v = (qkv_out[..., block * dim + h * head_dim : block * dim + (h + 1) * head_dim] for block in range(3))
+        per_head.append(numpy_attention(q, k, v)[0])
+    expected = np.concatenate(per_head, axis=-1) @ attention.out.kernel[...] + attention.out.bias[...]
+
+    np.testing.assert_allclose(attention(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_patchify_images_and_signals():
+    image = np.arange(4 * 6 * 2).reshape(1, 4, 6, 2)
+    patches = np.asarray(models.patchify(jnp.asarray(image), 2))
+    assert patches.shape == (1, 6, 8)
+    tokens = [image[0, r : r + 2, c : c + 2].reshape(-1) for r in range(0, 4, 2) for c in range(0, 6, 2)]
+    np.testing.assert_array_equal(patches[0], np.stack(tokens))
+
+    signal = np.arange(6 * 2).reshape(1, 6, 2)
+    np.testing.assert_array_equal(models.patchify(jnp.asarray(signal), 3), signal.reshape(1, 2, 6))
+
+
+@pytest.mark.parametrize(
+    ("spatial_shape", "patch_size"), [((8, 8), 1), ((28, 28), 4), ((32, 32), 4), ((40,), 1), ((784,), 14), ((67,), 67)]
+)
+def test_default_patch_size(spatial_shape, patch_size):
+    assert models.default_patch_size(spatial_shape) == patch_size
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def test_mlp_overfits_a_tiny_batch():
+    x = batch(INPUT_SHAPES["image"], n=16)
+    y = np.arange(16) % NUM_CLASSES
+    model = small_model("mlp", "image", hidden=(32,))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer):
+        def loss_fn(model):
+            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    first_loss = train_step(model, optimizer)
+    for _ in range(100):
+        loss = train_step(model, optimizer)
+
+    assert loss < 0.01 * first_loss
+    model.eval()
+    np.testing.assert_array_equal(model(x).argmax(axis=-1), y)
