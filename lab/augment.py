@@ -201,7 +201,8 @@ def _weak_image(key: jax.Array, image: jax.Array, *, flip: bool) -> jax.Array:
 
 
 def _strong_image(key: jax.Array, image: jax.Array, *, flip: bool, magnitude: float) -> jax.Array:
-    u = _uniforms(key, flip=(), shift=(2,), choice=(len(IMAGE_OPS),), amount=(len(IMAGE_OPS),), direction=(), cutout=(2,), noise=image.shape)
+    ops = (len(IMAGE_OPS),)
+    u = _uniforms(key, flip=(), shift=(2,), choice=ops, amount=ops, direction=(), cutout=(2,), noise=image.shape)
     if flip:
         image = _maybe_flip(u["flip"], image)
     image = _random_translate(u["shift"], image, [_max_weak_shift(n) for n in image.shape[:2]])
@@ -240,7 +241,7 @@ def _affine_resample(image: jax.Array, *, translate: jax.Array, angle: jax.Array
     """
     height, width = image.shape[:2]
     centre = jnp.array([(height - 1) / 2.0, (width - 1) / 2.0])
-    rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij")
+    rows, cols = jnp.meshgrid(*(jnp.arange(n, dtype=jnp.float32) for n in (height, width)), indexing="ij")
     offset = jnp.stack([rows - centre[0], cols - centre[1]])  # (2, H, W)
     cos, sin = jnp.cos(angle), jnp.sin(angle)
     rotation = jnp.array([[cos, -sin], [sin, cos]])

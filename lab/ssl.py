@@ -39,7 +39,7 @@ method            mu    weight  ramp-up others
 ``mean_teacher``  3     10      1000    ``ema_decay`` 0.99
 ``fixmatch``      7     1       0       ``threshold`` 0.95, ``magnitude`` 0.5
 ``flexmatch``     7     1       0       ``threshold`` 0.95, ``magnitude`` 0.5, ``ema_decay`` 0.99
-``freematch``     7     1       0       ``magnitude`` 0.5, ``ema_decay`` 0.999, ``fairness_weight`` 0
+``freematch``     7     1       0       ``magnitude`` 0.5, ``ema_decay`` 0.999, ``fairness_weight`` 0.01
 ================  ====  ======  ======  =================================================
 
 (weight: ``unlabeled_weight``; ramp-up: ``rampup_steps``, sigmoid by default.)
@@ -628,15 +628,15 @@ class FreeMatch(WeakToStrong):
     unsure, and lower for the classes it predicts less. The statistics are updated
     with the current batch before it is masked, as in the paper.
 
-    ``fairness_weight`` (default 0: off) adds the self-adaptive fairness term
-    ``-H(SumNorm(p̃_t / h̃_t), SumNorm(p̄ / h̄))``, where p̄ and h̄ are the mean
-    strong-view probability and the pseudo-label histogram of the strong view over
-    the masked examples; it discourages collapsing onto a few classes, which the paper
-    finds helps when labels are extremely scarce (USB's default weight is 0.01).
+    ``fairness_weight`` (default 0.01, as in USB; 0 turns it off) weighs the
+    self-adaptive fairness term ``-H(SumNorm(p̃_t / h̃_t), SumNorm(p̄ / h̄))``, where
+    p̄ and h̄ are the mean strong-view probability and the histogram of strong-view
+    predictions over the masked examples; it discourages collapsing onto a few
+    classes, which the paper finds helps when labels are extremely scarce.
     """
 
     ema_decay: float = 0.999
-    fairness_weight: float = 0.0
+    fairness_weight: float = 0.01
 
     def __post_init__(self):
         super().__post_init__()
@@ -683,6 +683,6 @@ def _fairness_loss(strong_logits, mask, class_probs, label_histogram) -> jax.Arr
     mean_probs = jnp.sum(probs * weights, axis=0) / jnp.sum(weights)
     predicted = jax.nn.one_hot(pseudo_labels(probs), probs.shape[-1])
     histogram = jax.lax.stop_gradient(jnp.sum(predicted * weights, axis=0) / jnp.sum(weights))
-    target = sum_normalised(scaled_by_inverse(class_probs, label_histogram))
-    batch = sum_normalised(scaled_by_inverse(mean_probs, histogram))
-    return jnp.where(any_masked, jnp.sum(target * jnp.log(batch + 1e-12)), 0.0)
+    expected = sum_normalised(scaled_by_inverse(class_probs, label_histogram))
+    observed = sum_normalised(scaled_by_inverse(mean_probs, histogram))
+    return jnp.where(any_masked, jnp.sum(expected * jnp.log(observed + 1e-12)), 0.0)

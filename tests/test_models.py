@@ -303,7 +303,7 @@ def test_patchify_images_and_signals():
 
 
 @pytest.mark.parametrize(
-    ("spatial_shape", "patch_size"), [((8, 8), 1), ((28, 28), 4), ((32, 32), 4), ((40,), 1), ((784,), 14), ((67,), 67)]
+    ("spatial_shape", "patch_size"), [((8, 8), 4), ((28, 28), 14), ((40,), 5), ((784,), 98), ((6, 10), 2), ((67,), 67)]
 )
 def test_default_patch_size(spatial_shape, patch_size):
     assert models.default_patch_size(spatial_shape) == patch_size

@@ -23,7 +23,9 @@ def assert_trees_close(a, b, **tolerance):
 # ---------------------------------------------------------------- a problem where unlabeled data helps
 
 
-def noisy_channel_levels(seed=0, *, num_classes=4, length=32, level=0.5, labeled_per_class=4, unlabeled=1000, test=1000):
+def noisy_channel_levels(
+    seed=0, *, num_classes=4, length=32, level=0.5, labeled_per_class=4, unlabeled=1000, test=1000
+):
     """Signals of shape ``(length, num_classes)``: unit white noise in every channel, and
     class ``c`` raises the level of channel ``c`` by ``level`` all along the signal.
 
@@ -93,8 +95,10 @@ def test_ramp_up_at_chosen_steps(schedule, expected):
     steps = [0, 25, 50, 100, 400]
     np.testing.assert_allclose([ssl.ramp_up(s, 100, schedule) for s in steps], expected, rtol=1e-6)
     assert float(ssl.ramp_up(0, 0, schedule)) == 1.0  # no ramp-up
-    method = ssl.make_method("pi_model", input_shape=INPUT_SHAPE, unlabeled_weight=4.0, rampup_steps=100, rampup=schedule)
-    np.testing.assert_allclose([method.unlabeled_weight_at(jnp.int32(s)) for s in steps], 4.0 * np.array(expected), rtol=1e-6)
+    method = ssl.make_method("pi_model", input_shape=INPUT_SHAPE, unlabeled_weight=4.0, rampup_steps=100,
+                             rampup=schedule)
+    weights = [method.unlabeled_weight_at(jnp.int32(s)) for s in steps]
+    np.testing.assert_allclose(weights, 4.0 * np.array(expected), rtol=1e-6)
 
 
 def test_masked_cross_entropy_and_consistency_loss_by_hand():
@@ -111,7 +115,8 @@ def test_masked_cross_entropy_and_consistency_loss_by_hand():
 
 def test_freematch_thresholds_by_hand():
     method = ssl.make_method("freematch", input_shape=INPUT_SHAPE, ema_decay=0.5)
-    extra = {"global_threshold": jnp.float32(1 / 3), "class_probs": jnp.full(3, 1 / 3), "label_histogram": jnp.full(3, 1 / 3)}
+    uniform = jnp.full(3, 1 / 3)
+    extra = {"global_threshold": uniform[0], "class_probs": uniform, "label_histogram": uniform}
     probs = jnp.array([[0.9, 0.05, 0.05], [0.7, 0.2, 0.1]])
     thresholds, extra = jax.jit(method.thresholds)(probs, extra)
     # EMAs with decay 0.5: mean max prob 0.8, mean probs (0.8, 0.125, 0.075), histogram (1, 0, 0).
@@ -169,7 +174,8 @@ def test_freematch_fairness_term():
 
 def test_make_method_names_what_is_allowed():
     assert set(ssl.METHODS) >= {"supervised", "pseudo_label", "pi_model", "mean_teacher", "fixmatch", "freematch"}
-    with pytest.raises(ValueError, match="unknown semi-supervised method 'mixmatch'; choose one of: supervised, .*fixmatch"):
+    every_name = ", ".join(ssl.METHODS)
+    with pytest.raises(ValueError, match=f"unknown semi-supervised method 'mixmatch'; choose one of: {every_name}$"):
         ssl.make_method("mixmatch", input_shape=INPUT_SHAPE)
     with pytest.raises(ValueError, match=r"fixmatch has no hyperparameter 'tau'; it accepts: flip, mu, .*threshold"):
         ssl.make_method("fixmatch", input_shape=INPUT_SHAPE, tau=0.9)
@@ -226,7 +232,8 @@ def _jitted_loss(name):
 
     @jax.jit
     def loss(params, model_state, extra, batch):
-        return objective.loss(model.bind(params, model_state, train=True), batch, jax.random.PRNGKey(1), extra, jnp.int32(7))
+        module = model.bind(params, model_state, train=True)
+        return objective.loss(module, batch, jax.random.PRNGKey(1), extra, jnp.int32(7))
 
     return loss, state, objective
 
@@ -309,9 +316,11 @@ def accuracy(problem):
     return functools.cache(lambda name: _test_accuracy(name, problem))
 
 
-# Margins verified with 3 problem seeds x 2 model seeds (the smallest gain seen is in brackets):
-# supervised 0.86, pseudo_label +7 (+6), pi_model +7 (+6), mean_teacher +5 (+4), fixmatch,
-# flexmatch and freematch +8 (+6). Here (problem and model seed 0): supervised 0.81.
+# Test accuracies measured with this code (problem seed / model seed): supervised reaches
+# 0.81 here (0/0), the methods 0.90 (mean_teacher) to 0.95 (fixmatch). Over problem seeds
+# 0-2 and model seeds 0-1, supervised averages 0.81-0.88 and every method gains at least
+# +3.8 points on every run (most on seed 2, where supervised is closest to the Bayes 0.94),
+# so the margins below leave room for numerical noise but not for a method that does not help.
 @pytest.mark.parametrize("name, margin", [
     ("pseudo_label", 0.05),
     ("pi_model", 0.05),
