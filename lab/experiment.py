@@ -147,6 +147,15 @@ def _choice(name: str, value: str, allowed: Sequence[str]) -> None:
         raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
 
 
+def _parse_text(name: str, text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{name} could not be read from {text!r}: {error}") from None
+
+
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against the field's type hint; lists become tuples, ints floats."""
     origin = typing.get_origin(hint)
@@ -156,6 +165,9 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             return None
         (hint,) = [option for option in options if option is not type(None)]
         origin = typing.get_origin(hint)
+    if isinstance(value, str) and (origin is tuple or origin in (Mapping, typing.Mapping) or hint is Mapping[str, Any]):
+        # `papermill -p seeds "[0, 1]"` and `lab run seeds=[0,1]` hand lists and mappings over as text.
+        value = _parse_text(name, value)
     if origin is tuple:
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
             raise ValueError(f"{name} must be a list of integers, got {value!r}")

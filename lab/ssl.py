@@ -500,8 +500,9 @@ class MeanTeacher(SemiSupervised):
     paper. Defaults: ``ema_decay`` 0.99 (suits runs of a few thousand steps; the
     paper uses 0.999 late in long runs), weight 10 ramped up over 1000 steps.
 
-    The teacher shares the student's non-parameter state (e.g. BatchNorm
-    statistics); only the parameters are averaged.
+    Only the parameters are averaged. The teacher runs in train mode like the student
+    (dropout on, BatchNorm on batch statistics), and its pass leaves the student's
+    BatchNorm running statistics untouched.
     """
 
     unlabeled_views = ("weak",)
@@ -521,8 +522,10 @@ class MeanTeacher(SemiSupervised):
 
     def unlabeled_term(self, model, unlabeled_x, logits, key, extra, step):
         (student,) = logits
-        graph, _, rest = nnx.split(model, nnx.Param, ...)
-        teacher = nnx.merge(graph, extra["teacher"], rest)
+        graph, _, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+        # The teacher draws its dropout masks from the student's RNG streams (so they differ
+        # from the student's), but updates a throwaway copy of the BatchNorm statistics.
+        teacher = nnx.merge(graph, extra["teacher"], jax.tree.map(jnp.copy, batch_stats), rest)
         target_logits = jax.lax.stop_gradient(teacher(self.augmentations["weak"](key, unlabeled_x)))
         return _consistency_term(student, jax.nn.softmax(target_logits)), extra
 

@@ -73,6 +73,10 @@ class Model:
         return cls(train_graph, eval_graph), params, model_state
 
     def bind(self, params: nnx.State, model_state: nnx.State, *, train: bool) -> nnx.Module:
+        # Merge fresh copies of the state containers: a module bound inside a trace
+        # (jit, grad, scan) mutates its RNG counters, which NNX refuses on Variables
+        # created outside that trace.
+        params, model_state = jax.tree.map(lambda leaf: leaf, (params, model_state))
         return nnx.merge(self.train_graph if train else self.eval_graph, params, model_state)
 
 
@@ -197,9 +201,10 @@ def train_step(
     grads, (step_metrics, extra, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
     if axis_name is not None:
         grads, step_metrics = jax.lax.pmean((grads, step_metrics), axis_name)
-        # Average the float statistics (BatchNorm); RNG keys and counters are the same everywhere.
-        model_state = jax.tree.map(
-            lambda v: jax.lax.pmean(v, axis_name) if jnp.issubdtype(v.dtype, jnp.floating) else v, model_state
+        # Average the float statistics (BatchNorm, an objective's running thresholds);
+        # RNG keys and counters are the same everywhere.
+        model_state, extra = jax.tree.map(
+            lambda v: jax.lax.pmean(v, axis_name) if jnp.issubdtype(v.dtype, jnp.floating) else v, (model_state, extra)
         )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

@@ -1,6 +1,8 @@
 """Augmentations: shapes, ranges, determinism, the size of the weak shift, no
 flipping unless asked, and errors for bad arguments."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,15 +23,10 @@ def _signals(seed=0):
     return jax.random.normal(jax.random.PRNGKey(seed), (BATCH, *SIGNAL))
 
 
-_compiled = {}
-
-
+@functools.cache
 def _augment(strength, shape, **options):
     """A jitted augmentation, compiled once per configuration for the whole module."""
-    config = (strength, shape, tuple(sorted(options.items())))
-    if config not in _compiled:
-        _compiled[config] = jax.jit(augment.make_augmentation(strength, shape, **options))
-    return _compiled[config]
+    return jax.jit(augment.make_augmentation(strength, shape, **options))
 
 
 def _translations(x, max_shift):

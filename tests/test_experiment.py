@@ -39,6 +39,13 @@ def test_bad_configs_fail_before_training_with_the_allowed_values(values, messag
         experiment.ExperimentConfig.from_dict(values)
 
 
+def test_lists_and_mappings_given_as_text_are_parsed():
+    config = experiment.ExperimentConfig.from_dict({"seeds": "[0, 1]", "model_kwargs": "{hidden: [32]}"})
+    assert config.seeds == (0, 1) and config.model_kwargs == {"hidden": [32]}
+    with pytest.raises(ValueError, match="seeds must be a list of integers"):
+        experiment.ExperimentConfig.from_dict({"seeds": "zero"})
+
+
 def test_too_many_labels_per_class_fails_naming_the_smallest_class():
     with pytest.raises(ValueError, match="per_class=1000"):
         experiment.run({**SMALL, "labels_per_class": 1000}, progress=False)

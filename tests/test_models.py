@@ -7,15 +7,15 @@ from flax import nnx
 
 from lab import models
 
-# Non-square images, so a swapped axis cannot go unnoticed; as many values in an
-# image as in a signal, so that the two share parameter shapes (see SMALL).
-INPUT_SHAPES = {"image": (4, 3, 2), "signal": (12, 2)}
+# Building a model costs, on CPU, about one second per distinct parameter shape: the
+# XLA compilation of the random initialiser. So the networks below are tiny and share
+# shapes: 4 channels everywhere, and images (non-square, so a swapped axis cannot go
+# unnoticed) hold as many values and tokens as signals.
+INPUT_SHAPES = {"image": (4, 2, 4), "signal": (8, 4)}
 NUM_CLASSES = 5
-# Tiny networks that share parameter shapes keep this file fast: on CPU, building a
-# model costs about one XLA compilation of the random initialiser per distinct shape.
 SMALL = {
     "logreg": {},
-    "mlp": {"hidden": (4,)},
+    "mlp": {"hidden": (32,)},
     "cnn": {"channels": (4, 4), "hidden": 4},
     "resnet": {"widths": (4, 4)},
     "transformer": {"dim": 4, "depth": 1, "heads": 2, "mlp_dim": 4},
@@ -70,9 +70,9 @@ def test_head_can_be_replaced_for_transfer():
 
 @pytest.mark.parametrize("name", ["logreg", "mlp"])
 def test_flattening_models_take_any_rank(name):
-    model = models.make_model(name, (2, 2, 3, 2), NUM_CLASSES, seed=0, **SMALL[name])
+    model = models.make_model(name, (2, 2, 2, 4), NUM_CLASSES, seed=0, **SMALL[name])
 
-    assert model(batch((2, 2, 3, 2))).shape == (4, NUM_CLASSES)
+    assert model(batch((2, 2, 2, 4))).shape == (4, NUM_CLASSES)
 
 
 # ---------------------------------------------------------------------- train vs eval
@@ -275,10 +275,10 @@ def test_fully_masked_query_attends_uniformly_instead_of_nan():
 
 
 def test_multi_head_attention_attends_within_each_head():
-    # The sizes of the tiny transformer of SMALL (12 tokens), so its compiled ops are reused.
+    # The sizes of the tiny transformer of SMALL (8 tokens), so its compiled ops are reused.
     dim, heads, head_dim = 4, 2, 2
     attention = models.MultiHeadSelfAttention(dim, heads, rngs=nnx.Rngs(0))
-    x = batch((12, dim))
+    x = batch((8, dim))
     qkv_out = np.asarray(attention.qkv(x))
     # The q, k and v projections are consecutive blocks of `dim` columns; head h
     # owns columns h * head_dim : (h + 1) * head_dim of each block.
@@ -315,7 +315,7 @@ def test_default_patch_size(spatial_shape, patch_size):
 def test_mlp_overfits_a_tiny_batch():
     x = batch(INPUT_SHAPES["image"], n=16)
     y = np.arange(16) % NUM_CLASSES
-    model = small_model("mlp", "image", hidden=(32,))
+    model = small_model("mlp", "image")
     optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
 
     @nnx.jit

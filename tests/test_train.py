@@ -240,3 +240,18 @@ def test_draw_batch_uses_only_the_counted_entries_of_a_padded_index():
     assert sorted(epoch) == [3, 7, 9]  # each counted row once per epoch, padding never drawn
     wrapped = train.draw_batch({"p": pool}, {"p": 5}, key, jnp.int32(0))["p"]["y"]
     assert set(np.asarray(wrapped).tolist()) == {3, 7, 9}
+
+
+def test_fit_trains_a_model_with_dropout(digits):
+    module = models.make_model("mlp", digits.input_shape, digits.num_classes, seed=0, hidden=(32,), dropout=0.2)
+    model, params, model_state = train.Model.split(module)
+    tx = optim.make_optimizer("adam", 1e-3)
+    state = train.create_train_state(params, model_state, tx, 0)
+    pools = {"labeled": {"x": jnp.asarray(digits.x_train), "y": jnp.asarray(digits.y_train)}}
+    result = train.fit(model, state, tx, train.Supervised(), pools, steps=20, batch_size=32, eval_every=10, progress=False)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] + 1.0
+    train_mode = model.bind(result.state.params, result.state.model_state, train=True)
+    eval_mode = model.bind(result.state.params, result.state.model_state, train=False)
+    x = jnp.asarray(digits.x_test[:8])
+    assert not np.allclose(train_mode(x), eval_mode(x))  # dropout is active in train mode only
+    np.testing.assert_allclose(eval_mode(x), eval_mode(x))
