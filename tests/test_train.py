@@ -18,8 +18,8 @@ def digits():
     return data.digits()
 
 
-def _setup(digits, seed=0, learning_rate=1e-3, hidden=(32,)):
-    module = models.make_model("mlp", digits.input_shape, digits.num_classes, seed=seed, hidden=hidden)
+def _setup(digits, seed=0, learning_rate=1e-3, hidden=(32,), **model_kwargs):
+    module = models.make_model("mlp", digits.input_shape, digits.num_classes, seed=seed, hidden=hidden, **model_kwargs)
     model, params, model_state = train.Model.split(module)
     tx = optim.make_optimizer("adam", learning_rate)
     state = train.create_train_state(params, model_state, tx, seed)
@@ -243,11 +243,7 @@ def test_draw_batch_uses_only_the_counted_entries_of_a_padded_index():
 
 
 def test_fit_trains_a_model_with_dropout(digits):
-    module = models.make_model("mlp", digits.input_shape, digits.num_classes, seed=0, hidden=(32,), dropout=0.2)
-    model, params, model_state = train.Model.split(module)
-    tx = optim.make_optimizer("adam", 1e-3)
-    state = train.create_train_state(params, model_state, tx, 0)
-    pools = {"labeled": {"x": jnp.asarray(digits.x_train), "y": jnp.asarray(digits.y_train)}}
+    model, tx, state, pools = _setup(digits, dropout=0.2)
     result = train.fit(model, state, tx, train.Supervised(), pools, steps=20, batch_size=32, eval_every=10, progress=False)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] + 1.0
     train_mode = model.bind(result.state.params, result.state.model_state, train=True)
