@@ -265,7 +265,30 @@ class _ExplorerBox(ipywidgets.VBox):
         return self._describe()
 
 
-class OptimizerPathExplorer:
+class _Explorer:
+    """What both explorers share: controls whose changes re-draw a figure shown as a PNG."""
+
+    controls: dict[str, ipywidgets.Widget]
+    image: ipywidgets.Image
+
+    def _watch_controls(self) -> None:
+        for control in self.controls.values():
+            control.observe(self._on_change, names="value")
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The controls' current values."""
+        return {name: control.value for name, control in self.controls.items()}
+
+    def _on_change(self, _change: Mapping[str, Any]) -> None:
+        self.redraw()
+
+    def show_static(self) -> None:
+        """Display the figure for the current values as a PNG (works without widgets)."""
+        _display_png(bytes(self.image.value))
+
+
+class OptimizerPathExplorer(_Explorer):
     """Watch an optimizer's path on a 2-D loss surface.
 
     >>> explorer = OptimizerPathExplorer(optimizer="momentum", learning_rate=0.05)
@@ -322,16 +345,7 @@ class OptimizerPathExplorer:
         self._artists: dict[str, Any] = {}
         self.path = np.empty((0, 2))
         self.redraw()
-        for control in self.controls.values():
-            control.observe(self._on_change, names="value")
-
-    @property
-    def values(self) -> dict[str, Any]:
-        """The controls' current values."""
-        return {name: control.value for name, control in self.controls.items()}
-
-    def _on_change(self, _change: Mapping[str, Any]) -> None:
-        self.redraw()
+        self._watch_controls()
 
     def redraw(self) -> None:
         """Recompute the path for the current values and update the figure and its image."""
@@ -359,10 +373,6 @@ class OptimizerPathExplorer:
     def path_line(self):
         """The ``Line2D`` that shows the path."""
         return self._artists["path"]
-
-    def show_static(self) -> None:
-        """Display the figure for the current values as a PNG (works without widgets)."""
-        _display_png(bytes(self.image.value))
 
     def explorer(self):
         """The ipywidgets UI: the controls above the figure, re-drawn on every change."""
@@ -410,7 +420,7 @@ def _curves(result: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return arrays
 
 
-class ExperimentExplorer:
+class ExperimentExplorer(_Explorer):
     """Explore a training run's curves by label budget, method and learning rate.
 
     ``run_fn(labels_per_class, method, learning_rate)`` trains and returns a dict
@@ -486,16 +496,7 @@ class ExperimentExplorer:
         self.image = ipywidgets.Image(format="png")
         self.status = ipywidgets.Label()
         self.redraw(raise_errors=True)  # the default values must work: fail loudly here
-        for control in self.controls.values():
-            control.observe(self._on_change, names="value")
-
-    @property
-    def values(self) -> dict[str, Any]:
-        """The controls' current values."""
-        return {name: control.value for name, control in self.controls.items()}
-
-    def _on_change(self, _change: Mapping[str, Any]) -> None:
-        self.redraw()
+        self._watch_controls()
 
     def result(self, labels_per_class: int, method: str, learning_rate: float) -> dict[str, np.ndarray]:
         """The checked curves of one run, from the cache or from ``run_fn``."""
@@ -531,10 +532,6 @@ class ExperimentExplorer:
         accuracy = curves["accuracy"][np.isfinite(curves["accuracy"])]
         self.status.value = f"{description}: final accuracy {accuracy[-1]:.3f}" if accuracy.size else description
         self.image.value = _png(self.figure)
-
-    def show_static(self) -> None:
-        """Display the current values' curves as a PNG (works without widgets)."""
-        _display_png(bytes(self.image.value))
 
     def explorer(self):
         """The ipywidgets UI: the controls above the curves, re-drawn on every change."""
