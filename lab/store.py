@@ -47,6 +47,7 @@ import sqlite3
 import statistics
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -380,6 +381,7 @@ class ResultsStore:
                     f"no results store at {self.path}; run `lab sweep` first or pass the path of an existing results.db"
                 )
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._enable_write_ahead_log()
         found = self._schema_version()
         if found is None:
             # A new database. Several processes may get here at once: IF NOT EXISTS and
@@ -400,6 +402,22 @@ class ResultsStore:
                 f"use the lab version that wrote it, or a new store path"
             )
 
+    def _enable_write_ahead_log(self) -> None:
+        # WAL is stored in the file, so it is set once per database. Switching to it needs an
+        # exclusive lock, and SQLite answers "database is locked" at once, without waiting on the
+        # busy timeout, when another process is doing the same; so wait and retry here.
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                with self._connect() as connection:
+                    if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                        connection.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def _schema_version(self) -> int | None:
         with self._connect() as connection:
             has_meta = connection.execute(
@@ -415,7 +433,6 @@ class ResultsStore:
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below).
         connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
             yield connection
         finally:
             connection.close()

@@ -172,7 +172,7 @@ def _write_rows(path, writer, count, barrier):
 
 
 def test_parallel_writers_lose_no_rows(tmp_path):
-    path, writers, rows_each = tmp_path / "results.db", 4, 25
+    path, writers, rows_each = tmp_path / "results.db", 8, 10
     # fork: the writers need nothing but lab.store, already imported here; spawn would
     # re-import this test module (papermill, pandas) in each of them, for many seconds.
     context = multiprocessing.get_context("fork")
