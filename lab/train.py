@@ -146,25 +146,67 @@ def draw_batch(pools: Pools, batch_sizes: Mapping[str, int], key: jax.Array, ste
     program. Sampling is without replacement within an epoch; the last incomplete
     batch of an epoch is dropped. A pool smaller than its batch size wraps around.
     """
-    batch = {}
+    batch, _ = draw_batch_reusing(pools, batch_sizes, key, step, epoch_orders(pools, batch_sizes, key, step))
+    return batch
+
+
+def epoch_orders(pools: Pools, batch_sizes: Mapping[str, int], key: jax.Array, step: jax.Array) -> dict:
+    """Each pool's ``(epoch, permutation)`` at ``step``, for :func:`draw_batch_reusing`."""
+    orders = {}
     for pool_index, (name, size) in enumerate(sorted(batch_sizes.items())):
-        pool = dict(pools[name])
-        rows = pool.pop("index", None)
-        capacity = next(iter(pool.values())).shape[0] if rows is None else rows.shape[0]
-        count = pool.pop("count", capacity)
-        batches_per_epoch = jnp.maximum(count // size, 1)
-        epoch, position = jnp.divmod(step, batches_per_epoch)
-        pool_key = jax.random.fold_in(jax.random.fold_in(key, pool_index), epoch)
-        # A random permutation of the first `count` entries (unused ones sort last).
-        sort_keys = jax.random.bits(pool_key, (capacity,))
-        unused = jnp.array(jnp.iinfo(sort_keys.dtype).max, sort_keys.dtype)
-        sort_keys = jnp.where(jnp.arange(capacity) < count, sort_keys, unused)
-        permutation = jnp.argsort(sort_keys)
+        _, _, capacity, count = _pool_parts(pools[name])
+        epoch, _ = jnp.divmod(step, _batches_per_epoch(count, size))
+        orders[name] = (epoch, _permutation(key, pool_index, epoch, capacity, count))
+    return orders
+
+
+def draw_batch_reusing(
+    pools: Pools, batch_sizes: Mapping[str, int], key: jax.Array, step: jax.Array, orders: dict
+) -> tuple[Pools, dict]:
+    """:func:`draw_batch`, given the permutations of an earlier step (``epoch_orders``).
+
+    A permutation is sorted anew only when the epoch changes: sorting the pool is
+    most of the cost of drawing a batch, and most steps stay within one epoch.
+    Returns the batch and the permutations to pass on to the next step.
+    """
+    batch, new_orders = {}, {}
+    for pool_index, (name, size) in enumerate(sorted(batch_sizes.items())):
+        pool, rows, capacity, count = _pool_parts(pools[name])
+        epoch, position = jnp.divmod(step, _batches_per_epoch(count, size))
+        sorted_epoch, permutation = orders[name]
+        permutation = jax.lax.cond(
+            epoch == sorted_epoch,
+            lambda permutation=permutation: permutation,
+            lambda epoch=epoch: _permutation(key, pool_index, epoch, capacity, count),
+        )
+        new_orders[name] = (epoch, permutation)
         chosen = jnp.take(permutation, (position * size + jnp.arange(size)) % count)
         if rows is not None:
             chosen = jnp.take(rows, chosen)
         batch[name] = {field: jnp.take(array, chosen, axis=0) for field, array in pool.items()}
-    return batch
+    return batch, new_orders
+
+
+def _pool_parts(pool: Mapping[str, jax.Array]):
+    """``(data arrays, index or None, capacity, count)`` of a pool (see :func:`draw_batch`)."""
+    pool = dict(pool)
+    rows = pool.pop("index", None)
+    capacity = next(iter(pool.values())).shape[0] if rows is None else rows.shape[0]
+    count = pool.pop("count", capacity)
+    return pool, rows, capacity, count
+
+
+def _batches_per_epoch(count, size: int):
+    return jnp.maximum(count // size, 1)
+
+
+def _permutation(key: jax.Array, pool_index: int, epoch: jax.Array, capacity: int, count) -> jax.Array:
+    """A random permutation of the first ``count`` of ``capacity`` entries (unused ones sort last)."""
+    pool_key = jax.random.fold_in(jax.random.fold_in(key, pool_index), epoch)
+    sort_keys = jax.random.bits(pool_key, (capacity,))
+    unused = jnp.array(jnp.iinfo(sort_keys.dtype).max, sort_keys.dtype)
+    sort_keys = jnp.where(jnp.arange(capacity) < count, sort_keys, unused)
+    return jnp.argsort(sort_keys)
 
 
 def shard_batch(batch: Pools, axis_name: str) -> Pools:
@@ -228,13 +270,17 @@ def make_train_chunk(
     batch_sizes = objective.batch_sizes(batch_size)
 
     def chunk(state: TrainState, pools: Pools):
-        def body(state, _):
-            batch = draw_batch(pools, batch_sizes, state.key, state.step)
+        def body(carry, _):
+            state, orders = carry
+            batch, orders = draw_batch_reusing(pools, batch_sizes, state.key, state.step, orders)
             if axis_name is not None:
                 batch = shard_batch(batch, axis_name)
-            return train_step(state, batch, model=model, tx=tx, objective=objective, axis_name=axis_name)
+            state, step_metrics = train_step(state, batch, model=model, tx=tx, objective=objective, axis_name=axis_name)
+            return (state, orders), step_metrics
 
-        return jax.lax.scan(body, state, length=num_steps)
+        orders = epoch_orders(pools, batch_sizes, state.key, state.step)
+        (state, _), step_metrics = jax.lax.scan(body, (state, orders), length=num_steps)
+        return state, step_metrics
 
     return chunk
 
