@@ -362,7 +362,8 @@ def test_an_interrupted_sweep_keeps_finished_runs_and_redoes_the_rest(dask_sched
         TINY, {"x": [1, 2, 4]}, name="tiny-interrupted", executor="dask", scheduler=dask_scheduler
     )
     assert len(resumed.already_done) == 1 and len(resumed.done) == 2
-    assert {row.status for row in _rows(tmp_path, "tiny-interrupted").values()} == {"done"}
+    final = {row.point_id: (row.parameters, row.status, row.started_at, row.ended_at) for row in _rows(tmp_path, "tiny-interrupted").values()}
+    assert {status for _, status, _, _ in final.values()} == {"done"}, (final, resumed)
 
 
 def test_dask_local_cluster_when_no_scheduler_is_given(tmp_path, monkeypatch):
