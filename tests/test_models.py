@@ -236,6 +236,47 @@ def qkv():
     return [jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in shapes]
 
 
+@pytest.mark.parametrize(
+    "input_shape, kernel_shape, strides, padding",
+    [
+        ((3, 8, 8, 2), (3, 3, 2, 5), (1, 1), "SAME"),
+        ((3, 7, 5, 2), (3, 3, 2, 5), (2, 2), "SAME"),  # odd sizes: SAME pads one side more
+        ((3, 6, 6, 4), (1, 1, 4, 3), (2, 2), "SAME"),  # ResNet's strided 1x1 projection
+        ((3, 9, 2), (5, 2, 4), (1,), "SAME"),  # 1-D signals
+        ((3, 8, 8, 2), (3, 2, 2, 5), (1, 2), "VALID"),
+        ((3, 8, 2), (3, 2, 4), (1,), [(2, 0)]),  # explicit (causal) padding
+    ],
+)
+def test_conv_by_matmul_equals_the_xla_convolution_and_its_gradients(input_shape, kernel_shape, strides, padding):
+    x = jax.random.normal(jax.random.PRNGKey(0), input_shape)
+    kernel = jax.random.normal(jax.random.PRNGKey(1), kernel_shape)
+    layout = {3: ("NWC", "WIO", "NWC"), 4: ("NHWC", "HWIO", "NHWC")}[len(input_shape)]
+    numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, layout)
+
+    def loss(conv, x, kernel):
+        out = conv(x, kernel, strides, padding, dimension_numbers=numbers)
+        return jnp.sum(jnp.sin(out)), out
+
+    (_, expected), expected_grads = jax.value_and_grad(loss, (1, 2), has_aux=True)(jax.lax.conv_general_dilated, x, kernel)
+    (_, got), grads = jax.value_and_grad(loss, (1, 2), has_aux=True)(models.conv_by_matmul, x, kernel)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    for g, e in zip(grads, expected_grads):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_by_matmul_hands_dilated_and_grouped_convolutions_to_xla():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4))
+    numbers = jax.lax.conv_dimension_numbers(x.shape, (3, 3, 2, 4), ("NHWC", "HWIO", "NHWC"))
+    for kernel_shape, options in (((3, 3, 4, 4), {"rhs_dilation": (2, 2)}), ((3, 3, 2, 4), {"feature_group_count": 2})):
+        kernel = jax.random.normal(jax.random.PRNGKey(1), kernel_shape)
+        arguments = (x, kernel, (1, 1), "SAME")
+        np.testing.assert_allclose(
+            models.conv_by_matmul(*arguments, dimension_numbers=numbers, **options),
+            jax.lax.conv_general_dilated(*arguments, dimension_numbers=numbers, **options),
+            rtol=1e-5, atol=1e-5,
+        )
+
+
 def test_scaled_dot_product_attention_matches_numpy():
     q, k, v = qkv()
     expected_output, expected_weights = numpy_attention(q, k, v)
