@@ -29,6 +29,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/conv_speed.py
 	$(BIN)/python benchmarks/accuracy.py
 
 notebooks: setup  ## re-execute the notebooks in place (commit the outputs)
