@@ -14,31 +14,19 @@ import argparse
 import json
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
-from throughput import time_contenders
+from throughput import fit_contender, time_contenders
 
-from lab import data, models, optim, train
+from lab import data, models
 
 
-def fit_contender(digits: data.Dataset, conv, batch_size: int, steps: int):
+def cnn(digits: data.Dataset, conv) -> nnx.Module:
+    """The default CNN with every convolution computed by ``conv``."""
     module = models.make_model("cnn", digits.input_shape, digits.num_classes, seed=0)
     for _, layer in nnx.iter_graph(module):
         if isinstance(layer, nnx.Conv):
             layer.conv_general_dilated = conv
-    model, params, model_state = train.Model.split(module)
-    tx = optim.make_optimizer("adam", 1e-3)
-    pools = {"labeled": {"x": jnp.asarray(digits.x_train), "y": jnp.asarray(digits.y_train)}}
-    state = train.create_train_state(params, model_state, tx, 0)
-
-    def run_steps(count):
-        nonlocal state
-        target = int(state.step) + count
-        state = train.fit(model, state, tx, train.Supervised(), pools, steps=target, batch_size=batch_size,
-                          eval_every=steps, progress=False).state
-        jax.block_until_ready(state.params)
-
-    return run_steps
+    return module
 
 
 def main() -> None:
@@ -49,8 +37,10 @@ def main() -> None:
     args = parser.parse_args()
     digits = data.digits()
     contenders = {
-        "conv_by_matmul (lab)": fit_contender(digits, models.conv_by_matmul, args.batch_size, args.steps),
-        "lax.conv_general_dilated": fit_contender(digits, jax.lax.conv_general_dilated, args.batch_size, args.steps),
+        "conv_by_matmul (lab)": fit_contender(cnn(digits, models.conv_by_matmul), digits, args.batch_size, args.steps),
+        "lax.conv_general_dilated": fit_contender(
+            cnn(digits, jax.lax.conv_general_dilated), digits, args.batch_size, args.steps
+        ),
     }
     rates = time_contenders(contenders, dict.fromkeys(contenders, args.steps), args.repeats)
     print(f"CNN (32, 64) on digits, batch {args.batch_size}, lab.fit; {args.steps} steps x {args.repeats} repeats (median)")

@@ -47,8 +47,8 @@ def time_contenders(contenders: dict, steps: dict, repeats: int) -> dict[str, fl
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
-def lab_contender(digits: data.Dataset, steps_per_call: int):
-    module = models.make_model("mlp", digits.input_shape, digits.num_classes, seed=0, hidden=HIDDEN)
+def fit_contender(module, digits: data.Dataset, batch_size: int, steps_per_call: int):
+    """``run_steps`` that trains ``module`` on digits with ``lab.fit`` (Adam, supervised)."""
     model, params, model_state = train.Model.split(module)
     tx = optim.make_optimizer("adam", LEARNING_RATE)
     pools = {"labeled": {"x": jnp.asarray(digits.x_train), "y": jnp.asarray(digits.y_train)}}
@@ -57,7 +57,7 @@ def lab_contender(digits: data.Dataset, steps_per_call: int):
     def run_steps(steps):
         nonlocal state
         target = int(state.step) + steps
-        result = train.fit(model, state, tx, train.Supervised(), pools, steps=target, batch_size=BATCH,
+        result = train.fit(model, state, tx, train.Supervised(), pools, steps=target, batch_size=batch_size,
                            eval_every=steps_per_call, progress=False)
         state = result.state
         jax.block_until_ready(state.params)
@@ -162,7 +162,10 @@ def main() -> None:
     digits = data.digits()
 
     contenders = {
-        "lab.fit": lab_contender(digits, args.steps_per_call),
+        "lab.fit": fit_contender(
+            models.make_model("mlp", digits.input_shape, digits.num_classes, seed=0, hidden=HIDDEN),
+            digits, BATCH, args.steps_per_call,
+        ),
         "hand-written lax.scan": scan_contender(digits, args.steps_per_call),
     }
     steps = {name: args.steps for name in contenders}
