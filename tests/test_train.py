@@ -94,6 +94,20 @@ def test_draw_batch_is_an_epoch_permutation():
     assert small.shape == (20,)  # wraps around a pool smaller than the batch
 
 
+def test_reusing_the_epoch_permutation_draws_the_same_batches():
+    pools = {
+        "a": {"x": jnp.arange(10.0)[:, None], "y": jnp.arange(10)},
+        "b": {"x": jnp.arange(12.0)[:, None], "y": jnp.arange(12), "index": jnp.arange(12)[::-1], "count": 7},
+    }
+    sizes, key = {"a": 3, "b": 2}, jax.random.PRNGKey(5)
+    orders = train.epoch_orders(pools, sizes, key, jnp.int32(0))
+    for step in range(12):  # several epochs of both pools, which turn over at different steps
+        batch, orders = train.draw_batch_reusing(pools, sizes, key, jnp.int32(step), orders)
+        expected = train.draw_batch(pools, sizes, key, jnp.int32(step))
+        for name in pools:
+            np.testing.assert_array_equal(batch[name]["y"], expected[name]["y"])
+
+
 def test_chunk_length_does_not_change_the_result(digits):
     results = []
     for eval_every in (30, 7):
