@@ -374,7 +374,9 @@ class ResultsStore:
     """
 
     def __init__(self, path: str | os.PathLike[str] = DEFAULT_PATH, *, create: bool = True) -> None:
-        self.path = Path(path)
+        # Absolute from the start: the same file even if the process's working directory
+        # changes later (papermill changes it around every notebook read and write).
+        self.path = Path(path).absolute()
         if not self.path.exists():
             if not create:
                 raise FileNotFoundError(

@@ -644,8 +644,8 @@ def _row(
         parameters=task.parameters,
         status=status,
         started_at=started_at,
-        output_notebook=os.path.relpath(task.output_notebook),
-        log_path=os.path.relpath(task.log_path),
+        output_notebook=os.path.relpath(task.output_notebook, task.working_dir),
+        log_path=os.path.relpath(task.log_path, task.working_dir),
     )
     if outcome is not None:
         fields = dataclasses.asdict(outcome)

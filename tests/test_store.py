@@ -162,6 +162,19 @@ def test_rows_round_trip_and_upsert_replaces(tmp_path):
         RunRow("s", "p1", "nb.ipynb", {}, "finished")
 
 
+def test_a_store_keeps_its_file_when_the_working_directory_changes(tmp_path, monkeypatch):
+    # papermill changes the process's directory around notebook reads and writes, from
+    # worker threads too: a relative store path must not follow it.
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    results = ResultsStore("runs/results.db")
+    monkeypatch.chdir(tmp_path / "second")
+    results.save(done_row())
+    assert [row.point_id for row in ResultsStore(tmp_path / "first" / "runs" / "results.db").rows()] == ["p1"]
+    assert not (tmp_path / "second" / "runs").exists()
+
+
 def _write_rows(path, writer, count, barrier):
     barrier.wait()  # every writer opens the (new) database and writes at the same moment
     results = ResultsStore(path)

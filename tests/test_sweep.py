@@ -3,6 +3,8 @@ real papermill runs of tests/data/tiny.ipynb on a process pool and on Dask: fail
 isolation, resume, --retry-failed, interruption, and the kernel's interpreter."""
 
 import argparse
+import concurrent.futures
+import contextlib
 import json
 import os
 import sys
@@ -339,12 +341,6 @@ def test_dask_sweep_keeps_the_record_of_a_run_that_failed_afterwards(dask_schedu
     )  # computed before the failure: kept
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="flaky in full-suite runs only (3 of 5 today, never alone): after the interrupt, one re-run either "
-    "stays 'running' in the store although the Dask resume reports it done, or its kernel does not respond "
-    "in 60 s on the local pool; cause not found (issue 5)",
-)
 def test_an_interrupted_sweep_keeps_finished_runs_and_redoes_the_rest(dask_scheduler, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
@@ -370,6 +366,38 @@ def test_an_interrupted_sweep_keeps_finished_runs_and_redoes_the_rest(dask_sched
     assert len(resumed.already_done) == 1 and len(resumed.done) == 2
     final = {row.point_id: (row.parameters, row.status, row.started_at, row.ended_at) for row in _rows(tmp_path, "tiny-interrupted").values()}
     assert {status for _, status, _, _ in final.values()} == {"done"}, (final, resumed)
+
+
+def test_worker_threads_that_change_directory_do_not_redirect_results(tmp_path, monkeypatch):
+    """papermill changes the process's working directory around every notebook read and
+    write (papermill issue 473). Threads of an in-process Dask cluster run in the sweep's
+    own process: the sweep must still save to its own store, with paths from its own directory."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    store.ResultsStore(elsewhere / "runs" / "results.db")  # a decoy the results must not reach
+    monkeypatch.chdir(home)
+    execute_run = sweep.execute_run
+
+    def move_away_then_run(task):
+        os.chdir(elsewhere)
+        return execute_run(task)
+
+    @contextlib.contextmanager
+    def threads_in_this_process(kind, workers, scheduler):
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            yield pool, 2
+
+    monkeypatch.setattr(sweep, "execute_run", move_away_then_run)
+    monkeypatch.setattr(sweep, "_executor", threads_in_this_process)
+    summary = sweep.run_sweep(TINY, {"x": [1, 2]}, name="tiny-threads")
+    assert len(summary.done) == 2
+    rows = _rows(home, "tiny-threads")
+    assert {row.status for row in rows.values()} == {"done"}
+    for point_id, row in rows.items():
+        assert row.log_path == os.path.join("runs", "tiny-threads", f"{point_id}.log")
+        assert row.output_notebook == os.path.join("runs", "tiny-threads", f"{point_id}.ipynb")
+        assert (home / row.output_notebook).is_file()
+    assert store.ResultsStore(elsewhere / "runs" / "results.db").rows() == []
 
 
 def test_dask_local_cluster_when_no_scheduler_is_given(tmp_path, monkeypatch):
