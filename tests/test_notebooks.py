@@ -15,7 +15,6 @@ notebook in notebooks/ runs too, with the generic small parameters below.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -243,22 +242,11 @@ def test_comparison_reads_the_results_store(tmp_path, headless):
     assert max(entry["accuracy_mean"] for entry in record["comparison"]) < 0.9  # other dataset, other sweep left out
 
 
-def test_kernel_python3_is_the_running_interpreter(tmp_path, monkeypatch):
+def test_kernel_python3_is_the_running_interpreter(tmp_path, monkeypatch, stale_jupyter_path):
     """Even where a ``python3`` kernelspec points at another (here: no) Python, as a stale global
     Jupyter install may, or where none is installed (a fresh virtualenv), notebooks run on the
     interpreter and packages of the test run."""
-    broken = tmp_path / "jupyter" / "kernels" / "python3"
-    broken.mkdir(parents=True)
-    (broken / "kernel.json").write_text(
-        json.dumps(
-            {
-                "argv": ["/nonexistent/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                "display_name": "Python 3 (elsewhere)",
-                "language": "python",
-            }
-        )
-    )
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("JUPYTER_PATH", str(stale_jupyter_path))
     assert KernelSpecManager().get_kernel_spec("python3").argv[0] == "/nonexistent/python"  # what Jupyter would run
 
     notebook = nbformat.v4.new_notebook()

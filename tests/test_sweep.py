@@ -5,7 +5,6 @@ isolation, resume, --retry-failed, interruption, and the kernel's interpreter.""
 import argparse
 import concurrent.futures
 import contextlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -167,27 +166,15 @@ def test_bad_sweep_options_fail_before_any_run(tmp_path, monkeypatch, options, m
 
 
 @pytest.fixture(scope="module")
-def local_sweep(tmp_path_factory):
+def local_sweep(tmp_path_factory, stale_jupyter_path):
     """x in {1, 2} times mode in {ok, fail}, three seeds each: four runs, two of which fail.
 
-    A bogus ``python3`` kernelspec comes first on JUPYTER_PATH, as a stale global
-    Jupyter install can leave one: runs must still use this interpreter.
+    A stale ``python3`` kernelspec comes first on JUPYTER_PATH: runs must still use this interpreter.
     """
     root = tmp_path_factory.mktemp("local")
-    bogus = root / "jupyter" / "kernels" / "python3"
-    bogus.mkdir(parents=True)
-    (bogus / "kernel.json").write_text(
-        json.dumps(
-            {
-                "argv": ["/nonexistent/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                "display_name": "stale",
-                "language": "python",
-            }
-        )
-    )
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        patch.setenv("JUPYTER_PATH", str(root / "jupyter"))
+        patch.setenv("JUPYTER_PATH", str(stale_jupyter_path))
         grid = sweep.parse_grid([("x", "1,2"), ("mode", "ok,fail"), ("seed", "0:3")])
         summary = sweep.run_sweep(TINY, grid, name="tiny-local", workers=2)
     return root, grid, summary
