@@ -25,7 +25,8 @@ and traceback, while the other runs go on. Running the same sweep again skips th
 points that are done (and, unless ``retry_failed``, those that failed); points left
 pending or running by an interrupted (Ctrl-C) or killed sweep run again. After
 Ctrl-C, the local pool waits for the runs in progress to stop; Dask workers finish
-theirs, unsaved.
+theirs, unsaved. A run whose kernel does not start is started again on a new kernel
+(up to ``KERNEL_START_ATTEMPTS`` kernels) before it counts as failed.
 
 Runs execute in a local process pool, or on a Dask cluster (``executor="dask"``:
 a scheduler address, or a local cluster on 127.0.0.1). With Dask, the workers
@@ -57,7 +58,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import traitlets
 import yaml
@@ -75,6 +76,11 @@ SEEDS_PARAMETER = "seeds"
 OUTPUT_DIR_PARAMETER = "output_dir"
 EXECUTORS = ("local", "dask")
 STORE_FILENAME = "results.db"
+# A kernel that does not start (jupyter_client's kernel_info handshake times out or the
+# process dies first) gets replaced: no cell has run, so the run is simply started again.
+KERNEL_START_ATTEMPTS = 3
+KERNEL_START_TIMEOUT_S = 60
+_KERNEL_START_FAILURES = ("Kernel didn't respond", "Kernel died before replying to kernel_info")
 
 _SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _INTEGER_RANGE = re.compile(r"\s*(-?\d+)\s*:\s*(-?\d+)\s*\Z")
@@ -435,7 +441,6 @@ def execute_run(task: RunTask) -> RunOutcome:
     by the outcome. A failed run keeps its executed notebook, and its record too if
     the notebook made one before failing.
     """
-    import papermill
     from papermill.exceptions import PapermillExecutionError
 
     started_at, clock = store.utc_now(), time.monotonic()
@@ -445,22 +450,7 @@ def execute_run(task: RunTask) -> RunOutcome:
         log.write(f"parameters: {json.dumps(task.parameters, sort_keys=True)}\nstarted: {started_at}\n\n")
         log.flush()
         try:
-            executed = _in_fresh_context(
-                papermill.execute_notebook,
-                task.notebook,
-                task.output_notebook,
-                parameters=task.parameters,
-                kernel_name="python3",  # resolved to this interpreter by CurrentPythonKernelManager
-                language="python",
-                progress_bar=False,
-                stdout_file=log,
-                stderr_file=log,
-                kernel_manager_class=CurrentPythonKernelManager,
-                config=Config({"CurrentPythonKernelManager": {"output_fd": log.fileno()}}),
-                # The kernel's working directory, passed to nbclient rather than as papermill's
-                # cwd=, which changes the whole process's directory (unsafe in threaded Dask workers).
-                resources={"metadata": {"path": task.working_dir}},
-            )
+            executed = _execute_notebook(task, log)
             payload = store.records_from_notebook(executed, task.output_notebook)
         except PapermillExecutionError as failure:
             error = f"{failure.ename}: {failure.evalue}"
@@ -485,6 +475,39 @@ def execute_run(task: RunTask) -> RunOutcome:
         versions=store.library_versions(),
         git_commit=store.git_commit(task.working_dir),
     )
+
+
+def _execute_notebook(task: RunTask, log: TextIO) -> Any:
+    """papermill's run of the task's notebook, on a new kernel if the first ones do not start."""
+    import papermill
+
+    run = functools.partial(
+        _in_fresh_context,
+        papermill.execute_notebook,
+        task.notebook,
+        task.output_notebook,
+        parameters=task.parameters,
+        kernel_name="python3",  # resolved to this interpreter by CurrentPythonKernelManager
+        language="python",
+        progress_bar=False,
+        stdout_file=log,
+        stderr_file=log,
+        start_timeout=KERNEL_START_TIMEOUT_S,
+        kernel_manager_class=CurrentPythonKernelManager,
+        config=Config({"CurrentPythonKernelManager": {"output_fd": log.fileno()}}),
+        # The kernel's working directory, passed to nbclient rather than as papermill's
+        # cwd=, which changes the whole process's directory (unsafe in threaded Dask workers).
+        resources={"metadata": {"path": task.working_dir}},
+    )
+    for attempt in range(1, KERNEL_START_ATTEMPTS):
+        try:
+            return run()
+        except RuntimeError as failure:
+            if not str(failure).startswith(_KERNEL_START_FAILURES):
+                raise
+            log.write(f"\nthe kernel did not start ({failure}); starting a new one, attempt {attempt + 1}\n\n")
+            log.flush()
+    return run()
 
 
 def _in_fresh_context(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from jupyter_client.kernelspec import KernelSpec
 
 from lab import store, sweep
 from lab.sweep import GridError
@@ -385,6 +386,58 @@ def test_worker_threads_that_change_directory_do_not_redirect_results(tmp_path, 
         assert row.output_notebook == os.path.join("runs", "tiny-threads", f"{point_id}.ipynb")
         assert (home / row.output_notebook).is_file()
     assert store.ResultsStore(elsewhere / "runs" / "results.db").rows() == []
+
+
+KERNEL_WRAPPER = """
+import os, runpy, sys, time
+
+attempts_file, connection_file, behaviour, *kernel_options = sys.argv[1:]
+attempt = int(open(attempts_file).read()) + 1 if os.path.exists(attempts_file) else 1
+open(attempts_file, "w").write(str(attempt))
+if behaviour == "die":
+    sys.exit(3)
+if behaviour == "hang_once" and attempt == 1:
+    time.sleep(600)
+sys.argv = ["ipykernel_launcher", "-f", connection_file, *kernel_options]
+runpy.run_module("ipykernel_launcher", run_name="__main__")
+"""
+
+
+def _run_on_flaky_kernels(tmp_path, monkeypatch, behaviour):
+    """Execute tiny.ipynb once, on kernels started through KERNEL_WRAPPER; return the outcome,
+    the log and how many kernels were started."""
+    wrapper, attempts_file = tmp_path / "kernel_wrapper.py", tmp_path / "attempts"
+    wrapper.write_text(KERNEL_WRAPPER)
+    argv = [sys.executable, str(wrapper), str(attempts_file), "{connection_file}", behaviour]
+    spec = KernelSpec(argv=argv, display_name="flaky", language="python", env=sweep._kernel_environment())
+    monkeypatch.setattr(sweep.CurrentPythonKernelSpecManager, "get_kernel_spec", lambda self, name: spec)
+    monkeypatch.setattr(sweep, "KERNEL_START_TIMEOUT_S", 3)
+    task = sweep.RunTask(
+        sweep="flaky",
+        point_id="p",
+        notebook=str(TINY),
+        parameters={"x": 2, "output_dir": str(tmp_path / "out")},
+        output_notebook=str(tmp_path / "p.ipynb"),
+        log_path=str(tmp_path / "p.log"),
+        working_dir=str(tmp_path),
+    )
+    outcome = sweep.execute_run(task)
+    return outcome, Path(task.log_path).read_text(), int(attempts_file.read_text())
+
+
+def test_a_kernel_that_does_not_start_is_replaced(tmp_path, monkeypatch):
+    outcome, log, kernels = _run_on_flaky_kernels(tmp_path, monkeypatch, "hang_once")
+    assert outcome.status == "done" and kernels == 2
+    assert outcome.payload["metrics"]["accuracy"] == pytest.approx(expected_accuracy(2, [0]))
+    assert "the kernel did not start (Kernel didn't respond in 3 seconds); starting a new one, attempt 2" in log
+
+
+def test_a_run_whose_kernels_never_start_fails_after_the_last_attempt(tmp_path, monkeypatch):
+    outcome, log, kernels = _run_on_flaky_kernels(tmp_path, monkeypatch, "die")
+    assert kernels == sweep.KERNEL_START_ATTEMPTS == 3
+    assert outcome.status == "failed"
+    assert outcome.error == "RuntimeError: Kernel died before replying to kernel_info"
+    assert log.count("the kernel did not start") == 2
 
 
 def test_dask_local_cluster_when_no_scheduler_is_given(tmp_path, monkeypatch):
