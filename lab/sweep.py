@@ -624,7 +624,7 @@ def run_sweep(
             f"give this sweep of {notebook} another --name"
         )
 
-    summary = SweepSummary(name, results.path, runs_dir, len(points))
+    summary = SweepSummary(name, runs_dir / STORE_FILENAME, runs_dir, len(points))
     tasks = []
     sweep_dir = runs_dir / name
     with_output_dir = OUTPUT_DIR_PARAMETER in notebook_parameters(notebook)
