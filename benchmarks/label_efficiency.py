@@ -44,11 +44,6 @@ def peer_accuracies(dataset: data.Dataset, k: int, seed: int, peers=PEERS) -> di
     from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
     from sklearn.svm import SVC
 
-    # The peers as the issue names them: SVC(probability=True) (deprecated in scikit-learn
-    # 1.9, still what SelfTrainingClassifier needs), and LabelSpreading's 0/0 for points
-    # no labeled neighbour reaches (they get no label; scikit-learn handles it).
-    warnings.filterwarnings("ignore", message="The `probability` parameter was deprecated", category=FutureWarning)
-    warnings.filterwarnings("ignore", message="invalid value encountered in divide", category=RuntimeWarning)
     x = dataset.x_train.reshape(len(dataset.x_train), -1)
     x_test = dataset.x_test.reshape(len(dataset.x_test), -1)
     labeled, _ = data.labeled_split(dataset.y_train, k, seed)
@@ -60,7 +55,13 @@ def peer_accuracies(dataset: data.Dataset, k: int, seed: int, peers=PEERS) -> di
         "LabelSpreading": lambda: LabelSpreading(kernel="knn", n_neighbors=7).fit(x, partial),
         "SelfTraining": lambda: SelfTrainingClassifier(SVC(probability=True, random_state=seed)).fit(x, partial),
     }
-    return {f"sklearn {name}": float(models[name]().score(x_test, dataset.y_test)) for name in peers}
+    with warnings.catch_warnings():
+        # The peers as the issue names them: SVC(probability=True) (deprecated in scikit-learn
+        # 1.9, still what SelfTrainingClassifier needs), and LabelSpreading's 0/0 for points
+        # no labeled neighbour reaches (they get no label; scikit-learn handles it).
+        warnings.filterwarnings("ignore", message="The `probability` parameter was deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="invalid value encountered in divide", category=RuntimeWarning)
+        return {f"sklearn {name}": float(models[name]().score(x_test, dataset.y_test)) for name in peers}
 
 
 def main() -> None:
