@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -96,26 +97,47 @@ def add_run_command(subparsers) -> None:
 
 def parse_fields(pairs: Sequence[str]) -> dict:
     """``["a=1", "b=[0,1]"]`` -> ``{"a": 1, "b": [0, 1]}`` (values parsed as YAML)."""
-    import yaml
-
     fields = {}
     for pair in pairs:
         name, separator, value = pair.partition("=")
         if not separator or not name:
             raise ValueError(f"expected FIELD=VALUE, got {pair!r}")
-        fields[name] = yaml.safe_load(value)
+        fields[name] = _yaml_value(value, f"the value of {name}")
+    return fields
+
+
+def _yaml_value(text: str, what: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(
+            f"{what} is not valid YAML ({problem}): {text!r}; quote text with spaces and close every [ and {{"
+        ) from None
+
+
+def read_config_file(path: str) -> dict:
+    """The fields of a ``--config`` YAML file: a mapping of field names to values."""
+    try:
+        text = open(path).read()
+    except IsADirectoryError:
+        raise ValueError(f"--config {path} is a folder; expected a YAML file of FIELD: VALUE lines") from None
+    fields = _yaml_value(text, f"--config {path}")
+    if fields is None:
+        return {}
+    if not isinstance(fields, dict):
+        raise ValueError(
+            f"--config {path} holds a YAML {type(fields).__name__}; expected a mapping of FIELD: VALUE lines"
+        )
     return fields
 
 
 def run_experiment(args: argparse.Namespace) -> int:
-    import yaml
-
     from lab import experiment
 
-    fields = {}
-    if args.config:
-        with open(args.config) as file:
-            fields.update(yaml.safe_load(file) or {})
+    fields = read_config_file(args.config) if args.config else {}
     fields.update(parse_fields(args.fields))
     result = experiment.run(fields, progress=not args.no_progress)
     if args.output:
@@ -159,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lab import experiment, report, store, sweep
 
     parser = argparse.ArgumentParser(prog="lab", description=__doc__)
+    parser.add_argument(
+        "--debug", action="store_true", help=f"show the Python traceback of an error (or set {DEBUG_VARIABLE}=1)"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_train_command(subparsers)
     add_run_command(subparsers)
@@ -169,15 +194,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_VARIABLE = "LAB_DEBUG"
+
+
+# Errors whose message is written for the user; any other is a bug or an unforeseen input, named by its type.
+_USER_ERRORS = (ValueError, LookupError, OSError, RuntimeError, ImportError)
+
+
+def error_line(error: BaseException) -> str:
+    """What the CLI prints for ``error``: its message, or for an unforeseen error its type, message and
+    where to find the traceback."""
+    message = str(error).strip()
+    if isinstance(error, _USER_ERRORS) and message:
+        return message
+    return f"{type(error).__name__}: {message} (--debug shows the traceback)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one ``lab`` command. Every error ends in one message and exit status 2 (130 for Ctrl-C);
+    ``--debug`` or ``LAB_DEBUG=1`` shows the traceback instead."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in arguments or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    command = next((word for word in arguments if not word.startswith("-")), "")
     try:
+        args = build_parser().parse_args(arguments)
         return args.handler(args)
     except KeyboardInterrupt:
-        parser.exit(130, f"lab {args.command}: interrupted; finished runs are saved, run the same command again to resume\n")
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
-        parser.exit(2, f"lab {args.command}: error: {error}\n")
+        if debug:
+            raise
+        sys.stderr.write(f"lab {command}: interrupted; finished runs are saved, run the same command again to resume\n")
+        return 130
+    except Exception as error:
+        if debug:
+            raise
+        sys.stderr.write(f"lab {command}: error: {error_line(error)}\n")
+        return 2
 
 
 if __name__ == "__main__":

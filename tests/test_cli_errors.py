@@ -1,0 +1,72 @@
+"""Bad input to the ``lab`` command line: each case ends in exit status 2 and a message that
+names the bad value, never a Python traceback.
+
+The cases are a table, grouped by command. Each is ``(arguments, expected)``: the
+arguments after ``lab`` (``{tmp}`` is replaced by a fresh temporary folder, prepared by
+``SETUP`` when the case names a setup) and a piece of text the message must contain.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lab import cli
+
+RUN_CASES = [
+    (["run", "labels_per_class=[1"], "labels_per_class"),
+    (["run", "pretrain_kwargs={steps: 100"], "pretrain_kwargs"),
+    (["run", "--config", "{tmp}/list.yaml"], "expected a mapping"),
+    (["run", "--config", "{tmp}/broken.yaml"], "broken.yaml is not valid YAML"),
+    (["run", "--config", "{tmp}"], "is a folder"),
+]
+
+TRAIN_CASES: list = []
+
+DATA_CASES: list = []
+
+SWEEP_CASES: list = []
+
+RUNS_CASES: list = []
+
+REPORT_CASES: list = []
+
+# Files that cases read, written into the case's folder before it runs.
+FILES = {
+    "list.yaml": "- setup\n- supervised\n",
+    "broken.yaml": "setup: [supervised\n",
+}
+
+CASES = RUN_CASES + TRAIN_CASES + DATA_CASES + SWEEP_CASES + RUNS_CASES + REPORT_CASES
+
+
+def run_cli(arguments: list[str], capsys) -> tuple[int, str]:
+    status = cli.main(arguments)
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("arguments", "expected"), CASES, ids=[" ".join(case[0]) for case in CASES])
+def test_bad_input_is_one_clear_error(arguments, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+    for name, text in FILES.items():
+        (tmp_path / name).write_text(text)
+    arguments = [argument.replace("{tmp}", str(tmp_path)) for argument in arguments]
+    status, err = run_cli(arguments, capsys)
+    assert status == 2, err
+    assert "Traceback" not in err and err.startswith(f"lab {arguments[0]}: error: "), err
+    assert expected in err, err
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError):
+        cli.main(["--debug", "run", "labels_per_class=[1"])
+
+
+def test_an_unforeseen_error_names_its_type_and_the_debug_flag(monkeypatch, capsys):
+    def broken(args):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(cli, "run_data", broken)
+    status, err = run_cli(["data", "info", "digits"], capsys)
+    assert status == 2 and err == "lab data: error: TypeError: unsupported operand (--debug shows the traceback)\n"
