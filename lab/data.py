@@ -16,9 +16,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
-import importlib.metadata
 import io
-import json
 import logging
 import math
 import operator
@@ -33,6 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from lab import cache
+from lab.cache import cache_dir
 
 __all__ = [
     "CLASS_NAMES",
@@ -165,15 +166,15 @@ def digits(*, test_size: float = 0.25, seed: int = 0) -> Dataset:
 def mnist1d(*, seed: int = 42) -> Dataset:
     """MNIST-1D made by its package's generator with default arguments: 4000 train / 1000 test signals, length 40.
 
-    The arrays are cached in ``cache_dir()/mnist1d``, keyed by the generator's arguments and version.
+    The arrays are cached in ``cache_dir()/mnist1d``, keyed by the generator's arguments and the
+    fingerprint of the code that makes them (:func:`lab.cache.fingerprint`).
     """
     # mnist1d.data imports matplotlib (~1 s); keep it out of `import lab.data`.
     import mnist1d.data
 
     args = mnist1d.data.get_dataset_args()
     args.seed = seed
-    key = json.dumps({"args": vars(args), "mnist1d": importlib.metadata.version("mnist1d")}, sort_keys=True)
-    path = cache_dir() / "mnist1d" / f"mnist1d-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    path = cache_dir() / "mnist1d" / f"mnist1d-{cache.key(vars(args), cache.fingerprint(__name__))}.npz"
     if path.exists():
         with np.load(path) as cached:
             arrays = {name: cached[name] for name in cached.files}
@@ -201,11 +202,6 @@ def _global_rng_restored() -> Iterator[None]:
     finally:
         np.random.set_state(numpy_state)
         random.setstate(python_state)
-
-
-def cache_dir() -> Path:
-    """Where generated and downloaded data is kept: ``$LAB_CACHE``, else ``~/.cache/lab``."""
-    return Path(os.environ.get("LAB_CACHE") or Path.home() / ".cache" / "lab").expanduser()
 
 
 # --------------------------------------------------------------------------- IDX files

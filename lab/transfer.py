@@ -34,7 +34,6 @@ compose like this (:func:`adapt` does exactly this on a labeled subset)::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import shutil
@@ -48,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
-from lab import augment, data, losses, models, optim, train
+from lab import augment, cache, data, losses, models, optim, train
 
 PRETRAIN_SOURCES = ("classes", "dataset", "simclr", "autoencoder")
 ADAPTATIONS = ("linear_probe", "finetune", "finetune_low_lr")
@@ -61,9 +60,6 @@ _TRANSFERRED = {
     "params": nnx.Param,
     "model_state": nnx.All(nnx.Not(nnx.Param), nnx.Not(nnx.RngState)),
 }
-
-# Part of every cache key: bump it when the same config would pretrain a different backbone.
-_CACHE_VERSION = 1
 
 
 def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
@@ -311,13 +307,18 @@ class PretrainConfig:
 
     @property
     def cache_key(self) -> str:
-        """A stable hash of the config (and of the cache format)."""
-        text = json.dumps({"cache_version": _CACHE_VERSION, **self.to_dict()}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """A stable hash of the config and of what else decides the backbone it pretrains: the code
+        (:func:`lab.cache.fingerprint`) and the backend that runs it (a GPU's numbers differ from a CPU's)."""
+        return cache.key(self.to_dict(), producer())
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON types (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def producer() -> dict[str, str]:
+    """What makes a pretrained backbone besides its config: the fingerprint of the code and the JAX backend."""
+    return {"code": cache.fingerprint(__name__), "backend": jax.default_backend()}
 
 
 def pretrain(
@@ -330,12 +331,13 @@ def pretrain(
     """The backbone ``config`` describes: loaded from the cache, else trained and cached.
 
     Entries live in ``cache_dir/<config.cache_key>/`` (``cache_dir`` defaults to
-    ``lab.data.cache_dir()/pretrained``): ``config.json`` and the arrays as an orbax
-    checkpoint. An entry is written in a temporary folder and renamed into place when
+    ``lab.cache.cache_dir()/pretrained``): ``config.json`` (the config and its :func:`producer`)
+    and the arrays as an orbax checkpoint. Code or library versions other than those that made
+    an entry give another key, so the backbone is pretrained again. An entry is written in a temporary folder and renamed into place when
     complete, so an interrupted run never leaves a half-written entry behind.
     ``load_dataset(name)`` loads datasets by name (e.g. with a ``data_dir`` bound).
     """
-    root = Path(cache_dir) if cache_dir is not None else data.cache_dir() / "pretrained"
+    root = Path(cache_dir) if cache_dir is not None else cache.cache_dir() / "pretrained"
     entry = (root / config.cache_key).absolute()
     if entry.exists():
         return _read_entry(entry, config)
@@ -423,7 +425,11 @@ def _write_entry(entry: Path, config: PretrainConfig, backbone: Backbone) -> Non
     entry.parent.mkdir(parents=True, exist_ok=True)
     temporary = entry.with_name(f".{entry.name}.{uuid.uuid4().hex}.tmp")
     arrays = {group: traverse_util.unflatten_dict(getattr(backbone, group), sep="/") for group in _TRANSFERRED}
-    description = {"config": config.to_dict(), "architecture": dataclasses.asdict(backbone.architecture)}
+    description = {
+        "config": config.to_dict(),
+        "producer": producer(),
+        "architecture": dataclasses.asdict(backbone.architecture),
+    }
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(temporary / _ARRAYS_DIR, arrays)

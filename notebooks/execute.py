@@ -2,13 +2,19 @@
 
     python notebooks/execute.py notebooks/0*.ipynb
 
-Each notebook runs from the repository root with papermill, then the volatile
+Each notebook runs from the repository root with papermill, on a fresh empty
+``LAB_CACHE`` shared by this batch (the committed outputs never come from a backbone
+or dataset cached by older code; nbval's sanitizer recognises its ``lab-cache-*``
+name in printed paths), then the volatile
 execution metadata (timings, papermill's bookkeeping, saved widget state) is
 stripped and consecutive stream outputs are merged, so that ``pytest --nbval``
 compares only what the notebook shows.
 """
 
+import os
+import shutil
 import sys
+import tempfile
 
 import nbformat
 import papermill
@@ -37,10 +43,15 @@ def clean(path: str) -> None:
 
 
 def main(paths: list[str]) -> None:
-    for path in paths:
-        print(f"executing {path}", flush=True)
-        papermill.execute_notebook(path, path, kernel_name="python3", progress_bar=False)
-        clean(path)
+    cache = tempfile.mkdtemp(prefix="lab-cache-")
+    os.environ["LAB_CACHE"] = cache  # the kernels inherit it
+    try:
+        for path in paths:
+            print(f"executing {path}", flush=True)
+            papermill.execute_notebook(path, path, kernel_name="python3", progress_bar=False)
+            clean(path)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -137,6 +137,24 @@ def test_mnist1d_second_call_reads_the_cache(mnist1d_cached, monkeypatch):
         data.mnist1d(seed=1)
 
 
+def test_mnist1d_made_by_other_code_is_generated_again(mnist1d_cached, monkeypatch):
+    import mnist1d.data
+
+    from lab import cache as lab_cache
+
+    ds, cache = mnist1d_cached
+    monkeypatch.setenv("LAB_CACHE", str(cache))
+    real_fingerprint = lab_cache.fingerprint
+    monkeypatch.setattr(lab_cache, "fingerprint", lambda module: "changed-" + real_fingerprint(module))
+    generated = []
+    real_make_dataset = mnist1d.data.make_dataset
+    monkeypatch.setattr(mnist1d.data, "make_dataset", lambda args: generated.append(args) or real_make_dataset(args))
+    again = data.mnist1d()
+    assert len(generated) == 1
+    np.testing.assert_array_equal(again.x_train, ds.x_train)
+    assert len(list((cache / "mnist1d").glob("*.npz"))) == 2
+
+
 def test_mnist1d_other_seed_differs_and_leaves_global_rngs_alone(mnist1d_cached, tmp_path):
     np.random.seed(123)
     random.seed(123)

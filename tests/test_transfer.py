@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from lab import data, losses, metrics, models, optim, train, transfer
+from lab import cache, data, losses, metrics, models, optim, train, transfer
 
 FIRST_HALF, SECOND_HALF = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 
@@ -290,9 +290,32 @@ def test_cache_key_is_stable_and_tells_configs_apart():
         tiny_config(steps=6),
     ]
     assert len({config.cache_key, *(other.cache_key for other in changed)}) == 1 + len(changed)
-    # The same in every process and on every machine (no salted hash()). A new value here means that every
-    # backbone already cached will be pretrained again: change it only on purpose.
-    assert config.cache_key == "aad3cfb2d9708b2d"
+
+
+def test_cache_key_is_the_same_on_every_machine_for_the_same_code(monkeypatch):
+    monkeypatch.setattr(transfer, "producer", lambda: {"code": "0123456789abcdef", "backend": "cpu"})
+    # No salted hash(): the same in every process and on every machine that runs the same code.
+    assert tiny_config(source_classes=[5, 6]).cache_key == "5afb79cb1ed24aae"
+
+
+def test_a_backbone_made_by_other_code_or_on_another_backend_is_pretrained_again(tmp_path, fit_calls, monkeypatch):
+    """The stale-cache bug: the key hashed the config alone, so a backbone pretrained by older code (before a
+    change of numerics) was reused and published results came from it."""
+    config = tiny_config()
+    transfer.pretrain(config, cache_dir=tmp_path)
+    transfer.pretrain(config, cache_dir=tmp_path)
+    assert len(fit_calls) == 1
+    entry = tmp_path / config.cache_key
+    assert json.loads((entry / "config.json").read_text())["producer"] == transfer.producer()
+
+    real_fingerprint = cache.fingerprint
+    monkeypatch.setattr(cache, "fingerprint", lambda module: "changed-" + real_fingerprint(module))
+    transfer.pretrain(config, cache_dir=tmp_path)
+    assert len(fit_calls) == 2
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    transfer.pretrain(config, cache_dir=tmp_path)
+    assert len(fit_calls) == 3
+    assert len(list(tmp_path.iterdir())) == 3  # the older entries are left alone, never read
 
 
 def test_cache_entry_appears_only_when_complete(tmp_path, fit_calls, monkeypatch):
