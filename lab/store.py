@@ -351,8 +351,13 @@ class Owner:
     start: str | None
 
     @classmethod
+    def of(cls, pid: int) -> Owner:
+        """The process ``pid`` of this host."""
+        return cls(platform.node(), pid, _process_stat(pid)[19])
+
+    @classmethod
     def current(cls) -> Owner:
-        return cls(platform.node(), os.getpid(), _process_stat(os.getpid())[19])
+        return cls.of(os.getpid())
 
     def is_gone(self) -> bool:
         """Whether the process has certainly ended. Processes of other hosts cannot be seen: never gone."""
@@ -758,6 +763,8 @@ def check_output_path(path: str | os.PathLike[str], what: str, *, folder: bool =
         raise ValueError(f"{what} {path} is a folder; give a file name (e.g. {path / 'results.csv'})")
     existing = next((known for known in (path, *path.parents) if known.exists()), None)
     if existing is not None and (folder or existing != path) and not existing.is_dir():
+        if existing == path:
+            raise ValueError(f"{what} {path} is a file; give a folder")
         raise ValueError(f"{what} {path} needs {existing} to be a folder, but it is a file")
 
 

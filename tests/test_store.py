@@ -5,6 +5,7 @@ import argparse
 import io
 import json
 import multiprocessing
+import os
 import sqlite3
 import subprocess
 import sys
@@ -299,18 +300,10 @@ def _owned(row, owner, status="running"):
     )  # fmt: skip
 
 
-@pytest.fixture
-def other_sweep_process():
-    """The owner of rows that another live sweep process runs."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-    yield store.Owner(store.Owner.current().host, process.pid, store._process_stat(process.pid)[19])
-    process.kill()
-    process.wait()
-
-
-def test_claim_takes_only_free_points_and_release_only_its_own(tmp_path, other_sweep_process):
+def test_claim_takes_only_free_points_and_release_only_its_own(tmp_path):
     results = ResultsStore(tmp_path / "results.db")
-    claimer, dead, alive_elsewhere = store.Owner.current(), _dead_owner(), other_sweep_process
+    # This test's parent process stands for another sweep, alive all along.
+    claimer, dead, alive_elsewhere = store.Owner.current(), _dead_owner(), store.Owner.of(os.getppid())
     pending = RunRow("s", "free", "nb.ipynb", {}, "pending")
     results.add_pending(pending, RunRow("s", "failed", "nb.ipynb", {}, "pending"))
     results.save(
@@ -579,3 +572,11 @@ def test_runs_list_and_show_call_a_running_point_of_a_dead_process_interrupted(f
     assert _run_cli("runs", "--store", str(filled_store), "show", "e5") == 0
     assert "status:          interrupted (process" in capsys.readouterr().out
     assert store.load("s", path=filled_store).set_index("point_id").loc["e5", "status"] == "interrupted"
+
+
+def test_exporting_an_unknown_sweep_or_into_a_folder_says_so_before_writing(filled_store, tmp_path):
+    with pytest.raises(ValueError, match=r"no sweep named 'nope' in .*; `lab runs list` shows the sweeps"):
+        _run_cli("runs", "--store", str(filled_store), "export", "--sweep", "nope", "--output", str(tmp_path / "x.csv"))
+    with pytest.raises(ValueError, match=f"export output {tmp_path} is a folder; give a file name"):
+        store.export(tmp_path, path=tmp_path / "never-read.db")
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "never-read.db").exists()
