@@ -27,7 +27,10 @@ type ``application/vnd.lab.record+json``, so it is saved inside the executed
 notebook, and :func:`read_records` reads it back from the ``.ipynb`` file.
 
 Sweeps (``lab sweep``) keep one row per sweep point in a SQLite database,
-``runs/results.db`` by default, through :class:`ResultsStore`. :func:`load`
+``runs/results.db`` by default, through :class:`ResultsStore`. A running row names
+the process that runs it (:class:`Owner`): a sweep claims a point only when no live
+process runs it, and a row left running by a process that is gone reads as
+``interrupted``. :func:`load`
 turns those rows into a pandas DataFrame, :func:`export` writes them as CSV or
 Parquet, :func:`export_mlflow` copies them to MLflow, and :func:`register_cli`
 adds the ``lab runs`` subcommand.

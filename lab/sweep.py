@@ -783,7 +783,8 @@ def _run_tasks(
             _release(results, [_row(notebook, task, "running") for task in in_flight.values()], owner)
             raise
         # Finished runs that could not be saved are free for the next run of this sweep, which saves them.
-        _release(results, [_row(notebook, task, "running") for task in tasks if task.point_id in summary.unsaved], owner)
+        unsaved = [_row(notebook, task, "running") for task in tasks if task.point_id in summary.unsaved]
+        _release(results, unsaved, owner)
 
 
 def _release(results: store.ResultsStore, rows: list[RunRow], owner: store.Owner) -> None:

@@ -30,12 +30,19 @@ SWEEP_CASES = [
     (["sweep", "{tmp}/tiny.ipynb", "--name", "s", "--grid", "{tmp}/broken.yaml"], "broken.yaml is not valid YAML"),
     (["sweep", "{tmp}/tiny.ipynb", "--name", "s", "--grid", "{tmp}"], "is a folder; expected a YAML file"),
     (
-        ["sweep", "{tmp}/tiny.ipynb", "-p", "x", "1", "--name", "s", "--executor", "dask", "--scheduler", "tcp://127.0.0.1:1"],
+        ["sweep", "{tmp}/tiny.ipynb", "-p", "x", "1", "--name", "s", "--executor", "dask",
+         "--scheduler", "tcp://127.0.0.1:1"],
         "cannot reach the Dask scheduler at tcp://127.0.0.1:1",
     ),
     # A runs folder that cannot be written (root ignores permission bits: a file stands where the folder should be).
-    (["sweep", "{tmp}/tiny.ipynb", "-p", "x", "1", "--name", "s", "--runs-dir", "{tmp}/list.yaml/runs"], "list.yaml to be a folder, but it is a file"),
-    (["sweep", "{tmp}/tiny.ipynb", "-p", "x", "1", "--name", "s", "--runs-dir", "{tmp}"], "results.db is an empty file, not a lab results store"),
+    (
+        ["sweep", "{tmp}/tiny.ipynb", "-p", "x", "1", "--name", "s", "--runs-dir", "{tmp}/list.yaml/runs"],
+        "list.yaml to be a folder, but it is a file",
+    ),
+    (
+        ["sweep", "{tmp}/tiny.ipynb", "-p", "x", "1", "--name", "s", "--runs-dir", "{tmp}"],
+        "results.db is an empty file, not a lab results store",
+    ),
 ]  # fmt: skip
 
 RUNS_CASES = [

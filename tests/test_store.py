@@ -214,7 +214,8 @@ def test_a_store_from_a_newer_lab_is_refused(tmp_path):
     ResultsStore(path).save(done_row())
     with sqlite3.connect(path) as connection:
         connection.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(store.StoreVersionError, match=rf"schema version 99, but this lab .* reads version {store.SCHEMA_VERSION}"):
+    expected = rf"schema version 99, but this lab .* reads version {store.SCHEMA_VERSION}"
+    with pytest.raises(store.StoreVersionError, match=expected):
         ResultsStore(path)
     with pytest.raises(store.StoreVersionError):
         store.load(path=path)
@@ -314,15 +315,20 @@ def test_claim_takes_only_free_points_and_release_only_its_own(tmp_path):
     )
     results.add_pending(RunRow("s", "done", "nb.ipynb", {}, "pending"))  # never replaces a stored row
     statuses = {row.point_id: row.current_status() for row in results.rows("s")}
-    assert statuses == {"free": "pending", "failed": "failed", "orphan": "interrupted", "busy": "running", "done": "done"}
+    assert statuses == {
+        "free": "pending", "failed": "failed", "orphan": "interrupted", "busy": "running", "done": "done"
+    }  # fmt: skip
 
-    claimed = {}
-    for point in statuses:
-        stored = results.claim(_owned(RunRow("s", point, "nb.ipynb", {}, "running"), claimer), retry_failed=False)
-        claimed[point] = None if stored is None else stored.status
-    assert claimed == {"free": None, "orphan": None, "failed": "failed", "busy": "running", "done": "done"}
-    assert results.claim(_owned(RunRow("s", "failed", "nb.ipynb", {}, "running"), claimer), retry_failed=True) is None
-    assert results.claim(_owned(RunRow("s", "free", "nb.ipynb", {}, "running"), claimer), retry_failed=True).status == "running"
+    def claim(point, retry_failed=False):
+        row = _owned(RunRow("s", point, "nb.ipynb", {}, "running"), claimer)
+        stored = results.claim(row, retry_failed=retry_failed)
+        return None if stored is None else stored.status
+
+    assert {point: claim(point) for point in statuses} == {
+        "free": None, "orphan": None, "failed": "failed", "busy": "running", "done": "done"
+    }  # fmt: skip
+    assert claim("failed", retry_failed=True) is None
+    assert claim("free", retry_failed=True) == "running"  # its own: taken already
 
     # Interrupted: the claimer gives back what it runs, and nothing else, whatever it is asked to release.
     results.release(results.rows("s"), claimer)

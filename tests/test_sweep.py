@@ -343,7 +343,7 @@ def test_an_interrupted_sweep_keeps_finished_runs_and_redoes_the_rest(dask_sched
 
     monkeypatch.setattr(sweep, "tqdm", InterruptAfterFirstRun)
     with pytest.raises(KeyboardInterrupt):
-        # The local pool lets the interrupted run end before run_sweep returns (Dask threads
+        # The local pool stops the interrupted run before run_sweep returns (Dask threads
         # would go on running it, beside its re-run below).
         sweep.run_sweep(TINY, {"x": [1, 2, 4]}, name="tiny-interrupted", workers=2)
     # One run finished and is kept; the one still running went back to pending, like the one not started.
