@@ -276,6 +276,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
 
 
 def _cli_report(args: argparse.Namespace) -> int:
+    store.check_output_path(args.out, "--out", folder=True)
     frame = store.load(args.sweep, path=args.store)
     if args.sweep is not None and frame.empty:
         raise ValueError(f"no sweep named {args.sweep!r} in {args.store}; `lab runs list` shows the sweeps")

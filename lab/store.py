@@ -27,7 +27,10 @@ type ``application/vnd.lab.record+json``, so it is saved inside the executed
 notebook, and :func:`read_records` reads it back from the ``.ipynb`` file.
 
 Sweeps (``lab sweep``) keep one row per sweep point in a SQLite database,
-``runs/results.db`` by default, through :class:`ResultsStore`. :func:`load`
+``runs/results.db`` by default, through :class:`ResultsStore`. A running row names
+the process that runs it (:class:`Owner`): a sweep claims a point only when no live
+process runs it, and a row left running by a process that is gone reads as
+``interrupted``. :func:`load`
 turns those rows into a pandas DataFrame, :func:`export` writes them as CSV or
 Parquet, :func:`export_mlflow` copies them to MLflow, and :func:`register_cli`
 adds the ``lab runs`` subcommand.
@@ -48,7 +51,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,8 +65,10 @@ if TYPE_CHECKING:
 
 RECORD_MIME_TYPE = "application/vnd.lab.record+json"
 DEFAULT_PATH = Path("runs/results.db")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("pending", "running", "done", "failed")
+# Not stored: how a row left "running" by a process that is gone (killed, crashed) is shown.
+INTERRUPTED = "interrupted"
 METRICS = ("accuracy", "macro_f1", "ece")
 DESCRIPTORS = ("dataset", "setup", "method", "labels_per_class", "seeds")
 EXPORT_FORMATS = ("csv", "parquet")
@@ -94,12 +99,22 @@ CREATE TABLE IF NOT EXISTS runs (
     output_notebook TEXT,
     log_path TEXT,
     updated_at TEXT NOT NULL,
+    owner_host TEXT,
+    owner_pid INTEGER,
+    owner_start TEXT,
     PRIMARY KEY (sweep, point_id)
 );
 """
+# Schema version 1 had no owner columns; opening such a store adds them (NULL: no owner known).
+_OWNER_COLUMNS = ("owner_host", "owner_pid", "owner_start")
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-class StoreVersionError(RuntimeError):
+class StoreError(RuntimeError):
+    """The results database cannot be read or written; the message names the file and what to do."""
+
+
+class StoreVersionError(StoreError):
     """The results database was written by a lab with a different schema."""
 
 
@@ -329,6 +344,47 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    """A process that runs sweep points: its host, PID, and start time (which tells it apart
+    from a later process that reuses the PID; None where the system does not say)."""
+
+    host: str
+    pid: int
+    start: str | None
+
+    @classmethod
+    def of(cls, pid: int) -> Owner:
+        """The process ``pid`` of this host."""
+        return cls(platform.node(), pid, _process_stat(pid)[19])
+
+    @classmethod
+    def current(cls) -> Owner:
+        return cls.of(os.getpid())
+
+    def is_gone(self) -> bool:
+        """Whether the process has certainly ended. Processes of other hosts cannot be seen: never gone."""
+        if self.host != platform.node():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # it exists, run by another user
+            pass
+        stat = _process_stat(self.pid)
+        return stat[0] == "Z" or (self.start is not None and stat[19] not in (None, self.start))
+
+
+def _process_stat(pid: int) -> list[str | None]:
+    """The fields of /proc/PID/stat after the command name (state first, start time at 19); Nones without /proc."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return [None] * 20
+    return text.rsplit(")", 1)[1].split()
+
+
 # --------------------------------------------------------------------------------------
 # The SQLite store
 # --------------------------------------------------------------------------------------
@@ -354,14 +410,54 @@ class RunRow:
     output_notebook: str | None = None
     log_path: str | None = None
     updated_at: str | None = None
+    # The sweep process that runs (or ran) the point: see Owner.
+    owner_host: str | None = None
+    owner_pid: int | None = None
+    owner_start: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"run status {self.status!r} is not one of {', '.join(STATUSES)}")
 
+    @property
+    def owner(self) -> Owner | None:
+        if self.owner_host is None or self.owner_pid is None:
+            return None
+        return Owner(self.owner_host, self.owner_pid, self.owner_start)
+
+    def is_orphaned(self) -> bool:
+        """Whether the row is running but its process is gone (killed, crashed, or a lab without owners ran it)."""
+        return self.status == "running" and (self.owner is None or self.owner.is_gone())
+
+    def current_status(self) -> str:
+        """The status, or ``interrupted`` for a running row whose process is gone (its next run redoes it)."""
+        return INTERRUPTED if self.is_orphaned() else self.status
+
 
 _JSON_COLUMNS = ("parameters", "payload", "versions")
 _COLUMNS = tuple(field.name for field in dataclasses.fields(RunRow))
+
+
+def _encoded(row: RunRow, updated_at: str) -> dict[str, Any]:
+    """``row``'s column values as SQLite takes them, in column order."""
+    values = dataclasses.asdict(row)
+    values["updated_at"] = updated_at
+    for column in _JSON_COLUMNS:
+        if values[column] is not None:
+            values[column] = json.dumps(values[column], sort_keys=True)
+    return values
+
+
+def _store_problem(path: Path, error: sqlite3.DatabaseError) -> str:
+    message = str(error)
+    if "malformed" in message or "not a database" in message:
+        return (
+            f"{path} is damaged ({message}); recover what it holds with "
+            f"`sqlite3 {path} .recover | sqlite3 recovered.db` and use recovered.db, or restore a back-up"
+        )
+    if "readonly" in message or "unable to open" in message:
+        return f"cannot use the results store {path} ({message}); make it, and its folder, writable"
+    return f"results store {path}: {message}"
 
 
 class ResultsStore:
@@ -377,31 +473,79 @@ class ResultsStore:
         # Absolute from the start: the same file even if the process's working directory
         # changes later (papermill changes it around every notebook read and write).
         self.path = Path(path).absolute()
+        if self.path.is_dir():
+            raise StoreError(f"results store {self.path} is a folder; give the path of a results.db file")
         if not self.path.exists():
             if not create:
                 raise FileNotFoundError(
                     f"no results store at {self.path}; run `lab sweep` first or pass the path of an existing results.db"
                 )
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._enable_write_ahead_log()
+            self._create()
+        self._check_header()
         found = self._schema_version()
         if found is None:
-            # A new database. Several processes may get here at once: IF NOT EXISTS and
-            # OR IGNORE make creating the schema twice harmless.
-            with self._write() as connection:
-                # executescript() would commit on its own; run the statements inside this transaction.
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        connection.execute(statement)
-                connection.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                )
-            found = self._schema_version()
-        if found != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} is an SQLite database but not a lab results store (it has no schema version); "
+                "lab leaves it as it is: give another store path"
+            )
+        self._enable_write_ahead_log()
+        if found < SCHEMA_VERSION:
+            self._migrate()
+        elif found != SCHEMA_VERSION:
             raise StoreVersionError(
                 f"{self.path} has results schema version {found}, "
                 f"but this lab (version {lab.__version__}) reads version {SCHEMA_VERSION}; "
                 f"use the lab version that wrote it, or a new store path"
+            )
+
+    def _create(self) -> None:
+        """Write a complete new store under a temporary name, then link it into place.
+
+        So a store file that exists is always complete (any other file there is not a
+        store, and is refused, never overwritten), and when several processes create
+        it at once, one wins and the others use its store.
+        """
+        if not self.path.parent.is_dir() and self.path.parent.exists():
+            raise StoreError(f"cannot create the results store {self.path}: {self.path.parent} is not a folder")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.close(handle)
+        try:
+            connection = sqlite3.connect(temporary, isolation_level=None)
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("BEGIN")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+                connection.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                connection.execute("COMMIT")
+            finally:
+                connection.close()  # the last connection folds the write-ahead log into the file
+            with contextlib.suppress(FileExistsError):  # another process created it first
+                os.link(temporary, self.path)
+        finally:
+            os.unlink(temporary)
+
+    def _check_header(self) -> None:
+        with open(self.path, "rb") as file:
+            header = file.read(len(_SQLITE_HEADER))
+        if header != _SQLITE_HEADER:
+            what = "an empty file" if not header else "not an SQLite database"
+            raise StoreError(
+                f"{self.path} is {what}, not a lab results store; lab leaves it as it is: "
+                "restore it from a back-up, or move it away to start a new store"
+            )
+
+    def _migrate(self) -> None:
+        with self._write() as connection:
+            # Checked again under the write lock: another process may have migrated it meanwhile.
+            present = {column[1] for column in connection.execute("PRAGMA table_info(runs)")}
+            for column, kind in zip(_OWNER_COLUMNS, ("TEXT", "INTEGER", "TEXT"), strict=True):
+                if column not in present:
+                    connection.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+            connection.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
 
     def _enable_write_ahead_log(self) -> None:
@@ -415,7 +559,7 @@ class ResultsStore:
                     if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                         connection.execute("PRAGMA journal_mode=WAL")
                 return
-            except sqlite3.OperationalError as error:
+            except StoreError as error:
                 if "locked" not in str(error) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
@@ -432,12 +576,16 @@ class ResultsStore:
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below).
-        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        """A connection; any SQLite error while it is in use becomes a StoreError naming the file."""
         try:
-            yield connection
-        finally:
-            connection.close()
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below).
+            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            try:
+                yield connection
+            finally:
+                connection.close()
+        except sqlite3.DatabaseError as error:
+            raise StoreError(_store_problem(self.path, error)) from error
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -454,24 +602,58 @@ class ResultsStore:
 
     def save(self, *rows: RunRow) -> None:
         """Insert each row, or replace the row of the same (sweep, point_id), in one transaction."""
+        with self._write() as connection:
+            self._upsert(connection, rows)
+
+    @staticmethod
+    def _upsert(connection: sqlite3.Connection, rows: Iterable[RunRow]) -> None:
         updated_at = utc_now()
-        encoded = []
-        for row in rows:
-            values = dataclasses.asdict(row)
-            values["updated_at"] = updated_at
-            for column in _JSON_COLUMNS:
-                if values[column] is not None:
-                    values[column] = json.dumps(values[column], sort_keys=True)
-            encoded.append(values)
         placeholders = ", ".join(f":{column}" for column in _COLUMNS)
         updates = ", ".join(
             f"{column} = excluded.{column}" for column in _COLUMNS if column not in ("sweep", "point_id")
         )
+        connection.executemany(
+            f"INSERT INTO runs ({', '.join(_COLUMNS)}) VALUES ({placeholders}) "
+            f"ON CONFLICT (sweep, point_id) DO UPDATE SET {updates}",
+            [_encoded(row, updated_at) for row in rows],
+        )
+
+    def add_pending(self, *rows: RunRow) -> None:
+        """Insert each row that the store does not hold yet; rows it holds, whoever runs them, stay as they are."""
         with self._write() as connection:
             connection.executemany(
-                f"INSERT INTO runs ({', '.join(_COLUMNS)}) VALUES ({placeholders}) "
-                f"ON CONFLICT (sweep, point_id) DO UPDATE SET {updates}",
-                encoded,
+                f"INSERT INTO runs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+                "ON CONFLICT (sweep, point_id) DO NOTHING",
+                [tuple(_encoded(row, utc_now()).values()) for row in rows],
+            )
+
+    def claim(self, row: RunRow, *, retry_failed: bool) -> RunRow | None:
+        """Save ``row`` (running, with its owner) if its point is free to run, in one transaction.
+
+        Free means: not in the store, pending, left running by a process that is gone, or
+        failed when ``retry_failed``. Returns None when claimed, else the stored row, which
+        another process may be running (or have finished) meanwhile.
+        """
+        with self._write() as connection:
+            found = connection.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE sweep = ? AND point_id = ?", (row.sweep, row.point_id)
+            ).fetchone()
+            stored = None if found is None else self._row(found)
+            if stored is not None and not (
+                stored.status == "pending" or stored.is_orphaned() or (retry_failed and stored.status == "failed")
+            ):
+                return stored
+            self._upsert(connection, [row])
+        return None
+
+    def release(self, rows: Iterable[RunRow], owner: Owner) -> None:
+        """Set back to pending those of ``rows`` that are still running under ``owner``; never touches other rows."""
+        with self._write() as connection:
+            connection.executemany(
+                "UPDATE runs SET status = 'pending', started_at = NULL, owner_host = NULL, owner_pid = NULL, "
+                "owner_start = NULL, updated_at = ? WHERE sweep = ? AND point_id = ? AND status = 'running' "
+                "AND owner_host = ? AND owner_pid = ? AND owner_start IS ?",
+                [(utc_now(), row.sweep, row.point_id, owner.host, owner.pid, owner.start) for row in rows],
             )
 
     def rows(self, sweep: str | None = None) -> list[RunRow]:
@@ -493,14 +675,17 @@ class ResultsStore:
             return [self._row(values) for values in connection.execute(query, (escaped + "%",))]
 
     def sweeps(self) -> pd.DataFrame:
-        """One line per sweep: its notebook, how many points are in each status, and its last update."""
-        counts = ", ".join(f"SUM(status = '{status}') AS {status}" for status in STATUSES)
-        query = (
-            f"SELECT sweep, MIN(notebook) AS notebook, COUNT(*) AS points, {counts}, MAX(updated_at) AS updated_at "
-            "FROM runs GROUP BY sweep ORDER BY sweep"
-        )
-        with self._connect() as connection:
-            return pd.read_sql_query(query, connection)
+        """One line per sweep: its notebook, how many points are in each status (and interrupted), its last update."""
+        counted = (*STATUSES, INTERRUPTED)
+        lines: dict[str, dict[str, Any]] = {}
+        for row in self.rows():
+            line = lines.setdefault(
+                row.sweep, {"sweep": row.sweep, "notebook": row.notebook, "points": 0, **dict.fromkeys(counted, 0)}
+            )
+            line["points"] += 1
+            line[row.current_status()] += 1
+            line["updated_at"] = max(line.get("updated_at", ""), row.updated_at or "")
+        return pd.DataFrame(list(lines.values()), columns=["sweep", "notebook", "points", *counted, "updated_at"])
 
     @staticmethod
     def _row(values: tuple[Any, ...]) -> RunRow:
@@ -558,7 +743,7 @@ def load(sweep: str | None = None, *, path: str | os.PathLike[str] = DEFAULT_PAT
 
 
 def _flatten(row: RunRow) -> dict[str, Any]:
-    entry: dict[str, Any] = {"sweep": row.sweep, "point_id": row.point_id, "status": row.status}
+    entry: dict[str, Any] = {"sweep": row.sweep, "point_id": row.point_id, "status": row.current_status()}
     for name, value in row.parameters.items():
         entry[f"param.{name}" if name in _RESERVED else name] = value
     payload = row.payload or {}
@@ -572,6 +757,18 @@ def _flatten(row: RunRow) -> dict[str, Any]:
     for library, version in (row.versions or {}).items():
         entry[f"{library}_version"] = version
     return entry
+
+
+def check_output_path(path: str | os.PathLike[str], what: str, *, folder: bool = False) -> None:
+    """Raise ValueError naming ``path`` when it cannot become a file (or a folder), before any work is done."""
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; give a file name (e.g. {path / 'results.csv'})")
+    existing = next((known for known in (path, *path.parents) if known.exists()), None)
+    if existing is not None and (folder or existing != path) and not existing.is_dir():
+        if existing == path:
+            raise ValueError(f"{what} {path} is a file; give a folder")
+        raise ValueError(f"{what} {path} needs {existing} to be a folder, but it is a file")
 
 
 @contextlib.contextmanager
@@ -607,7 +804,10 @@ def export(
     """
     if format not in EXPORT_FORMATS:
         raise ValueError(f"export format {format!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    check_output_path(path_out, "export output")
     frame = load(sweep, path=path)
+    if sweep is not None and frame.empty:
+        raise ValueError(f"no sweep named {sweep!r} in {path}; `lab runs list` shows the sweeps")
     with atomic_output(path_out) as temporary:
         if format == "csv":
             _json_encode(frame, lambda value: isinstance(value, (list, dict))).to_csv(temporary, index=False)
@@ -630,7 +830,7 @@ def _json_encode(frame: pd.DataFrame, needs_encoding: Callable[[Any], bool]) -> 
     """``frame`` with the lists and dicts of each column holding a value that ``needs_encoding`` as JSON text."""
     encoded = frame.copy()
     for column in encoded.columns:
-        if encoded[column].map(needs_encoding).any():
+        if any(needs_encoding(value) for value in encoded[column]):
             encoded[column] = encoded[column].map(
                 lambda value: json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
             )
@@ -762,7 +962,7 @@ def _points_table(rows: list[RunRow]) -> pd.DataFrame:
         lines.append(
             {
                 "point_id": row.point_id,
-                "status": row.status,
+                "status": row.current_status(),
                 "parameters": json.dumps(row.parameters, sort_keys=True),
                 "accuracy": f"{_mean(accuracy):.4f}" if accuracy else "",
                 "duration_s": "" if row.duration_s is None else f"{row.duration_s:.1f}",
@@ -776,7 +976,8 @@ def _point_details(row: RunRow) -> str:
     lines = [
         f"sweep:           {row.sweep}",
         f"point:           {row.point_id}",
-        f"status:          {row.status}",
+        f"status:          {row.current_status()}"
+        + ("" if row.owner is None else f" (process {row.owner.pid} on {row.owner.host})"),
         f"notebook:        {row.notebook}",
         f"output notebook: {row.output_notebook}",
         f"log:             {row.log_path}",

@@ -23,10 +23,15 @@ Each finished run is saved at once in the results store (``runs/results.db``, se
 :mod:`lab.store`), as done with the notebook's record, or as failed with the error
 and traceback, while the other runs go on. Running the same sweep again skips the
 points that are done (and, unless ``retry_failed``, those that failed); points left
-pending or running by an interrupted (Ctrl-C) or killed sweep run again. After
-Ctrl-C, the local pool waits for the runs in progress to stop; Dask workers finish
-theirs, unsaved. A run whose kernel does not start is started again on a new kernel
-(up to ``KERNEL_START_ATTEMPTS`` kernels) before it counts as failed.
+pending by an interrupted (Ctrl-C) sweep, or running by a killed one (the store
+records each running point's process; ``lab runs`` shows them as interrupted), run
+again. Each point is claimed in the store just before it runs, so several sweeps of
+one name at once share the points instead of running each twice. Ctrl-C stops the
+local pool's workers at once (their kernels end with them, as they do when the sweep
+is killed); Dask workers finish their runs, unsaved. When the store cannot be
+written, a finished run's outcome is kept beside its notebook, no more runs start,
+and the next run of the sweep saves it. A run whose kernel does not start is started
+again on a new kernel (up to ``KERNEL_START_ATTEMPTS`` kernels) before it counts as failed.
 
 Runs execute in a local process pool, or on a Dask cluster (``executor="dask"``:
 a scheduler address, or a local cluster on 127.0.0.1). With Dask, the workers
@@ -44,6 +49,7 @@ import collections
 import concurrent.futures
 import contextlib
 import contextvars
+import ctypes
 import dataclasses
 import functools
 import hashlib
@@ -53,7 +59,9 @@ import multiprocessing
 import os
 import platform
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -80,6 +88,10 @@ STORE_FILENAME = "results.db"
 # process dies first) gets replaced: no cell has run, so the run is simply started again.
 KERNEL_START_ATTEMPTS = 3
 KERNEL_START_TIMEOUT_S = 60
+# How often the sweep's wait for runs checks for Ctrl-C, and how long it waits for a Dask scheduler.
+INTERRUPT_CHECK_S = 0.5
+SCHEDULER_CONNECT_TIMEOUT_S = 10
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _KERNEL_START_FAILURES = ("Kernel didn't respond", "Kernel died before replying to kernel_info")
 
 _SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
@@ -175,7 +187,17 @@ def parse_grid(
     """
     grid: dict[str, list[Any]] = {}
     if grid_file is not None:
-        loaded = yaml.load(Path(grid_file).read_text(encoding="utf-8"), Loader=_GridLoader)
+        if Path(grid_file).is_dir():
+            raise GridError(f"grid file {grid_file} is a folder; expected a YAML file of parameter names and values")
+        try:
+            loaded = yaml.load(Path(grid_file).read_text(encoding="utf-8"), Loader=_GridLoader)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise GridError(
+                f"grid file {grid_file} is not valid YAML ({getattr(error, 'problem', None) or error}{where}); "
+                "expected a mapping of parameter names to lists of values, e.g. 'x: [1, 2]'"
+            ) from None
         if not isinstance(loaded, dict):
             raise GridError(
                 f"grid file {grid_file} must be a YAML mapping of parameter names to lists of values, "
@@ -551,11 +573,17 @@ class SweepSummary:
     failed: dict[str, str] = dataclasses.field(default_factory=dict)  # point id -> error, failed in this call
     already_done: list[str] = dataclasses.field(default_factory=list)  # skipped: done before
     not_retried: list[str] = dataclasses.field(default_factory=list)  # skipped: failed before, retry_failed not set
+    # skipped: another live sweep process runs them; point id -> "process PID on HOST"
+    running_elsewhere: dict[str, str] = dataclasses.field(default_factory=dict)
+    # finished by an earlier call that could not write the store, saved now without running again
+    recovered: list[str] = dataclasses.field(default_factory=list)
+    store_error: str | None = None  # why the store could not be written; no run started after it
+    unsaved: dict[str, str] = dataclasses.field(default_factory=dict)  # point id -> where its outcome is kept
 
     @property
     def complete(self) -> bool:
-        """Whether every point of the sweep is done."""
-        return not self.failed and not self.not_retried
+        """Whether every point of the sweep is done and saved."""
+        return not (self.failed or self.not_retried or self.running_elsewhere or self.store_error)
 
     def describe(self) -> str:
         """A few lines for people: what ran, what was skipped, where things are, why runs failed."""
@@ -563,15 +591,26 @@ class SweepSummary:
         headline = (
             f"sweep {self.name}: {self.points} points; ran {ran} ({len(self.done)} done, {len(self.failed)} failed)"
         )
+        if self.recovered:
+            headline += f"; saved {len(self.recovered)} finished by an earlier run that could not save them"
         if self.already_done:
             headline += f"; skipped {len(self.already_done)} done before"
         if self.not_retried:
             headline += f"; skipped {len(self.not_retried)} that failed before (--retry-failed runs them again)"
+        if self.running_elsewhere:
+            owners = ", ".join(sorted(set(self.running_elsewhere.values())))
+            headline += f"; skipped {len(self.running_elsewhere)} running in another sweep ({owners})"
         lines = [headline, f"results: {self.store_path}; notebooks and logs: {self.runs_dir / self.name}"]
         lines += [
             f"  failed {point}: {error}  (log: {self.runs_dir / self.name / point}.log)"
             for point, error in self.failed.items()
         ]
+        if self.store_error:
+            lines.append(f"could not write the results store, so no more runs were started: {self.store_error}")
+            lines += [
+                f"  not saved {point}: {self.runs_dir / self.name / point}.ipynb holds its result; {note}"
+                for point, note in self.unsaved.items()
+            ]
         return "\n".join(lines)
 
 
@@ -615,6 +654,7 @@ def run_sweep(
     points = expand_grid(notebook, grid, extra_parameters=extra_parameters, validate=validate)
 
     runs_dir = Path(runs_dir)
+    store.check_output_path(runs_dir, "runs folder", folder=True)
     results = store.ResultsStore(runs_dir / STORE_FILENAME)
     previous = {row.point_id: row for row in results.rows(name)}
     other_notebooks = {row.notebook for row in previous.values() if Path(row.notebook).resolve() != notebook.resolve()}
@@ -652,13 +692,20 @@ def run_sweep(
     if not tasks:
         return summary
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    results.save(*(_row(notebook, task, "pending") for task in tasks))
-    _run_tasks(notebook, tasks, results, summary, executor, workers, scheduler)
+    # The executor first: an unreachable cluster fails here, before the store holds any new row.
+    with _executor(executor, workers, scheduler) as (pool, capacity):
+        results.add_pending(*(_row(notebook, task, "pending") for task in tasks))
+        _run_tasks(notebook, tasks, results, summary, pool, capacity, retry_failed)
     return summary
 
 
 def _row(
-    notebook: Path, task: RunTask, status: str, outcome: RunOutcome | None = None, started_at: str | None = None
+    notebook: Path,
+    task: RunTask,
+    status: str,
+    outcome: RunOutcome | None = None,
+    started_at: str | None = None,
+    owner: store.Owner | None = None,
 ) -> RunRow:
     row = RunRow(
         sweep=task.sweep,
@@ -670,6 +717,8 @@ def _row(
         output_notebook=os.path.relpath(task.output_notebook, task.working_dir),
         log_path=os.path.relpath(task.log_path, task.working_dir),
     )
+    if owner is not None:
+        row = dataclasses.replace(row, owner_host=owner.host, owner_pid=owner.pid, owner_start=owner.start)
     if outcome is not None:
         fields = dataclasses.asdict(outcome)
         del fields["status"]
@@ -682,44 +731,126 @@ def _run_tasks(
     tasks: list[RunTask],
     results: store.ResultsStore,
     summary: SweepSummary,
-    executor: str,
-    workers: int | None,
-    scheduler: str | None,
+    pool: concurrent.futures.Executor,
+    capacity: int,
+    retry_failed: bool,
 ) -> None:
     """Run ``tasks``, at most ``capacity`` at a time, saving each outcome as soon as it arrives.
 
-    Submitting no more runs than the executor runs at once means that a point the
+    Each point is claimed in the store just before it is submitted, so a point runs
+    in one process only, even with several sweeps of the same name at once; and
+    submitting no more runs than the executor runs at once means that a point the
     store marks as running is running, with the right start time, not queued.
     """
+    owner = store.Owner.current()
     waiting = collections.deque(tasks)
     in_flight: dict[concurrent.futures.Future[RunOutcome], RunTask] = {}
     with (
-        _executor(executor, workers, scheduler) as (pool, capacity),
+        _interrupt_flag() as interrupted,
         tqdm(total=len(tasks), desc=summary.name, unit="run") as progress,
     ):
         try:
             while waiting or in_flight:
-                while waiting and len(in_flight) < capacity:
+                while waiting and len(in_flight) < capacity and summary.store_error is None:
                     task = waiting.popleft()
-                    in_flight[pool.submit(execute_run, task)] = task
-                    results.save(_row(notebook, task, "running", started_at=store.utc_now()))
-                finished, _ = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
-                for future in finished:
-                    task = in_flight[future]
-                    outcome = _outcome(future)
-                    del in_flight[future]
-                    results.save(_row(notebook, task, outcome.status, outcome))
-                    if outcome.status == "done":
-                        summary.done.append(task.point_id)
+                    running = _row(notebook, task, "running", started_at=store.utc_now(), owner=owner)
+                    try:
+                        stored = results.claim(running, retry_failed=retry_failed)
+                    except store.StoreError as error:
+                        summary.store_error = str(error)  # the runs in flight still end, and are kept
+                        break
+                    if stored is not None:
+                        _skip(summary, stored)
+                        progress.update()
+                    elif (kept := _kept_outcome(task)) is not None:
+                        _save_outcome(notebook, task, kept, results, summary, progress, recovered=True)
                     else:
-                        summary.failed[task.point_id] = outcome.error or "unknown error"
-                    progress.update()
-                    progress.set_postfix(done=len(summary.done), failed=len(summary.failed))
+                        in_flight[pool.submit(execute_run, task)] = task
+                if not in_flight:
+                    break  # everything left was skipped, or the store cannot be written
+                # A timeout, so that an interrupt that Python swallowed still stops the sweep.
+                finished, _ = concurrent.futures.wait(
+                    in_flight, timeout=INTERRUPT_CHECK_S, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                if interrupted():
+                    raise KeyboardInterrupt
+                for future in finished:
+                    task = in_flight.pop(future)
+                    _save_outcome(notebook, task, _outcome(future), results, summary, progress)
         except BaseException:
-            # Interrupted (Ctrl-C) or the executor broke: finished runs are already saved;
-            # the ones still in flight go back to pending, so the next run of this sweep redoes them.
-            results.save(*(_row(notebook, task, "pending") for task in in_flight.values()))
+            # Interrupted (Ctrl-C) or the executor broke: finished runs are already saved; this
+            # process's runs still in flight go back to pending, so the next run of this sweep redoes them.
+            _release(results, [_row(notebook, task, "running") for task in in_flight.values()], owner)
             raise
+        # Finished runs that could not be saved are free for the next run of this sweep, which saves them.
+        unsaved = [_row(notebook, task, "running") for task in tasks if task.point_id in summary.unsaved]
+        _release(results, unsaved, owner)
+
+
+def _release(results: store.ResultsStore, rows: list[RunRow], owner: store.Owner) -> None:
+    # When even this cannot be written, the rows show as interrupted once this process is gone,
+    # and the next run of the sweep takes them all the same.
+    with contextlib.suppress(store.StoreError):
+        results.release(rows, owner)
+
+
+def _skip(summary: SweepSummary, stored: RunRow) -> None:
+    """Note a point that another process claimed after this sweep planned to run it."""
+    if stored.status == "done":
+        summary.already_done.append(stored.point_id)
+    elif stored.status == "failed":
+        summary.not_retried.append(stored.point_id)
+    else:
+        owner = stored.owner
+        summary.running_elsewhere[stored.point_id] = (
+            "another lab" if owner is None else f"process {owner.pid} on {owner.host}"
+        )
+
+
+def _save_outcome(
+    notebook: Path,
+    task: RunTask,
+    outcome: RunOutcome,
+    results: store.ResultsStore,
+    summary: SweepSummary,
+    progress: tqdm,
+    recovered: bool = False,
+) -> None:
+    """Save a finished run (``recovered``: one that an earlier call could not save); when the store
+    cannot be written, keep its outcome in a file beside its notebook."""
+    kept = Path(_kept_outcome_path(task))
+    try:
+        results.save(_row(notebook, task, outcome.status, outcome))
+    except store.StoreError as error:
+        summary.store_error = str(error)
+        try:
+            with store.atomic_output(kept) as temporary:
+                temporary.write_text(json.dumps(dataclasses.asdict(outcome)), encoding="utf-8")
+            summary.unsaved[task.point_id] = f"its outcome is kept in {kept}; the next run of this sweep saves it"
+        except OSError as keep_error:
+            summary.unsaved[task.point_id] = (
+                f"its outcome could not be kept either ({keep_error}); the next run of this sweep runs it again"
+            )
+        return
+    kept.unlink(missing_ok=True)
+    if outcome.status == "done":
+        (summary.recovered if recovered else summary.done).append(task.point_id)
+    else:
+        summary.failed[task.point_id] = outcome.error or "unknown error"
+    progress.update()
+    progress.set_postfix(done=len(summary.done), failed=len(summary.failed))
+
+
+def _kept_outcome_path(task: RunTask) -> str:
+    return str(Path(task.output_notebook).with_suffix(".outcome.json"))
+
+
+def _kept_outcome(task: RunTask) -> RunOutcome | None:
+    """The outcome of a run that finished but could not be saved, if an earlier call kept one."""
+    try:
+        return RunOutcome(**json.loads(Path(_kept_outcome_path(task)).read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
 
 
 def _outcome(future: concurrent.futures.Future[RunOutcome]) -> RunOutcome:
@@ -745,6 +876,46 @@ def _outcome(future: concurrent.futures.Future[RunOutcome]) -> RunOutcome:
 
 
 @contextlib.contextmanager
+def _interrupt_flag() -> Iterator[Callable[[], bool]]:
+    """Yield a function that tells whether SIGINT (Ctrl-C) arrived since entering.
+
+    SIGINT still raises KeyboardInterrupt, but Python drops an exception raised inside a
+    garbage-collector callback or ``__del__`` (such as JAX's), so the sweep checks this
+    record too. Only the main thread receives signals; elsewhere nothing is recorded.
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler  # someone else's handler, or ignored
+    ):
+        yield lambda: False
+        return
+    received = threading.Event()
+
+    def record_and_raise(signum: int, frame: Any) -> None:
+        received.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, record_and_raise)
+    try:
+        yield received.is_set
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Initializer of local pool workers: make the worker die with the sweep process.
+
+    On Linux the kernel sends the worker SIGKILL when its parent ends, even when the parent
+    is killed with SIGKILL; the worker's notebook kernel polls its own parent and ends too.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:  # the sweep died before the line above took effect
+        os._exit(1)
+
+
+@contextlib.contextmanager
 def _executor(
     kind: str, workers: int | None, scheduler: str | None
 ) -> Iterator[tuple[concurrent.futures.Executor, int]]:
@@ -753,10 +924,19 @@ def _executor(
         # spawn: a fresh interpreter per worker; forking this process (with tqdm's and
         # possibly Dask's threads) could deadlock the child.
         pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers or 1, mp_context=multiprocessing.get_context("spawn")
+            max_workers=workers or 1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
         )
         try:
             yield pool, workers or 1
+        except BaseException:
+            # Interrupted, or the sweep failed: the runs in flight were set back to pending,
+            # so stop them now instead of waiting for them. (Python 3.14 has pool.terminate_workers().)
+            for process in list(pool._processes.values()):
+                process.terminate()
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return
@@ -775,7 +955,14 @@ def _executor(
             )
             client = stack.enter_context(Client(cluster))
         else:
-            client = stack.enter_context(Client(scheduler))
+            try:
+                client = stack.enter_context(Client(scheduler, timeout=SCHEDULER_CONNECT_TIMEOUT_S))
+            except (OSError, TimeoutError) as error:
+                raise ConnectionError(
+                    f"cannot reach the Dask scheduler at {scheduler} ({error}); "
+                    "check the address (e.g. tcp://HOST:8786) and that the scheduler runs, "
+                    "or leave out --scheduler for a local cluster"
+                ) from None
         capacity = workers or max(1, sum(client.nthreads().values()))
         # pure=False: every submission is a run to execute, never a cached result.
         yield client.get_executor(pure=False), capacity

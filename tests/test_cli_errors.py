@@ -8,6 +8,8 @@ arguments after ``lab`` (``{tmp}`` is replaced by a fresh temporary folder, prep
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lab import cli
@@ -24,16 +26,46 @@ TRAIN_CASES: list = []
 
 DATA_CASES: list = []
 
-SWEEP_CASES: list = []
+SWEEP_CASES = [
+    (["sweep", "{tmp}/tiny.ipynb", "--name", "s", "--grid", "{tmp}/broken.yaml"], "broken.yaml is not valid YAML"),
+    (["sweep", "{tmp}/tiny.ipynb", "--name", "s", "--grid", "{tmp}"], "is a folder; expected a YAML file"),
+    (
+        ["sweep", "{tmp}/tiny.ipynb", "-p", "x", "1", "--name", "s", "--executor", "dask",
+         "--scheduler", "tcp://127.0.0.1:1"],
+        "cannot reach the Dask scheduler at tcp://127.0.0.1:1",
+    ),
+    # A runs folder that cannot be written (root ignores permission bits: a file stands where the folder should be).
+    (
+        ["sweep", "{tmp}/tiny.ipynb", "-p", "x", "1", "--name", "s", "--runs-dir", "{tmp}/list.yaml/runs"],
+        "list.yaml to be a folder, but it is a file",
+    ),
+    (
+        ["sweep", "{tmp}/tiny.ipynb", "-p", "x", "1", "--name", "s", "--runs-dir", "{tmp}"],
+        "results.db is an empty file, not a lab results store",
+    ),
+]  # fmt: skip
 
-RUNS_CASES: list = []
+RUNS_CASES = [
+    (["runs", "--store", "{tmp}", "list"], "is a folder; give the path of a results.db file"),
+    (["runs", "--store", "{tmp}/results.db", "list"], "results.db is an empty file, not a lab results store"),
+    (["runs", "--store", "{tmp}/damaged.db", "show", "s"], "damaged.db is damaged"),
+    (["runs", "--store", "{tmp}/results.db", "export", "--output", "{tmp}"], "is a folder; give a file name"),
+]  # fmt: skip
 
-REPORT_CASES: list = []
+REPORT_CASES = [
+    (["report", "--out", "{tmp}/list.yaml"], "list.yaml is a file; give a folder"),
+    (["report", "--out", "{tmp}/list.yaml/figures"], "list.yaml to be a folder, but it is a file"),
+    (["report", "--store", "{tmp}/results.db"], "results.db is an empty file"),
+    (["report", "--store", "{tmp}/damaged.db"], "recover what it holds with `sqlite3"),
+]
 
 # Files that cases read, written into the case's folder before it runs.
 FILES = {
     "list.yaml": "- setup\n- supervised\n",
     "broken.yaml": "setup: [supervised\n",
+    "tiny.ipynb": (Path(__file__).parent / "data" / "tiny.ipynb").read_text(),
+    "results.db": "",  # a results store emptied by a full disk or a bad copy
+    "damaged.db": "SQLite format 3\x00" + "not pages" * 100,
 }
 
 CASES = RUN_CASES + TRAIN_CASES + DATA_CASES + SWEEP_CASES + RUNS_CASES + REPORT_CASES

@@ -2,8 +2,10 @@
 versions, the pandas view, exports (CSV, Parquet, MLflow) and `lab runs`."""
 
 import argparse
+import io
 import json
 import multiprocessing
+import os
 import sqlite3
 import subprocess
 import sys
@@ -212,7 +214,8 @@ def test_a_store_from_a_newer_lab_is_refused(tmp_path):
     ResultsStore(path).save(done_row())
     with sqlite3.connect(path) as connection:
         connection.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(store.StoreVersionError, match=r"schema version 99, but this lab .* reads version 1"):
+    expected = rf"schema version 99, but this lab .* reads version {store.SCHEMA_VERSION}"
+    with pytest.raises(store.StoreVersionError, match=expected):
         ResultsStore(path)
     with pytest.raises(store.StoreVersionError):
         store.load(path=path)
@@ -222,6 +225,146 @@ def test_reading_a_missing_store_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no results store at .*nowhere\.db"):
         store.load(path=tmp_path / "nowhere.db")
     assert not (tmp_path / "nowhere.db").exists()
+
+
+V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
+    sweep TEXT NOT NULL, point_id TEXT NOT NULL, notebook TEXT NOT NULL, parameters TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    payload TEXT, error TEXT, traceback TEXT, started_at TEXT, ended_at TEXT, duration_s REAL, versions TEXT,
+    git_commit TEXT, output_notebook TEXT, log_path TEXT, updated_at TEXT NOT NULL, PRIMARY KEY (sweep, point_id)
+);
+INSERT INTO meta VALUES ('schema_version', '1');
+INSERT INTO runs (sweep, point_id, notebook, parameters, status, updated_at)
+    VALUES ('old', 'p1', 'nb.ipynb', '{"x": 1}', 'running', '2025-01-01T00:00:00+00:00');
+"""
+
+
+def test_a_store_of_schema_version_1_is_migrated_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "results.db"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(V1_SCHEMA)
+    (row,) = ResultsStore(path).rows()
+    assert (row.point_id, row.parameters, row.owner) == ("p1", {"x": 1}, None)
+    assert row.current_status() == "interrupted"  # running, but no process is known to run it
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT value FROM meta").fetchone() == (str(store.SCHEMA_VERSION),)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "is an empty file, not a lab results store"),
+        (b"a CSV export, say\n", "is not an SQLite database, not a lab results store"),
+        ("foreign-sqlite", "is an SQLite database but not a lab results store"),
+    ],
+)
+def test_a_file_that_is_no_store_is_refused_and_kept(tmp_path, content, problem):
+    path = tmp_path / "results.db"
+    if content == "foreign-sqlite":
+        with sqlite3.connect(path) as connection:
+            connection.execute("CREATE TABLE other (x)")
+        content = path.read_bytes()
+    else:
+        path.write_bytes(content)
+    for open_store in (lambda: ResultsStore(path), lambda: store.load(path=path)):
+        with pytest.raises(store.StoreError, match=f"{path} {problem}"):
+            open_store()
+    assert path.read_bytes() == content
+
+
+def test_a_damaged_store_names_the_file_and_how_to_recover(tmp_path):
+    path = tmp_path / "results.db"
+    ResultsStore(path).save(*(done_row(point_id=f"p{index}", note="x" * 2000) for index in range(200)))
+    with open(path, "r+b") as file:
+        file.truncate(path.stat().st_size // 3)
+    with pytest.raises(store.StoreError, match=rf"{path} is damaged \(.*malformed.*\); recover .*\.recover"):
+        store.load(path=path)
+
+
+def test_a_folder_is_no_store(tmp_path):
+    with pytest.raises(store.StoreError, match=f"results store {tmp_path} is a folder"):
+        ResultsStore(tmp_path, create=False)
+
+
+def _dead_owner():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return store.Owner(store.Owner.current().host, process.pid, "0")
+
+
+def _owned(row, owner, status="running"):
+    return RunRow(
+        row.sweep, row.point_id, row.notebook, row.parameters, status,
+        owner_host=owner.host, owner_pid=owner.pid, owner_start=owner.start,
+    )  # fmt: skip
+
+
+def test_claim_takes_only_free_points_and_release_only_its_own(tmp_path):
+    results = ResultsStore(tmp_path / "results.db")
+    # This test's parent process stands for another sweep, alive all along.
+    claimer, dead, alive_elsewhere = store.Owner.current(), _dead_owner(), store.Owner.of(os.getppid())
+    pending = RunRow("s", "free", "nb.ipynb", {}, "pending")
+    results.add_pending(pending, RunRow("s", "failed", "nb.ipynb", {}, "pending"))
+    results.save(
+        _owned(RunRow("s", "orphan", "nb.ipynb", {}, "running"), dead),
+        _owned(RunRow("s", "busy", "nb.ipynb", {}, "running"), alive_elsewhere),
+        RunRow("s", "failed", "nb.ipynb", {}, "failed"),
+        done_row(point_id="done"),
+    )
+    results.add_pending(RunRow("s", "done", "nb.ipynb", {}, "pending"))  # never replaces a stored row
+    statuses = {row.point_id: row.current_status() for row in results.rows("s")}
+    assert statuses == {
+        "free": "pending", "failed": "failed", "orphan": "interrupted", "busy": "running", "done": "done"
+    }  # fmt: skip
+
+    def claim(point, retry_failed=False):
+        row = _owned(RunRow("s", point, "nb.ipynb", {}, "running"), claimer)
+        stored = results.claim(row, retry_failed=retry_failed)
+        return None if stored is None else stored.status
+
+    assert {point: claim(point) for point in statuses} == {
+        "free": None, "orphan": None, "failed": "failed", "busy": "running", "done": "done"
+    }  # fmt: skip
+    assert claim("failed", retry_failed=True) is None
+    assert claim("free", retry_failed=True) == "running"  # its own: taken already
+
+    # Interrupted: the claimer gives back what it runs, and nothing else, whatever it is asked to release.
+    results.release(results.rows("s"), claimer)
+    after = {row.point_id: (row.status, row.owner) for row in results.rows("s")}
+    assert after == {
+        "free": ("pending", None), "orphan": ("pending", None), "failed": ("pending", None),
+        "busy": ("running", alive_elsewhere), "done": ("done", None),
+    }  # fmt: skip
+
+
+def _claim_all(path, points, barrier, queue):
+    results = ResultsStore(path)
+    owner = store.Owner.current()
+    barrier.wait()
+    queue.put(
+        [
+            point
+            for point in points
+            if results.claim(_owned(RunRow("s", point, "nb.ipynb", {}, "running"), owner), retry_failed=False) is None
+        ]
+    )
+    barrier.wait()  # stay alive until every claimer is done: the rows of a process that is gone are free again
+
+
+def test_parallel_claims_give_each_point_to_one_process(tmp_path):
+    path, claimers, points = tmp_path / "results.db", 6, [f"p{index}" for index in range(30)]
+    ResultsStore(path).add_pending(*(RunRow("s", point, "nb.ipynb", {}, "pending") for point in points))
+    context = multiprocessing.get_context("fork")
+    barrier, queue = context.Barrier(claimers), context.Queue()
+    processes = [context.Process(target=_claim_all, args=(path, points, barrier, queue)) for _ in range(claimers)]
+    for process in processes:
+        process.start()
+    claimed = [point for _ in processes for point in queue.get(timeout=120)]
+    for process in processes:
+        process.join(timeout=120)
+    assert sorted(claimed) == sorted(points)
 
 
 # --------------------------------------------------------------------------------------
@@ -425,3 +568,21 @@ def test_cli_list_show_and_export(filled_store, tmp_path, capsys):
     output = tmp_path / "all.csv"
     assert _run_cli("runs", "--store", str(filled_store), "export", "--format", "csv", "--output", str(output)) == 0
     assert len(pd.read_csv(output)) == 4
+
+
+def test_runs_list_and_show_call_a_running_point_of_a_dead_process_interrupted(filled_store, capsys):
+    ResultsStore(filled_store).save(_owned(RunRow("s", "e5", "nb.ipynb", {}, "running"), _dead_owner()))
+    assert _run_cli("runs", "--store", str(filled_store), "list") == 0
+    listing = pd.read_fwf(io.StringIO(capsys.readouterr().out))
+    assert listing.set_index("sweep").loc["s", ["running", "interrupted"]].tolist() == [0, 1]
+    assert _run_cli("runs", "--store", str(filled_store), "show", "e5") == 0
+    assert "status:          interrupted (process" in capsys.readouterr().out
+    assert store.load("s", path=filled_store).set_index("point_id").loc["e5", "status"] == "interrupted"
+
+
+def test_exporting_an_unknown_sweep_or_into_a_folder_says_so_before_writing(filled_store, tmp_path):
+    with pytest.raises(ValueError, match=r"no sweep named 'nope' in .*; `lab runs list` shows the sweeps"):
+        _run_cli("runs", "--store", str(filled_store), "export", "--sweep", "nope", "--output", str(tmp_path / "x.csv"))
+    with pytest.raises(ValueError, match=f"export output {tmp_path} is a folder; give a file name"):
+        store.export(tmp_path, path=tmp_path / "never-read.db")
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "never-read.db").exists()

@@ -6,7 +6,10 @@ import argparse
 import concurrent.futures
 import contextlib
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -14,6 +17,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpec
 
 from lab import store, sweep
+from lab.store import RunRow
 from lab.sweep import GridError
 
 TINY = Path(__file__).parent / "data" / "tiny.ipynb"
@@ -339,7 +343,7 @@ def test_an_interrupted_sweep_keeps_finished_runs_and_redoes_the_rest(dask_sched
 
     monkeypatch.setattr(sweep, "tqdm", InterruptAfterFirstRun)
     with pytest.raises(KeyboardInterrupt):
-        # The local pool lets the interrupted run end before run_sweep returns (Dask threads
+        # The local pool stops the interrupted run before run_sweep returns (Dask threads
         # would go on running it, beside its re-run below).
         sweep.run_sweep(TINY, {"x": [1, 2, 4]}, name="tiny-interrupted", workers=2)
     # One run finished and is kept; the one still running went back to pending, like the one not started.
@@ -447,3 +451,208 @@ def test_dask_local_cluster_when_no_scheduler_is_given(tmp_path, monkeypatch):
     assert summary.complete and len(summary.done) == 1
     (row,) = _rows(tmp_path, "tiny-cluster").values()
     assert row.payload["python"] == sys.executable and os.path.isfile(tmp_path / row.log_path)
+
+
+# --------------------------------------------------------------------------------------
+# Several sweeps at once, kills, Ctrl-C, and a store that cannot be written
+# --------------------------------------------------------------------------------------
+
+HOLD_NOTEBOOK_CODE = """
+import os, time
+import lab.store
+
+print(f"started x={x}", flush=True)
+if tally:
+    with open(tally, "a") as file:
+        file.write(f"{x}\\n")
+deadline = time.monotonic() + 120  # a safety bound: the tests remove the hold file or kill the run
+while hold and os.path.exists(hold) and time.monotonic() < deadline:
+    time.sleep(0.05)
+lab.store.record({"dataset": "tiny", "setup": "supervised", "method": "hold", "labels_per_class": x,
+                  "seeds": [0], "metrics": {"accuracy": [0.5]}})
+"""
+
+
+def _hold_notebook(folder):
+    """A notebook that appends x to the file ``tally`` and then waits while the file ``hold`` exists."""
+    notebook = folder / "hold.ipynb"
+    cells = [
+        nbformat.v4.new_code_cell('x = 1\nhold = ""\ntally = ""', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(HOLD_NOTEBOOK_CODE),
+    ]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), notebook)
+    return notebook
+
+
+def _lab(folder, *arguments):
+    """``lab ARGUMENTS`` as a process of its own, in ``folder``."""
+    lab_root = str(Path(sweep.__file__).resolve().parent.parent)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([lab_root, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "lab.cli", *arguments],
+        cwd=folder,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_until(condition, what, bound_s=120):
+    """Poll ``condition``; the bound only keeps a broken test from hanging."""
+    deadline = time.monotonic() + bound_s
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.1)
+
+
+def _runs_started(folder, name, count):
+    logs = list((folder / "runs" / name).glob("*.log"))
+    return sum("started x=" in log.read_text() for log in logs) >= count
+
+
+def _still_running(processes):
+    psutil = pytest.importorskip("psutil")
+    alive = []
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.status() != psutil.STATUS_ZOMBIE:  # ended; not every container's init reaps
+                alive.append(process)
+    return alive
+
+
+def _descendants_and_kernels(pid):
+    psutil = pytest.importorskip("psutil")
+    descendants = psutil.Process(pid).children(recursive=True)
+    kernels = [process for process in descendants if "ipykernel_launcher" in " ".join(process.cmdline())]
+    return descendants, kernels
+
+
+def test_two_sweeps_of_one_name_at_once_run_each_point_once(tmp_path):
+    notebook, tally = _hold_notebook(tmp_path), tmp_path / "tally.txt"
+    arguments = ["sweep", str(notebook), "-p", "x", "1:7", "-p", "tally", str(tally), "--name", "twice"]
+    processes = [_lab(tmp_path, *arguments) for _ in range(2)]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    # One of them may end while the other still runs a point: it says so, and exits 1.
+    assert {process.returncode for process in processes} <= {0, 1}, outputs
+    assert sorted(tally.read_text().split()) == [str(x) for x in range(1, 7)], outputs
+    assert {row.status for row in _rows(tmp_path, "twice").values()} == {"done"}
+
+
+def test_ctrl_c_stops_a_sweep_at_once_and_gives_back_only_its_own_points(tmp_path):
+    other_sweep_owner = store.Owner.of(os.getppid())  # this test's parent stands for another live sweep
+    notebook, hold = _hold_notebook(tmp_path), tmp_path / "hold"
+    hold.touch()  # the first run would wait for 120 s: the sweep must not wait for it
+    elsewhere = sweep.point_id({"x": 3, "hold": str(hold)})
+    results = store.ResultsStore(tmp_path / "runs" / "results.db")
+    results.save(
+        RunRow(
+            "ctrl-c", elsewhere, str(notebook.resolve()), {"x": 3, "hold": str(hold)}, "running",
+            owner_host=other_sweep_owner.host, owner_pid=other_sweep_owner.pid, owner_start=other_sweep_owner.start,
+        )
+    )  # fmt: skip
+    process = _lab(tmp_path, "sweep", str(notebook), "-p", "x", "1,2,3", "-p", "hold", str(hold), "--name", "ctrl-c")
+    _wait_until(lambda: _runs_started(tmp_path, "ctrl-c", 1), "the first run to start")
+    descendants, kernels = _descendants_and_kernels(process.pid)
+    assert kernels
+    process.send_signal(signal.SIGINT)  # to the sweep process only, as `kill -INT` does
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.splitlines()[-1].startswith("lab sweep: interrupted;") and "Traceback" not in err, err
+    assert hold.exists() and _still_running(descendants) == []
+    rows = _rows(tmp_path, "ctrl-c")
+    assert {point: row.status for point, row in rows.items() if point != elsewhere} == dict.fromkeys(
+        set(rows) - {elsewhere}, "pending"
+    )
+    assert rows[elsewhere].status == "running" and rows[elsewhere].owner == other_sweep_owner
+
+
+def test_a_killed_sweep_leaves_no_processes_and_its_next_run_redoes_its_points(tmp_path, monkeypatch):
+    notebook, hold = _hold_notebook(tmp_path), tmp_path / "hold"
+    hold.touch()
+    grid = ["-p", "x", "1,2", "-p", "hold", str(hold)]
+    process = _lab(tmp_path, "sweep", str(notebook), *grid, "--name", "killed", "--workers", "2")
+    _wait_until(lambda: _runs_started(tmp_path, "killed", 2), "both runs to start")
+    descendants, kernels = _descendants_and_kernels(process.pid)
+    assert len(kernels) == 2
+    process.kill()
+    process.wait()
+    try:
+        # Workers, their kernels and multiprocessing's resource tracker end with the sweep.
+        _wait_until(lambda: _still_running(descendants) == [], "the sweep's processes to end", bound_s=60)
+    finally:
+        for orphan in _still_running(descendants):
+            orphan.kill()
+    rows = _rows(tmp_path, "killed")
+    assert {row.current_status() for row in rows.values()} == {"interrupted"}
+
+    hold.unlink()
+    monkeypatch.chdir(tmp_path)
+    summary = sweep.run_sweep(notebook, sweep.parse_grid([("x", "1,2"), ("hold", str(hold))]), name="killed")
+    assert sorted(summary.done) == sorted(rows) and summary.complete
+    assert {row.status for row in _rows(tmp_path, "killed").values()} == {"done"}
+
+
+@contextlib.contextmanager
+def _threads(kind, workers, scheduler):
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool, 1
+
+
+def test_an_interrupt_that_python_swallows_still_stops_the_sweep(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    swallowed = []
+
+    class InterruptSwallowedAfterFirstRun(sweep.tqdm):
+        def update(self, n=1):
+            super().update(n)
+            try:  # as Python does with a KeyboardInterrupt raised in a gc callback, such as JAX's
+                signal.raise_signal(signal.SIGINT)
+                time.sleep(0.01)
+            except KeyboardInterrupt:
+                swallowed.append(n)
+
+    monkeypatch.setattr(sweep, "tqdm", InterruptSwallowedAfterFirstRun)
+    monkeypatch.setattr(sweep, "_executor", _threads)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(TINY, {"x": [1, 2, 4]}, name="swallowed")
+    assert swallowed == [1]
+    assert sorted(row.status for row in _rows(tmp_path, "swallowed").values()) == ["done", "pending", "pending"]
+
+
+def test_a_finished_run_that_the_store_cannot_save_is_kept_and_saved_by_the_next_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sweep, "_executor", _threads)
+
+    def read_only(self, *rows):
+        raise store.StoreError(f"cannot use the results store {self.path} (attempt to write a readonly database)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store.ResultsStore, "save", read_only)
+        summary = sweep.run_sweep(TINY, {"x": [1, 2]}, name="read-only")
+    first, second = (sweep.point_id({"x": x}) for x in (1, 2))
+    assert not summary.complete and summary.done == [] and list(summary.unsaved) == [first]
+    described = summary.describe()
+    assert "attempt to write a readonly database" in described
+    assert f"not saved {first}: runs/read-only/{first}.ipynb holds its result" in described
+    notebook_time = (tmp_path / "runs" / "read-only" / f"{first}.ipynb").stat().st_mtime_ns
+    assert {row.point_id: row.status for row in _rows(tmp_path, "read-only").values()} == {
+        first: "pending",
+        second: "pending",
+    }
+
+    resumed = sweep.run_sweep(TINY, {"x": [1, 2]}, name="read-only")
+    assert (resumed.recovered, resumed.done, resumed.complete) == ([first], [second], True)
+    rows = _rows(tmp_path, "read-only")
+    assert rows[first].status == "done" and rows[first].payload["metrics"]["accuracy"] == expected_accuracy(1, [0])
+    assert (tmp_path / "runs" / "read-only" / f"{first}.ipynb").stat().st_mtime_ns == notebook_time  # not run again
+    assert not list((tmp_path / "runs" / "read-only").glob("*.outcome.json"))
+
+
+def test_an_unreachable_scheduler_fails_fast_and_saves_no_rows(tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sweep, "SCHEDULER_CONNECT_TIMEOUT_S", 2)
+    with pytest.raises(ConnectionError, match=r"cannot reach the Dask scheduler at tcp://127\.0\.0\.1:1 \("):
+        sweep.run_sweep(TINY, {"x": [1]}, name="nowhere", executor="dask", scheduler="tcp://127.0.0.1:1")
+    assert store.ResultsStore(tmp_path / "runs" / "results.db").rows() == []
