@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import psutil  # a dependency of orbax-checkpoint, so always installed with lab
 import pytest
 from jupyter_client.kernelspec import KernelSpec
 
@@ -512,7 +513,6 @@ def _runs_started(folder, name, count):
 
 
 def _still_running(processes):
-    psutil = pytest.importorskip("psutil")
     alive = []
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -522,7 +522,6 @@ def _still_running(processes):
 
 
 def _descendants_and_kernels(pid):
-    psutil = pytest.importorskip("psutil")
     descendants = psutil.Process(pid).children(recursive=True)
     kernels = [process for process in descendants if "ipykernel_launcher" in " ".join(process.cmdline())]
     return descendants, kernels
