@@ -277,3 +277,58 @@ def test_experiment_show_static_and_ui(monkeypatch):
     assert len(shown) == 1 and bytes(shown[0].data).startswith(PNG_MAGIC)
     ui = explorer.explorer()
     assert repr(ui).startswith("ExperimentExplorer(labels_per_class=4")
+
+
+# --------------------------------------------------------------------------
+# lab.train.progress_bar in a notebook
+# --------------------------------------------------------------------------
+
+# A FixMatch history row for two seeds: a loss and an accuracy per pool, plus the test accuracy.
+FIXMATCH_ROW = {
+    "step": 100,
+    "train_loss": [0.51234, 0.6],
+    "train_labeled_loss": [0.1, 0.2],
+    "train_unlabeled_loss": [0.3, 0.31],
+    "train_unlabeled_weight": [1.0, 1.0],
+    "train_labeled_accuracy": [1.0, 0.9],
+    "train_mask_rate": [0.5, 0.6],
+    "train_pseudo_label_accuracy": [0.9, 0.91],
+    "test_accuracy": [0.7, 0.7234],
+}
+
+
+def test_progress_postfix_is_short():
+    import tqdm
+
+    from lab import train
+
+    bar = tqdm.tqdm(total=300, desc="train", unit="step", disable=True)
+    bar.set_postfix(train._postfix(FIXMATCH_ROW), refresh=False)
+    # tqdm's notebook widget cannot wrap it (spaces become non-breaking): a long one squeezes the bar to nothing.
+    assert len(bar.postfix) <= 40, bar.postfix
+    assert bar.postfix == "loss=0.556, test_acc=0.712"
+
+
+def test_progress_postfix_skips_unmeasured_values():
+    from lab import train
+
+    assert train._postfix({"step": 5, "train_loss": 2.0, "test_accuracy": None}) == {"loss": 2.0}
+
+
+def test_notebook_progress_bar_keeps_its_bar(monkeypatch, capsys):
+    import tqdm.notebook
+
+    from lab import train
+
+    monkeypatch.setenv("LAB_PROGRESS", "auto")
+    monkeypatch.setattr(train, "tqdm", tqdm.notebook.tqdm)  # what tqdm.auto is inside Jupyter
+    bar = train.progress_bar(total=300, desc="train", unit="step")
+    try:
+        description, progress, text = bar.container.children
+        assert isinstance(progress, ipywidgets.FloatProgress)
+        # Text that does not fit goes to a second row, and the bar keeps a width of its own.
+        assert bar.container.layout.flex_flow == "row wrap"
+        assert progress.layout.min_width and progress.layout.min_width != "0"
+        assert progress.layout.flex
+    finally:
+        bar.close()
