@@ -257,7 +257,7 @@ def _png(figure: matplotlib.figure.Figure) -> bytes:
 def _set_png(image: ipywidgets.Image, png: bytes) -> None:
     """Show ``png`` in ``image`` at its natural size; a VBox would stretch it to the output's width."""
     width = int.from_bytes(png[16:20], "big")  # the IHDR chunk
-    image.layout = ipywidgets.Layout(width=f"{width}px", max_width="100%", height="auto")
+    image.layout.width, image.layout.max_width, image.layout.height = f"{width}px", "100%", "auto"
     image.value = png
 
 
