@@ -254,6 +254,14 @@ def _png(figure: matplotlib.figure.Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _log_grid_through(value: float, bounds: tuple[float, float], step: float) -> dict[str, float]:
+    """``min``, ``max`` and ``step`` of a FloatLogSlider within ``bounds`` whose grid holds ``value``."""
+    exponent = math.log10(value)
+    below = math.floor((exponent - math.log10(bounds[0])) / step + 1e-9)
+    above = math.floor((math.log10(bounds[1]) - exponent) / step + 1e-9)
+    return {"min": exponent - below * step, "max": exponent + above * step, "step": step}
+
+
 def _set_png(image: ipywidgets.Image, png: bytes) -> None:
     """Show ``png`` in ``image`` at its natural size; a VBox would stretch it to the output's width."""
     width = int.from_bytes(png[16:20], "big")  # the IHDR chunk
@@ -345,9 +353,9 @@ class OptimizerPathExplorer(_Explorer):
             "learning_rate": ipywidgets.FloatLogSlider(
                 value=learning_rate,
                 base=10,
-                min=math.log10(_LEARNING_RATE_RANGE[0]),
-                max=math.log10(_LEARNING_RATE_RANGE[1]),
-                step=0.05,
+                # The browser moves the slider in steps from its min: a grid through the
+                # given value keeps it, where a click would otherwise snap it to a neighbour.
+                **_log_grid_through(learning_rate, _LEARNING_RATE_RANGE, step=0.05),
                 description="learning rate",
                 readout_format=".2g",
                 continuous_update=False,

@@ -453,3 +453,14 @@ def test_explorer_image_has_its_natural_size_and_labels_their_room(make):
     assert explorer.image.layout.height == "auto"  # keeping its aspect ratio
     for control in explorer.controls.values():
         assert control.style.description_width == "initial"  # "learning rate" in full
+
+
+@pytest.mark.parametrize("learning_rate", [0.1, 0.05, 0.0123, 1e-4, 1.0])
+def test_path_explorer_learning_rate_is_a_point_of_its_slider(learning_rate):
+    # The browser moves a log slider in steps from its min: off that grid, a click would change the value.
+    slider = widgets.OptimizerPathExplorer(learning_rate=learning_rate, steps=5).controls["learning_rate"]
+    assert slider.value == learning_rate
+    steps_from_min = (np.log10(learning_rate) - slider.min) / slider.step
+    assert abs(steps_from_min - round(steps_from_min)) < 1e-6
+    assert np.log10(widgets._LEARNING_RATE_RANGE[0]) - 1e-9 <= slider.min < slider.max <= np.log10(widgets._LEARNING_RATE_RANGE[1]) + 1e-9
+    assert slider.max - slider.min > 3.9  # still about four decades
