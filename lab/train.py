@@ -499,7 +499,15 @@ def progress_bar(**kwargs) -> tqdm:
     """
     mode = os.environ.get("LAB_PROGRESS", "auto")
     if mode == "auto":
-        return tqdm(mininterval=1.0, **kwargs)
+        bar = tqdm(mininterval=1.0, **kwargs)
+        container = getattr(bar, "container", None)  # the notebook widget: HBox(description, bar, text)
+        if container is not None:
+            # The widget's text never wraps (its spaces are non-breaking): let it take a row of its
+            # own when it does not fit, instead of squeezing the bar to nothing.
+            container.layout.flex_flow = "row wrap"
+            container.children[1].layout.flex = "2"
+            container.children[1].layout.min_width = "200px"
+        return bar
     if mode == "text":
         return std_tqdm(mininterval=10.0, **kwargs)
     if mode == "off":
@@ -517,12 +525,20 @@ def _seed_axes(pools: Pools) -> dict:
 
 
 def _postfix(row: Mapping[str, Any]) -> dict[str, float]:
-    """The progress bar's summary of a history row: means over seeds, measured values only."""
+    """The progress bar's summary of a history row: the training loss and the evaluations.
+
+    Means over seeds to 3 significant digits, measured values only, short names
+    (``loss``, ``test_acc``), so that the bar keeps its room on one line; the other
+    training metrics (per pool, mask rates) stay in the history.
+    """
     means = {}
     for name, value in row.items():
+        if name == "step" or (name.startswith("train_") and name != "train_loss"):
+            continue
         array = np.asarray(value, dtype=float)  # None (not measured) becomes NaN
-        if name != "step" and np.isfinite(array).any():
-            means[name] = round(float(np.nanmean(array)), 4)
+        if np.isfinite(array).any():
+            short = name.removeprefix("train_").replace("accuracy", "acc")
+            means[short] = float(f"{np.nanmean(array):.3g}")
     return means
 
 

@@ -14,10 +14,13 @@ Each explorer draws its figure once, for its default values, when it is built.
 ``show_static()`` displays that figure as a PNG image, which is all a notebook run
 without a widget front end (papermill, nbval, a static HTML export) can show.
 ``explorer()`` returns the ipywidgets UI: its controls, plus an image of the same
-figure that is re-drawn only when a control changes. Both figures are
+figure (at its natural size) that is re-drawn only when a control changes. The
+experiment explorer trains in a background thread, one run at a time: a change made
+during a run waits for it, and only the latest such change runs. Both figures are
 ``matplotlib.figure.Figure`` objects unknown to ``pyplot``, so the inline backend
 never displays them a second time on its own, and the callbacks work without a
-browser (the tests set ``control.value`` and read the ``Line2D`` data).
+browser (the tests set ``control.value``, wait for the run, and read the ``Line2D``
+data).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -54,6 +58,8 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 _DPI = 80
 _LEARNING_RATE_RANGE = (1e-4, 1.0)  # the path explorer's slider
 _MAX_STEPS = 500
+# Control labels such as "learning rate" are wider than ipywidgets' default label column.
+_STYLE = {"description_width": "initial"}
 
 
 # --------------------------------------------------------------------------
@@ -248,6 +254,21 @@ def _png(figure: matplotlib.figure.Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _log_grid_through(value: float, bounds: tuple[float, float], step: float) -> dict[str, float]:
+    """``min``, ``max`` and ``step`` of a FloatLogSlider within ``bounds`` whose grid holds ``value``."""
+    exponent = math.log10(value)
+    below = math.floor((exponent - math.log10(bounds[0])) / step + 1e-9)
+    above = math.floor((math.log10(bounds[1]) - exponent) / step + 1e-9)
+    return {"min": exponent - below * step, "max": exponent + above * step, "step": step}
+
+
+def _set_png(image: ipywidgets.Image, png: bytes) -> None:
+    """Show ``png`` in ``image`` at its natural size; a VBox would stretch it to the output's width."""
+    width = int.from_bytes(png[16:20], "big")  # the IHDR chunk
+    image.layout.width, image.layout.max_width, image.layout.height = f"{width}px", "100%", "auto"
+    image.value = png
+
+
 def _display_png(png: bytes) -> None:
     from IPython.display import Image, display
 
@@ -323,20 +344,25 @@ class OptimizerPathExplorer(_Explorer):
         self.figure = matplotlib.figure.Figure(figsize=(6.4, 4.4), layout="constrained")
         self.ax = self.figure.add_subplot()
         self.controls = {
-            "surface": ipywidgets.Dropdown(options=list(self.surfaces), value=surface, description="surface"),
-            "optimizer": ipywidgets.Dropdown(options=list(optimizers), value=optimizer, description="optimizer"),
+            "surface": ipywidgets.Dropdown(
+                options=list(self.surfaces), value=surface, description="surface", style=_STYLE
+            ),
+            "optimizer": ipywidgets.Dropdown(
+                options=list(optimizers), value=optimizer, description="optimizer", style=_STYLE
+            ),
             "learning_rate": ipywidgets.FloatLogSlider(
                 value=learning_rate,
                 base=10,
-                min=math.log10(_LEARNING_RATE_RANGE[0]),
-                max=math.log10(_LEARNING_RATE_RANGE[1]),
-                step=0.05,
+                # The browser moves the slider in steps from its min: a grid through the
+                # given value keeps it, where a click would otherwise snap it to a neighbour.
+                **_log_grid_through(learning_rate, _LEARNING_RATE_RANGE, step=0.05),
                 description="learning rate",
                 readout_format=".2g",
                 continuous_update=False,
+                style=_STYLE,
             ),
             "steps": ipywidgets.IntSlider(
-                value=steps, min=1, max=_MAX_STEPS, description="steps", continuous_update=False
+                value=steps, min=1, max=_MAX_STEPS, description="steps", continuous_update=False, style=_STYLE
             ),
         }
         self.image = ipywidgets.Image(format="png")
@@ -367,7 +393,7 @@ class OptimizerPathExplorer(_Explorer):
         summary = _path_summary(self.path, losses)
         self.ax.set_title(f"{surface.title}: {label}\n{summary}", fontsize="medium")
         self.status.value = summary
-        self.image.value = _png(self.figure)
+        _set_png(self.image, _png(self.figure))
 
     @property
     def path_line(self):
@@ -420,6 +446,21 @@ def _curves(result: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _learning_rates(low: float, high: float, default: float) -> list[float]:
+    """The learning rates a slider offers: 1 and 3 times each power of ten in [low, high], the ends, and the default.
+
+    The values are exact decimal floats (``3e-3`` itself), so choosing one reproduces a
+    configuration, and the default is always among them.
+    """
+    exponents = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    grid = {float(f"{mantissa}e{exponent}") for exponent in exponents for mantissa in (1, 3)}
+    return sorted({value for value in grid if low <= value <= high} | {low, high, default})
+
+
+def _describe_run(values: Mapping[str, Any]) -> str:
+    return f"{values['method']}, {values['labels_per_class']} labels/class, lr={values['learning_rate']:.1e}"
+
+
 class ExperimentExplorer(_Explorer):
     """Explore a training run's curves by label budget, method and learning rate.
 
@@ -434,9 +475,14 @@ class ExperimentExplorer(_Explorer):
     >>> explorer.explorer()         # the interactive version
 
     Controls are in ``explorer.controls`` (``"labels_per_class"``, ``"method"``,
-    ``"learning_rate"``); lines in ``explorer.lines`` (``"train_loss"``,
-    ``"accuracy"``). A run that raises leaves the plot as it was and shows the
-    error in ``explorer.status``.
+    ``"learning_rate"``: 1 and 3 times the powers of ten in ``learning_rate_range``,
+    and ``learning_rate`` itself); lines in ``explorer.lines`` (``"train_loss"``,
+    ``"accuracy"``). The defaults run when the explorer is built. A control change
+    runs in a background thread, so the kernel stays responsive: one run at a time,
+    a change made during a run waits for it, replacing any change already waiting,
+    and :meth:`wait` blocks until all are done. ``explorer.status`` names the run
+    in progress and the one the plot shows. A run that raises leaves the plot as it
+    was and shows the error in ``explorer.status``.
     """
 
     def __init__(
@@ -469,19 +515,22 @@ class ExperimentExplorer(_Explorer):
                 value=budgets[0] if default_labels_per_class is None else default_labels_per_class,
                 description="labels/class",
                 continuous_update=False,
+                style=_STYLE,
             ),
             "method": ipywidgets.Dropdown(
-                options=methods, value=methods[0] if default_method is None else default_method, description="method"
+                options=methods,
+                value=methods[0] if default_method is None else default_method,
+                description="method",
+                style=_STYLE,
             ),
-            "learning_rate": ipywidgets.FloatLogSlider(
-                value=learning_rate,
-                base=10,
-                min=math.log10(low),
-                max=math.log10(high),
-                step=0.25,
+            # A list of values, not a FloatLogSlider: a log slider snaps to its own grid in the
+            # browser, which need not hold the default (3e-3 became 3.2e-3 at a click, and ran).
+            "learning_rate": ipywidgets.SelectionSlider(
+                options=[(f"{rate:.1e}", rate) for rate in _learning_rates(low, high, float(learning_rate))],
+                value=float(learning_rate),
                 description="learning rate",
-                readout_format=".1e",
                 continuous_update=False,
+                style=_STYLE,
             ),
         }
         self.figure = matplotlib.figure.Figure(figsize=(9.0, 3.4), layout="constrained")
@@ -495,7 +544,14 @@ class ExperimentExplorer(_Explorer):
         accuracy_ax.set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(0.0, 1.0))
         self.image = ipywidgets.Image(format="png")
         self.status = ipywidgets.Label()
-        self.redraw(raise_errors=True)  # the default values must work: fail loudly here
+        # Guards what the worker thread and the control observers share: the run in
+        # progress, the request waiting for it, the status line.
+        self._lock = threading.Condition()
+        self._shown: dict[str, Any] = {}  # the values of the run the plot shows
+        self._running: dict[str, Any] | None = None
+        self._waiting: dict[str, Any] | None = None
+        self._outcome = self._show(self.values)  # the default values must work: fail loudly here
+        self.status.value = self._outcome
         self._watch_controls()
 
     def result(self, labels_per_class: int, method: str, learning_rate: float) -> dict[str, np.ndarray]:
@@ -505,33 +561,73 @@ class ExperimentExplorer(_Explorer):
             self.results[key] = _curves(self.run_fn(*key))
         return self.results[key]
 
-    def redraw(self, *, raise_errors: bool = False) -> None:
-        """Run (or fetch) the current values' curves and update the plot and its image.
+    def _on_change(self, _change: Mapping[str, Any]) -> None:
+        self.request(self.values)
 
-        A run that raises is reported in ``status`` and leaves the plot as it was,
-        unless ``raise_errors``.
+    def request(self, values: Mapping[str, Any]) -> None:
+        """Show the run of ``values`` (a dict like :attr:`values`): now, or after the run in progress.
+
+        A request for what is shown, or for the run in progress, changes nothing
+        (and drops the request waiting, if any); a new request replaces the waiting one.
         """
-        values = self.values
-        description = (
-            f"{values['method']}, {values['labels_per_class']} labels/class, " f"lr={values['learning_rate']:.1e}"
-        )
-        self.status.value = f"running {description} ..."
-        try:
-            curves = self.result(values["labels_per_class"], values["method"], values["learning_rate"])
-        except Exception as error:  # shown in the UI; the previous plot stays
-            if raise_errors:
-                raise
-            self.status.value = f"run failed for {description}: {type(error).__name__}: {error}"
+        values = dict(values)
+        with self._lock:
+            if self._running is not None:
+                self._waiting = None if values == self._running else values
+                self._update_status()
+                return
+            if values == self._shown:
+                return
+            self._running = values
+            self._update_status()
+        threading.Thread(target=self._work, args=(values,), name="ExperimentExplorer", daemon=True).start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until no run is in progress or waiting; False if ``timeout`` seconds passed first."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._running is None, timeout)
+
+    def _work(self, values: dict[str, Any] | None) -> None:
+        """The worker thread: run ``values``, then each request that arrived meanwhile, until none waits."""
+        while values is not None:
+            try:
+                outcome = self._show(values)
+            except Exception as error:  # shown in the UI; the previous plot stays
+                outcome = (
+                    f"run failed for {_describe_run(values)}: {type(error).__name__}: {error}; "
+                    f"the plot shows {_describe_run(self._shown)}"
+                )
+            with self._lock:
+                self._outcome = outcome
+                values, self._waiting = self._waiting, None
+                self._running = values
+                self._update_status()
+                self._lock.notify_all()
+
+    def _update_status(self) -> None:
+        """Set the status line from the run in progress and the one waiting (call with the lock held)."""
+        if self._running is None:
+            self.status.value = self._outcome
             return
+        line = f"running {_describe_run(self._running)} ..."
+        if self._waiting is not None:
+            line += f", then {_describe_run(self._waiting)}"
+        self.status.value = f"{line}; the plot shows {_describe_run(self._shown)}"
+
+    def _show(self, values: Mapping[str, Any]) -> str:
+        """Run (or fetch) the curves of ``values`` and draw them; returns the status line that describes them."""
+        curves = self.result(values["labels_per_class"], values["method"], values["learning_rate"])
+        description = _describe_run(values)
         for name, line in self.lines.items():
             line.set_data(curves["step"], curves[name])
             self.axes[name].relim()
             self.axes[name].autoscale_view()
         self.axes["accuracy"].set_ylim(0.0, 1.0)
         self.figure.suptitle(description, fontsize="medium")
+        _set_png(self.image, _png(self.figure))
+        self._shown = dict(values)
         accuracy = curves["accuracy"][np.isfinite(curves["accuracy"])]
-        self.status.value = f"{description}: final accuracy {accuracy[-1]:.3f}" if accuracy.size else description
-        self.image.value = _png(self.figure)
+        return f"{description}: final accuracy {accuracy[-1]:.3f}" if accuracy.size else description
 
     def explorer(self):
         """The ipywidgets UI: the controls above the curves, re-drawn on every change."""

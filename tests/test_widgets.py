@@ -4,11 +4,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import threading
+
 import ipywidgets
 import matplotlib.figure
 import numpy as np
 import optax
 import pytest
+
+import traitlets
 
 from lab import widgets
 
@@ -217,16 +221,19 @@ def test_experiment_controls_rerun_and_redraw():
     explorer = make_experiment_explorer(run)
 
     explorer.controls["labels_per_class"].value = 10
+    assert explorer.wait(timeout=60)
     assert run.calls[-1] == (10, "supervised", 0.01)
     expected = expected_curves(10, "supervised", 0.01)
     np.testing.assert_allclose(explorer.lines["accuracy"].get_ydata(), expected["accuracy"])
 
     explorer.controls["method"].value = "fixmatch"
+    assert explorer.wait(timeout=60)
     assert run.calls[-1] == (10, "fixmatch", 0.01)
     expected = expected_curves(10, "fixmatch", 0.01)
     np.testing.assert_allclose(explorer.lines["train_loss"].get_ydata(), expected["train_loss"])
 
     explorer.controls["learning_rate"].value = 0.1
+    assert explorer.wait(timeout=60)
     assert run.calls[-1] == (10, "fixmatch", 0.1)
     expected = expected_curves(10, "fixmatch", 0.1)
     np.testing.assert_allclose(explorer.lines["train_loss"].get_ydata(), expected["train_loss"])
@@ -238,7 +245,9 @@ def test_experiment_results_are_cached():
     run = FakeRun()
     explorer = make_experiment_explorer(run)
     explorer.controls["labels_per_class"].value = 1
+    assert explorer.wait(timeout=60)
     explorer.controls["labels_per_class"].value = 4
+    assert explorer.wait(timeout=60)
     assert run.calls == [(4, "supervised", 0.01), (1, "supervised", 0.01)]
     expected = expected_curves(4, "supervised", 0.01)
     np.testing.assert_allclose(explorer.lines["accuracy"].get_ydata(), expected["accuracy"])
@@ -255,7 +264,9 @@ def test_failed_run_keeps_the_plot_and_reports():
     explorer = make_experiment_explorer(sometimes_failing)
     before = explorer.lines["accuracy"].get_ydata().copy()
     explorer.controls["labels_per_class"].value = 1
+    assert explorer.wait(timeout=60)
     assert "run failed" in explorer.status.value and "out of memory" in explorer.status.value
+    assert "the plot shows supervised, 4 labels/class" in explorer.status.value
     np.testing.assert_allclose(explorer.lines["accuracy"].get_ydata(), before)
 
 
@@ -277,3 +288,179 @@ def test_experiment_show_static_and_ui(monkeypatch):
     assert len(shown) == 1 and bytes(shown[0].data).startswith(PNG_MAGIC)
     ui = explorer.explorer()
     assert repr(ui).startswith("ExperimentExplorer(labels_per_class=4")
+
+
+# --------------------------------------------------------------------------
+# lab.train.progress_bar in a notebook
+# --------------------------------------------------------------------------
+
+# A FixMatch history row for two seeds: a loss and an accuracy per pool, plus the test accuracy.
+FIXMATCH_ROW = {
+    "step": 100,
+    "train_loss": [0.51234, 0.6],
+    "train_labeled_loss": [0.1, 0.2],
+    "train_unlabeled_loss": [0.3, 0.31],
+    "train_unlabeled_weight": [1.0, 1.0],
+    "train_labeled_accuracy": [1.0, 0.9],
+    "train_mask_rate": [0.5, 0.6],
+    "train_pseudo_label_accuracy": [0.9, 0.91],
+    "test_accuracy": [0.7, 0.7234],
+}
+
+
+def test_progress_postfix_is_short():
+    import tqdm
+
+    from lab import train
+
+    bar = tqdm.tqdm(total=300, desc="train", unit="step", disable=True)
+    bar.set_postfix(train._postfix(FIXMATCH_ROW), refresh=False)
+    # tqdm's notebook widget cannot wrap it (spaces become non-breaking): a long one squeezes the bar to nothing.
+    assert len(bar.postfix) <= 40, bar.postfix
+    assert bar.postfix == "loss=0.556, test_acc=0.712"
+
+
+def test_progress_postfix_skips_unmeasured_values():
+    from lab import train
+
+    assert train._postfix({"step": 5, "train_loss": 2.0, "test_accuracy": None}) == {"loss": 2.0}
+
+
+def test_notebook_progress_bar_keeps_its_bar(monkeypatch, capsys):
+    import tqdm.notebook
+
+    from lab import train
+
+    monkeypatch.setenv("LAB_PROGRESS", "auto")
+    monkeypatch.setattr(train, "tqdm", tqdm.notebook.tqdm)  # what tqdm.auto is inside Jupyter
+    bar = train.progress_bar(total=300, desc="train", unit="step")
+    try:
+        description, progress, text = bar.container.children
+        assert isinstance(progress, ipywidgets.FloatProgress)
+        # Text that does not fit goes to a second row, and the bar keeps a width of its own.
+        assert bar.container.layout.flex_flow == "row wrap"
+        assert progress.layout.min_width and progress.layout.min_width != "0"
+        assert progress.layout.flex
+    finally:
+        bar.close()
+
+
+# --------------------------------------------------------------------------
+# Explorer controls and layout (what a browser showed wrong)
+# --------------------------------------------------------------------------
+
+
+def png_width(png: bytes) -> int:
+    return int.from_bytes(bytes(png)[16:20], "big")  # the IHDR chunk's width
+
+
+def test_learning_rate_control_offers_the_default_exactly():
+    run = FakeRun()
+    explorer = widgets.ExperimentExplorer(
+        run, labels_per_class=[1, 4], learning_rate=3e-3, learning_rate_range=(1e-4, 1e-1)
+    )
+    control = explorer.controls["learning_rate"]
+    choices = [value for _, value in control.options]
+    assert 3e-3 in choices and control.value == 3e-3
+    assert choices == sorted(choices) and choices[0] == 1e-4 and choices[-1] == 1e-1
+    assert {1e-3, 1e-2} <= set(choices)
+    with pytest.raises(traitlets.TraitError):
+        control.value = 3.2e-3  # off the grid: refused, never snapped to and run
+    control.value = 1e-2
+    assert explorer.wait(timeout=60)
+    control.value = 3e-3  # the default can be chosen again
+    assert explorer.wait(timeout=60)
+    assert run.calls == [(1, "supervised", 3e-3), (1, "supervised", 1e-2)]  # back to the default: cached
+
+
+def test_an_unchanged_value_starts_no_run():
+    run = FakeRun()
+    explorer = make_experiment_explorer(run)
+    for name, control in explorer.controls.items():
+        control.value = control.value
+    explorer.request(dict(explorer.values))
+    assert explorer.wait(timeout=60)
+    assert run.calls == [(4, "supervised", 0.01)]
+
+
+class BlockingRun(FakeRun):
+    """A FakeRun that, once ``block`` is set, waits in each call until ``release`` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = False
+        self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
+        self.active = self.most_active = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, labels_per_class, method, learning_rate):
+        with self._lock:
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+        try:
+            if self.block:
+                self.entered.release()
+                self.release.wait()
+            return super().__call__(labels_per_class, method, learning_rate)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+def test_explorer_runs_one_at_a_time_and_the_latest_request_wins():
+    run = BlockingRun()
+    explorer = make_experiment_explorer(run)
+    run.block = True
+    explorer.controls["labels_per_class"].value = 10
+    assert run.entered.acquire(timeout=60)  # the run of 10 labels/class is in progress
+    explorer.controls["labels_per_class"].value = 1  # queued ...
+    explorer.controls["method"].value = "fixmatch"  # ... and replaced by this one
+    assert explorer.status.value.startswith("running supervised, 10 labels/class")
+    assert "then fixmatch, 1 labels/class" in explorer.status.value
+    assert "the plot shows supervised, 4 labels/class" in explorer.status.value
+    run.release.set()
+    assert explorer.wait(timeout=60)
+    assert run.calls == [(4, "supervised", 0.01), (10, "supervised", 0.01), (1, "fixmatch", 0.01)]
+    assert run.most_active == 1
+    expected = expected_curves(1, "fixmatch", 0.01)
+    np.testing.assert_allclose(explorer.lines["accuracy"].get_ydata(), expected["accuracy"])
+    assert explorer.status.value.startswith("fixmatch, 1 labels/class")
+    assert explorer.figure._suptitle.get_text().startswith("fixmatch, 1 labels/class")
+
+
+def test_going_back_to_the_running_values_drops_the_queued_request():
+    run = BlockingRun()
+    explorer = make_experiment_explorer(run)
+    run.block = True
+    explorer.controls["labels_per_class"].value = 10
+    assert run.entered.acquire(timeout=60)
+    explorer.controls["labels_per_class"].value = 1
+    explorer.controls["labels_per_class"].value = 10
+    run.release.set()
+    assert explorer.wait(timeout=60)
+    assert run.calls == [(4, "supervised", 0.01), (10, "supervised", 0.01)]
+    assert explorer.status.value.startswith("supervised, 10 labels/class")
+
+
+@pytest.mark.parametrize("make", [lambda: make_experiment_explorer(FakeRun()), lambda: widgets.OptimizerPathExplorer(steps=5)])
+def test_explorer_image_has_its_natural_size_and_labels_their_room(make):
+    explorer = make()
+    width = png_width(explorer.image.value)
+    assert width > 100
+    assert explorer.image.layout.width == f"{width}px"  # not stretched to the output's width
+    assert explorer.image.layout.max_width == "100%"  # but shrunk in a narrow one
+    assert explorer.image.layout.height == "auto"  # keeping its aspect ratio
+    for control in explorer.controls.values():
+        assert control.style.description_width == "initial"  # "learning rate" in full
+
+
+@pytest.mark.parametrize("learning_rate", [0.1, 0.05, 0.0123, 1e-4, 1.0])
+def test_path_explorer_learning_rate_is_a_point_of_its_slider(learning_rate):
+    # The browser moves a log slider in steps from its min: off that grid, a click would change the value.
+    slider = widgets.OptimizerPathExplorer(learning_rate=learning_rate, steps=5).controls["learning_rate"]
+    assert slider.value == learning_rate
+    steps_from_min = (np.log10(learning_rate) - slider.min) / slider.step
+    assert abs(steps_from_min - round(steps_from_min)) < 1e-6
+    assert np.log10(widgets._LEARNING_RATE_RANGE[0]) - 1e-9 <= slider.min < slider.max <= np.log10(widgets._LEARNING_RATE_RANGE[1]) + 1e-9
+    assert slider.max - slider.min > 3.9  # still about four decades
