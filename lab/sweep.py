@@ -677,7 +677,9 @@ def run_sweep(
         else:
             parameters = dict(point.parameters)
             if with_output_dir and OUTPUT_DIR_PARAMETER not in parameters:
-                parameters[OUTPUT_DIR_PARAMETER] = str(sweep_dir / point.point_id)
+                # Absolute: a notebook resolves a relative output_dir against its project root
+                # (lab.notebook.project_path), which need not be the folder this sweep runs in.
+                parameters[OUTPUT_DIR_PARAMETER] = str((sweep_dir / point.point_id).absolute())
             tasks.append(
                 RunTask(
                     sweep=name,

@@ -200,7 +200,7 @@ def test_local_sweep_records_results_and_isolates_failures(local_sweep):
     for point_id, row in rows.items():
         x, mode = row.parameters["x"], row.parameters["mode"]
         assert row.point_id == sweep.point_id({"x": x, "mode": mode, "seeds": [0, 1, 2]})
-        assert row.parameters["output_dir"] == f"runs/tiny-local/{point_id}"
+        assert row.parameters["output_dir"] == str(root / "runs" / "tiny-local" / point_id)
         assert row.output_notebook == f"runs/tiny-local/{point_id}.ipynb" and (root / row.output_notebook).is_file()
         assert f"tiny notebook: x={x} seeds=[0, 1, 2] mode={mode}" in (root / row.log_path).read_text()
         assert row.started_at <= row.ended_at and row.duration_s > 0
