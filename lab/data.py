@@ -24,7 +24,6 @@ import os
 import random
 import struct
 import urllib.request
-import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lab import cache
+from lab import cache, files
 from lab.cache import cache_dir
 
 __all__ = [
@@ -272,17 +271,9 @@ def _gunzip_if_gzip(data: bytes, origin: str) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: its files are private (0600); open(..., "x") keeps the user's umask.
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-    try:
-        with open(temp, "xb") as file:
-            file.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    """Write ``data`` so that readers never see a partial file (see :mod:`lab.files`)."""
+    with files.atomic_path(path) as temporary:
+        temporary.write_bytes(data)
 
 
 # --------------------------------------------------------------------------- MNIST-style datasets

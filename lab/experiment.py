@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.metadata
 import json
-import os
-import platform
-import subprocess
 import time
 import types
 import typing
@@ -32,9 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lab import data, metrics, models, optim, ssl, train, transfer
+from lab import data, files, metrics, models, optim, provenance, ssl, train, transfer
+from lab.record import Record
 
 SETUPS = ("supervised", "semi_supervised", "transfer")
+# Results name the git commit of lab's own source, wherever the run is started from.
+_SOURCE_DIR = Path(__file__).parent
 _CHECK_SHAPE = (8, 8, 1)  # any valid input shape: hyperparameter checks do not depend on it
 
 
@@ -197,7 +196,7 @@ class Result:
     metrics: dict[str, list[float]]  # final test metrics per seed: accuracy, macro_f1, ece, ...
     curves: dict[str, list]  # "step", then per evaluation one list per seed (test_accuracy, train_loss, ...)
     wall_time_s: dict[str, float]  # pretrain (0 on a cache hit), compile, train
-    environment: dict[str, Any]  # library versions, git commit, devices
+    environment: dict[str, Any]  # library versions, git commit, host, devices (lab.provenance.environment)
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Mean and (population) standard deviation over seeds of each final metric."""
@@ -206,29 +205,30 @@ class Result:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The result as JSON, as ``lab run --output`` writes it: the fields above, and under ``"record"``
+        the :class:`~lab.record.Record` of :meth:`record`, as sweeps and the results store keep it."""
+        return {**dataclasses.asdict(self), "record": self.record().to_dict()}
 
-    def record(self) -> dict[str, Any]:
-        """The payload notebooks hand to :func:`lab.store.record` for sweeps and reports."""
-        return {
-            "dataset": self.config["dataset"],
-            "setup": self.config["setup"],
-            "method": ExperimentConfig.from_dict(self.config).method_label,
-            "labels_per_class": self.config["labels_per_class"],
-            "seeds": self.seeds,
-            "metrics": self.metrics,
-            "curves": {"step": self.curves["step"], "accuracy": self.curves["test_accuracy"]},
-            "wall_time_s": self.wall_time_s,
-        }
+    def record(self) -> Record:
+        """The run's record, the schema that notebooks (:func:`lab.record.emit`), sweeps and reports share."""
+        return Record.from_dict(
+            {
+                "dataset": self.config["dataset"],
+                "setup": self.config["setup"],
+                "method": ExperimentConfig.from_dict(self.config).method_label,
+                "labels_per_class": self.config["labels_per_class"],
+                "seeds": self.seeds,
+                "metrics": self.metrics,
+                "curves": {"step": self.curves["step"], "accuracy": self.curves["test_accuracy"]},
+                "wall_time_s": self.wall_time_s,
+            }
+        )
 
     def save(self, path: str | Path) -> Path:
-        """Write the result as JSON atomically (temporary file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(temporary, path)
-        return path
+        """Write :meth:`to_dict` as JSON, atomically (see :mod:`lab.files`)."""
+        with files.atomic_path(path) as temporary:
+            temporary.write_text(json.dumps(self.to_dict(), indent=2))
+        return Path(path)
 
 
 def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) -> Result:
@@ -316,7 +316,7 @@ def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) 
         metrics={name: [row[name] for row in per_seed] for name in per_seed[0]},
         curves=_curves(fit.history),
         wall_time_s={name: round(seconds, 3) for name, seconds in wall.items()},
-        environment=environment(),
+        environment=provenance.environment(_SOURCE_DIR),
     )
 
 
@@ -366,21 +366,3 @@ def _curves(history: list[dict[str, Any]]) -> dict[str, list]:
     """Columns of the evaluated history rows (every row that has a test accuracy)."""
     rows = [row for row in history if "test_accuracy" in row]
     return {name: [row[name] for row in rows] for name in rows[0]} if rows else {"step": [], "test_accuracy": []}
-
-
-@functools.cache
-def environment() -> dict[str, Any]:
-    """Library versions, git commit and devices, for the record of a run."""
-    versions = {"python": platform.python_version()}
-    for package in ("lab", "jax", "jaxlib", "flax", "optax", "numpy"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"versions": versions, "git_commit": commit, "devices": [str(device) for device in jax.devices()]}

@@ -75,7 +75,7 @@ def test_every_setup_runs_and_reports_per_seed_results(setup_values):
     assert np.shape(result.curves["test_accuracy"]) == (2, 2)  # evaluations x seeds
     assert set(result.wall_time_s) == {"pretrain", "compile", "train"}
     assert result.environment["versions"]["jax"]
-    payload = result.record()
+    payload = result.record().to_dict()
     assert payload["setup"] == setup_values["setup"] and payload["labels_per_class"] == 2
     json.dumps(result.to_dict())  # JSON-ready
     summary = result.summary()["accuracy"]
@@ -107,7 +107,7 @@ def test_class_split_transfer_pretrains_on_the_other_classes(tmp_path):
          "pretrain_kwargs": {"steps": 30}},
         progress=False,
     )
-    assert result.record()["method"] == "classes+finetune"
+    assert result.record().method == "classes+finetune"
     (entry,) = (tmp_path / "cache" / "pretrained").iterdir()  # one cached backbone, pretrained on 0-4
     assert json.loads((entry / "config.json").read_text())["config"]["source_classes"] == [0, 1, 2, 3, 4]
     assert result.metrics["accuracy"][0] > 0.4  # a 5-way task, chance is 0.2

@@ -1,5 +1,5 @@
-"""Results store: notebook records, the SQLite store under parallel writers, schema
-versions, the pandas view, exports (CSV, Parquet, MLflow) and `lab runs`."""
+"""Results store: notebook records (lab.record), the SQLite store under parallel writers, schema
+versions, the pandas view, exports (CSV, Parquet, MLflow; lab.export), provenance and `lab runs`."""
 
 import argparse
 import io
@@ -17,7 +17,8 @@ import pandas as pd
 import papermill
 import pytest
 
-from lab import store
+from lab import cli, export, files, provenance, record, store
+from lab.record import Record
 from lab.store import ResultsStore, RunRow
 
 
@@ -63,15 +64,15 @@ def test_record_round_trip_through_an_executed_notebook(tmp_path):
 
     first = "seeds=[0], accuracy=np.array([0.75]), curve=[[0.5], [0.75]], wall=1.0"
     second = "seeds=[3], accuracy=[np.float32(0.5)], curve=[[0.25], [0.5]], wall=2.0"
-    cells = [nbformat.v4.new_code_cell("import numpy as np\nimport lab.store")]
+    cells = [nbformat.v4.new_code_cell("import numpy as np\nimport lab.record")]
     for arguments in (first, second):
         cells.append(
             nbformat.v4.new_code_cell(
                 f"def report({arguments}):\n"
-                "    lab.store.record({'dataset': 'digits', 'setup': 'supervised', 'method': 'erm',\n"
-                "                      'labels_per_class': 2, 'seeds': seeds, 'metrics': {'accuracy': accuracy},\n"
-                "                      'curves': {'step': [0, 100], 'accuracy': curve},\n"
-                "                      'wall_time_s': {'train': wall}})\n"
+                "    lab.record.emit({'dataset': 'digits', 'setup': 'supervised', 'method': 'erm',\n"
+                "                    'labels_per_class': 2, 'seeds': seeds, 'metrics': {'accuracy': accuracy},\n"
+                "                    'curves': {'step': [0, 100], 'accuracy': curve},\n"
+                "                    'wall_time_s': {'train': wall}})\n"
                 "report()"
             )
         )
@@ -86,16 +87,16 @@ def test_record_round_trip_through_an_executed_notebook(tmp_path):
 
     outputs = [output for cell in nbformat.read(executed, as_version=4).cells for output in cell.get("outputs", [])]
     assert all("lab record: digits / supervised / erm" in output["data"]["text/plain"] for output in outputs)
-    record = store.read_records(executed)
-    assert record["seeds"] == [0, 3]
-    assert record["metrics"]["accuracy"] == [0.75, 0.5]
-    assert record["curves"] == {"step": [0, 100], "accuracy": [[0.5, 0.25], [0.75, 0.5]]}
-    assert record["wall_time_s"] == {"train": 3.0}
+    merged = record.read(executed)
+    assert merged.seeds == [0, 3]
+    assert merged.metrics["accuracy"] == [0.75, 0.5]
+    assert merged.curves == {"step": [0, 100], "accuracy": [[0.5, 0.25], [0.75, 0.5]]}
+    assert merged.wall_time_s == {"train": 3.0}
 
 
 def _notebook_with_records(*payloads):
     outputs = [
-        nbformat.v4.new_output("display_data", data={store.RECORD_MIME_TYPE: payload, "text/plain": "record"})
+        nbformat.v4.new_output("display_data", data={record.MIME_TYPE: payload, "text/plain": "record"})
         for payload in payloads
     ]
     return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("", outputs=outputs)])
@@ -104,8 +105,8 @@ def _notebook_with_records(*payloads):
 def test_read_records_names_the_notebook_without_a_record(tmp_path):
     path = tmp_path / "silent.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")]), path)
-    with pytest.raises(store.RecordNotFoundError, match=r"silent\.ipynb holds no lab record"):
-        store.read_records(path)
+    with pytest.raises(record.RecordNotFoundError, match=r"silent\.ipynb holds no lab record"):
+        record.read(path)
 
 
 @pytest.mark.parametrize(
@@ -117,7 +118,7 @@ def test_read_records_names_the_notebook_without_a_record(tmp_path):
 )
 def test_records_that_cannot_be_merged_are_refused(second, message):
     with pytest.raises(ValueError, match=message):
-        store.records_from_notebook(_notebook_with_records(make_payload(), second), "nb.ipynb")
+        record.from_notebook(_notebook_with_records(make_payload(), second), "nb.ipynb")
 
 
 @pytest.mark.parametrize(
@@ -135,14 +136,14 @@ def test_invalid_payloads_are_refused_with_the_reason(change, message):
     payload = make_payload()
     change(payload)
     with pytest.raises(ValueError, match=message):
-        store.record(payload)
+        record.emit(payload)
 
 
 def test_payload_numbers_from_numpy_become_plain_json():
-    checked = store.validate_payload(make_payload(accuracy=np.array([0.25, 0.5], dtype=np.float32), seeds=np.arange(2)))
-    assert checked["metrics"]["accuracy"] == [0.25, 0.5]
-    assert checked["seeds"] == [0, 1] and all(type(seed) is int for seed in checked["seeds"])
-    json.dumps(checked)
+    checked = Record.from_dict(make_payload(accuracy=np.array([0.25, 0.5], dtype=np.float32), seeds=np.arange(2)))
+    assert checked.metrics["accuracy"] == [0.25, 0.5]
+    assert checked.seeds == [0, 1] and all(type(seed) is int for seed in checked.seeds)
+    json.dumps(checked.to_dict())
 
 
 # --------------------------------------------------------------------------------------
@@ -423,33 +424,33 @@ def test_load_expands_parameters_and_metrics(filled_store):
 
 
 def test_export_csv_and_parquet(filled_store, tmp_path):
-    csv_path = store.export(tmp_path / "out" / "runs.csv", "csv", "s", path=filled_store)
+    csv_path = export.export(tmp_path / "out" / "runs.csv", "csv", "s", path=filled_store)
     from_csv = pd.read_csv(csv_path)
     assert list(from_csv["point_id"]) == ["a1", "b2", "c3"]
     assert json.loads(from_csv.loc[0, "accuracy"]) == [0.8, 0.9]
     assert json.loads(from_csv.loc[0, "curves"])["accuracy"] == [[0.1, 0.2], [0.8, 0.9]]
 
-    parquet_path = store.export(tmp_path / "runs.parquet", "parquet", path=filled_store)
+    parquet_path = export.export(tmp_path / "runs.parquet", "parquet", path=filled_store)
     from_parquet = pd.read_parquet(parquet_path)
     assert len(from_parquet) == 4
     assert list(from_parquet.loc[0, "accuracy"]) == [0.8, 0.9]
     assert json.loads(from_parquet.loc[0, "parameters"])["method"] == "fixmatch"
 
     with pytest.raises(ValueError, match="export format 'xlsx' is not one of csv, parquet"):
-        store.export(tmp_path / "runs.xlsx", "xlsx", path=filled_store)
+        export.export(tmp_path / "runs.xlsx", "xlsx", path=filled_store)
 
 
 def test_parquet_export_without_pyarrow_says_what_to_install(filled_store, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(ImportError, match=r"pip install 'lab\[parquet\]'"):
-        store.export(tmp_path / "runs.parquet", "parquet", path=filled_store)
+        export.export(tmp_path / "runs.parquet", "parquet", path=filled_store)
     assert not (tmp_path / "runs.parquet").exists()
 
 
-def test_atomic_output_keeps_the_old_file_when_writing_fails(tmp_path):
+def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "table.csv"
     target.write_text("old")
-    with pytest.raises(RuntimeError), store.atomic_output(target) as temporary:
+    with pytest.raises(RuntimeError), files.atomic_path(target) as temporary:
         temporary.write_text("half")
         raise RuntimeError("interrupted")
     assert target.read_text() == "old"
@@ -464,7 +465,7 @@ def test_atomic_output_keeps_the_old_file_when_writing_fails(tmp_path):
 def test_git_commit_inside_and_outside_a_repository(tmp_path):
     outside = tmp_path / "plain"
     outside.mkdir()
-    assert store.git_commit(outside) is None
+    assert provenance.git_commit(outside) is None
     repository = tmp_path / "repo"
     repository.mkdir()
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
@@ -473,12 +474,12 @@ def test_git_commit_inside_and_outside_a_repository(tmp_path):
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=repository, check=True, capture_output=True, text=True
     ).stdout.strip()
-    assert store.git_commit(repository) == head
+    assert provenance.git_commit(repository) == head
 
 
 def test_library_versions_name_python_and_the_numeric_libraries():
-    versions = store.library_versions()
-    assert set(versions) == {"python", "jax", "flax", "optax", "lab"}
+    versions = provenance.library_versions()
+    assert set(versions) == {"python", "jax", "jaxlib", "flax", "optax", "numpy", "lab"}
     assert versions["python"] == ".".join(map(str, sys.version_info[:3]))
 
 
@@ -490,7 +491,7 @@ def test_library_versions_name_python_and_the_numeric_libraries():
 def test_mlflow_export_without_mlflow_says_what_to_install(filled_store, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)
     with pytest.raises(ImportError, match=r"pip install 'lab\[mlflow\]'"):
-        store.export_mlflow("s", path=filled_store)
+        export.export_mlflow("s", path=filled_store)
 
 
 def test_mlflow_export_logs_parameters_metrics_and_notebook(filled_store, tmp_path, monkeypatch):
@@ -523,7 +524,7 @@ def test_mlflow_export_logs_parameters_metrics_and_notebook(filled_store, tmp_pa
     fake.start_run = FakeRun
     monkeypatch.setitem(sys.modules, "mlflow", fake)
 
-    assert store.export_mlflow("s", "sqlite:///mlflow.db", path=filled_store) == ["mlflow-a1", "mlflow-b2"]
+    assert export.export_mlflow("s", "sqlite:///mlflow.db", path=filled_store) == ["mlflow-a1", "mlflow-b2"]
     assert calls[:2] == [("tracking_uri", "sqlite:///mlflow.db"), ("experiment", "s")]
     run, params, metrics = calls[2], calls[3], calls[4]
     assert run[1] == "a1" and run[2]["lab.sweep"] == "s" and run[2]["lab.version.jax"] == "0.7.1"
@@ -544,7 +545,7 @@ def test_mlflow_export_logs_parameters_metrics_and_notebook(filled_store, tmp_pa
 
 def _run_cli(*argv):
     parser = argparse.ArgumentParser(prog="lab")
-    store.register_cli(parser.add_subparsers(dest="command", required=True))
+    cli.add_runs_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.handler(args)
 
@@ -584,5 +585,5 @@ def test_exporting_an_unknown_sweep_or_into_a_folder_says_so_before_writing(fill
     with pytest.raises(ValueError, match=r"no sweep named 'nope' in .*; `lab runs list` shows the sweeps"):
         _run_cli("runs", "--store", str(filled_store), "export", "--sweep", "nope", "--output", str(tmp_path / "x.csv"))
     with pytest.raises(ValueError, match=f"export output {tmp_path} is a folder; give a file name"):
-        store.export(tmp_path, path=tmp_path / "never-read.db")
+        export.export(tmp_path, path=tmp_path / "never-read.db")
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "never-read.db").exists()
