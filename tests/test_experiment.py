@@ -118,3 +118,18 @@ def test_result_saves_atomically_as_json(tmp_path):
     path = result.save(tmp_path / "out" / "result.json")
     assert json.loads(path.read_text())["metrics"] == result.metrics
     assert [p.name for p in path.parent.iterdir()] == ["result.json"]
+
+
+def test_lab_run_writes_the_record_to_output_and_store(tmp_path, capsys):
+    from lab import cli, store, sweep
+
+    output, results = tmp_path / "result.json", tmp_path / "results.db"
+    argv = ["run", "steps=20", "eval_every=10", "labels_per_class=2", "seeds=[0,1]", "--no-progress",
+            "--output", str(output), "--store", str(results), "--sweep", "cli-runs"]
+    assert cli.main(argv) == 0
+    saved = json.loads(output.read_text())
+    (row,) = store.ResultsStore(results).rows("cli-runs")
+    assert row.status == "done" and row.payload == saved["record"] and row.parameters == saved["config"]
+    assert row.point_id == sweep.point_id(saved["config"]) and row.versions == saved["environment"]["versions"]
+    assert saved["record"]["seeds"] == [0, 1] and saved["record"]["metrics"]["accuracy"] == saved["metrics"]["accuracy"]
+    assert f"saved as point {row.point_id} of sweep cli-runs" in capsys.readouterr().err
