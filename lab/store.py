@@ -139,7 +139,7 @@ class RunRow:
     notebook: str
     parameters: dict[str, Any]
     status: str
-    payload: dict[str, Any] | None = None
+    payload: dict[str, Any] | None = None  # the point's record as JSON (lab.record.Record.to_dict)
     error: str | None = None
     traceback: str | None = None
     started_at: str | None = None
