@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import subprocess
@@ -36,6 +37,7 @@ from lab import data, metrics, models, optim, ssl, train, transfer
 
 SETUPS = ("supervised", "semi_supervised", "transfer")
 _CHECK_SHAPE = (8, 8, 1)  # any valid input shape: hyperparameter checks do not depend on it
+_MAX_SEED = 2**31 - 1  # seeds are stacked into an int32 array for the vmapped initialisation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,12 +99,18 @@ class ExperimentConfig:
         if not self.seeds:
             raise ValueError("seeds must name at least one seed, got ()")
         _distinct("seeds", self.seeds)
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.backbone_lr_multiplier:
-            raise ValueError(f"backbone_lr_multiplier must be >= 0, got {self.backbone_lr_multiplier}")
+        if not all(0 <= seed <= _MAX_SEED for seed in self.seeds):
+            raise ValueError(f"seeds must be integers in 0..{_MAX_SEED}, got {list(self.seeds)}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        for name in ("weight_decay", "backbone_lr_multiplier"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        data.check_data_dir(self.dataset, self.data_dir)
+        allowed = models.default_hyperparameters(self.model)
+        unknown = sorted(set(self.model_kwargs) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown model_kwargs {unknown} for model {self.model!r}; allowed: {sorted(allowed)}")
         if self.classes is not None:
             _distinct("classes", self.classes)
             num_classes = len(data.CLASS_NAMES[self.dataset])
@@ -224,11 +232,25 @@ class Result:
     def save(self, path: str | Path) -> Path:
         """Write the result as JSON atomically (temporary file, then rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(temporary, path)
+        data.write_atomic(path, json.dumps(self.to_dict(), indent=2).encode())
         return path
+
+
+def check_output(path: str | Path) -> None:
+    """Refuse, without creating anything, a path :meth:`Result.save` could not write,
+    so that a run fails before training rather than after it."""
+    path = Path(path)
+    problem = None
+    if path.is_dir():
+        problem = "it is a folder; give a file path such as result.json"
+    else:
+        existing = next(parent for parent in path.absolute().parents if parent.exists())
+        if not existing.is_dir():
+            problem = f"{existing} is a file, not a folder"
+        elif not os.access(existing, os.W_OK):
+            problem = f"{existing} is not writable"
+    if problem:
+        raise ValueError(f"cannot write the result to {path}: {problem}")
 
 
 def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) -> Result:
@@ -238,6 +260,7 @@ def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) 
     config.validate()
     train.enable_compilation_cache()
     dataset = _load(config)
+    dataset.check_batch_size(config.batch_size)
     splits = [data.labeled_split(dataset.y_train, config.labels_per_class, seed) for seed in config.seeds]
     wall = {"pretrain": 0.0}
 
@@ -336,7 +359,7 @@ def _load(config: ExperimentConfig) -> data.Dataset:
 
 
 def _load_named(config: ExperimentConfig, name: str) -> data.Dataset:
-    kwargs = {"data_dir": config.data_dir} if name in ("fashion_mnist", "mnist") else {}
+    kwargs = {"data_dir": config.data_dir} if name in data.DATA_DIR_DATASETS else {}
     return data.load(name, **kwargs)
 
 
