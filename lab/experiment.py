@@ -184,6 +184,12 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, Mapping):
             raise ValueError(f"{name} must be a mapping, got {value!r}")
         return dict(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads 1e-3 (no dot) as text; Python's float() reads it as the number meant.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is int and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
@@ -317,19 +323,23 @@ def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) 
         logits = np.asarray(test_logits(state.params, state.model_state))
         return {"test_accuracy": (logits.argmax(-1) == dataset.y_test).mean(-1)}
 
-    fit = train.fit(
-        model,
-        state,
-        tx,
-        objective,
-        pools,
-        steps=config.steps,
-        batch_size=config.batch_size,
-        eval_every=min(config.eval_every, config.steps),
-        evaluate=evaluate,
-        seed_axis=True,
-        progress=progress,
-    )
+    try:
+        fit = train.fit(
+            model,
+            state,
+            tx,
+            objective,
+            pools,
+            steps=config.steps,
+            batch_size=config.batch_size,
+            eval_every=min(config.eval_every, config.steps),
+            evaluate=evaluate,
+            seed_axis=True,
+            progress=progress,
+        )
+    except train.NonFiniteLossError as error:
+        # A run keeps no checkpoints: its last finite state ends with the process.
+        raise train.NonFiniteLossError(error.step, error.last_finite_loss, error.state, "Nothing was saved") from None
     wall.update(fit.wall_time_s)
     logits = np.asarray(test_logits(fit.state.params, fit.state.model_state))
     per_seed = [metrics.classification_metrics(seed_logits, dataset.y_test) for seed_logits in logits]

@@ -31,6 +31,7 @@ RUN_CASES = [
     (["run", "batch_size=100000"], "batch_size=100000 is larger than the 1347 training examples of digits"),
     (["run", "--output", "{tmp}"], "cannot write the result to {tmp}: it is a folder"),
     (["run", "--output", "{tmp}/list.yaml/result.json"], "{tmp}/list.yaml is a file, not a folder"),
+    (["run", "optimizer=sgd", "learning_rate=1e6", "steps=50", "--no-progress"], "training stopped. Nothing was saved."),
 ]
 
 # Option values that argparse refuses (types, choices) are its own usage-and-error output,

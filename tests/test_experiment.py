@@ -53,6 +53,9 @@ def test_lists_and_mappings_given_as_text_are_parsed():
     assert config.seeds == (0, 1) and config.model_kwargs == {"hidden": [32]}
     with pytest.raises(ValueError, match="seeds must be a list of integers"):
         experiment.ExperimentConfig.from_dict({"seeds": "zero"})
+    assert experiment.ExperimentConfig.from_dict({"learning_rate": "1e-3"}).learning_rate == 0.001  # YAML's text
+    with pytest.raises(ValueError, match="learning_rate must be of type float, got 'fast'"):
+        experiment.ExperimentConfig.from_dict({"learning_rate": "fast"})
 
 
 def test_too_many_labels_per_class_fails_naming_the_smallest_class():
