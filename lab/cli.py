@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -30,15 +31,15 @@ def positive_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
 def non_negative_float(text: str) -> float:
     value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 
@@ -62,7 +63,12 @@ def add_train_command(subparsers) -> None:
     parser.add_argument("--eval-every", type=positive_int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-parallel", action="store_true", help="shard each batch over all local devices")
-    parser.add_argument("--workdir", default=None, help="checkpoint here and resume from the latest checkpoint")
+    parser.add_argument(
+        "--workdir", default=None, help="record the config and checkpoint here; resume from the latest checkpoint"
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=positive_int, default=500, help="steps between checkpoints (with --workdir)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run_train)
 
@@ -86,7 +92,9 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         data_parallel=args.data_parallel,
     )
-    result = train.train_and_evaluate(config, args.workdir, progress=not args.no_progress)
+    result = train.train_and_evaluate(
+        config, args.workdir, checkpoint_every=args.checkpoint_every, progress=not args.no_progress
+    )
     print(json.dumps({"config": result["config"], "test": result["test"], "wall_time_s": result["wall_time_s"]}, indent=2))
     return 0
 
@@ -160,11 +168,13 @@ def read_config_file(path: str) -> dict:
 
 
 def run_experiment(args: argparse.Namespace) -> int:
-    from lab import experiment, provenance, store, sweep
+    from lab import experiment, files, provenance, store, sweep
 
     fields = read_config_file(args.config) if args.config else {}
     fields.update(parse_fields(args.fields))
-    # Opened before the run, so that a store that cannot be used fails before any training.
+    # Checked before the run, so that an output that cannot be written fails before any training.
+    if args.output:
+        files.check_output_path(args.output, "--output")
     results = None
     if args.store:
         sweep.check_name(args.sweep)
@@ -204,16 +214,18 @@ def add_data_command(subparsers) -> None:
     parser = subparsers.add_parser("data", help="find, download (opt-in) and describe datasets")
     parser.add_argument("action", choices=("info", "download"))
     parser.add_argument("dataset", choices=data.DATASETS)
-    parser.add_argument("--data-dir", default=None, help="folder with the IDX files (fashion_mnist, mnist)")
+    parser.add_argument(
+        "--data-dir", default=None, help=f"folder with the IDX files ({', '.join(data.DATA_DIR_DATASETS)})"
+    )
     parser.set_defaults(handler=run_data)
 
 
 def run_data(args: argparse.Namespace) -> int:
     from lab import data
 
-    kwargs = {}
-    if args.dataset in ("fashion_mnist", "mnist"):
-        kwargs = {"data_dir": args.data_dir, "download": args.action == "download"}
+    kwargs = {} if args.data_dir is None else {"data_dir": args.data_dir}
+    if args.dataset in data.DATA_DIR_DATASETS:
+        kwargs["download"] = args.action == "download"
     dataset = data.load(args.dataset, **kwargs)
     info = {
         "name": dataset.name,

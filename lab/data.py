@@ -37,12 +37,14 @@ from lab.cache import cache_dir
 __all__ = [
     "CLASS_NAMES",
     "DATASETS",
+    "DATA_DIR_DATASETS",
     "MIRRORS",
     "SHA256",
     "DataNotFoundError",
     "Dataset",
     "IDXFormatError",
     "cache_dir",
+    "check_data_dir",
     "digits",
     "fashion_mnist",
     "labeled_split",
@@ -98,6 +100,13 @@ class Dataset:
             raise ValueError(
                 f"{self.name}: train inputs have shape {self.x_train.shape[1:]} but test inputs {self.x_test.shape[1:]}"
             )
+        # One class trains a constant predictor and reports chance accuracy as a result.
+        present = np.unique(self.y_train)
+        if len(present) < 2:
+            raise ValueError(
+                f"{self.name}: the training labels hold {len(present)} class{'es' if len(present) != 1 else ''} "
+                f"({present.tolist()}); a classifier needs at least 2"
+            )
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -106,6 +115,14 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """Refuse batches drawn from the training set that are larger than it."""
+        if batch_size > len(self.y_train):
+            raise ValueError(
+                f"batch_size={batch_size} is larger than the {len(self.y_train)} training examples of {self.name}; "
+                f"choose at most {len(self.y_train)}"
+            )
 
     def subset(self, classes: Sequence[int]) -> Dataset:
         """Keep only ``classes``; label ``classes[i]`` becomes ``i``.
@@ -189,7 +206,7 @@ def mnist1d(*, seed: int = 42) -> Dataset:
         }
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        _write_atomic(path, buffer.getvalue())
+        files.write_atomic(path, buffer.getvalue())
     return Dataset("mnist1d", **arrays, class_names=_DIGIT_NAMES, source=f"mnist1d.data.make_dataset(seed={seed})")
 
 
@@ -258,7 +275,7 @@ def write_idx(path: PathLike, array: np.ndarray) -> None:
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     data = header + array.astype(_IDX_DTYPES[code]).tobytes()
     # mtime=0 makes the .gz bytes depend on the content only.
-    _write_atomic(path, gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
+    files.write_atomic(path, gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
 
 
 def _gunzip_if_gzip(data: bytes, origin: str) -> bytes:
@@ -270,10 +287,6 @@ def _gunzip_if_gzip(data: bytes, origin: str) -> bytes:
         raise IDXFormatError(f"{origin}: corrupt gzip data ({err})") from err
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` so that readers never see a partial file (see :mod:`lab.files`)."""
-    with files.atomic_path(path) as temporary:
-        temporary.write_bytes(data)
 
 
 # --------------------------------------------------------------------------- MNIST-style datasets
@@ -440,7 +453,7 @@ def _download(spec: _IDXDataset, target: Path, mirror: str | None) -> None:
                 f"(of the decompressed content); not saved. Check the mirror ({base}, ${env_var})."
             )
         # Saved as served: read_idx tells gzip from raw by content, the name just says which it is.
-        _write_atomic(target / (f"{stem}.gz" if payload[:2] == _GZIP_MAGIC else stem), payload)
+        files.write_atomic(target / (f"{stem}.gz" if payload[:2] == _GZIP_MAGIC else stem), payload)
 
 
 def _read_idx_dataset(spec: _IDXDataset, directory: Path, files: dict[str, Path]) -> Dataset:
@@ -449,6 +462,8 @@ def _read_idx_dataset(spec: _IDXDataset, directory: Path, files: dict[str, Path]
         images_path, labels_path = files[_IDX_STEMS[f"x_{split}"]], files[_IDX_STEMS[f"y_{split}"]]
         images, labels = read_idx(images_path), read_idx(labels_path)
         _check_uint8(images, 3, "(count, height, width) images", images_path)
+        if len(images) == 0:
+            raise IDXFormatError(f"{images_path}: holds 0 images; each split of {spec.title} needs at least one")
         _check_uint8(labels, 1, "labels", labels_path)
         if len(images) != len(labels):
             raise ValueError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
@@ -568,8 +583,22 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
+# The datasets read from files, and so take a ``data_dir``; the others are made locally.
+DATA_DIR_DATASETS = ("fashion_mnist", "mnist")
+
+
+def check_data_dir(data_dir: PathLike | None, *names: str) -> None:
+    """Refuse a ``data_dir`` that none of the datasets ``names`` (those a run loads) would read."""
+    if data_dir is not None and not set(names) & set(DATA_DIR_DATASETS):
+        raise ValueError(
+            f"data_dir={str(data_dir)!r} is read only by {', '.join(DATA_DIR_DATASETS)}; "
+            f"{' and '.join(names)} {'does' if len(names) == 1 else 'do'} not read files"
+        )
+
+
 def load(name: str, **kwargs: object) -> Dataset:
     """Load a dataset by name (one of :data:`DATASETS`); ``kwargs`` go to its loader."""
     if name not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    check_data_dir(kwargs.get("data_dir"), name)
     return _LOADERS[name](**kwargs)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import time
 import types
 import typing
@@ -35,6 +36,7 @@ SETUPS = ("supervised", "semi_supervised", "transfer")
 # Results name the git commit of lab's own source, wherever the run is started from.
 _SOURCE_DIR = Path(__file__).parent
 _CHECK_SHAPE = (8, 8, 1)  # any valid input shape: hyperparameter checks do not depend on it
+_MAX_SEED = 2**31 - 1  # seeds are stacked into an int32 array for the vmapped initialisation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,12 +98,20 @@ class ExperimentConfig:
         if not self.seeds:
             raise ValueError("seeds must name at least one seed, got ()")
         _distinct("seeds", self.seeds)
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.backbone_lr_multiplier:
-            raise ValueError(f"backbone_lr_multiplier must be >= 0, got {self.backbone_lr_multiplier}")
+        if not all(0 <= seed <= _MAX_SEED for seed in self.seeds):
+            raise ValueError(f"seeds must be integers in 0..{_MAX_SEED}, got {list(self.seeds)}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        for name in ("weight_decay", "backbone_lr_multiplier"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        # data_dir also serves the source of pretraining on another dataset (see _load_named).
+        source = self.pretrain_kwargs.get("source_dataset") if self.setup == "transfer" else None
+        data.check_data_dir(self.data_dir, self.dataset, *filter(None, [source]))
+        allowed = models.default_hyperparameters(self.model)
+        unknown = sorted(set(self.model_kwargs) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown model_kwargs {unknown} for model {self.model!r}; allowed: {sorted(allowed)}")
         if self.classes is not None:
             _distinct("classes", self.classes)
             num_classes = len(data.CLASS_NAMES[self.dataset])
@@ -175,6 +185,12 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, Mapping):
             raise ValueError(f"{name} must be a mapping, got {value!r}")
         return dict(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads 1e-3 (no dot) as text; Python's float() reads it as the number meant.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is int and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
@@ -226,9 +242,7 @@ class Result:
 
     def save(self, path: str | Path) -> Path:
         """Write :meth:`to_dict` as JSON, atomically (see :mod:`lab.files`)."""
-        with files.atomic_path(path) as temporary:
-            temporary.write_text(json.dumps(self.to_dict(), indent=2))
-        return Path(path)
+        return files.write_atomic(path, json.dumps(self.to_dict(), indent=2))
 
 
 def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) -> Result:
@@ -238,6 +252,7 @@ def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) 
     config.validate()
     train.enable_compilation_cache()
     dataset = _load(config)
+    dataset.check_batch_size(config.batch_size)
     splits = [data.labeled_split(dataset.y_train, config.labels_per_class, seed) for seed in config.seeds]
     wall = {"pretrain": 0.0}
 
@@ -294,19 +309,23 @@ def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) 
         logits = np.asarray(test_logits(state.params, state.model_state))
         return {"test_accuracy": (logits.argmax(-1) == dataset.y_test).mean(-1)}
 
-    fit = train.fit(
-        model,
-        state,
-        tx,
-        objective,
-        pools,
-        steps=config.steps,
-        batch_size=config.batch_size,
-        eval_every=min(config.eval_every, config.steps),
-        evaluate=evaluate,
-        seed_axis=True,
-        progress=progress,
-    )
+    try:
+        fit = train.fit(
+            model,
+            state,
+            tx,
+            objective,
+            pools,
+            steps=config.steps,
+            batch_size=config.batch_size,
+            eval_every=min(config.eval_every, config.steps),
+            evaluate=evaluate,
+            seed_axis=True,
+            progress=progress,
+        )
+    except train.NonFiniteLossError as error:
+        # A run keeps no checkpoints: its last finite state ends with the process.
+        raise train.NonFiniteLossError(error.step, error.last_finite_loss, error.state, "Nothing was saved") from None
     wall.update(fit.wall_time_s)
     logits = np.asarray(test_logits(fit.state.params, fit.state.model_state))
     per_seed = [metrics.classification_metrics(seed_logits, dataset.y_test) for seed_logits in logits]
@@ -336,7 +355,7 @@ def _load(config: ExperimentConfig) -> data.Dataset:
 
 
 def _load_named(config: ExperimentConfig, name: str) -> data.Dataset:
-    kwargs = {"data_dir": config.data_dir} if name in ("fashion_mnist", "mnist") else {}
+    kwargs = {"data_dir": config.data_dir} if name in data.DATA_DIR_DATASETS else {}
     return data.load(name, **kwargs)
 
 

@@ -43,6 +43,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+def write_atomic(path: str | os.PathLike[str], content: bytes | str) -> Path:
+    """Write ``content`` (text as UTF-8) to ``path`` through :func:`atomic_path`; returns the path."""
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(content.encode() if isinstance(content, str) else content)
+    return Path(path)
+
+
 def check_output_path(path: str | os.PathLike[str], what: str, *, folder: bool = False) -> None:
     """Raise ValueError naming ``path`` when it cannot become a file (or a folder), before any work is done."""
     path = Path(path)
@@ -53,3 +60,6 @@ def check_output_path(path: str | os.PathLike[str], what: str, *, folder: bool =
         if existing == path:
             raise ValueError(f"{what} {path} is a file; give a folder")
         raise ValueError(f"{what} {path} needs {existing} to be a folder, but it is a file")
+    folder_found = existing if existing is None or existing.is_dir() else existing.parent
+    if folder_found is not None and not os.access(folder_found, os.W_OK):
+        raise ValueError(f"{what} {path} cannot be written: {folder_found} is not writable")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import math
 import numbers
 from collections.abc import Callable, Mapping
 
@@ -54,13 +55,21 @@ def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _finite(name: str, value) -> None:
+    # inf passes a `> 0` check, and an infinite rate or decay turns the first step's loss NaN.
+    if _is_real(value) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
 def _positive(name: str, value) -> float:
+    _finite(name, value)
     if not (_is_real(value) and value > 0):
         raise ValueError(f"{name} must be a number > 0, got {value!r}")
     return float(value)
 
 
 def _non_negative(name: str, value) -> float:
+    _finite(name, value)
     if not (_is_real(value) and value >= 0):
         raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     return float(value)

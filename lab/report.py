@@ -225,20 +225,14 @@ def build_report(df: pd.DataFrame, out_dir: str | os.PathLike[str] = DEFAULT_OUT
     out_dir = Path(out_dir)
     table = summary_table(df)
     written = [
-        _write_text(out_dir / "summary.md", summary_markdown(table)),
-        _write_text(out_dir / "summary.csv", table.to_csv(index=False)),
+        files.write_atomic(out_dir / "summary.md", summary_markdown(table)),
+        files.write_atomic(out_dir / "summary.csv", table.to_csv(index=False)),
         _write_figure(out_dir / "accuracy_vs_labels.png", plot_accuracy_vs_labels(table)),
     ]
     curves = learning_curves(df)
     if not curves.empty:
         written.append(_write_figure(out_dir / "learning_curves.png", plot_learning_curves(curves)))
     return written
-
-
-def _write_text(path: Path, text: str) -> Path:
-    with files.atomic_path(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
-    return path
 
 
 def _write_figure(path: Path, figure: Figure) -> Path:

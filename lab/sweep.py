@@ -830,8 +830,7 @@ def _save_outcome(
     except store.StoreError as error:
         summary.store_error = str(error)
         try:
-            with files.atomic_path(kept) as temporary:
-                temporary.write_text(json.dumps(dataclasses.asdict(outcome)), encoding="utf-8")
+            files.write_atomic(kept, json.dumps(dataclasses.asdict(outcome)))
             summary.unsaved[task.point_id] = f"its outcome is kept in {kept}; the next run of this sweep saves it"
         except OSError as keep_error:
             summary.unsaved[task.point_id] = (

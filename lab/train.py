@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import time
@@ -315,13 +316,13 @@ def enable_compilation_cache(directory: str | Path | None = None) -> Path | None
     of a sweep, the next notebook) skips compilation, which dominates small runs.
 
     The folder is ``directory``, else ``$LAB_COMPILATION_CACHE``, else
-    ``<lab cache>/jax`` (see :func:`lab.data.cache_dir`); ``LAB_COMPILATION_CACHE=off``
+    ``<lab cache>/jax`` (see :func:`lab.cache.cache_dir`); ``LAB_COMPILATION_CACHE=off``
     turns it off. Returns the folder in use, or None. JAX fixes the folder at the
     first compilation of a process, so call this early.
     """
-    from lab import data
+    from lab import cache
 
-    setting = directory or os.environ.get("LAB_COMPILATION_CACHE") or data.cache_dir() / "jax"
+    setting = directory or os.environ.get("LAB_COMPILATION_CACHE") or cache.cache_dir() / "jax"
     if str(setting) == "off":
         return None
     path = Path(setting).expanduser()
@@ -332,15 +333,24 @@ def enable_compilation_cache(directory: str | Path | None = None) -> Path | None
 
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN/Inf loss. ``state`` is the last finite train state."""
+class NonFiniteLossError(FloatingPointError, RuntimeError):
+    """Training produced a NaN/Inf loss. ``state`` is the last finite train state.
 
-    def __init__(self, step: int, last_finite_loss: float | None, state: TrainState):
+    Also a RuntimeError: the message is written for the user, and the CLI shows it as it is.
+    """
+
+    def __init__(
+        self,
+        step: int,
+        last_finite_loss: float | None,
+        state: TrainState,
+        kept: str = "The state from before that step was kept",
+    ):
         self.step, self.last_finite_loss, self.state = step, last_finite_loss, state
         last = "none" if last_finite_loss is None else f"{last_finite_loss:.6g}"
         super().__init__(
-            f"non-finite loss at step {step} (last finite loss: {last}); training stopped and the "
-            "state from before that step was kept. Try a lower learning rate or gradient clipping (clip_norm)."
+            f"non-finite loss at step {step} (last finite loss: {last}); training stopped. {kept}. "
+            "Try a lower learning rate or gradient clipping (clip_norm)."
         )
 
 
@@ -623,16 +633,25 @@ class TrainConfig:
     data_parallel: bool = False
 
 
-def train_and_evaluate(config: TrainConfig, workdir: str | Path | None = None, *, progress: bool = True) -> dict:
+def train_and_evaluate(
+    config: TrainConfig,
+    workdir: str | Path | None = None,
+    *,
+    checkpoint_every: int = 500,
+    progress: bool = True,
+) -> dict:
     """Train ``config.model`` on ``config.dataset`` and return JSON-ready results.
 
-    With ``workdir``, checkpoints go to ``workdir/checkpoints`` and an interrupted run
-    resumes from the latest one.
+    With ``workdir``, the config is recorded in ``workdir/config.json`` and checkpoints
+    go to ``workdir/checkpoints`` every ``checkpoint_every`` steps and at the end; a
+    run resumes from the latest one, and a workdir refuses a run of another config.
+    If the loss turns NaN/Inf, the last finite state is saved there as a checkpoint.
     """
     from lab import data, models, optim, parallel as parallel_lib
 
     enable_compilation_cache()
     dataset = data.load(config.dataset)
+    dataset.check_batch_size(config.batch_size)
     module = models.make_model(
         config.model, dataset.input_shape, dataset.num_classes, seed=config.seed, **dict(config.model_kwargs)
     )
@@ -654,7 +673,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path | None = None, *
     def evaluate(s: TrainState) -> dict[str, float]:
         return {"test_accuracy": metrics.accuracy(np.asarray(test_logits(s)), dataset.y_test)}
 
-    checkpoints = None if workdir is None else Checkpointer(Path(workdir) / "checkpoints")
+    # Claimed only once the config has passed every check above, so a refused config is never recorded.
+    checkpoints = None if workdir is None else Checkpointer(_claim_workdir(Path(workdir), config) / "checkpoints")
     try:
         result = fit(
             model,
@@ -667,9 +687,18 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path | None = None, *
             eval_every=config.eval_every,
             evaluate=evaluate,
             checkpoints=checkpoints,
+            checkpoint_every=None if checkpoints is None else checkpoint_every,
             parallel=parallel_lib.DataParallel() if config.data_parallel else None,
             progress=progress,
         )
+    except NonFiniteLossError as error:
+        if checkpoints is None:
+            kept = "Nothing was saved (no --workdir)"
+        else:
+            if checkpoints.latest_step() != error.step:  # it may have diverged right after a checkpoint
+                checkpoints.save(error.state)
+            kept = f"The last finite state (step {error.step}) is saved in {checkpoints.directory / str(error.step)}"
+        raise NonFiniteLossError(error.step, error.last_finite_loss, error.state, kept) from None
     finally:
         if checkpoints is not None:
             checkpoints.close()
@@ -682,3 +711,43 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path | None = None, *
         "wall_time_s": result.wall_time_s,
         "devices": jax.device_count() if config.data_parallel else 1,
     }
+
+
+# Fields that do not change what is trained, so a workdir resumes across them: eval_every
+# only moves where evaluations (and chunk ends) fall, and chunking does not change the numbers.
+_RESUMABLE_ACROSS = ("eval_every",)
+
+
+def _claim_workdir(workdir: Path, config: TrainConfig) -> Path:
+    """Record ``config`` in ``workdir/config.json``, or check it against the one recorded there.
+
+    Resuming another config's checkpoints would report that config's model as this one's.
+    """
+    from lab import files
+
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"workdir {workdir} is not a folder (a file is in the way); choose a folder path") from None
+    record = workdir / "config.json"
+    current = json.loads(json.dumps(dataclasses.asdict(config)))  # as JSON reads it back: tuples become lists
+    if not record.exists():
+        if (workdir / "checkpoints").exists():
+            raise ValueError(
+                f"workdir {workdir} has checkpoints but no config.json recording their config; "
+                "use another --workdir (or delete its checkpoints)"
+            )
+        files.write_atomic(record, json.dumps(current, indent=2))
+        return workdir
+    recorded = json.loads(record.read_text())
+    differences = [
+        f"{name}: {recorded.get(name)!r} -> {value!r}"
+        for name, value in current.items()
+        if name not in _RESUMABLE_ACROSS and recorded.get(name) != value
+    ]
+    if differences:
+        raise ValueError(
+            f"workdir {workdir} holds a run of another config ({'; '.join(differences)}); "
+            "use another --workdir for this config, or the recorded one to resume"
+        )
+    return workdir

@@ -20,11 +20,38 @@ RUN_CASES = [
     (["run", "--config", "{tmp}/list.yaml"], "expected a mapping"),
     (["run", "--config", "{tmp}/broken.yaml"], "broken.yaml is not valid YAML"),
     (["run", "--config", "{tmp}"], "is a folder"),
+    (["run", "model_kwargs={nope: 1}"], 
+        "unknown model_kwargs ['nope'] for model 'mlp'; allowed: ['dropout', 'hidden']"),
+    (["run", "learning_rate=.inf"], "learning_rate must be a finite number > 0, got inf"),
+    (["run", "learning_rate=.nan"], "learning_rate must be a finite number > 0, got nan"),
+    (["run", "learning_rate=fast"], "learning_rate must be of type float, got 'fast'"),
+    (["run", "lr=0.1"], "unknown experiment parameter(s) ['lr']"),
+    (["run", "data_dir=/x"], "data_dir='/x' is read only by fashion_mnist, mnist; digits does not read files"),
+    (["run", "seeds=[-1]"], "seeds must be integers in 0..2147483647, got [-1]"),
+    (["run", "steps=0"], "steps must be >= 1, got 0"),
+    (["run", "steps=ten"], "steps must be of type int, got 'ten'"),
+    (["run", "dataset=cifar"], "unknown dataset 'cifar'"),
+    (["run", "batch_size=100000"], "batch_size=100000 is larger than the 1347 training examples of digits"),
+    (["run", "--output", "{tmp}"], "--output {tmp} is a folder; give a file name"),
+    (["run", "--output", "{tmp}/list.yaml/result.json"], "needs {tmp}/list.yaml to be a folder, but it is a file"),
+    (["run", "optimizer=sgd", "learning_rate=1e6", "steps=50", "--no-progress"], "training stopped. Nothing was saved"),
 ]
 
-TRAIN_CASES: list = []
+# Option values that argparse refuses (types, choices) are its own usage-and-error output,
+# tested in test_train.py; these cases reach the command.
+TRAIN_CASES: list = [
+    (["train", "--warmup-steps", "-1"], "warmup_steps must be an integer >= 0, got -1"),
+    (["train", "--batch-size", "100000"], "batch_size=100000 is larger than the 1347 training examples of digits"),
+    (["train", "--workdir", "{tmp}/list.yaml", "--steps", "1"], "workdir {tmp}/list.yaml is not a folder"),
+    (["train", "--workdir", "{tmp}/list.yaml/w", "--steps", "1"], "workdir {tmp}/list.yaml/w is not a folder"),
+    (["train", "--optimizer", "sgd", "--learning-rate", "1e6", "--steps", "50", "--no-progress"], "non-finite loss"),
+]
 
-DATA_CASES: list = []
+DATA_CASES: list = [
+    (["data", "info", "digits", "--data-dir", "/x"], "data_dir='/x' is read only by fashion_mnist, mnist; digits"),
+    (["data", "download", "mnist1d", "--data-dir", "/x"], "data_dir='/x' is read only by fashion_mnist, mnist"),
+    (["data", "info", "mnist", "--data-dir", "{tmp}/nothing"], "MNIST not found"),
+]
 
 SWEEP_CASES = [
     (["sweep", "{tmp}/tiny.ipynb", "--name", "s", "--grid", "{tmp}/broken.yaml"], "broken.yaml is not valid YAML"),
@@ -83,6 +110,7 @@ def test_bad_input_is_one_clear_error(arguments, expected, tmp_path, monkeypatch
     for name, text in FILES.items():
         (tmp_path / name).write_text(text)
     arguments = [argument.replace("{tmp}", str(tmp_path)) for argument in arguments]
+    expected = expected.replace("{tmp}", str(tmp_path))
     status, err = run_cli(arguments, capsys)
     assert status == 2, err
     assert "Traceback" not in err and err.startswith(f"lab {arguments[0]}: error: "), err

@@ -311,6 +311,14 @@ def test_image_and_label_counts_must_match(tmp_path):
         data.mnist(data_dir=tmp_path)
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_an_empty_idx_set_is_refused_naming_the_file(tmp_path, split):
+    write_mnist_like(tmp_path, **{f"n_{split}": 0}, **({"labels": np.zeros(0, np.uint8)} if split == "train" else {}))
+    stem = "train-images-idx3-ubyte" if split == "train" else "t10k-images-idx3-ubyte"
+    with pytest.raises(data.IDXFormatError, match=rf"{re.escape(str(tmp_path / stem))}: holds 0 images"):
+        data.mnist(data_dir=tmp_path)
+
+
 def test_labels_must_be_in_range(tmp_path):
     write_mnist_like(tmp_path, labels=np.array([0, 1, 2, 10, 4, 5], np.uint8))
     with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte: label 10 at index 3 is out of range; .* 0\.\.9"):
@@ -535,6 +543,22 @@ def test_dataset_checks_its_arrays():
         dataclasses.replace(toy, x_test=np.zeros((3, 2), np.float32))
 
 
+def test_dataset_refuses_fewer_than_two_training_classes():
+    toy = toy_dataset()
+    message = re.escape("toy: the training labels hold 1 class ([2]); a classifier needs at least 2")
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(toy, y_train=np.full(6, 2, np.int32))
+    with pytest.raises(ValueError, match=re.escape("toy[3]: the training labels hold 1 class ([0])")):
+        toy.subset([3])
+
+
+def test_check_batch_size_names_both_sizes():
+    toy = toy_dataset()
+    toy.check_batch_size(6)
+    with pytest.raises(ValueError, match=re.escape("batch_size=7 is larger than the 6 training examples of toy")):
+        toy.check_batch_size(7)
+
+
 # --------------------------------------------------------------------------- resize_images
 
 
@@ -577,6 +601,17 @@ def test_load_lists_the_datasets_on_an_unknown_name():
     message = "unknown dataset 'cifar10'; choose one of: digits, mnist1d, fashion_mnist, mnist"
     with pytest.raises(ValueError, match=message):
         data.load("cifar10")
+
+
+def test_load_refuses_a_data_dir_for_datasets_that_do_not_read_one(tmp_path):
+    message = re.escape(f"data_dir={str(tmp_path)!r} is read only by fashion_mnist, mnist; digits does not read files")
+    with pytest.raises(ValueError, match=message):
+        data.load("digits", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="is read only by fashion_mnist, mnist; mnist1d"):
+        data.check_data_dir("/x", "mnist1d")
+    data.check_data_dir(None, "mnist1d")
+    data.check_data_dir("/x", "mnist")
+    data.check_data_dir("/x", "digits", "mnist")  # a run that pretrains on MNIST reads it
 
 
 def test_load_passes_arguments_to_the_loader():

@@ -27,7 +27,15 @@ def private_cache(tmp_path, monkeypatch):
         ({"setup": "semi_supervised", "method_kwargs": {"tau": 0.9}}, "fixmatch has no hyperparameter 'tau'"),
         ({"seeds": []}, "seeds must name at least one seed"),
         ({"seeds": [0, 0]}, r"seeds must be distinct, got \[0, 0\]"),
-        ({"learning_rate": -1.0}, "learning_rate must be > 0, got -1.0"),
+        ({"learning_rate": -1.0}, "learning_rate must be a finite number > 0, got -1.0"),
+        ({"learning_rate": float("inf")}, "learning_rate must be a finite number > 0, got inf"),
+        ({"learning_rate": float("nan")}, "learning_rate must be a finite number > 0, got nan"),
+        ({"weight_decay": float("nan")}, "weight_decay must be a finite number >= 0, got nan"),
+        ({"backbone_lr_multiplier": float("inf")}, "backbone_lr_multiplier must be a finite number >= 0, got inf"),
+        ({"model_kwargs": {"nope": 1}}, r"unknown model_kwargs \['nope'\] for model 'mlp'; allowed: \['dropout', 'hid"),
+        ({"seeds": [0, -1]}, r"seeds must be integers in 0\.\.2147483647, got \[0, -1\]"),
+        ({"seeds": [2**40]}, r"seeds must be integers in 0\.\.2147483647, got \[1099511627776\]"),
+        ({"data_dir": "/x"}, "data_dir='/x' is read only by fashion_mnist, mnist; digits does not read files"),
         ({"setup": "transfer", "adaptation": "probe"}, "unknown adaptation 'probe'; choose one of: linear_probe"),
         ({"setup": "transfer", "pretrain": "classes"}, "pretrain='classes' pretrains on the classes outside"),
         ({"setup": "transfer", "pretrain_kwargs": {"epochs": 3}}, r"unknown pretrain_kwargs \['epochs'\]; allowed:"),
@@ -39,16 +47,31 @@ def test_bad_configs_fail_before_training_with_the_allowed_values(values, messag
         experiment.ExperimentConfig.from_dict(values)
 
 
+def test_data_dir_is_accepted_where_the_run_reads_it():
+    """data_dir also feeds pretraining on another dataset: digits pretrained on MNIST reads MNIST's files."""
+    transfer_from_mnist = {"setup": "transfer", "pretrain": "dataset", "pretrain_kwargs": {"source_dataset": "mnist"}}
+    assert experiment.ExperimentConfig.from_dict({**transfer_from_mnist, "data_dir": "/x"}).data_dir == "/x"
+    assert experiment.ExperimentConfig.from_dict({"dataset": "mnist", "data_dir": "/x"}).data_dir == "/x"
+
+
 def test_lists_and_mappings_given_as_text_are_parsed():
     config = experiment.ExperimentConfig.from_dict({"seeds": "[0, 1]", "model_kwargs": "{hidden: [32]}"})
     assert config.seeds == (0, 1) and config.model_kwargs == {"hidden": [32]}
     with pytest.raises(ValueError, match="seeds must be a list of integers"):
         experiment.ExperimentConfig.from_dict({"seeds": "zero"})
+    assert experiment.ExperimentConfig.from_dict({"learning_rate": "1e-3"}).learning_rate == 0.001  # YAML's text
+    with pytest.raises(ValueError, match="learning_rate must be of type float, got 'fast'"):
+        experiment.ExperimentConfig.from_dict({"learning_rate": "fast"})
 
 
 def test_too_many_labels_per_class_fails_naming_the_smallest_class():
     with pytest.raises(ValueError, match="per_class=1000"):
         experiment.run({**SMALL, "labels_per_class": 1000}, progress=False)
+
+
+def test_a_batch_larger_than_the_training_set_fails_naming_both():
+    with pytest.raises(ValueError, match="batch_size=100000 is larger than the 1347 training examples of digits"):
+        experiment.run({**SMALL, "batch_size": 100000}, progress=False)
 
 
 def test_validate_parameters_checks_experiment_fields_and_passes_others():

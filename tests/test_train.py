@@ -1,7 +1,15 @@
 """Training loop: steps against a hand-written reference, sampling, NaN guard,
 checkpoint resume, early stopping and chunking invariance."""
 
+import argparse
 import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +18,7 @@ import optax
 import pytest
 from flax import nnx
 
-from lab import data, losses, models, optim, train
+from lab import cli, data, losses, models, optim, train
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +273,151 @@ def test_fit_trains_a_model_with_dropout(digits):
     x = jnp.asarray(digits.x_test[:8])
     assert not np.allclose(train_mode(x), eval_mode(x))  # dropout is active in train mode only
     np.testing.assert_allclose(eval_mode(x), eval_mode(x))
+
+
+# ------------------------------------------------------------------ lab train workdirs
+
+
+def train_cli(capsys, *arguments):
+    """``lab train --no-progress ARGUMENTS`` in this process: (exit status, parsed stdout or None, stderr)."""
+    status = cli.main(["train", "--no-progress", *arguments])
+    out, err = capsys.readouterr()
+    return status, json.loads(out) if out else None, err
+
+
+def test_a_workdir_refuses_another_config_and_resumes_its_own(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+    workdir = tmp_path / "w"
+    base = ["--steps", "60", "--eval-every", "30", "--batch-size", "32", "--workdir", str(workdir)]
+    status, first, _ = train_cli(capsys, *base)
+    assert status == 0
+    assert json.loads((workdir / "config.json").read_text()) == first["config"]
+    # argparse keeps the last of a repeated option: each case changes one field of `base`.
+    for changed, difference in [
+        (["--steps", "30"], "steps: 60 -> 30"),
+        (["--seed", "1"], "seed: 0 -> 1"),
+        (["--learning-rate", "0.01"], "learning_rate: 0.001 -> 0.01"),
+        (["--model", "logreg"], "model: 'mlp' -> 'logreg'"),
+    ]:
+        status, result, err = train_cli(capsys, *base, *changed)
+        assert status == 2 and result is None, err
+        assert err.startswith("lab train: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+        assert difference in err and "another --workdir" in err, err
+    # Where evaluations happen does not change what is trained: the run resumes, with nothing left to train.
+    config = train.TrainConfig(**{**first["config"], "eval_every": 20})
+    resumed = train.train_and_evaluate(config, workdir, progress=False)
+    assert resumed["history"] == [] and resumed["test"] == first["test"]
+    assert json.loads((workdir / "config.json").read_text()) == first["config"]  # the record is not rewritten
+
+
+def test_a_workdir_from_before_config_records_is_refused(tmp_path):
+    workdir = tmp_path / "w"
+    (workdir / "checkpoints" / "100").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"has checkpoints but no config.json .* another --workdir"):
+        train.train_and_evaluate(train.TrainConfig(steps=5), workdir, progress=False)
+
+
+def _finished_checkpoints(directory: Path) -> list[int]:
+    # Orbax writes into a temporary folder and renames it to the bare step number when complete.
+    return sorted(int(path.name) for path in directory.glob("*") if path.name.isdigit()) if directory.is_dir() else []
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_uninterrupted_numbers(tmp_path, capsys):
+    steps = 3000
+    arguments = ["--steps", str(steps), "--eval-every", str(steps), "--checkpoint-every", "100", "--batch-size", "32"]
+    workdir = tmp_path / "killed"
+    repository = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repository), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lab.cli", "train", "--no-progress", *arguments, "--workdir", str(workdir)],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        while not _finished_checkpoints(workdir / "checkpoints"):
+            assert process.poll() is None, process.stderr.read().decode()
+            time.sleep(0.02)
+    finally:
+        process.kill()  # SIGKILL: no clean-up runs
+        process.wait()
+        process.stderr.close()
+    killed_at = train.Checkpointer(workdir / "checkpoints").latest_step()
+    assert killed_at is not None and 0 < killed_at < steps  # killed mid-way, after a checkpoint
+
+    status, resumed, err = train_cli(capsys, *arguments, "--workdir", str(workdir))
+    assert status == 0, err
+    status, uninterrupted, err = train_cli(capsys, *arguments)
+    assert status == 0, err
+    assert resumed["test"] == uninterrupted["test"]  # bit for bit
+
+
+def test_a_diverging_run_stops_with_one_line_and_saves_the_last_finite_state(tmp_path, capsys, monkeypatch, digits):
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+    workdir = tmp_path / "w"
+    arguments = ["--optimizer", "sgd", "--learning-rate", "1e6", "--steps", "50", "--workdir", str(workdir)]
+    status, result, err = train_cli(capsys, *arguments)
+    assert status == 2 and result is None
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    saved = re.fullmatch(
+        r"lab train: error: non-finite loss at step (\d+) \(last finite loss: [^)]+\); training stopped\. "
+        r"The last finite state \(step \1\) is saved in (\S+)\. Try .*\n",
+        err,
+    )
+    assert saved, err
+    assert Path(saved[2]) == workdir / "checkpoints" / saved[1]
+    checkpoints = train.Checkpointer(workdir / "checkpoints")
+    assert checkpoints.latest_step() == int(saved[1])
+    module = models.make_model("mlp", digits.input_shape, digits.num_classes, seed=0)
+    _, params, model_state = train.Model.split(module)
+    like = train.create_train_state(params, model_state, optim.make_optimizer("sgd", 1e6), 0)
+    restored = checkpoints.restore_latest(like)
+    checkpoints.close()
+    assert int(restored.step) == int(saved[1])
+    assert all(np.isfinite(leaf).all() for leaf in _leaves(restored.params))
+
+
+def test_a_diverging_run_without_workdir_says_nothing_was_saved(capsys, monkeypatch):
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+    status, result, err = train_cli(capsys, "--optimizer", "sgd", "--learning-rate", "1e6", "--steps", "50")
+    assert status == 2 and result is None and err.count("\n") == 1, err
+    assert "non-finite loss at step" in err and "Nothing was saved (no --workdir)" in err, err
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("learning_rate", float("inf")), ("learning_rate", float("nan")), ("weight_decay", float("inf"))],
+)
+def test_train_and_evaluate_refuses_non_finite_hyperparameters(field, value, tmp_path):
+    config = train.TrainConfig(steps=5, **{field: value})
+    with pytest.raises(ValueError, match=f"{field} must be a finite number, got {value}"):
+        train.train_and_evaluate(config, tmp_path / "w", progress=False)
+    assert not (tmp_path / "w").exists()  # a refused config is not recorded
+
+
+def test_train_and_evaluate_refuses_a_batch_larger_than_the_training_set(tmp_path):
+    with pytest.raises(ValueError, match="batch_size=1348 is larger than the 1347 training examples of digits"):
+        train.train_and_evaluate(train.TrainConfig(steps=5, batch_size=1348), tmp_path / "w", progress=False)
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "message"),
+    [
+        (cli.positive_float, "inf", "must be a finite number > 0, got inf"),
+        (cli.positive_float, "nan", "must be a finite number > 0, got nan"),
+        (cli.positive_float, "0", "must be a finite number > 0, got 0"),
+        (cli.non_negative_float, "inf", "must be a finite number >= 0, got inf"),
+        (cli.non_negative_float, "-1", "must be a finite number >= 0, got -1"),
+    ],
+)
+def test_train_option_values_must_be_finite(parse, text, message):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        parse(text)
+
+
+def test_train_options_refuse_infinite_values_before_training(capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        cli.main(["train", "--learning-rate", "inf", "--no-progress"])
+    assert exit_status.value.code == 2
+    assert capsys.readouterr().err.endswith("error: argument --learning-rate: must be a finite number > 0, got inf\n")
