@@ -22,25 +22,58 @@ if TYPE_CHECKING:
     from lab import store
 
 
+def _number(text: str, kind: type) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    from lab.experiment import MAX_SEED
+
+    value = _number(text, int)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..{MAX_SEED}, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text, float)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
 def non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _number(text, float)
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other ``lab`` error (sub-commands
+    inherit it): the bad argument, what it allows, and where the options are listed."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
 
 def add_train_command(subparsers) -> None:
@@ -54,14 +87,14 @@ def add_train_command(subparsers) -> None:
     parser.add_argument("--optimizer", default="adam", choices=optim.OPTIMIZERS)
     parser.add_argument("--learning-rate", type=positive_float, default=1e-3)
     parser.add_argument("--schedule", default="constant", choices=optim.SCHEDULES)
-    parser.add_argument("--warmup-steps", type=int, default=0)
+    parser.add_argument("--warmup-steps", type=non_negative_int, default=0)
     parser.add_argument("--weight-decay", type=non_negative_float, default=0.0)
     parser.add_argument("--clip-norm", type=positive_float, default=None)
     parser.add_argument("--label-smoothing", type=non_negative_float, default=0.0)
     parser.add_argument("--steps", type=positive_int, default=2000)
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--eval-every", type=positive_int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--data-parallel", action="store_true", help="shard each batch over all local devices")
     parser.add_argument(
         "--workdir", default=None, help="record the config and checkpoint here; resume from the latest checkpoint"
@@ -447,7 +480,7 @@ def write_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from lab import experiment
 
-    parser = argparse.ArgumentParser(prog="lab", description=__doc__)
+    parser = Parser(prog="lab", description=__doc__)
     parser.add_argument(
         "--debug", action="store_true", help=f"show the Python traceback of an error (or set {DEBUG_VARIABLE}=1)"
     )
@@ -486,6 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(arguments)
         return args.handler(args)
+    except SystemExit as exit:  # argparse's own: --help (0) or a bad argument (2, its one line printed)
+        return exit.code if isinstance(exit.code, int) else 2
     except KeyboardInterrupt:
         if debug:
             raise

@@ -36,7 +36,7 @@ SETUPS = ("supervised", "semi_supervised", "transfer")
 # Results name the git commit of lab's own source, wherever the run is started from.
 _SOURCE_DIR = Path(__file__).parent
 _CHECK_SHAPE = (8, 8, 1)  # any valid input shape: hyperparameter checks do not depend on it
-_MAX_SEED = 2**31 - 1  # seeds are stacked into an int32 array for the vmapped initialisation
+MAX_SEED = 2**31 - 1  # seeds are stacked into an int32 array for the vmapped initialisation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +98,8 @@ class ExperimentConfig:
         if not self.seeds:
             raise ValueError("seeds must name at least one seed, got ()")
         _distinct("seeds", self.seeds)
-        if not all(0 <= seed <= _MAX_SEED for seed in self.seeds):
-            raise ValueError(f"seeds must be integers in 0..{_MAX_SEED}, got {list(self.seeds)}")
+        if not all(0 <= seed <= MAX_SEED for seed in self.seeds):
+            raise ValueError(f"seeds must be integers in 0..{MAX_SEED}, got {list(self.seeds)}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
         for name in ("weight_decay", "backbone_lr_multiplier"):
