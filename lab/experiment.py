@@ -1,7 +1,7 @@
 """One entry point for the three setups: ``run(config) -> Result``.
 
 ``setup`` is ``supervised`` (the labeled examples only), ``semi_supervised`` (the
-labeled examples plus the unlabeled pool, through a method of :mod:`lab.ssl`) or
+labeled examples plus the unlabeled pool, through a method of :mod:`lab.semisupervised`) or
 ``transfer`` (a backbone pretrained by :mod:`lab.transfer`, then adapted on the
 labeled examples). All three train in the same loop (:func:`lab.train.fit`) with
 the same labeled-set draw, so their numbers are comparable.
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lab import data, metrics, models, optim, ssl, train, transfer
+from lab import data, metrics, models, optim, semisupervised, train, transfer
 
 SETUPS = ("supervised", "semi_supervised", "transfer")
 _CHECK_SHAPE = (8, 8, 1)  # any valid input shape: hyperparameter checks do not depend on it
@@ -90,7 +90,7 @@ class ExperimentConfig:
         _choice("model", self.model, sorted(models.MODELS))
         _choice("optimizer", self.optimizer, optim.OPTIMIZERS)
         _choice("schedule", self.schedule, optim.SCHEDULES)
-        _choice("method", self.method, sorted(ssl.METHODS))
+        _choice("method", self.method, sorted(semisupervised.METHODS))
         _choice("pretrain", self.pretrain, transfer.PRETRAIN_SOURCES)
         _choice("adaptation", self.adaptation, transfer.ADAPTATIONS)
         for name in ("labels_per_class", "steps", "batch_size", "eval_every"):
@@ -119,7 +119,7 @@ class ExperimentConfig:
         # Building the method and the pretraining config checks their hyperparameters
         # now, before any data is loaded; neither depends on the input shape for that.
         if self.setup == "semi_supervised":
-            ssl.make_method(self.method, input_shape=_CHECK_SHAPE, **self.method_kwargs)
+            semisupervised.make_method(self.method, input_shape=_CHECK_SHAPE, **self.method_kwargs)
         if self.setup == "transfer":
             _pretrain_config(self)
             transfer.adaptation_param_groups(self.adaptation, self.backbone_lr_multiplier)
@@ -288,9 +288,9 @@ def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) 
 
         param_groups = None
     if config.setup == "semi_supervised":
-        objective = ssl.make_method(config.method, input_shape=dataset.input_shape, **config.method_kwargs)
+        objective = semisupervised.make_method(config.method, input_shape=dataset.input_shape, **config.method_kwargs)
     else:
-        objective = ssl.make_method("supervised", input_shape=dataset.input_shape)
+        objective = semisupervised.make_method("supervised", input_shape=dataset.input_shape)
 
     tx = optim.make_optimizer(
         config.optimizer,

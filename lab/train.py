@@ -7,7 +7,7 @@ statistics, dropout RNG counters). ``jax.jit``, ``lax.scan``, ``jax.vmap`` and
 ``jax.shard_map`` therefore apply directly.
 
 What a step minimises is an :class:`Objective`; supervised cross-entropy is one and
-the semi-supervised methods in :mod:`lab.ssl` are others, all sharing this loop.
+the semi-supervised methods in :mod:`lab.semisupervised` are others, all sharing this loop.
 Batches are drawn *inside* compiled code from data kept on device: every step
 indexes a per-epoch permutation derived from ``(seed, pool, epoch)``, so the
 batch sequence depends only on the seed and the step number. That makes resuming

@@ -46,7 +46,7 @@ method            mu    weight  ramp-up others
 
 Usage::
 
-    objective = ssl.make_method("fixmatch", input_shape=dataset.input_shape, threshold=0.9)
+    objective = semisupervised.make_method("fixmatch", input_shape=dataset.input_shape, threshold=0.9)
     state = train.create_train_state(params, model_state, tx, seed,
                                      extra=objective.init_extra(params, model_state))
     pools = {"labeled": {"x": x_l, "y": y_l}, "unlabeled": {"x": x_u, "y": y_u}}
