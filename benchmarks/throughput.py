@@ -49,7 +49,7 @@ def time_contenders(contenders: dict, steps: dict, repeats: int) -> dict[str, fl
 
 def fit_contender(module, digits: data.Dataset, batch_size: int, steps_per_call: int):
     """``run_steps`` that trains ``module`` on digits with ``lab.fit`` (Adam, supervised)."""
-    model, params, model_state = train.Model.split(module)
+    model, params, model_state = train.Graphs.split(module)
     tx = optim.make_optimizer("adam", LEARNING_RATE)
     pools = {"labeled": {"x": jnp.asarray(digits.x_train), "y": jnp.asarray(digits.y_train)}}
     state = train.create_train_state(params, model_state, tx, 0)

@@ -303,12 +303,12 @@ def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) 
 
     def initial_state(seed: jax.Array) -> train.TrainState:
         _, params, model_state = nnx.split(make_module(seed), nnx.Param, ...)
-        extra = objective.init_extra(params, model_state)
-        return train.create_train_state(params, model_state, tx, seed, extra=extra)
+        objective_state = objective.init_objective_state(params, model_state)
+        return train.create_train_state(params, model_state, tx, seed, objective_state=objective_state)
 
     # One compiled, vmapped initialisation for all seeds: built eagerly, every
     # initializer would compile on its own, which costs more than the training.
-    model, _, _ = train.Model.split(nnx.eval_shape(lambda: make_module(0)))
+    model, _, _ = train.Graphs.split(nnx.eval_shape(lambda: make_module(0)))
     state = jax.jit(jax.vmap(initial_state))(jnp.asarray(config.seeds))
 
     x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)

@@ -48,7 +48,7 @@ Usage::
 
     objective = semisupervised.make_method("fixmatch", input_shape=dataset.input_shape, threshold=0.9)
     state = train.create_train_state(params, model_state, tx, seed,
-                                     extra=objective.init_extra(params, model_state))
+                                     objective_state=objective.init_objective_state(params, model_state))
     pools = {"labeled": {"x": x_l, "y": y_l}, "unlabeled": {"x": x_u, "y": y_u}}
     train.fit(model, state, tx, objective, pools, steps=..., batch_size=...)
 
@@ -64,9 +64,9 @@ the examples in the mask). ``pseudo_label_accuracy`` is NaN when no example is i
 the mask, e.g. always for ``supervised``; average it with ``nanmean``.
 
 Methods that keep state across steps (an EMA teacher, adaptive thresholds) keep it
-in ``TrainState.extra``: pass ``objective.init_extra(params, model_state)`` to
+in ``TrainState.objective_state``: pass ``objective.init_objective_state(params, model_state)`` to
 ``train.create_train_state``. To train several seeds side by side
-(``fit(..., seed_axis=True)``), build each seed's state, extra included, and stack.
+(``fit(..., seed_axis=True)``), build each seed's state, objective_state included, and stack.
 """
 
 from __future__ import annotations
@@ -332,11 +332,11 @@ class Supervised(Method):
     ``pseudo_label_accuracy``.
     """
 
-    def loss(self, model, batch, key, extra, step):
+    def loss(self, model, batch, key, objective_state, step):
         labeled = batch["labeled"]
         logits = model(self.augmentations["weak"](key, labeled["x"]))
         loss, metrics = self.step_metrics(*self.labeled_term(logits, labeled["y"]))
-        return loss, metrics, extra
+        return loss, metrics, objective_state
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -372,20 +372,22 @@ class SemiSupervised(Method):
     def unlabeled_weight_at(self, step: jax.Array) -> jax.Array:
         return self.unlabeled_weight * ramp_up(step, self.rampup_steps, self.rampup)
 
-    def loss(self, model, batch, key, extra, step):
+    def loss(self, model, batch, key, objective_state, step):
         labeled, unlabeled = batch["labeled"], batch["unlabeled"]
         augment_key, term_key = jax.random.split(key)
         labeled_logits, *unlabeled_logits = self._forward_views(
             model, augment_key, [("weak", labeled["x"])] + [(view, unlabeled["x"]) for view in self.unlabeled_views]
         )
-        term, extra = self.unlabeled_term(model, unlabeled["x"], tuple(unlabeled_logits), term_key, extra, step)
+        term, objective_state = self.unlabeled_term(
+            model, unlabeled["x"], tuple(unlabeled_logits), term_key, objective_state, step
+        )
         loss, metrics = self.step_metrics(
             *self.labeled_term(labeled_logits, labeled["y"]),
             unlabeled_weight=self.unlabeled_weight_at(step),
             term=term,
             hidden_labels=unlabeled["y"],
         )
-        return loss, metrics, extra
+        return loss, metrics, objective_state
 
     def _forward_views(self, model, key, views: list[tuple[str, jax.Array]]) -> list[jax.Array]:
         """Logits of each (strength, batch) view, in order, from one call of the model.
@@ -414,10 +416,10 @@ class SemiSupervised(Method):
         unlabeled_x: jax.Array,
         logits: tuple[jax.Array, ...],
         key: jax.Array,
-        extra: PyTree,
+        objective_state: PyTree,
         step: jax.Array,
     ) -> tuple[UnlabeledTerm, PyTree]:
-        """The method's unlabeled term and its new ``extra``.
+        """The method's unlabeled term and its new ``objective_state``.
 
         ``logits`` holds the model's logits for each of :attr:`unlabeled_views` of
         ``unlabeled_x`` (the raw batch, for methods that make further views from
@@ -449,10 +451,10 @@ class PseudoLabel(SemiSupervised):
         super().__post_init__()
         _check_number("threshold", self.threshold, 0.0, 1.0, low_open=True)
 
-    def unlabeled_term(self, model, unlabeled_x, logits, key, extra, step):
+    def unlabeled_term(self, model, unlabeled_x, logits, key, objective_state, step):
         (weak,) = logits
         probs = jax.nn.softmax(jax.lax.stop_gradient(weak))
-        return _hard_pseudo_label_term(weak, probs, self.threshold), extra
+        return _hard_pseudo_label_term(weak, probs, self.threshold), objective_state
 
 
 def _hard_pseudo_label_term(student_logits: jax.Array, target_probs: jax.Array, threshold) -> UnlabeledTerm:
@@ -476,9 +478,9 @@ class PiModel(SemiSupervised):
     rampup_steps: int = 1000
     mu: int = 3
 
-    def unlabeled_term(self, model, unlabeled_x, logits, key, extra, step):
+    def unlabeled_term(self, model, unlabeled_x, logits, key, objective_state, step):
         student, target = logits
-        return _consistency_term(student, jax.nn.softmax(jax.lax.stop_gradient(target))), extra
+        return _consistency_term(student, jax.nn.softmax(jax.lax.stop_gradient(target))), objective_state
 
 
 def _consistency_term(student_logits: jax.Array, target_probs: jax.Array) -> UnlabeledTerm:
@@ -493,7 +495,7 @@ class MeanTeacher(SemiSupervised):
     """Tarvainen & Valpola (2017): agree with a teacher whose weights are an EMA of the model's.
 
     The student sees one weak view, the teacher (the same network with the EMA
-    weights, kept in ``extra["teacher"]``) another; the teacher's prediction is the
+    weights, kept in ``objective_state["teacher"]``) another; the teacher's prediction is the
     target of :func:`consistency_loss`. After each update the teacher moves towards
     the student with decay ``min(ema_decay, 1 - 1/(t + 1))`` at step ``t`` (counted
     from 0), so early on it is the plain average of the students so far, as in the
@@ -516,22 +518,22 @@ class MeanTeacher(SemiSupervised):
         super().__post_init__()
         _check_number("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
 
-    def init_extra(self, params, model_state):
+    def init_objective_state(self, params, model_state):
         # A copy, so that the teacher never aliases (or gets donated with) the student's buffers.
         return {"teacher": jax.tree.map(jnp.copy, params)}
 
-    def unlabeled_term(self, model, unlabeled_x, logits, key, extra, step):
+    def unlabeled_term(self, model, unlabeled_x, logits, key, objective_state, step):
         (student,) = logits
         graph, _, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
         # The teacher draws its dropout masks from the student's RNG streams (so they differ
         # from the student's), but updates a throwaway copy of the BatchNorm statistics.
-        teacher = nnx.merge(graph, extra["teacher"], jax.tree.map(jnp.copy, batch_stats), rest)
+        teacher = nnx.merge(graph, objective_state["teacher"], jax.tree.map(jnp.copy, batch_stats), rest)
         target_logits = jax.lax.stop_gradient(teacher(self.augmentations["weak"](key, unlabeled_x)))
-        return _consistency_term(student, jax.nn.softmax(target_logits)), extra
+        return _consistency_term(student, jax.nn.softmax(target_logits)), objective_state
 
-    def after_update(self, extra, params, model_state, step):
+    def after_update(self, objective_state, params, model_state, step):
         decay = jnp.minimum(self.ema_decay, 1.0 - 1.0 / (step + 1.0))
-        return {"teacher": ema_update(extra["teacher"], params, decay)}
+        return {"teacher": ema_update(objective_state["teacher"], params, decay)}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -554,15 +556,15 @@ class WeakToStrong(SemiSupervised):
             "strong", self.input_shape, flip=self.flip, magnitude=self.magnitude
         )
 
-    def thresholds(self, probs: jax.Array, extra: PyTree) -> tuple[jax.Array | float, PyTree]:
-        """(threshold, scalar or per class, for these weak-view ``probs``; new ``extra``)."""
+    def thresholds(self, probs: jax.Array, objective_state: PyTree) -> tuple[jax.Array | float, PyTree]:
+        """(threshold, scalar or per class, for these weak-view ``probs``; new ``objective_state``)."""
         raise NotImplementedError
 
-    def unlabeled_term(self, model, unlabeled_x, logits, key, extra, step):
+    def unlabeled_term(self, model, unlabeled_x, logits, key, objective_state, step):
         weak, strong = logits
         probs = jax.nn.softmax(jax.lax.stop_gradient(weak))
-        threshold, extra = self.thresholds(probs, extra)
-        return _hard_pseudo_label_term(strong, probs, threshold), extra
+        threshold, objective_state = self.thresholds(probs, objective_state)
+        return _hard_pseudo_label_term(strong, probs, threshold), objective_state
 
 
 @register("fixmatch")
@@ -576,8 +578,8 @@ class FixMatch(WeakToStrong):
         super().__post_init__()
         _check_number("threshold", self.threshold, 0.0, 1.0, low_open=True)
 
-    def thresholds(self, probs, extra):
-        return self.threshold, extra
+    def thresholds(self, probs, objective_state):
+        return self.threshold, objective_state
 
 
 @register("flexmatch")
@@ -589,7 +591,7 @@ class FlexMatch(FixMatch):
     with confidence >= ``threshold``. FlexMatch counts it over the whole unlabeled
     set, remembering each example's last confident prediction; the loop gives no
     example identities, so here σ is an EMA (``ema_decay``, default 0.99) of each
-    batch's share, kept in ``extra["learning_effect"]``. With threshold warm-up, the
+    batch's share, kept in ``objective_state["learning_effect"]``. With threshold warm-up, the
     class thresholds are ``threshold * M(β_c)`` with ``β_c = σ_c / max(max σ,
     1 - Σ σ)`` and the convex mapping ``M(β) = β / (2 - β)``: all thresholds start at
     0 and rise to ``threshold`` for a class as it becomes well learned.
@@ -601,11 +603,11 @@ class FlexMatch(FixMatch):
         super().__post_init__()
         _check_number("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
 
-    def init_extra(self, params, model_state):
+    def init_objective_state(self, params, model_state):
         return {"learning_effect": jnp.zeros(_num_classes(params), jnp.float32)}
 
-    def thresholds(self, probs, extra):
-        effect = extra["learning_effect"]
+    def thresholds(self, probs, objective_state):
+        effect = objective_state["learning_effect"]
         # While most examples are still unconfident, 1 - Σσ dominates and keeps every β small.
         normalised = effect / jnp.maximum(jnp.max(effect), 1.0 - jnp.sum(effect))
         class_thresholds = self.threshold * normalised / (2.0 - normalised)
@@ -619,7 +621,7 @@ class FlexMatch(FixMatch):
 class FreeMatch(WeakToStrong):
     """Wang et al. (2023): self-adaptive thresholds, from the model's own confidence.
 
-    Kept in ``extra`` as EMAs (decay ``ema_decay``, default 0.999 as in the paper)
+    Kept in ``objective_state`` as EMAs (decay ``ema_decay``, default 0.999 as in the paper)
     over the weak-view predictions of each unlabeled batch, all starting at 1/C:
 
     * ``global_threshold``: the mean highest probability (τ_t);
@@ -646,27 +648,29 @@ class FreeMatch(WeakToStrong):
         _check_number("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
         _check_number("fairness_weight", self.fairness_weight, 0.0)
 
-    def init_extra(self, params, model_state):
+    def init_objective_state(self, params, model_state):
         num_classes = _num_classes(params)
         uniform = jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
         return {"global_threshold": uniform[0], "class_probs": uniform, "label_histogram": uniform}
 
-    def thresholds(self, probs, extra):
+    def thresholds(self, probs, objective_state):
         batch = {
             "global_threshold": jnp.mean(jnp.max(probs, axis=-1)),
             "class_probs": jnp.mean(probs, axis=0),
             "label_histogram": jnp.mean(jax.nn.one_hot(pseudo_labels(probs), probs.shape[-1]), axis=0),
         }
-        extra = ema_update(extra, batch, self.ema_decay)
-        class_probs = extra["class_probs"]
-        return extra["global_threshold"] * class_probs / jnp.max(class_probs), extra
+        objective_state = ema_update(objective_state, batch, self.ema_decay)
+        class_probs = objective_state["class_probs"]
+        return objective_state["global_threshold"] * class_probs / jnp.max(class_probs), objective_state
 
-    def unlabeled_term(self, model, unlabeled_x, logits, key, extra, step):
-        term, extra = super().unlabeled_term(model, unlabeled_x, logits, key, extra, step)
+    def unlabeled_term(self, model, unlabeled_x, logits, key, objective_state, step):
+        term, objective_state = super().unlabeled_term(model, unlabeled_x, logits, key, objective_state, step)
         if self.fairness_weight == 0.0:
-            return term, extra
-        fairness = _fairness_loss(logits[1], term.mask, extra["class_probs"], extra["label_histogram"])
-        return term._replace(loss=term.loss + self.fairness_weight * fairness), extra
+            return term, objective_state
+        fairness = _fairness_loss(
+            logits[1], term.mask, objective_state["class_probs"], objective_state["label_histogram"]
+        )
+        return term._replace(loss=term.loss + self.fairness_weight * fairness), objective_state
 
 
 def _fairness_loss(strong_logits, mask, class_probs, label_histogram) -> jax.Array:

@@ -27,7 +27,7 @@ compose like this (:func:`adapt` does exactly this on a labeled subset)::
     backbone = transfer.pretrain(transfer.PretrainConfig("classes", "digits", source_classes=(0, 1, 2, 3, 4)))
     module = transfer.init_from_backbone(models.make_model("mlp", (8, 8, 1), 5, seed=0), backbone)
     tx = optim.make_optimizer("adam", 1e-3, param_groups=transfer.adaptation_param_groups("linear_probe"))
-    model, params, model_state = train.Model.split(module)
+    model, params, model_state = train.Graphs.split(module)
     result = train.fit(model, train.create_train_state(params, model_state, tx, 0), tx, train.Supervised(), ...)
 """
 
@@ -217,13 +217,13 @@ class SimCLR(train.Objective):
     def batch_sizes(self, batch_size: int) -> dict[str, int]:
         return {"unlabeled": batch_size}
 
-    def loss(self, model, batch, key, extra, step):
+    def loss(self, model, batch, key, objective_state, step):
         x = batch["unlabeled"]["x"]
         first_key, second_key = jax.random.split(key)
         projections = model(jnp.concatenate([self.augmentation(first_key, x), self.augmentation(second_key, x)]))
         first, second = jnp.split(projections, 2)
         loss = nt_xent(first, second, temperature=self.temperature)
-        return loss, {"loss": loss}, extra
+        return loss, {"loss": loss}, objective_state
 
 
 class Reconstruction(train.Objective):
@@ -232,10 +232,10 @@ class Reconstruction(train.Objective):
     def batch_sizes(self, batch_size: int) -> dict[str, int]:
         return {"unlabeled": batch_size}
 
-    def loss(self, model, batch, key, extra, step):
+    def loss(self, model, batch, key, objective_state, step):
         x = batch["unlabeled"]["x"]
         loss = losses.mse(model(x), x.reshape(x.shape[0], -1))
-        return loss, {"loss": loss}, extra
+        return loss, {"loss": loss}, objective_state
 
 
 # --------------------------------------------------------------------------- pretraining
@@ -381,7 +381,7 @@ def _train_backbone(config: PretrainConfig, load_dataset: Callable[[str], data.D
         module = _with_pretraining_head(architecture, config)
         objective = _self_supervised_objective(config, architecture.input_shape)
         pools = {"unlabeled": {"x": x}}
-    model, params, model_state = train.Model.split(module)
+    model, params, model_state = train.Graphs.split(module)
     tx = optim.make_optimizer(config.optimizer, config.learning_rate)
     state = train.create_train_state(params, model_state, tx, config.seed)
     result = train.fit(
@@ -499,7 +499,7 @@ def adapt(
     backbone_lr_multiplier: float = 0.1,
     seed: int = 0,
     progress: bool = False,
-) -> tuple[train.Model, train.FitResult]:
+) -> tuple[train.Graphs, train.FitResult]:
     """Train a classifier for ``dataset`` on its training examples ``labeled_idx``, from ``backbone``.
 
     The head is initialised from ``seed`` for ``dataset.num_classes`` classes; ``mode``
@@ -513,7 +513,7 @@ def adapt(
         )
     param_groups = adaptation_param_groups(mode, backbone_lr_multiplier)
     tx = optim.make_optimizer(optimizer, learning_rate, param_groups=param_groups)
-    model, params, model_state = train.Model.split(backbone.classifier(dataset.num_classes, seed=seed))
+    model, params, model_state = train.Graphs.split(backbone.classifier(dataset.num_classes, seed=seed))
     state = train.create_train_state(params, model_state, tx, seed)
     x, y = jnp.asarray(dataset.x_train[labeled_idx]), jnp.asarray(dataset.y_train[labeled_idx])
     result = train.fit(

@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
 
     def run(model_name, steps, dp, batch_size=64, **hyper):
         module = models.make_model(model_name, digits.input_shape, digits.num_classes, seed=0, **hyper)
-        model, params, model_state = train.Model.split(module)
+        model, params, model_state = train.Graphs.split(module)
         tx = optim.make_optimizer("momentum", 0.05)
         state = train.create_train_state(params, model_state, tx, 0)
         result = train.fit(model, state, tx, train.Supervised(), pools, steps=steps, batch_size=batch_size,

@@ -58,7 +58,7 @@ def problem():
 
 
 def _model(seed=0):
-    return train.Model.split(models.make_model("mlp", INPUT_SHAPE, NUM_CLASSES, seed=seed, hidden=(64,)))
+    return train.Graphs.split(models.make_model("mlp", INPUT_SHAPE, NUM_CLASSES, seed=seed, hidden=(64,)))
 
 
 # ---------------------------------------------------------------- shared mechanics by hand
@@ -116,14 +116,14 @@ def test_masked_cross_entropy_and_consistency_loss_by_hand():
 def test_freematch_thresholds_by_hand():
     method = semisupervised.make_method("freematch", input_shape=INPUT_SHAPE, ema_decay=0.5)
     uniform = jnp.full(3, 1 / 3)
-    extra = {"global_threshold": uniform[0], "class_probs": uniform, "label_histogram": uniform}
+    objective_state = {"global_threshold": uniform[0], "class_probs": uniform, "label_histogram": uniform}
     probs = jnp.array([[0.9, 0.05, 0.05], [0.7, 0.2, 0.1]])
-    thresholds, extra = jax.jit(method.thresholds)(probs, extra)
+    thresholds, objective_state = jax.jit(method.thresholds)(probs, objective_state)
     # EMAs with decay 0.5: mean max prob 0.8, mean probs (0.8, 0.125, 0.075), histogram (1, 0, 0).
-    np.testing.assert_allclose(extra["global_threshold"], 0.5 / 3 + 0.4, rtol=1e-6)
+    np.testing.assert_allclose(objective_state["global_threshold"], 0.5 / 3 + 0.4, rtol=1e-6)
     class_probs = 0.5 / 3 + 0.5 * np.array([0.8, 0.125, 0.075])
-    np.testing.assert_allclose(extra["class_probs"], class_probs, rtol=1e-6)
-    np.testing.assert_allclose(extra["label_histogram"], 0.5 / 3 + 0.5 * np.array([1.0, 0.0, 0.0]), rtol=1e-6)
+    np.testing.assert_allclose(objective_state["class_probs"], class_probs, rtol=1e-6)
+    np.testing.assert_allclose(objective_state["label_histogram"], 0.5 / 3 + 0.5 * np.array([1.0, 0.0, 0.0]), rtol=1e-6)
     np.testing.assert_allclose(thresholds, (0.5 / 3 + 0.4) * class_probs / class_probs.max(), rtol=1e-6)
 
 
@@ -131,9 +131,9 @@ def test_flexmatch_thresholds_by_hand():
     method = semisupervised.make_method("flexmatch", input_shape=INPUT_SHAPE, threshold=0.9, ema_decay=0.5)
     probs = jnp.array([[0.95, 0.05], [0.92, 0.08], [0.3, 0.7], [0.01, 0.99]])
     thresholds_of = jax.jit(method.thresholds)
-    thresholds, extra = thresholds_of(probs, {"learning_effect": jnp.zeros(2)})
+    thresholds, objective_state = thresholds_of(probs, {"learning_effect": jnp.zeros(2)})
     np.testing.assert_allclose(thresholds, [0.0, 0.0])  # nothing learned yet: every threshold starts at 0
-    np.testing.assert_allclose(extra["learning_effect"], 0.5 * np.array([2 / 4, 1 / 4]))  # confident shares
+    np.testing.assert_allclose(objective_state["learning_effect"], 0.5 * np.array([2 / 4, 1 / 4]))  # confident shares
     thresholds, _ = thresholds_of(probs, {"learning_effect": jnp.array([0.6, 0.2])})
     beta = np.array([0.6, 0.2]) / max(0.6, 1 - 0.8)
     np.testing.assert_allclose(thresholds, 0.9 * beta / (2 - beta), rtol=1e-6)  # class 0 is at 0.9
@@ -224,30 +224,31 @@ def test_register_refuses_a_taken_name():
 
 @functools.cache
 def _jitted_loss(name):
-    """(jitted ``loss(params, model_state, extra, batch)`` of method ``name``, initial state, objective)."""
+    """(jitted ``loss(params, model_state, objective_state, batch)`` of method ``name``, initial state, objective)."""
     objective = semisupervised.make_method(name, input_shape=INPUT_SHAPE)
     model, params, model_state = _model()
     state = train.create_train_state(params, model_state, optim.make_optimizer("adam", 1e-3), 0,
-                                     extra=objective.init_extra(params, model_state))
+                                     objective_state=objective.init_objective_state(params, model_state))
 
     @jax.jit
-    def loss(params, model_state, extra, batch):
+    def loss(params, model_state, objective_state, batch):
         module = model.bind(params, model_state, train=True)
-        return objective.loss(module, batch, jax.random.PRNGKey(1), extra, jnp.int32(7))
+        return objective.loss(module, batch, jax.random.PRNGKey(1), objective_state, jnp.int32(7))
 
     return loss, state, objective
 
 
 def _batch(problem, objective, step=0, batch_size=8):
     pools = {name: problem[name] for name in ("labeled", "unlabeled")}
-    return train.draw_batch(pools, objective.batch_sizes(batch_size), jax.random.PRNGKey(0), jnp.int32(step))
+    batch, _ = train.draw_batch(pools, objective.batch_sizes(batch_size), jax.random.PRNGKey(0), jnp.int32(step))
+    return batch
 
 
 @pytest.mark.parametrize("name", sorted(semisupervised.METHODS))
 def test_jitted_loss_reports_every_metric_and_ignores_hidden_labels(problem, name):
     loss_fn, state, objective = _jitted_loss(name)
     batch = _batch(problem, objective)
-    loss, metrics, extra = loss_fn(state.params, state.model_state, state.extra, batch)
+    loss, metrics, objective_state = loss_fn(state.params, state.model_state, state.objective_state, batch)
     assert REQUIRED_METRICS <= set(metrics)
     assert np.isfinite(loss) and float(loss) == float(metrics["loss"])
     assert 0.0 <= float(metrics["mask_rate"]) <= 1.0
@@ -259,9 +260,11 @@ def test_jitted_loss_reports_every_metric_and_ignores_hidden_labels(problem, nam
     # The unlabeled pool's true labels reach the metrics only, never the loss or the method's state.
     if "unlabeled" in batch:
         relabeled = {**batch, "unlabeled": {**batch["unlabeled"], "y": (batch["unlabeled"]["y"] + 1) % NUM_CLASSES}}
-        other_loss, other_metrics, other_extra = loss_fn(state.params, state.model_state, state.extra, relabeled)
+        other_loss, other_metrics, other_state = loss_fn(
+            state.params, state.model_state, state.objective_state, relabeled
+        )
         assert float(other_loss) == float(loss)
-        assert_trees_close(other_extra, extra, rtol=0, atol=0)
+        assert_trees_close(other_state, objective_state, rtol=0, atol=0)
         if float(metrics["mask_rate"]) > 0:
             assert float(other_metrics["pseudo_label_accuracy"]) != float(metrics["pseudo_label_accuracy"])
 
@@ -270,9 +273,9 @@ def test_unlabeled_term_sees_the_unlabeled_inputs(problem):
     # The counterpart of the test above: changing the unlabeled *inputs* does change the loss.
     loss_fn, state, objective = _jitted_loss("pi_model")
     batch = _batch(problem, objective)
-    _, metrics, _ = loss_fn(state.params, state.model_state, state.extra, batch)
+    _, metrics, _ = loss_fn(state.params, state.model_state, state.objective_state, batch)
     negated = {**batch, "unlabeled": {**batch["unlabeled"], "x": -batch["unlabeled"]["x"]}}
-    _, other, _ = loss_fn(state.params, state.model_state, state.extra, negated)
+    _, other, _ = loss_fn(state.params, state.model_state, state.objective_state, negated)
     assert float(other["unlabeled_loss"]) != float(metrics["unlabeled_loss"])
 
 
@@ -280,7 +283,9 @@ def test_mean_teacher_is_the_ema_of_the_student(problem):
     objective = semisupervised.make_method("mean_teacher", input_shape=INPUT_SHAPE)
     model, params, model_state = _model()
     tx = optim.make_optimizer("adam", 1e-3)
-    state = train.create_train_state(params, model_state, tx, 0, extra=objective.init_extra(params, model_state))
+    state = train.create_train_state(
+        params, model_state, tx, 0, objective_state=objective.init_objective_state(params, model_state)
+    )
     step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, objective=objective))
     students = []
     for t in range(3):
@@ -289,7 +294,7 @@ def test_mean_teacher_is_the_ema_of_the_student(problem):
         students.append(state.params)
     # Decays min(0.99, 1 - 1/(t + 1)) = 0, 1/2, 2/3: the teacher is the mean of the three students.
     mean_student = jax.tree.map(lambda *p: sum(p) / 3, *students)
-    assert_trees_close(state.extra["teacher"], mean_student, rtol=1e-5, atol=1e-7)
+    assert_trees_close(state.objective_state["teacher"], mean_student, rtol=1e-5, atol=1e-7)
     assert not np.allclose(jax.tree.leaves(students[0])[0], jax.tree.leaves(students[2])[0])
 
 
@@ -303,7 +308,9 @@ def _test_accuracy(name, problem):
     objective = semisupervised.make_method(name, input_shape=INPUT_SHAPE)
     tx = optim.make_optimizer("adam", LEARNING_RATE)
     model, params, model_state = _model(seed=0)
-    state = train.create_train_state(params, model_state, tx, 0, extra=objective.init_extra(params, model_state))
+    state = train.create_train_state(
+        params, model_state, tx, 0, objective_state=objective.init_objective_state(params, model_state)
+    )
     pools = {pool: problem[pool] for pool in ("labeled", "unlabeled")}
     result = train.fit(model, state, tx, objective, pools, steps=STEPS, batch_size=BATCH_SIZE, progress=False)
     logits = train.predict(model, result.state.params, result.state.model_state, problem["test"]["x"])

@@ -28,7 +28,7 @@ def digits():
 
 def _setup(digits, seed=0, learning_rate=1e-3, hidden=(32,), **model_kwargs):
     module = models.make_model("mlp", digits.input_shape, digits.num_classes, seed=seed, hidden=hidden, **model_kwargs)
-    model, params, model_state = train.Model.split(module)
+    model, params, model_state = train.Graphs.split(module)
     tx = optim.make_optimizer("adam", learning_rate)
     state = train.create_train_state(params, model_state, tx, seed)
     pools = {"labeled": {"x": jnp.asarray(digits.x_train), "y": jnp.asarray(digits.y_train)}}
@@ -71,7 +71,7 @@ def test_fit_learns_digits(digits):
 
 def test_train_step_matches_hand_written_update(digits):
     model, tx, state, pools = _setup(digits)
-    batch = train.draw_batch(pools, {"labeled": 16}, state.key, state.step)
+    batch = train.draw_batch(pools, {"labeled": 16}, state.key, state.step)[0]
     new_state, step_metrics = train.train_step(state, batch, model=model, tx=tx, objective=train.Supervised())
 
     # Reference: plain jax.grad of the cross-entropy of an independently merged module, one Adam step.
@@ -92,13 +92,15 @@ def test_train_step_matches_hand_written_update(digits):
 def test_draw_batch_is_an_epoch_permutation():
     pool = {"x": jnp.arange(12.0)[:, None], "y": jnp.arange(12)}
     key = jax.random.PRNGKey(3)
-    epoch = [np.asarray(train.draw_batch({"p": pool}, {"p": 4}, key, jnp.int32(s))["p"]["y"]) for s in range(3)]
+    epoch = [np.asarray(train.draw_batch({"p": pool}, {"p": 4}, key, jnp.int32(s))[0]["p"]["y"]) for s in range(3)]
     assert sorted(np.concatenate(epoch).tolist()) == list(range(12))  # each example once per epoch
-    again = np.asarray(train.draw_batch({"p": pool}, {"p": 4}, key, jnp.int32(1))["p"]["y"])
+    again = np.asarray(train.draw_batch({"p": pool}, {"p": 4}, key, jnp.int32(1))[0]["p"]["y"])
     np.testing.assert_array_equal(again, epoch[1])  # a function of (key, step) alone
-    next_epoch = [np.asarray(train.draw_batch({"p": pool}, {"p": 4}, key, jnp.int32(s))["p"]["y"]) for s in range(3, 6)]
+    next_epoch = [
+        np.asarray(train.draw_batch({"p": pool}, {"p": 4}, key, jnp.int32(s))[0]["p"]["y"]) for s in range(3, 6)
+    ]
     assert not np.array_equal(np.concatenate(next_epoch), np.concatenate(epoch))  # reshuffled
-    small = train.draw_batch({"p": pool}, {"p": 20}, key, jnp.int32(0))["p"]["y"]
+    small = train.draw_batch({"p": pool}, {"p": 20}, key, jnp.int32(0))[0]["p"]["y"]
     assert small.shape == (20,)  # wraps around a pool smaller than the batch
 
 
@@ -110,8 +112,8 @@ def test_reusing_the_epoch_permutation_draws_the_same_batches():
     sizes, key = {"a": 3, "b": 2}, jax.random.PRNGKey(5)
     orders = train.epoch_orders(pools, sizes, key, jnp.int32(0))
     for step in range(12):  # several epochs of both pools, which turn over at different steps
-        batch, orders = train.draw_batch_reusing(pools, sizes, key, jnp.int32(step), orders)
-        expected = train.draw_batch(pools, sizes, key, jnp.int32(step))
+        batch, orders = train.draw_batch(pools, sizes, key, jnp.int32(step), orders)
+        expected, _ = train.draw_batch(pools, sizes, key, jnp.int32(step))
         for name in pools:
             np.testing.assert_array_equal(batch[name]["y"], expected[name]["y"])
 
@@ -133,10 +135,10 @@ class PoisonedAt(train.Objective):
 
     bad_step: int
 
-    def loss(self, model, batch, key, extra, step):
-        loss, step_metrics, extra = train.Supervised().loss(model, batch, key, extra, step)
+    def loss(self, model, batch, key, objective_state, step):
+        loss, step_metrics, objective_state = train.Supervised().loss(model, batch, key, objective_state, step)
         loss = jnp.where(step >= self.bad_step, jnp.nan, loss)
-        return loss, {**step_metrics, "loss": loss}, extra
+        return loss, {**step_metrics, "loss": loss}, objective_state
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(digits, tmp_path):
@@ -247,7 +249,7 @@ def test_invalid_arguments_are_named(digits):
 
 def test_supervised_loss_is_the_cross_entropy(digits):
     model, tx, state, pools = _setup(digits)
-    batch = train.draw_batch(pools, {"labeled": 8}, state.key, state.step)
+    batch = train.draw_batch(pools, {"labeled": 8}, state.key, state.step)[0]
     module = model.bind(state.params, state.model_state, train=True)
     loss, step_metrics, _ = train.Supervised().loss(module, batch, state.key, None, state.step)
     logits = module(batch["labeled"]["x"])
@@ -258,9 +260,9 @@ def test_supervised_loss_is_the_cross_entropy(digits):
 def test_draw_batch_uses_only_the_counted_entries_of_a_padded_index():
     pool = {"x": jnp.arange(12.0)[:, None], "y": jnp.arange(12), "index": jnp.array([7, 3, 9, 0, 0, 0]), "count": 3}
     key = jax.random.PRNGKey(0)
-    epoch = [int(train.draw_batch({"p": pool}, {"p": 1}, key, jnp.int32(s))["p"]["y"][0]) for s in range(3)]
+    epoch = [int(train.draw_batch({"p": pool}, {"p": 1}, key, jnp.int32(s))[0]["p"]["y"][0]) for s in range(3)]
     assert sorted(epoch) == [3, 7, 9]  # each counted row once per epoch, padding never drawn
-    wrapped = train.draw_batch({"p": pool}, {"p": 5}, key, jnp.int32(0))["p"]["y"]
+    wrapped = train.draw_batch({"p": pool}, {"p": 5}, key, jnp.int32(0))[0]["p"]["y"]
     assert set(np.asarray(wrapped).tolist()) == {3, 7, 9}
 
 
@@ -369,7 +371,7 @@ def test_a_diverging_run_stops_with_one_line_and_saves_the_last_finite_state(tmp
     checkpoints = train.Checkpointer(workdir / "checkpoints")
     assert checkpoints.latest_step() == int(saved[1])
     module = models.make_model("mlp", digits.input_shape, digits.num_classes, seed=0)
-    _, params, model_state = train.Model.split(module)
+    _, params, model_state = train.Graphs.split(module)
     like = train.create_train_state(params, model_state, optim.make_optimizer("sgd", 1e6), 0)
     restored = checkpoints.restore_latest(like)
     checkpoints.close()
