@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lab import data, models, optim, train
+from lab import data, models, optim, semisupervised, train
 
 HIDDEN = (256, 256)
 BATCH = 64
@@ -53,11 +53,12 @@ def fit_contender(module, digits: data.Dataset, batch_size: int, steps_per_call:
     tx = optim.make_optimizer("adam", LEARNING_RATE)
     pools = {"labeled": {"x": jnp.asarray(digits.x_train), "y": jnp.asarray(digits.y_train)}}
     state = train.create_train_state(params, model_state, tx, 0)
+    objective = semisupervised.Supervised(input_shape=digits.input_shape, augmentation="none")
 
     def run_steps(steps):
         nonlocal state
         target = int(state.step) + steps
-        result = train.fit(model, state, tx, train.Supervised(), pools, steps=target, batch_size=batch_size,
+        result = train.fit(model, state, tx, objective, pools, steps=target, batch_size=batch_size,
                            eval_every=steps_per_call, progress=False)
         state = result.state
         jax.block_until_ready(state.params)

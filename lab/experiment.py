@@ -24,7 +24,7 @@ import subprocess
 import time
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,6 @@ from flax import nnx
 
 from lab import data, metrics, models, optim, semisupervised, train, transfer
 
-SETUPS = ("supervised", "semi_supervised", "transfer")
-_CHECK_SHAPE = (8, 8, 1)  # any valid input shape: hyperparameter checks do not depend on it
 _MAX_SEED = 2**31 - 1  # seeds are stacked into an int32 array for the vmapped initialisation
 
 
@@ -116,22 +114,12 @@ class ExperimentConfig:
             num_classes = len(data.CLASS_NAMES[self.dataset])
             if len(self.classes) < 2 or not all(0 <= c < num_classes for c in self.classes):
                 raise ValueError(f"classes must list at least 2 labels of {self.dataset} in 0..{num_classes - 1}, got {list(self.classes)}")
-        # Building the method and the pretraining config checks their hyperparameters
-        # now, before any data is loaded; neither depends on the input shape for that.
-        if self.setup == "semi_supervised":
-            semisupervised.make_method(self.method, input_shape=_CHECK_SHAPE, **self.method_kwargs)
-        if self.setup == "transfer":
-            _pretrain_config(self)
-            transfer.adaptation_param_groups(self.adaptation, self.backbone_lr_multiplier)
+        SETUPS[self.setup].check(self)
 
     @property
     def method_label(self) -> str:
         """The name a comparison shows for this run's method."""
-        if self.setup == "supervised":
-            return "supervised"
-        if self.setup == "semi_supervised":
-            return self.method
-        return f"{self.pretrain}+{self.adaptation}"
+        return SETUPS[self.setup].method_label(self)
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -197,6 +185,92 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if hint is str and isinstance(value, str):
         return value
     raise ValueError(f"{name} must be of type {getattr(hint, '__name__', hint)}, got {value!r} ({type(value).__name__})")
+
+
+# ------------------------------------------------------------------------- setups
+
+
+ModuleFactory = Callable[[int], nnx.Module]  # seed -> a freshly initialised classifier
+
+
+def _fresh_classifier(config, dataset: data.Dataset, backbone: None = None) -> ModuleFactory:
+    """A :mod:`lab.models` classifier initialised from the seed alone (``config`` is an
+    :class:`ExperimentConfig` or a :class:`TrainConfig`: both name ``model`` and ``model_kwargs``)."""
+
+    def make_module(seed: int) -> nnx.Module:
+        return models.make_model(
+            config.model, dataset.input_shape, dataset.num_classes, seed=seed, **config.model_kwargs
+        )
+
+    return make_module
+
+
+def _nothing(config: ExperimentConfig) -> None:
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How one setup trains: the pieces :func:`run` assembles, each a function of the config.
+
+    ``run`` is the same for every setup (load, split, pretrain, build, fit, evaluate);
+    what differs is listed here, once.
+    """
+
+    method_label: Callable[[ExperimentConfig], str]  # the name a comparison shows
+    check: Callable[[ExperimentConfig], None]  # setup-specific validation, before any data is loaded
+    objective: Callable[[ExperimentConfig, tuple[int, ...]], train.Objective]  # (config, input shape)
+    pretrain: Callable[[ExperimentConfig], transfer.Backbone | None] = _nothing
+    classifier: Callable[[ExperimentConfig, data.Dataset, Any], ModuleFactory] = _fresh_classifier  # pretrained too
+    param_groups: Callable[[ExperimentConfig], Mapping[str, str | float] | None] = _nothing
+
+
+def _weakly_augmented_supervised(config: ExperimentConfig, input_shape: tuple[int, ...]) -> train.Objective:
+    return semisupervised.Supervised(input_shape=input_shape, augmentation="weak")
+
+
+def _pretrained(config: ExperimentConfig) -> transfer.Backbone:
+    return transfer.pretrain(_pretrain_config(config), load_dataset=functools.partial(_load_named, config))
+
+
+def _adapted_classifier(config: ExperimentConfig, dataset: data.Dataset, backbone: transfer.Backbone) -> ModuleFactory:
+    return lambda seed: backbone.classifier(dataset.num_classes, seed=seed)
+
+
+def _adaptation_param_groups(config: ExperimentConfig) -> dict[str, str | float]:
+    return transfer.adaptation_param_groups(config.adaptation, config.backbone_lr_multiplier)
+
+
+def _check_transfer(config: ExperimentConfig) -> None:
+    _pretrain_config(config)
+    _adaptation_param_groups(config)
+
+
+SETUPS: dict[str, Plan] = {
+    # the labeled examples only, seen at weak augmentation like the methods see them
+    "supervised": Plan(
+        method_label=lambda config: "supervised",
+        check=_nothing,
+        objective=_weakly_augmented_supervised,
+    ),
+    # the labeled examples plus the unlabeled pool, through a method of lab.semisupervised
+    "semi_supervised": Plan(
+        method_label=lambda config: config.method,
+        check=lambda config: semisupervised.check_hyperparameters(config.method, **config.method_kwargs),
+        objective=lambda config, input_shape: semisupervised.make_method(
+            config.method, input_shape=input_shape, **config.method_kwargs
+        ),
+    ),
+    # a backbone pretrained by lab.transfer (cached), adapted on the labeled examples
+    "transfer": Plan(
+        method_label=lambda config: f"{config.pretrain}+{config.adaptation}",
+        check=_check_transfer,
+        objective=_weakly_augmented_supervised,
+        pretrain=_pretrained,
+        classifier=_adapted_classifier,
+        param_groups=_adaptation_param_groups,
+    ),
+}
 
 
 # ---------------------------------------------------------------------------- run
@@ -265,40 +339,23 @@ def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) 
         config = ExperimentConfig.from_dict(config)
     config.validate()
     train.enable_compilation_cache()
+    plan = SETUPS[config.setup]
     dataset = _load(config)
     dataset.check_batch_size(config.batch_size)
     splits = [data.labeled_split(dataset.y_train, config.labels_per_class, seed) for seed in config.seeds]
-    wall = {"pretrain": 0.0}
 
-    if config.setup == "transfer":
-        tic = time.perf_counter()
-        backbone = transfer.pretrain(_pretrain_config(config), load_dataset=functools.partial(_load_named, config))
-        wall["pretrain"] = time.perf_counter() - tic
-
-        def make_module(seed):
-            return backbone.classifier(dataset.num_classes, seed=seed)
-
-        param_groups = transfer.adaptation_param_groups(config.adaptation, config.backbone_lr_multiplier)
-    else:
-
-        def make_module(seed):
-            return models.make_model(
-                config.model, dataset.input_shape, dataset.num_classes, seed=seed, **config.model_kwargs
-            )
-
-        param_groups = None
-    if config.setup == "semi_supervised":
-        objective = semisupervised.make_method(config.method, input_shape=dataset.input_shape, **config.method_kwargs)
-    else:
-        objective = semisupervised.make_method("supervised", input_shape=dataset.input_shape)
-
+    tic = time.perf_counter()
+    pretrained = plan.pretrain(config)
+    wall = {"pretrain": time.perf_counter() - tic}
+    make_module = plan.classifier(config, dataset, pretrained)
+    objective = plan.objective(config, dataset.input_shape)
     tx = optim.make_optimizer(
         config.optimizer,
         config.learning_rate,
         schedule=config.schedule,
         total_steps=config.steps,
         weight_decay=config.weight_decay,
-        param_groups=param_groups,
+        param_groups=plan.param_groups(config),
     )
 
     def initial_state(seed: jax.Array) -> train.TrainState:
@@ -321,7 +378,7 @@ def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) 
 
     def evaluate(state: train.TrainState) -> dict[str, np.ndarray]:
         logits = np.asarray(test_logits(state.params, state.model_state))
-        return {"test_accuracy": (logits.argmax(-1) == dataset.y_test).mean(-1)}
+        return {"test_accuracy": np.array([metrics.accuracy(seed_logits, dataset.y_test) for seed_logits in logits])}
 
     try:
         fit = train.fit(
@@ -351,6 +408,149 @@ def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) 
         wall_time_s={name: round(seconds, 3) for name, seconds in wall.items()},
         environment=environment(),
     )
+
+
+# ------------------------------------------------------- lab train: a whole dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Supervised training on a whole dataset (``lab train``)."""
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    clip_norm: float | None = None
+    label_smoothing: float = 0.0
+    steps: int = 2000
+    batch_size: int = 64
+    eval_every: int = 500
+    seed: int = 0
+    data_parallel: bool = False
+
+
+def train_and_evaluate(
+    config: TrainConfig,
+    workdir: str | Path | None = None,
+    *,
+    checkpoint_every: int = 500,
+    progress: bool = True,
+) -> dict:
+    """Train ``config.model`` on ``config.dataset`` and return JSON-ready results.
+
+    With ``workdir``, the config is recorded in ``workdir/config.json`` and checkpoints
+    go to ``workdir/checkpoints`` every ``checkpoint_every`` steps and at the end; a
+    run resumes from the latest one, and a workdir refuses a run of another config.
+    If the loss turns NaN/Inf, the last finite state is saved there as a checkpoint.
+    """
+    from lab import parallel
+
+    train.enable_compilation_cache()
+    dataset = data.load(config.dataset)
+    dataset.check_batch_size(config.batch_size)
+    model, params, model_state = train.Graphs.split(SETUPS["supervised"].classifier(config, dataset, None)(config.seed))
+    # The supervised plan's objective, but on the inputs as they are: what `lab train` has always trained.
+    objective = semisupervised.Supervised(
+        input_shape=dataset.input_shape, augmentation="none", label_smoothing=config.label_smoothing
+    )
+    tx = optim.make_optimizer(
+        config.optimizer,
+        config.learning_rate,
+        schedule=config.schedule,
+        total_steps=config.steps,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        clip_norm=config.clip_norm,
+    )
+    state = train.create_train_state(params, model_state, tx, config.seed)
+    pools = {"labeled": {"x": jnp.asarray(dataset.x_train), "y": jnp.asarray(dataset.y_train)}}
+    x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
+    test_logits = jax.jit(lambda s: train.predict(model, s.params, s.model_state, x_test))
+
+    def evaluate(s: train.TrainState) -> dict[str, float]:
+        return {"test_accuracy": metrics.accuracy(np.asarray(test_logits(s)), dataset.y_test)}
+
+    # Claimed only once the config has passed every check above, so a refused config is never recorded.
+    checkpoints = None if workdir is None else train.Checkpointer(_claim_workdir(Path(workdir), config) / "checkpoints")
+    try:
+        result = train.fit(
+            model,
+            state,
+            tx,
+            objective,
+            pools,
+            steps=config.steps,
+            batch_size=config.batch_size,
+            eval_every=config.eval_every,
+            evaluate=evaluate,
+            checkpoints=checkpoints,
+            checkpoint_every=None if checkpoints is None else checkpoint_every,
+            parallel=parallel.DataParallel() if config.data_parallel else None,
+            progress=progress,
+        )
+    except train.NonFiniteLossError as error:
+        if checkpoints is None:
+            kept = "Nothing was saved (no --workdir)"
+        else:
+            if checkpoints.latest_step() != error.step:  # it may have diverged right after a checkpoint
+                checkpoints.save(error.state)
+            kept = f"The last finite state (step {error.step}) is saved in {checkpoints.directory / str(error.step)}"
+        raise train.NonFiniteLossError(error.step, error.last_finite_loss, error.state, kept) from None
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
+    final = metrics.classification_metrics(np.asarray(test_logits(result.state)), dataset.y_test)
+    return {
+        "config": dataclasses.asdict(config),
+        "dataset": {"name": dataset.name, "source": dataset.source, "train": len(dataset.y_train), "test": len(y_test)},
+        "test": final,
+        "history": result.history,
+        "wall_time_s": result.wall_time_s,
+        "devices": jax.device_count() if config.data_parallel else 1,
+    }
+
+
+# Fields that do not change what is trained, so a workdir resumes across them: eval_every
+# only moves where evaluations (and chunk ends) fall, and chunking does not change the numbers.
+_RESUMABLE_ACROSS = ("eval_every",)
+
+
+def _claim_workdir(workdir: Path, config: TrainConfig) -> Path:
+    """Record ``config`` in ``workdir/config.json``, or check it against the one recorded there.
+
+    Resuming another config's checkpoints would report that config's model as this one's.
+    """
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"workdir {workdir} is not a folder (a file is in the way); choose a folder path") from None
+    record = workdir / "config.json"
+    current = json.loads(json.dumps(dataclasses.asdict(config)))  # as JSON reads it back: tuples become lists
+    if not record.exists():
+        if (workdir / "checkpoints").exists():
+            raise ValueError(
+                f"workdir {workdir} has checkpoints but no config.json recording their config; "
+                "use another --workdir (or delete its checkpoints)"
+            )
+        data.write_atomic(record, json.dumps(current, indent=2).encode())
+        return workdir
+    recorded = json.loads(record.read_text())
+    differences = [
+        f"{name}: {recorded.get(name)!r} -> {value!r}"
+        for name, value in current.items()
+        if name not in _RESUMABLE_ACROSS and recorded.get(name) != value
+    ]
+    if differences:
+        raise ValueError(
+            f"workdir {workdir} holds a run of another config ({'; '.join(differences)}); "
+            "use another --workdir for this config, or the recorded one to resume"
+        )
+    return workdir
 
 
 def _padded_index(indices: Sequence[np.ndarray], length: int) -> dict[str, jax.Array]:

@@ -44,6 +44,9 @@ method            mu    weight  ramp-up others
 
 (weight: ``unlabeled_weight``; ramp-up: ``rampup_steps``, sigmoid by default.)
 
+:func:`check_hyperparameters` checks a method's name and hyperparameters without an
+input shape, e.g. before a config's data is loaded; :func:`make_method` builds it.
+
 Usage::
 
     objective = semisupervised.make_method("fixmatch", input_shape=dataset.input_shape, threshold=0.9)
@@ -64,9 +67,9 @@ the examples in the mask). ``pseudo_label_accuracy`` is NaN when no example is i
 the mask, e.g. always for ``supervised``; average it with ``nanmean``.
 
 Methods that keep state across steps (an EMA teacher, adaptive thresholds) keep it
-in ``TrainState.objective_state``: pass ``objective.init_objective_state(params, model_state)`` to
-``train.create_train_state``. To train several seeds side by side
-(``fit(..., seed_axis=True)``), build each seed's state, objective_state included, and stack.
+in ``TrainState.objective_state``: pass ``objective.init_objective_state(params,
+model_state)`` to ``train.create_train_state``. To train several seeds side by side
+(``fit(..., seed_axis=True)``), build each seed's state, objective state included, and stack.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
 import jax
@@ -83,7 +86,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lab import augment, losses, train
+from lab import augment, losses, metrics, train
 
 __all__ = [
     "METHODS",
@@ -102,6 +105,7 @@ __all__ = [
     "confidence_mask",
     "consistency_loss",
     "ema_update",
+    "check_hyperparameters",
     "hyperparameters_of",
     "make_method",
     "masked_cross_entropy",
@@ -136,6 +140,18 @@ def make_method(name: str, *, input_shape: tuple[int, ...], **hyperparameters: A
     ``hyperparameters`` override the method's defaults; :func:`hyperparameters_of`
     lists them.
     """
+    return _method_class(name, hyperparameters)(input_shape=input_shape, **hyperparameters)
+
+
+def check_hyperparameters(name: str, **hyperparameters: Any) -> None:
+    """Refuse what :func:`make_method` would refuse about ``name`` and ``hyperparameters``,
+    without building the method: no input shape is needed (e.g. to validate a config
+    before its data is loaded)."""
+    cls = _method_class(name, hyperparameters)
+    cls.check({**hyperparameters_of(cls), **hyperparameters})
+
+
+def _method_class(name: str, hyperparameters: Mapping[str, Any]) -> type[Method]:
     if name not in METHODS:
         raise ValueError(f"unknown semi-supervised method {name!r}; choose one of: {', '.join(METHODS)}")
     cls = METHODS[name]
@@ -146,12 +162,18 @@ def make_method(name: str, *, input_shape: tuple[int, ...], **hyperparameters: A
             f"{name} has no hyperparameter {', '.join(map(repr, unknown))}; "
             f"it accepts: {', '.join(accepted) or 'none'}"
         )
-    return cls(input_shape=input_shape, **hyperparameters)
+    return cls
 
 
 def hyperparameters_of(cls: type[Method]) -> dict[str, Any]:
     """``{name: default}`` of the hyperparameters a method class accepts."""
-    return {f.name: f.default for f in dataclasses.fields(cls) if f.init and f.name != "input_shape"}
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.init and f.metadata.get("hyperparameter", True)}
+
+
+def _setting(**field_options: Any) -> Any:
+    """A field set by the code that builds a method (the input shape, how the labeled
+    batch is seen), not a hyperparameter that :func:`make_method` accepts."""
+    return dataclasses.field(metadata={"hyperparameter": False}, **field_options)
 
 
 # ------------------------------------------------------------------ shared mechanics
@@ -276,18 +298,31 @@ class Method(train.Objective):
     """
 
     name: ClassVar[str]
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...] = _setting()
     flip: bool = False
     augmentations: dict[str, augment.Augmentation] = dataclasses.field(init=False, repr=False, compare=False)
 
+    @classmethod
+    def check(cls, hyperparameters: Mapping[str, Any]) -> None:
+        """Refuse out-of-range values of ``hyperparameters`` (all of the class's, by name).
+
+        A classmethod, so that a config can be checked before the input shape is known;
+        subclasses extend it for their own hyperparameters.
+        """
+        augment.check_options(flip=hyperparameters["flip"])
+
     def __post_init__(self):
-        weak = augment.make_augmentation("weak", self.input_shape, flip=self.flip)  # checks input_shape and flip
+        self.check({name: getattr(self, name) for name in hyperparameters_of(type(self))})
+        weak = augment.make_augmentation("weak", self.input_shape, flip=self.flip)  # checks input_shape
         object.__setattr__(self, "input_shape", tuple(int(n) for n in self.input_shape))  # hashable, for jit caches
         object.__setattr__(self, "augmentations", {"weak": weak})
 
-    def labeled_term(self, logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def labeled_term(
+        self, logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
+    ) -> tuple[jax.Array, jax.Array]:
         """(cross-entropy, accuracy) on the labeled batch."""
-        return losses.softmax_cross_entropy(logits, labels), jnp.mean(jnp.argmax(logits, -1) == labels)
+        loss = losses.softmax_cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        return loss, metrics.batch_accuracy(logits, labels)
 
     @staticmethod
     def step_metrics(
@@ -330,13 +365,29 @@ class Supervised(Method):
     (``train.draw_batch`` seeds each pool by its place in sorted order, and "labeled"
     comes first). It reports the same metrics: 0 for the unlabeled ones, and NaN for
     ``pseudo_label_accuracy``.
+
+    The one supervised objective of :mod:`lab`: besides this baseline it pretrains
+    backbones (:mod:`lab.transfer`) and trains ``lab train``. Two settings, which are
+    not method hyperparameters: ``augmentation``, the :mod:`lab.augment` strength the
+    labeled batch is seen at (``"weak"`` as the other methods see it, or ``"none"``),
+    and ``label_smoothing`` of the cross-entropy.
     """
+
+    augmentation: str = _setting(default="weak")
+    label_smoothing: float = _setting(default=0.0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.augmentation not in self.augmentations:
+            self.augmentations[self.augmentation] = augment.make_augmentation(
+                self.augmentation, self.input_shape, flip=self.flip
+            )
 
     def loss(self, model, batch, key, objective_state, step):
         labeled = batch["labeled"]
-        logits = model(self.augmentations["weak"](key, labeled["x"]))
-        loss, metrics = self.step_metrics(*self.labeled_term(logits, labeled["y"]))
-        return loss, metrics, objective_state
+        logits = model(self.augmentations[self.augmentation](key, labeled["x"]))
+        loss, step_metrics = self.step_metrics(*self.labeled_term(logits, labeled["y"], self.label_smoothing))
+        return loss, step_metrics, objective_state
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -359,12 +410,14 @@ class SemiSupervised(Method):
     rampup_steps: int = 0
     rampup: str = "sigmoid"
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_integer("mu", self.mu, 1)
-        _check_number("unlabeled_weight", self.unlabeled_weight, 0.0)
-        _check_integer("rampup_steps", self.rampup_steps, 0)
-        ramp_up(0, self.rampup_steps, self.rampup)  # rejects an unknown schedule now rather than at the first step
+    @classmethod
+    def check(cls, hyperparameters):
+        super().check(hyperparameters)
+        _check_integer("mu", hyperparameters["mu"], 1)
+        _check_number("unlabeled_weight", hyperparameters["unlabeled_weight"], 0.0)
+        _check_integer("rampup_steps", hyperparameters["rampup_steps"], 0)
+        # Rejects an unknown schedule now rather than at the first step.
+        ramp_up(0, hyperparameters["rampup_steps"], hyperparameters["rampup"])
 
     def batch_sizes(self, batch_size: int) -> dict[str, int]:
         return {"labeled": batch_size, "unlabeled": self.mu * batch_size}
@@ -381,13 +434,13 @@ class SemiSupervised(Method):
         term, objective_state = self.unlabeled_term(
             model, unlabeled["x"], tuple(unlabeled_logits), term_key, objective_state, step
         )
-        loss, metrics = self.step_metrics(
+        loss, step_metrics = self.step_metrics(
             *self.labeled_term(labeled_logits, labeled["y"]),
             unlabeled_weight=self.unlabeled_weight_at(step),
             term=term,
             hidden_labels=unlabeled["y"],
         )
-        return loss, metrics, objective_state
+        return loss, step_metrics, objective_state
 
     def _forward_views(self, model, key, views: list[tuple[str, jax.Array]]) -> list[jax.Array]:
         """Logits of each (strength, batch) view, in order, from one call of the model.
@@ -447,9 +500,10 @@ class PseudoLabel(SemiSupervised):
     mu: int = 3
     rampup_steps: int = 1000
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_number("threshold", self.threshold, 0.0, 1.0, low_open=True)
+    @classmethod
+    def check(cls, hyperparameters):
+        super().check(hyperparameters)
+        _check_number("threshold", hyperparameters["threshold"], 0.0, 1.0, low_open=True)
 
     def unlabeled_term(self, model, unlabeled_x, logits, key, objective_state, step):
         (weak,) = logits
@@ -514,9 +568,10 @@ class MeanTeacher(SemiSupervised):
     rampup_steps: int = 1000
     mu: int = 3
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_number("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
+    @classmethod
+    def check(cls, hyperparameters):
+        super().check(hyperparameters)
+        _check_number("ema_decay", hyperparameters["ema_decay"], 0.0, 1.0, high_open=True)
 
     def init_objective_state(self, params, model_state):
         # A copy, so that the teacher never aliases (or gets donated with) the student's buffers.
@@ -550,6 +605,11 @@ class WeakToStrong(SemiSupervised):
     mu: int = 7
     magnitude: float = 0.5
 
+    @classmethod
+    def check(cls, hyperparameters):
+        super().check(hyperparameters)
+        augment.check_options(magnitude=hyperparameters["magnitude"])
+
     def __post_init__(self):
         super().__post_init__()
         self.augmentations["strong"] = augment.make_augmentation(
@@ -574,9 +634,10 @@ class FixMatch(WeakToStrong):
 
     threshold: float = 0.95
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_number("threshold", self.threshold, 0.0, 1.0, low_open=True)
+    @classmethod
+    def check(cls, hyperparameters):
+        super().check(hyperparameters)
+        _check_number("threshold", hyperparameters["threshold"], 0.0, 1.0, low_open=True)
 
     def thresholds(self, probs, objective_state):
         return self.threshold, objective_state
@@ -599,9 +660,10 @@ class FlexMatch(FixMatch):
 
     ema_decay: float = 0.99
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_number("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
+    @classmethod
+    def check(cls, hyperparameters):
+        super().check(hyperparameters)
+        _check_number("ema_decay", hyperparameters["ema_decay"], 0.0, 1.0, high_open=True)
 
     def init_objective_state(self, params, model_state):
         return {"learning_effect": jnp.zeros(_num_classes(params), jnp.float32)}
@@ -643,10 +705,11 @@ class FreeMatch(WeakToStrong):
     ema_decay: float = 0.999
     fairness_weight: float = 0.01
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_number("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
-        _check_number("fairness_weight", self.fairness_weight, 0.0)
+    @classmethod
+    def check(cls, hyperparameters):
+        super().check(hyperparameters)
+        _check_number("ema_decay", hyperparameters["ema_decay"], 0.0, 1.0, high_open=True)
+        _check_number("fairness_weight", hyperparameters["fairness_weight"], 0.0)
 
     def init_objective_state(self, params, model_state):
         num_classes = _num_classes(params)

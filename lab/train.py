@@ -6,8 +6,9 @@ one for eval mode) and its ``nnx.State`` halves (``params`` and the rest: BatchN
 statistics, dropout RNG counters). ``jax.jit``, ``lax.scan``, ``jax.vmap`` and
 ``jax.shard_map`` therefore apply directly.
 
-What a step minimises is an :class:`Objective`; supervised cross-entropy is one and
-the semi-supervised methods in :mod:`lab.semisupervised` are others, all sharing this loop.
+What a step minimises is an :class:`Objective`: the supervised cross-entropy and the
+semi-supervised methods of :mod:`lab.semisupervised`, the pretraining objectives of
+:mod:`lab.transfer`, all sharing this loop.
 Batches are drawn *inside* compiled code from data kept on device: every step
 indexes a per-epoch permutation derived from ``(seed, pool, epoch)``, so the
 batch sequence depends only on the seed and the step number. That makes resuming
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import time
@@ -36,7 +36,6 @@ from flax import nnx
 from tqdm import tqdm as std_tqdm
 from tqdm.auto import tqdm
 
-from lab import losses, metrics
 
 PyTree = Any
 Pools = Mapping[str, Mapping[str, jax.Array]]
@@ -123,20 +122,6 @@ class Objective:
         self, objective_state: PyTree, params: nnx.State, model_state: nnx.State, step: jax.Array
     ) -> PyTree:
         return objective_state
-
-
-@dataclasses.dataclass(frozen=True)
-class Supervised(Objective):
-    """Softmax cross-entropy on the labeled pool."""
-
-    label_smoothing: float = 0.0
-
-    def loss(self, model, batch, key, objective_state, step):
-        labeled = batch["labeled"]
-        logits = model(labeled["x"])
-        loss = losses.softmax_cross_entropy(logits, labeled["y"], label_smoothing=self.label_smoothing)
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == labeled["y"])
-        return loss, {"loss": loss, "accuracy": accuracy}, objective_state
 
 
 # -------------------------------------------------------------------------- steps
@@ -607,147 +592,3 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
-
-
-# ------------------------------------------------------------- train_and_evaluate
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Supervised training on a whole dataset (``lab train``)."""
-
-    dataset: str = "digits"
-    model: str = "mlp"
-    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    clip_norm: float | None = None
-    label_smoothing: float = 0.0
-    steps: int = 2000
-    batch_size: int = 64
-    eval_every: int = 500
-    seed: int = 0
-    data_parallel: bool = False
-
-
-def train_and_evaluate(
-    config: TrainConfig,
-    workdir: str | Path | None = None,
-    *,
-    checkpoint_every: int = 500,
-    progress: bool = True,
-) -> dict:
-    """Train ``config.model`` on ``config.dataset`` and return JSON-ready results.
-
-    With ``workdir``, the config is recorded in ``workdir/config.json`` and checkpoints
-    go to ``workdir/checkpoints`` every ``checkpoint_every`` steps and at the end; a
-    run resumes from the latest one, and a workdir refuses a run of another config.
-    If the loss turns NaN/Inf, the last finite state is saved there as a checkpoint.
-    """
-    from lab import data, models, optim, parallel as parallel_lib
-
-    enable_compilation_cache()
-    dataset = data.load(config.dataset)
-    dataset.check_batch_size(config.batch_size)
-    module = models.make_model(
-        config.model, dataset.input_shape, dataset.num_classes, seed=config.seed, **dict(config.model_kwargs)
-    )
-    model, params, model_state = Graphs.split(module)
-    tx = optim.make_optimizer(
-        config.optimizer,
-        config.learning_rate,
-        schedule=config.schedule,
-        total_steps=config.steps,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        clip_norm=config.clip_norm,
-    )
-    state = create_train_state(params, model_state, tx, config.seed)
-    pools = {"labeled": {"x": jnp.asarray(dataset.x_train), "y": jnp.asarray(dataset.y_train)}}
-    x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
-    test_logits = jax.jit(lambda s: predict(model, s.params, s.model_state, x_test))
-
-    def evaluate(s: TrainState) -> dict[str, float]:
-        return {"test_accuracy": metrics.accuracy(np.asarray(test_logits(s)), dataset.y_test)}
-
-    # Claimed only once the config has passed every check above, so a refused config is never recorded.
-    checkpoints = None if workdir is None else Checkpointer(_claim_workdir(Path(workdir), config) / "checkpoints")
-    try:
-        result = fit(
-            model,
-            state,
-            tx,
-            Supervised(config.label_smoothing),
-            pools,
-            steps=config.steps,
-            batch_size=config.batch_size,
-            eval_every=config.eval_every,
-            evaluate=evaluate,
-            checkpoints=checkpoints,
-            checkpoint_every=None if checkpoints is None else checkpoint_every,
-            parallel=parallel_lib.DataParallel() if config.data_parallel else None,
-            progress=progress,
-        )
-    except NonFiniteLossError as error:
-        if checkpoints is None:
-            kept = "Nothing was saved (no --workdir)"
-        else:
-            if checkpoints.latest_step() != error.step:  # it may have diverged right after a checkpoint
-                checkpoints.save(error.state)
-            kept = f"The last finite state (step {error.step}) is saved in {checkpoints.directory / str(error.step)}"
-        raise NonFiniteLossError(error.step, error.last_finite_loss, error.state, kept) from None
-    finally:
-        if checkpoints is not None:
-            checkpoints.close()
-    final = metrics.classification_metrics(np.asarray(test_logits(result.state)), dataset.y_test)
-    return {
-        "config": dataclasses.asdict(config),
-        "dataset": {"name": dataset.name, "source": dataset.source, "train": len(dataset.y_train), "test": len(y_test)},
-        "test": final,
-        "history": result.history,
-        "wall_time_s": result.wall_time_s,
-        "devices": jax.device_count() if config.data_parallel else 1,
-    }
-
-
-# Fields that do not change what is trained, so a workdir resumes across them: eval_every
-# only moves where evaluations (and chunk ends) fall, and chunking does not change the numbers.
-_RESUMABLE_ACROSS = ("eval_every",)
-
-
-def _claim_workdir(workdir: Path, config: TrainConfig) -> Path:
-    """Record ``config`` in ``workdir/config.json``, or check it against the one recorded there.
-
-    Resuming another config's checkpoints would report that config's model as this one's.
-    """
-    from lab import data
-
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"workdir {workdir} is not a folder (a file is in the way); choose a folder path") from None
-    record = workdir / "config.json"
-    current = json.loads(json.dumps(dataclasses.asdict(config)))  # as JSON reads it back: tuples become lists
-    if not record.exists():
-        if (workdir / "checkpoints").exists():
-            raise ValueError(
-                f"workdir {workdir} has checkpoints but no config.json recording their config; "
-                "use another --workdir (or delete its checkpoints)"
-            )
-        data.write_atomic(record, json.dumps(current, indent=2).encode())
-        return workdir
-    recorded = json.loads(record.read_text())
-    differences = [
-        f"{name}: {recorded.get(name)!r} -> {value!r}"
-        for name, value in current.items()
-        if name not in _RESUMABLE_ACROSS and recorded.get(name) != value
-    ]
-    if differences:
-        raise ValueError(
-            f"workdir {workdir} holds a run of another config ({'; '.join(differences)}); "
-            "use another --workdir for this config, or the recorded one to resume"
-        )
-    return workdir

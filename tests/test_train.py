@@ -18,7 +18,10 @@ import optax
 import pytest
 from flax import nnx
 
-from lab import cli, data, losses, models, optim, train
+from lab import cli, data, experiment, losses, models, optim, semisupervised, train
+
+# Plain cross-entropy on the digits as they are (no augmentation).
+SUPERVISED = semisupervised.Supervised(input_shape=(8, 8, 1), augmentation="none")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,7 @@ def test_fit_learns_digits(digits):
         model,
         state,
         tx,
-        train.Supervised(),
+        SUPERVISED,
         pools,
         steps=400,
         batch_size=64,
@@ -72,7 +75,7 @@ def test_fit_learns_digits(digits):
 def test_train_step_matches_hand_written_update(digits):
     model, tx, state, pools = _setup(digits)
     batch = train.draw_batch(pools, {"labeled": 16}, state.key, state.step)[0]
-    new_state, step_metrics = train.train_step(state, batch, model=model, tx=tx, objective=train.Supervised())
+    new_state, step_metrics = train.train_step(state, batch, model=model, tx=tx, objective=SUPERVISED)
 
     # Reference: plain jax.grad of the cross-entropy of an independently merged module, one Adam step.
     def loss(params):
@@ -123,7 +126,7 @@ def test_chunk_length_does_not_change_the_result(digits):
     for eval_every in (30, 7):
         model, tx, state, pools = _setup(digits)
         fit = train.fit(
-            model, state, tx, train.Supervised(), pools, steps=30, batch_size=32, eval_every=eval_every, progress=False
+            model, state, tx, SUPERVISED, pools, steps=30, batch_size=32, eval_every=eval_every, progress=False
         )
         results.append(fit.state.params)
     assert_trees_close(*results, rtol=1e-6, atol=1e-7)
@@ -136,7 +139,7 @@ class PoisonedAt(train.Objective):
     bad_step: int
 
     def loss(self, model, batch, key, objective_state, step):
-        loss, step_metrics, objective_state = train.Supervised().loss(model, batch, key, objective_state, step)
+        loss, step_metrics, objective_state = SUPERVISED.loss(model, batch, key, objective_state, step)
         loss = jnp.where(step >= self.bad_step, jnp.nan, loss)
         return loss, {**step_metrics, "loss": loss}, objective_state
 
@@ -173,7 +176,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(digits, tmp_path):
 def test_resume_from_checkpoint_equals_uninterrupted_run(digits, tmp_path):
     model, tx, state, pools = _setup(digits)
     straight = train.fit(
-        model, state, tx, train.Supervised(), pools, steps=24, batch_size=32, eval_every=8, progress=False
+        model, state, tx, SUPERVISED, pools, steps=24, batch_size=32, eval_every=8, progress=False
     )
 
     model, tx, state, pools = _setup(digits)
@@ -182,7 +185,7 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(digits, tmp_path):
         model,
         state,
         tx,
-        train.Supervised(),
+        SUPERVISED,
         pools,
         steps=16,
         batch_size=32,
@@ -198,7 +201,7 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(digits, tmp_path):
         model,
         fresh,
         tx,
-        train.Supervised(),
+        SUPERVISED,
         pools,
         steps=24,
         batch_size=32,
@@ -225,7 +228,7 @@ def test_early_stopping_returns_the_best_state(digits):
         model,
         state,
         tx,
-        train.Supervised(),
+        SUPERVISED,
         pools,
         steps=50,
         batch_size=32,
@@ -242,19 +245,20 @@ def test_early_stopping_returns_the_best_state(digits):
 def test_invalid_arguments_are_named(digits):
     model, tx, state, pools = _setup(digits)
     with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
-        train.fit(model, state, tx, train.Supervised(), pools, steps=0, batch_size=32, progress=False)
+        train.fit(model, state, tx, SUPERVISED, pools, steps=0, batch_size=32, progress=False)
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got -1"):
-        train.fit(model, state, tx, train.Supervised(), pools, steps=5, batch_size=-1, progress=False)
+        train.fit(model, state, tx, SUPERVISED, pools, steps=5, batch_size=-1, progress=False)
 
 
 def test_supervised_loss_is_the_cross_entropy(digits):
     model, tx, state, pools = _setup(digits)
     batch = train.draw_batch(pools, {"labeled": 8}, state.key, state.step)[0]
     module = model.bind(state.params, state.model_state, train=True)
-    loss, step_metrics, _ = train.Supervised().loss(module, batch, state.key, None, state.step)
+    loss, step_metrics, _ = SUPERVISED.loss(module, batch, state.key, None, state.step)
     logits = module(batch["labeled"]["x"])
     np.testing.assert_allclose(loss, losses.softmax_cross_entropy(logits, batch["labeled"]["y"]), rtol=1e-6)
-    np.testing.assert_allclose(step_metrics["accuracy"], np.mean(np.argmax(logits, -1) == batch["labeled"]["y"]))
+    accuracy = np.mean(np.argmax(logits, -1) == batch["labeled"]["y"])
+    np.testing.assert_allclose(step_metrics["labeled_accuracy"], accuracy)
 
 
 def test_draw_batch_uses_only_the_counted_entries_of_a_padded_index():
@@ -268,7 +272,7 @@ def test_draw_batch_uses_only_the_counted_entries_of_a_padded_index():
 
 def test_fit_trains_a_model_with_dropout(digits):
     model, tx, state, pools = _setup(digits, dropout=0.2)
-    result = train.fit(model, state, tx, train.Supervised(), pools, steps=20, batch_size=32, eval_every=10, progress=False)
+    result = train.fit(model, state, tx, SUPERVISED, pools, steps=20, batch_size=32, eval_every=10, progress=False)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] + 1.0
     train_mode = model.bind(result.state.params, result.state.model_state, train=True)
     eval_mode = model.bind(result.state.params, result.state.model_state, train=False)
@@ -306,8 +310,8 @@ def test_a_workdir_refuses_another_config_and_resumes_its_own(tmp_path, capsys, 
         assert err.startswith("lab train: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
         assert difference in err and "another --workdir" in err, err
     # Where evaluations happen does not change what is trained: the run resumes, with nothing left to train.
-    config = train.TrainConfig(**{**first["config"], "eval_every": 20})
-    resumed = train.train_and_evaluate(config, workdir, progress=False)
+    config = experiment.TrainConfig(**{**first["config"], "eval_every": 20})
+    resumed = experiment.train_and_evaluate(config, workdir, progress=False)
     assert resumed["history"] == [] and resumed["test"] == first["test"]
     assert json.loads((workdir / "config.json").read_text()) == first["config"]  # the record is not rewritten
 
@@ -316,7 +320,7 @@ def test_a_workdir_from_before_config_records_is_refused(tmp_path):
     workdir = tmp_path / "w"
     (workdir / "checkpoints" / "100").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"has checkpoints but no config.json .* another --workdir"):
-        train.train_and_evaluate(train.TrainConfig(steps=5), workdir, progress=False)
+        experiment.train_and_evaluate(experiment.TrainConfig(steps=5), workdir, progress=False)
 
 
 def _finished_checkpoints(directory: Path) -> list[int]:
@@ -391,15 +395,15 @@ def test_a_diverging_run_without_workdir_says_nothing_was_saved(capsys, monkeypa
     [("learning_rate", float("inf")), ("learning_rate", float("nan")), ("weight_decay", float("inf"))],
 )
 def test_train_and_evaluate_refuses_non_finite_hyperparameters(field, value, tmp_path):
-    config = train.TrainConfig(steps=5, **{field: value})
+    config = experiment.TrainConfig(steps=5, **{field: value})
     with pytest.raises(ValueError, match=f"{field} must be a finite number, got {value}"):
-        train.train_and_evaluate(config, tmp_path / "w", progress=False)
+        experiment.train_and_evaluate(config, tmp_path / "w", progress=False)
     assert not (tmp_path / "w").exists()  # a refused config is not recorded
 
 
 def test_train_and_evaluate_refuses_a_batch_larger_than_the_training_set(tmp_path):
     with pytest.raises(ValueError, match="batch_size=1348 is larger than the 1347 training examples of digits"):
-        train.train_and_evaluate(train.TrainConfig(steps=5, batch_size=1348), tmp_path / "w", progress=False)
+        experiment.train_and_evaluate(experiment.TrainConfig(steps=5, batch_size=1348), tmp_path / "w", progress=False)
     assert not (tmp_path / "w").exists()
 
 
