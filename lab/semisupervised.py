@@ -75,6 +75,7 @@ model_state)`` to ``train.create_train_state``. To train several seeds side by s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 from collections.abc import Callable, Mapping
@@ -127,6 +128,9 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
     def add(cls: type[Method]) -> type[Method]:
         if name in METHODS:
             raise ValueError(f"a method named {name!r} is already registered ({METHODS[name].__qualname__})")
+        unchecked = sorted(set(hyperparameters_of(cls)) - set(_CHECKS))
+        if unchecked:
+            raise ValueError(f"{cls.__qualname__} has hyperparameters without a check in _CHECKS: {unchecked}")
         cls.name = name
         METHODS[name] = cls
         return cls
@@ -147,8 +151,7 @@ def check_hyperparameters(name: str, **hyperparameters: Any) -> None:
     """Refuse what :func:`make_method` would refuse about ``name`` and ``hyperparameters``,
     without building the method: no input shape is needed (e.g. to validate a config
     before its data is loaded)."""
-    cls = _method_class(name, hyperparameters)
-    cls.check({**hyperparameters_of(cls), **hyperparameters})
+    _check_values({**hyperparameters_of(_method_class(name, hyperparameters)), **hyperparameters})
 
 
 def _method_class(name: str, hyperparameters: Mapping[str, Any]) -> type[Method]:
@@ -275,6 +278,26 @@ def _check_integer(name: str, value: Any, minimum: int):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+# What every hyperparameter must be, by name: a name means the same thing in every method.
+_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "flip": lambda name, value: augment.check_options(flip=value),
+    "magnitude": lambda name, value: augment.check_options(magnitude=value),
+    "mu": functools.partial(_check_integer, minimum=1),
+    "rampup_steps": functools.partial(_check_integer, minimum=0),
+    "rampup": lambda name, value: ramp_up(0, 1, value),  # refuses an unknown schedule
+    "unlabeled_weight": functools.partial(_check_number, low=0.0),
+    "fairness_weight": functools.partial(_check_number, low=0.0),
+    "threshold": functools.partial(_check_number, low=0.0, high=1.0, low_open=True),
+    "ema_decay": functools.partial(_check_number, low=0.0, high=1.0, high_open=True),
+}
+
+
+def _check_values(hyperparameters: Mapping[str, Any]) -> None:
+    """Refuse out-of-range values; checks no input shape, so a config can be checked before its data loads."""
+    for name, value in hyperparameters.items():
+        _CHECKS[name](name, value)
+
+
 def _num_classes(params: nnx.State) -> int:
     """Number of classes of a :mod:`lab.models` classifier, read off its ``head`` layer."""
     try:
@@ -302,17 +325,8 @@ class Method(train.Objective):
     flip: bool = False
     augmentations: dict[str, augment.Augmentation] = dataclasses.field(init=False, repr=False, compare=False)
 
-    @classmethod
-    def check(cls, hyperparameters: Mapping[str, Any]) -> None:
-        """Refuse out-of-range values of ``hyperparameters`` (all of the class's, by name).
-
-        A classmethod, so that a config can be checked before the input shape is known;
-        subclasses extend it for their own hyperparameters.
-        """
-        augment.check_options(flip=hyperparameters["flip"])
-
     def __post_init__(self):
-        self.check({name: getattr(self, name) for name in hyperparameters_of(type(self))})
+        _check_values({name: getattr(self, name) for name in hyperparameters_of(type(self))})
         weak = augment.make_augmentation("weak", self.input_shape, flip=self.flip)  # checks input_shape
         object.__setattr__(self, "input_shape", tuple(int(n) for n in self.input_shape))  # hashable, for jit caches
         object.__setattr__(self, "augmentations", {"weak": weak})
@@ -410,15 +424,6 @@ class SemiSupervised(Method):
     rampup_steps: int = 0
     rampup: str = "sigmoid"
 
-    @classmethod
-    def check(cls, hyperparameters):
-        super().check(hyperparameters)
-        _check_integer("mu", hyperparameters["mu"], 1)
-        _check_number("unlabeled_weight", hyperparameters["unlabeled_weight"], 0.0)
-        _check_integer("rampup_steps", hyperparameters["rampup_steps"], 0)
-        # Rejects an unknown schedule now rather than at the first step.
-        ramp_up(0, hyperparameters["rampup_steps"], hyperparameters["rampup"])
-
     def batch_sizes(self, batch_size: int) -> dict[str, int]:
         return {"labeled": batch_size, "unlabeled": self.mu * batch_size}
 
@@ -500,11 +505,6 @@ class PseudoLabel(SemiSupervised):
     mu: int = 3
     rampup_steps: int = 1000
 
-    @classmethod
-    def check(cls, hyperparameters):
-        super().check(hyperparameters)
-        _check_number("threshold", hyperparameters["threshold"], 0.0, 1.0, low_open=True)
-
     def unlabeled_term(self, model, unlabeled_x, logits, key, objective_state, step):
         (weak,) = logits
         probs = jax.nn.softmax(jax.lax.stop_gradient(weak))
@@ -568,11 +568,6 @@ class MeanTeacher(SemiSupervised):
     rampup_steps: int = 1000
     mu: int = 3
 
-    @classmethod
-    def check(cls, hyperparameters):
-        super().check(hyperparameters)
-        _check_number("ema_decay", hyperparameters["ema_decay"], 0.0, 1.0, high_open=True)
-
     def init_objective_state(self, params, model_state):
         # A copy, so that the teacher never aliases (or gets donated with) the student's buffers.
         return {"teacher": jax.tree.map(jnp.copy, params)}
@@ -605,11 +600,6 @@ class WeakToStrong(SemiSupervised):
     mu: int = 7
     magnitude: float = 0.5
 
-    @classmethod
-    def check(cls, hyperparameters):
-        super().check(hyperparameters)
-        augment.check_options(magnitude=hyperparameters["magnitude"])
-
     def __post_init__(self):
         super().__post_init__()
         self.augmentations["strong"] = augment.make_augmentation(
@@ -634,11 +624,6 @@ class FixMatch(WeakToStrong):
 
     threshold: float = 0.95
 
-    @classmethod
-    def check(cls, hyperparameters):
-        super().check(hyperparameters)
-        _check_number("threshold", hyperparameters["threshold"], 0.0, 1.0, low_open=True)
-
     def thresholds(self, probs, objective_state):
         return self.threshold, objective_state
 
@@ -659,11 +644,6 @@ class FlexMatch(FixMatch):
     """
 
     ema_decay: float = 0.99
-
-    @classmethod
-    def check(cls, hyperparameters):
-        super().check(hyperparameters)
-        _check_number("ema_decay", hyperparameters["ema_decay"], 0.0, 1.0, high_open=True)
 
     def init_objective_state(self, params, model_state):
         return {"learning_effect": jnp.zeros(_num_classes(params), jnp.float32)}
@@ -704,12 +684,6 @@ class FreeMatch(WeakToStrong):
 
     ema_decay: float = 0.999
     fairness_weight: float = 0.01
-
-    @classmethod
-    def check(cls, hyperparameters):
-        super().check(hyperparameters)
-        _check_number("ema_decay", hyperparameters["ema_decay"], 0.0, 1.0, high_open=True)
-        _check_number("fairness_weight", hyperparameters["fairness_weight"], 0.0)
 
     def init_objective_state(self, params, model_state):
         num_classes = _num_classes(params)

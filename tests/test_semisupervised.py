@@ -209,6 +209,18 @@ def test_out_of_range_hyperparameters_are_refused(name, hyper, message):
         semisupervised.make_method(name, input_shape=INPUT_SHAPE, **hyper)
 
 
+def test_hyperparameters_are_checked_without_an_input_shape():
+    semisupervised.check_hyperparameters("fixmatch", threshold=0.9, mu=2)
+    with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\], got 0.0"):
+        semisupervised.check_hyperparameters("fixmatch", threshold=0.0)
+    with pytest.raises(ValueError, match=r"magnitude must be a number in \[0, 1\], got 2.0"):
+        semisupervised.check_hyperparameters("freematch", magnitude=2.0)
+    with pytest.raises(ValueError, match="supervised has no hyperparameter 'mu'"):
+        semisupervised.check_hyperparameters("supervised", mu=2)
+    with pytest.raises(ValueError, match="unknown semi-supervised method 'mixmatch'"):
+        semisupervised.check_hyperparameters("mixmatch")
+
+
 def test_input_shape_is_checked():
     with pytest.raises(ValueError, match=r"input_shape must be .* got \(32,\)"):
         semisupervised.make_method("pi_model", input_shape=(32,))
