@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib.metadata
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+from lab.provenance import package_versions
 
 # Libraries whose version can change what lab computes, in a cached entry too.
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "numpy", "orbax-checkpoint", "scikit-learn", "mnist1d")
@@ -47,20 +48,8 @@ def fingerprint(module: str, *, package_dir: Path = _PACKAGE_DIR) -> str:
     for name in sorted(imported_modules(module, package_dir)):
         digest.update(f"{name}\0".encode())
         digest.update(_module_path(name, package_dir).read_bytes())
-    digest.update(json.dumps(library_versions()).encode())
+    digest.update(json.dumps(package_versions(LIBRARIES)).encode())
     return digest.hexdigest()[:16]
-
-
-def library_versions() -> tuple[tuple[str, str | None], ...]:
-    """``(distribution, version)`` for each of :data:`LIBRARIES`; ``None`` for one not installed."""
-
-    def version(name: str) -> str | None:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    return tuple((name, version(name)) for name in LIBRARIES)
 
 
 def imported_modules(module: str, package_dir: Path = _PACKAGE_DIR) -> set[str]:

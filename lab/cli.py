@@ -1,35 +1,79 @@
-"""The ``lab`` command line: ``lab train``, ``lab data``, and the subcommands that
-other modules register (``sweep``, ``runs``, ``report``)."""
+"""The ``lab`` command line: ``lab train``, ``lab run``, ``lab data``, ``lab sweep``, ``lab runs`` and
+``lab report``. The modules behind them (:mod:`lab.sweep`, :mod:`lab.store`, :mod:`lab.export`,
+:mod:`lab.report`) are libraries; their arguments and messages live here."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from lab.record import seed_mean
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from lab import store
+
+
+def _number(text: str, kind: type) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    from lab.experiment import MAX_SEED
+
+    value = _number(text, int)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..{MAX_SEED}, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text, float)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
 def non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _number(text, float)
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other ``lab`` error (sub-commands
+    inherit it): the bad argument, what it allows, and where the options are listed."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
 
 def add_train_command(subparsers) -> None:
@@ -43,14 +87,14 @@ def add_train_command(subparsers) -> None:
     parser.add_argument("--optimizer", default="adam", choices=optim.OPTIMIZERS)
     parser.add_argument("--learning-rate", type=positive_float, default=1e-3)
     parser.add_argument("--schedule", default="constant", choices=optim.SCHEDULES)
-    parser.add_argument("--warmup-steps", type=int, default=0)
+    parser.add_argument("--warmup-steps", type=non_negative_int, default=0)
     parser.add_argument("--weight-decay", type=non_negative_float, default=0.0)
     parser.add_argument("--clip-norm", type=positive_float, default=None)
     parser.add_argument("--label-smoothing", type=non_negative_float, default=0.0)
     parser.add_argument("--steps", type=positive_int, default=2000)
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--eval-every", type=positive_int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--data-parallel", action="store_true", help="shard each batch over all local devices")
     parser.add_argument(
         "--workdir", default=None, help="record the config and checkpoint here; resume from the latest checkpoint"
@@ -88,6 +132,10 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# The sweep that `lab run --store` saves single runs under, unless told otherwise.
+RUNS_SWEEP = "runs"
+
+
 def add_run_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "run",
@@ -98,7 +146,17 @@ def add_run_command(subparsers) -> None:
     )
     parser.add_argument("fields", nargs="*", metavar="FIELD=VALUE", help="experiment config fields")
     parser.add_argument("--config", default=None, help="YAML file with config fields")
-    parser.add_argument("--output", default=None, help="also write the full result as JSON here")
+    parser.add_argument(
+        "--output", default=None, metavar="FILE",
+        help="also write the full result as JSON here: config, per-seed metrics, curves, wall times, "
+        "environment, and the record that sweeps store",
+    )  # fmt: skip
+    parser.add_argument(
+        "--store", default=None, metavar="PATH", help="also save the record as a done point in this results database"
+    )
+    parser.add_argument(
+        "--sweep", default=RUNS_SWEEP, help=f"the sweep the point is saved under with --store (default: {RUNS_SWEEP})"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run_experiment)
 
@@ -143,15 +201,40 @@ def read_config_file(path: str) -> dict:
 
 
 def run_experiment(args: argparse.Namespace) -> int:
-    from lab import experiment
+    from lab import experiment, files, provenance, store, sweep
 
     fields = read_config_file(args.config) if args.config else {}
     fields.update(parse_fields(args.fields))
+    # Checked before the run, so that an output that cannot be written fails before any training.
     if args.output:
-        experiment.check_output(args.output)  # now, not after training
+        files.check_output_path(args.output, "--output")
+    results = None
+    if args.store:
+        sweep.check_name(args.sweep)
+        results = store.ResultsStore(args.store)
+    started_at, clock = provenance.utc_now(), time.monotonic()
     result = experiment.run(fields, progress=not args.no_progress)
     if args.output:
         result.save(args.output)
+    if results is not None:
+        point_id = sweep.point_id(result.config)
+        results.save(
+            store.RunRow(
+                sweep=args.sweep,
+                point_id=point_id,
+                notebook="lab run",
+                parameters=result.config,
+                status="done",
+                payload=result.record().to_dict(),
+                started_at=started_at,
+                ended_at=provenance.utc_now(),
+                duration_s=time.monotonic() - clock,
+                versions=result.environment["versions"],
+                git_commit=result.environment["git_commit"],
+            )
+        )
+        # On stderr: stdout is the JSON below, for other programs to read.
+        sys.stderr.write(f"saved as point {point_id} of sweep {args.sweep} in {results.path}\n")
     summary = {name: {k: round(v, 4) for k, v in stats.items()} for name, stats in result.summary().items()}
     print(json.dumps({"config": result.config, "metrics": result.metrics, "summary": summary,
                       "wall_time_s": result.wall_time_s}, indent=2))
@@ -189,10 +272,215 @@ def run_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from lab import experiment, report, store, sweep
+def add_sweep_command(
+    subparsers: argparse._SubParsersAction, validate: Callable[[dict[str, Any]], None] | None = None
+) -> argparse.ArgumentParser:
+    """Add ``lab sweep``; ``validate`` checks every point before any run."""
+    from lab import sweep
 
-    parser = argparse.ArgumentParser(prog="lab", description=__doc__)
+    parser = subparsers.add_parser(
+        "sweep",
+        help="run a notebook over a grid of parameters (papermill), saving results in runs/results.db",
+        description="Run a notebook once per point of a parameter grid with papermill. Each result is saved in "
+        "<runs-dir>/results.db as its run ends; running the same --name again skips the points already done.",
+        epilog="example: lab sweep notebooks/02_semi_supervised.ipynb --name ssl-digits "
+        "-p method fixmatch,pseudo_label -p labels_per_class 1,2,4,10 -p seed 0:5 --workers 2",
+    )
+    parser.add_argument("notebook", help="the notebook to run; it needs a cell tagged 'parameters'")
+    parser.add_argument(
+        "-p", "--parameter", nargs=2, action="append", default=[], dest="parameters", metavar=("NAME", "VALUES"),
+        help="a grid axis: comma-separated values and integer ranges a:b (b excluded); repeat for more axes",
+    )  # fmt: skip
+    parser.add_argument(
+        "--grid", metavar="FILE", help="YAML mapping of parameter names to lists of values (the same forms as -p)"
+    )
+    parser.add_argument("--name", required=True, help="sweep name; running the same name again resumes the sweep")
+    parser.add_argument("--runs-dir", default="runs", help="where notebooks, logs and results.db go (default: runs)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="runs at once (default: 1; with --scheduler, the cluster's threads)"
+    )
+    parser.add_argument(
+        "--executor", choices=sweep.EXECUTORS, default="local", help="local process pool or Dask (default: local)"
+    )
+    parser.add_argument(
+        "--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://127.0.0.1:8786 (default: a local cluster)"
+    )
+    parser.add_argument("--retry-failed", action="store_true", help="run the points that failed before again")
+    parser.set_defaults(handler=functools.partial(sweep_notebook, validate=validate))
+    return parser
+
+
+def sweep_notebook(args: argparse.Namespace, validate: Callable[[dict[str, Any]], None] | None) -> int:
+    from lab import sweep
+
+    summary = sweep.run_sweep(
+        args.notebook,
+        sweep.parse_grid(args.parameters, args.grid),
+        name=args.name,
+        runs_dir=args.runs_dir,
+        workers=args.workers,
+        executor=args.executor,
+        scheduler=args.scheduler,
+        retry_failed=args.retry_failed,
+        validate=validate,
+    )
+    print(summary.describe())
+    return 0 if summary.complete else 1
+
+
+def _add_store_argument(parser: argparse.ArgumentParser) -> None:
+    from lab import store
+
+    parser.add_argument(
+        "--store", default=str(store.DEFAULT_PATH), help=f"results database (default: {store.DEFAULT_PATH})"
+    )
+
+
+def add_runs_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``lab runs {list,show,export}``."""
+    from lab import export
+
+    parser = subparsers.add_parser("runs", help="list, inspect and export stored sweep results")
+    _add_store_argument(parser)
+    actions = parser.add_subparsers(dest="runs_command", required=True)
+
+    list_parser = actions.add_parser("list", help="one line per sweep with its point counts by status")
+    list_parser.set_defaults(handler=list_runs)
+
+    show_parser = actions.add_parser("show", help="the points of a sweep, or the details of one point")
+    show_parser.add_argument(
+        "target", metavar="SWEEP_OR_POINT", help="a sweep name, or a point id (or a unique prefix of one)"
+    )
+    show_parser.set_defaults(handler=show_runs)
+
+    export_parser = actions.add_parser("export", help="write the results as CSV or Parquet")
+    export_parser.add_argument("--format", choices=export.FORMATS, default="csv")
+    export_parser.add_argument("--output", required=True, metavar="FILE")
+    export_parser.add_argument("--sweep", default=None, help="only this sweep (default: all)")
+    export_parser.set_defaults(handler=export_runs)
+    return parser
+
+
+def list_runs(args: argparse.Namespace) -> int:
+    from lab import store
+
+    sweeps = store.ResultsStore(args.store, create=False).sweeps()
+    if sweeps.empty:
+        print(f"{args.store} holds no sweeps yet")
+    else:
+        print(sweeps.to_string(index=False))
+    return 0
+
+
+def show_runs(args: argparse.Namespace) -> int:
+    from lab import store
+
+    results = store.ResultsStore(args.store, create=False)
+    rows = results.rows(args.target)
+    if rows:
+        print(_points_table(rows).to_string(index=False))
+        return 0
+    matches = results.find_points(args.target)
+    if not matches:
+        raise ValueError(
+            f"{args.target!r} is neither a sweep nor a point id in {args.store}; `lab runs list` shows the sweeps"
+        )
+    if len(matches) > 1:
+        raise ValueError(
+            f"point id prefix {args.target!r} is ambiguous: "
+            + ", ".join(f"{row.sweep}/{row.point_id}" for row in matches)
+        )
+    print(_point_details(matches[0]))
+    return 0
+
+
+def _points_table(rows: list[store.RunRow]) -> pd.DataFrame:
+    import pandas as pd
+
+    lines = []
+    for row in rows:
+        accuracy = (row.payload or {}).get("metrics", {}).get("accuracy")
+        lines.append(
+            {
+                "point_id": row.point_id,
+                "status": row.current_status(),
+                "parameters": json.dumps(row.parameters, sort_keys=True),
+                "accuracy": f"{seed_mean(accuracy):.4f}" if accuracy else "",
+                "duration_s": "" if row.duration_s is None else f"{row.duration_s:.1f}",
+                "error": row.error.splitlines()[0][:80] if row.error else "",
+            }
+        )
+    return pd.DataFrame(lines)
+
+
+def _point_details(row: store.RunRow) -> str:
+    lines = [
+        f"sweep:           {row.sweep}",
+        f"point:           {row.point_id}",
+        f"status:          {row.current_status()}"
+        + ("" if row.owner is None else f" (process {row.owner.pid} on {row.owner.host})"),
+        f"notebook:        {row.notebook}",
+        f"output notebook: {row.output_notebook}",
+        f"log:             {row.log_path}",
+        f"started / ended: {row.started_at} / {row.ended_at}"
+        + ("" if row.duration_s is None else f" ({row.duration_s:.1f} s)"),
+        f"git commit:      {row.git_commit or 'unknown (not run in a git work tree)'}",
+        f"versions:        {json.dumps(row.versions, sort_keys=True)}",
+        f"parameters:      {json.dumps(row.parameters, sort_keys=True)}",
+    ]
+    if row.payload:
+        for name, values in row.payload["metrics"].items():
+            lines.append(
+                f"{name + ':':<17}{seed_mean(values):.4f} "
+                f"(per seed {dict(zip(row.payload['seeds'], values, strict=True))})"
+            )
+    if row.error:
+        lines += [f"error:           {row.error}", "traceback:", row.traceback or ""]
+    return "\n".join(lines)
+
+
+def export_runs(args: argparse.Namespace) -> int:
+    from lab import export
+
+    written = export.export(args.output, format=args.format, sweep=args.sweep, path=args.store)
+    print(f"wrote {written}")
+    return 0
+
+
+def add_report_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``lab report``."""
+    from lab import report
+
+    parser = subparsers.add_parser(
+        "report", help="figures and a summary table (Markdown, CSV) from stored sweep results"
+    )
+    parser.add_argument("--sweep", default=None, help="only this sweep (default: every done point in the store)")
+    parser.add_argument(
+        "--out", default=str(report.DEFAULT_OUT_DIR), help=f"output folder (default: {report.DEFAULT_OUT_DIR})"
+    )
+    _add_store_argument(parser)
+    parser.set_defaults(handler=write_report)
+    return parser
+
+
+def write_report(args: argparse.Namespace) -> int:
+    from lab import files, report, store
+
+    files.check_output_path(args.out, "--out", folder=True)
+    frame = store.load(args.sweep, path=args.store)
+    if args.sweep is not None and frame.empty:
+        raise ValueError(f"no sweep named {args.sweep!r} in {args.store}; `lab runs list` shows the sweeps")
+    for path in report.build_report(frame, args.out):
+        print(f"wrote {path}")
+    print()
+    print(report.summary_markdown(report.summary_table(frame)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lab import experiment
+
+    parser = Parser(prog="lab", description=__doc__)
     parser.add_argument(
         "--debug", action="store_true", help=f"show the Python traceback of an error (or set {DEBUG_VARIABLE}=1)"
     )
@@ -200,9 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_command(subparsers)
     add_run_command(subparsers)
     add_data_command(subparsers)
-    sweep.register_cli(subparsers, validate=experiment.validate_parameters)
-    store.register_cli(subparsers)
-    report.register_cli(subparsers)
+    add_sweep_command(subparsers, validate=experiment.validate_parameters)
+    add_runs_command(subparsers)
+    add_report_command(subparsers)
     return parser
 
 
@@ -231,6 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(arguments)
         return args.handler(args)
+    except SystemExit as exit:  # argparse's own: --help (0) or a bad argument (2, its one line printed)
+        return exit.code if isinstance(exit.code, int) else 2
     except KeyboardInterrupt:
         if debug:
             raise

@@ -24,7 +24,6 @@ import os
 import random
 import struct
 import urllib.request
-import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lab import cache
+from lab import cache, files
 from lab.cache import cache_dir
 
 __all__ = [
@@ -55,7 +54,6 @@ __all__ = [
     "read_idx",
     "resize_images",
     "validation_split",
-    "write_atomic",
     "write_idx",
 ]
 
@@ -208,7 +206,7 @@ def mnist1d(*, seed: int = 42) -> Dataset:
         }
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        write_atomic(path, buffer.getvalue())
+        files.write_atomic(path, buffer.getvalue())
     return Dataset("mnist1d", **arrays, class_names=_DIGIT_NAMES, source=f"mnist1d.data.make_dataset(seed={seed})")
 
 
@@ -277,7 +275,7 @@ def write_idx(path: PathLike, array: np.ndarray) -> None:
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     data = header + array.astype(_IDX_DTYPES[code]).tobytes()
     # mtime=0 makes the .gz bytes depend on the content only.
-    write_atomic(path, gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
+    files.write_atomic(path, gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
 
 
 def _gunzip_if_gzip(data: bytes, origin: str) -> bytes:
@@ -289,18 +287,6 @@ def _gunzip_if_gzip(data: bytes, origin: str) -> bytes:
         raise IDXFormatError(f"{origin}: corrupt gzip data ({err})") from err
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: its files are private (0600); open(..., "x") keeps the user's umask.
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-    try:
-        with open(temp, "xb") as file:
-            file.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- MNIST-style datasets
@@ -467,7 +453,7 @@ def _download(spec: _IDXDataset, target: Path, mirror: str | None) -> None:
                 f"(of the decompressed content); not saved. Check the mirror ({base}, ${env_var})."
             )
         # Saved as served: read_idx tells gzip from raw by content, the name just says which it is.
-        write_atomic(target / (f"{stem}.gz" if payload[:2] == _GZIP_MAGIC else stem), payload)
+        files.write_atomic(target / (f"{stem}.gz" if payload[:2] == _GZIP_MAGIC else stem), payload)
 
 
 def _read_idx_dataset(spec: _IDXDataset, directory: Path, files: dict[str, Path]) -> Dataset:
@@ -601,11 +587,12 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
 DATA_DIR_DATASETS = ("fashion_mnist", "mnist")
 
 
-def check_data_dir(name: str, data_dir: PathLike | None) -> None:
-    """Refuse a ``data_dir`` for a dataset that would silently ignore it."""
-    if data_dir is not None and name not in DATA_DIR_DATASETS:
+def check_data_dir(data_dir: PathLike | None, *names: str) -> None:
+    """Refuse a ``data_dir`` that none of the datasets ``names`` (those a run loads) would read."""
+    if data_dir is not None and not set(names) & set(DATA_DIR_DATASETS):
         raise ValueError(
-            f"data_dir={str(data_dir)!r} is read only by {', '.join(DATA_DIR_DATASETS)}; {name} does not read files"
+            f"data_dir={str(data_dir)!r} is read only by {', '.join(DATA_DIR_DATASETS)}; "
+            f"{' and '.join(names)} {'does' if len(names) == 1 else 'do'} not read files"
         )
 
 
@@ -613,5 +600,5 @@ def load(name: str, **kwargs: object) -> Dataset:
     """Load a dataset by name (one of :data:`DATASETS`); ``kwargs`` go to its loader."""
     if name not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    check_data_dir(name, kwargs.get("data_dir"))
+    check_data_dir(kwargs.get("data_dir"), name)
     return _LOADERS[name](**kwargs)

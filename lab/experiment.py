@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.metadata
 import json
 import math
-import os
-import platform
-import subprocess
 import time
 import types
 import typing
@@ -33,9 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lab import data, metrics, models, optim, semisupervised, train, transfer
+from lab import data, files, metrics, models, optim, provenance, semisupervised, train, transfer
+from lab.record import Record
 
-_MAX_SEED = 2**31 - 1  # seeds are stacked into an int32 array for the vmapped initialisation
+# Results name the git commit of lab's own source, wherever the run is started from.
+_SOURCE_DIR = Path(__file__).parent
+MAX_SEED = 2**31 - 1  # seeds are stacked into an int32 array for the vmapped initialisation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,14 +96,15 @@ class ExperimentConfig:
         if not self.seeds:
             raise ValueError("seeds must name at least one seed, got ()")
         _distinct("seeds", self.seeds)
-        if not all(0 <= seed <= _MAX_SEED for seed in self.seeds):
-            raise ValueError(f"seeds must be integers in 0..{_MAX_SEED}, got {list(self.seeds)}")
+        if not all(0 <= seed <= MAX_SEED for seed in self.seeds):
+            raise ValueError(f"seeds must be integers in 0..{MAX_SEED}, got {list(self.seeds)}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
         for name in ("weight_decay", "backbone_lr_multiplier"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
-        data.check_data_dir(self.dataset, self.data_dir)
+        # data_dir also serves the datasets a setup loads besides this one (see _load_named).
+        data.check_data_dir(self.data_dir, self.dataset, *SETUPS[self.setup].other_datasets(self))
         allowed = models.default_hyperparameters(self.model)
         unknown = sorted(set(self.model_kwargs) - set(allowed))
         if unknown:
@@ -209,6 +209,10 @@ def _nothing(config: ExperimentConfig) -> None:
     return None
 
 
+def _no_datasets(config: ExperimentConfig) -> tuple[str, ...]:
+    return ()
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """How one setup trains: the pieces :func:`run` assembles, each a function of the config.
@@ -223,6 +227,7 @@ class Plan:
     pretrain: Callable[[ExperimentConfig], transfer.Backbone | None] = _nothing
     classifier: Callable[[ExperimentConfig, data.Dataset, Any], ModuleFactory] = _fresh_classifier  # pretrained too
     param_groups: Callable[[ExperimentConfig], Mapping[str, str | float] | None] = _nothing
+    other_datasets: Callable[[ExperimentConfig], tuple[str, ...]] = _no_datasets  # loaded besides config.dataset
 
 
 def _weakly_augmented_supervised(config: ExperimentConfig, input_shape: tuple[int, ...]) -> train.Objective:
@@ -239,6 +244,11 @@ def _adapted_classifier(config: ExperimentConfig, dataset: data.Dataset, backbon
 
 def _adaptation_param_groups(config: ExperimentConfig) -> dict[str, str | float]:
     return transfer.adaptation_param_groups(config.adaptation, config.backbone_lr_multiplier)
+
+
+def _pretraining_datasets(config: ExperimentConfig) -> tuple[str, ...]:
+    source = config.pretrain_kwargs.get("source_dataset")
+    return (source,) if source else ()
 
 
 def _check_transfer(config: ExperimentConfig) -> None:
@@ -269,6 +279,7 @@ SETUPS: dict[str, Plan] = {
         pretrain=_pretrained,
         classifier=_adapted_classifier,
         param_groups=_adaptation_param_groups,
+        other_datasets=_pretraining_datasets,
     ),
 }
 
@@ -285,7 +296,7 @@ class Result:
     metrics: dict[str, list[float]]  # final test metrics per seed: accuracy, macro_f1, ece, ...
     curves: dict[str, list]  # "step", then per evaluation one list per seed (test_accuracy, train_loss, ...)
     wall_time_s: dict[str, float]  # pretrain (0 on a cache hit), compile, train
-    environment: dict[str, Any]  # library versions, git commit, devices
+    environment: dict[str, Any]  # library versions, git commit, host, devices (lab.provenance.environment)
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Mean and (population) standard deviation over seeds of each final metric."""
@@ -294,43 +305,28 @@ class Result:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The result as JSON, as ``lab run --output`` writes it: the fields above, and under ``"record"``
+        the :class:`~lab.record.Record` of :meth:`record`, as sweeps and the results store keep it."""
+        return {**dataclasses.asdict(self), "record": self.record().to_dict()}
 
-    def record(self) -> dict[str, Any]:
-        """The payload notebooks hand to :func:`lab.store.record` for sweeps and reports."""
-        return {
-            "dataset": self.config["dataset"],
-            "setup": self.config["setup"],
-            "method": ExperimentConfig.from_dict(self.config).method_label,
-            "labels_per_class": self.config["labels_per_class"],
-            "seeds": self.seeds,
-            "metrics": self.metrics,
-            "curves": {"step": self.curves["step"], "accuracy": self.curves["test_accuracy"]},
-            "wall_time_s": self.wall_time_s,
-        }
+    def record(self) -> Record:
+        """The run's record, the schema that notebooks (:func:`lab.record.emit`), sweeps and reports share."""
+        return Record.from_dict(
+            {
+                "dataset": self.config["dataset"],
+                "setup": self.config["setup"],
+                "method": ExperimentConfig.from_dict(self.config).method_label,
+                "labels_per_class": self.config["labels_per_class"],
+                "seeds": self.seeds,
+                "metrics": self.metrics,
+                "curves": {"step": self.curves["step"], "accuracy": self.curves["test_accuracy"]},
+                "wall_time_s": self.wall_time_s,
+            }
+        )
 
     def save(self, path: str | Path) -> Path:
-        """Write the result as JSON atomically (temporary file, then rename)."""
-        path = Path(path)
-        data.write_atomic(path, json.dumps(self.to_dict(), indent=2).encode())
-        return path
-
-
-def check_output(path: str | Path) -> None:
-    """Refuse, without creating anything, a path :meth:`Result.save` could not write,
-    so that a run fails before training rather than after it."""
-    path = Path(path)
-    problem = None
-    if path.is_dir():
-        problem = "it is a folder; give a file path such as result.json"
-    else:
-        existing = next(parent for parent in path.absolute().parents if parent.exists())
-        if not existing.is_dir():
-            problem = f"{existing} is a file, not a folder"
-        elif not os.access(existing, os.W_OK):
-            problem = f"{existing} is not writable"
-    if problem:
-        raise ValueError(f"cannot write the result to {path}: {problem}")
+        """Write :meth:`to_dict` as JSON, atomically (see :mod:`lab.files`)."""
+        return files.write_atomic(path, json.dumps(self.to_dict(), indent=2))
 
 
 def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) -> Result:
@@ -406,7 +402,7 @@ def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) 
         metrics={name: [row[name] for row in per_seed] for name in per_seed[0]},
         curves=_curves(fit.history),
         wall_time_s={name: round(seconds, 3) for name, seconds in wall.items()},
-        environment=environment(),
+        environment=provenance.environment(_SOURCE_DIR),
     )
 
 
@@ -537,7 +533,7 @@ def _claim_workdir(workdir: Path, config: TrainConfig) -> Path:
                 f"workdir {workdir} has checkpoints but no config.json recording their config; "
                 "use another --workdir (or delete its checkpoints)"
             )
-        data.write_atomic(record, json.dumps(current, indent=2).encode())
+        files.write_atomic(record, json.dumps(current, indent=2))
         return workdir
     recorded = json.loads(record.read_text())
     differences = [
@@ -599,21 +595,3 @@ def _curves(history: list[dict[str, Any]]) -> dict[str, list]:
     """Columns of the evaluated history rows (every row that has a test accuracy)."""
     rows = [row for row in history if "test_accuracy" in row]
     return {name: [row[name] for row in rows] for name in rows[0]} if rows else {"step": [], "test_accuracy": []}
-
-
-@functools.cache
-def environment() -> dict[str, Any]:
-    """Library versions, git commit and devices, for the record of a run."""
-    versions = {"python": platform.python_version()}
-    for package in ("lab", "jax", "jaxlib", "flax", "optax", "numpy"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"versions": versions, "git_commit": commit, "devices": [str(device) for device in jax.devices()]}

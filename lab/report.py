@@ -1,4 +1,4 @@
-"""``lab report``: figures and a summary table from the results store.
+"""Figures and a summary table from the results store: the library behind ``lab report`` (:mod:`lab.cli`).
 
 :func:`build_report` writes, into an output folder (``figures/`` by default):
 
@@ -22,7 +22,6 @@ pyplot state of an interactive session alone.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -35,7 +34,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from lab import store
+from lab import files
+from lab.export import json_text
+from lab.record import METRICS
 
 GROUP_KEYS = ("dataset", "setup", "method", "labels_per_class")
 # Parameters that never tell configurations apart: seeds are pooled, output folders differ per point.
@@ -54,8 +55,8 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """
     done = _done(df)
     keys = _configuration_keys(done)
-    metrics = [metric for metric in store.METRICS if metric in done.columns]
-    per_point = _hashable(done, keys)
+    metrics = [metric for metric in METRICS if metric in done.columns]
+    per_point = json_text(done, keys)
     for metric in metrics:  # a notebook that does not record this metric: NaN per seed, skipped by mean and std
         per_point[metric] = [
             values if isinstance(values, list) else [math.nan] * len(seeds)
@@ -89,7 +90,7 @@ def _configuration_keys(done: pd.DataFrame) -> list[str]:
     keys = list(GROUP_KEYS)
     if "parameters" not in done.columns:
         return keys
-    groups = _hashable(done, GROUP_KEYS).groupby(list(GROUP_KEYS), dropna=False)
+    groups = json_text(done, GROUP_KEYS).groupby(list(GROUP_KEYS), dropna=False)
     names = sorted(
         {name for parameters in done["parameters"] for name in parameters} - {*GROUP_KEYS, *POOLED_PARAMETERS}
     )
@@ -105,19 +106,9 @@ def _distinct_values(parameter_dicts: pd.Series, name: str) -> int:
     return len({json.dumps(parameters.get(name), sort_keys=True) for parameters in parameter_dicts})
 
 
-def _hashable(frame: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
-    """``frame`` with list and dict values in ``columns`` as JSON text, so they can be grouped on."""
-    converted = frame.copy()
-    for column in columns:
-        converted[column] = converted[column].map(
-            lambda value: json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
-        )
-    return converted
-
-
 def summary_markdown(table: pd.DataFrame) -> str:
     """``summary_table``'s result as a Markdown table with "mean ± std" cells."""
-    metrics = [metric for metric in store.METRICS if f"{metric}_mean" in table.columns]
+    metrics = [metric for metric in METRICS if f"{metric}_mean" in table.columns]
     keys = [column for column in table.columns if column != "n_seeds" and not column.endswith(("_mean", "_std"))]
     header = [*keys, "n_seeds", *metrics]
     lines = [
@@ -184,7 +175,7 @@ def learning_curves(df: pd.DataFrame) -> pd.DataFrame:
     done = _done(df)
     keys = _configuration_keys(done)
     rows = []
-    for _, point in _hashable(done, keys).iterrows():
+    for _, point in json_text(done, keys).iterrows():
         curves = point.get("curves")
         if not isinstance(curves, dict) or CURVE_METRIC not in curves:
             continue
@@ -234,8 +225,8 @@ def build_report(df: pd.DataFrame, out_dir: str | os.PathLike[str] = DEFAULT_OUT
     out_dir = Path(out_dir)
     table = summary_table(df)
     written = [
-        _write_text(out_dir / "summary.md", summary_markdown(table)),
-        _write_text(out_dir / "summary.csv", table.to_csv(index=False)),
+        files.write_atomic(out_dir / "summary.md", summary_markdown(table)),
+        files.write_atomic(out_dir / "summary.csv", table.to_csv(index=False)),
         _write_figure(out_dir / "accuracy_vs_labels.png", plot_accuracy_vs_labels(table)),
     ]
     curves = learning_curves(df)
@@ -244,44 +235,7 @@ def build_report(df: pd.DataFrame, out_dir: str | os.PathLike[str] = DEFAULT_OUT
     return written
 
 
-def _write_text(path: Path, text: str) -> Path:
-    with store.atomic_output(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
-    return path
-
-
 def _write_figure(path: Path, figure: Figure) -> Path:
-    with store.atomic_output(path) as temporary:
+    with files.atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=150)
     return path
-
-
-# --------------------------------------------------------------------------------------
-# `lab report`
-# --------------------------------------------------------------------------------------
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``lab report`` to the ``lab`` command line."""
-    parser = subparsers.add_parser(
-        "report", help="figures and a summary table (Markdown, CSV) from stored sweep results"
-    )
-    parser.add_argument("--sweep", default=None, help="only this sweep (default: every done point in the store)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT_DIR), help=f"output folder (default: {DEFAULT_OUT_DIR})")
-    parser.add_argument(
-        "--store", default=str(store.DEFAULT_PATH), help=f"results database (default: {store.DEFAULT_PATH})"
-    )
-    parser.set_defaults(handler=_cli_report)
-    return parser
-
-
-def _cli_report(args: argparse.Namespace) -> int:
-    store.check_output_path(args.out, "--out", folder=True)
-    frame = store.load(args.sweep, path=args.store)
-    if args.sweep is not None and frame.empty:
-        raise ValueError(f"no sweep named {args.sweep!r} in {args.store}; `lab runs list` shows the sweeps")
-    for path in build_report(frame, args.out):
-        print(f"wrote {path}")
-    print()
-    print(summary_markdown(summary_table(frame)))
-    return 0

@@ -1,6 +1,6 @@
-"""``lab sweep``: run a notebook over a grid of parameters, one papermill run per point.
+"""Sweeps: run a notebook over a grid of parameters, one papermill run per point.
 
-::
+The library behind ``lab sweep`` (:mod:`lab.cli`)::
 
     lab sweep notebooks/02_semi_supervised.ipynb --name ssl-digits \\
         -p method fixmatch,pseudo_label -p labels_per_class 1,2,4,10 -p seed 0:5 --workers 2
@@ -42,7 +42,6 @@ this process writes the results store.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import asyncio
 import collections
@@ -76,7 +75,7 @@ from tqdm.auto import tqdm
 from traitlets.config import Config
 
 import lab
-from lab import store
+from lab import files, provenance, record, store
 from lab.store import RunRow
 
 SEED_AXIS = "seed"
@@ -465,7 +464,7 @@ def execute_run(task: RunTask) -> RunOutcome:
     """
     from papermill.exceptions import PapermillExecutionError
 
-    started_at, clock = store.utc_now(), time.monotonic()
+    started_at, clock = provenance.utc_now(), time.monotonic()
     payload = error = failure_traceback = None
     with open(task.log_path, "w", encoding="utf-8") as log:
         log.write(f"lab sweep {task.sweep}, point {task.point_id}\nnotebook: {task.notebook}\n")
@@ -473,7 +472,7 @@ def execute_run(task: RunTask) -> RunOutcome:
         log.flush()
         try:
             executed = _execute_notebook(task, log)
-            payload = store.records_from_notebook(executed, task.output_notebook)
+            payload = record.from_notebook(executed, task.output_notebook).to_dict()
         except PapermillExecutionError as failure:
             error = f"{failure.ename}: {failure.evalue}"
             failure_traceback = _ANSI_ESCAPE.sub("", "\n".join(failure.traceback))
@@ -481,7 +480,7 @@ def execute_run(task: RunTask) -> RunOutcome:
         except Exception as failure:  # any failure of one run is stored, and the sweep goes on
             error = f"{type(failure).__name__}: {failure}"
             failure_traceback = traceback.format_exc()
-        ended_at, duration_s = store.utc_now(), time.monotonic() - clock
+        ended_at, duration_s = provenance.utc_now(), time.monotonic() - clock
         status = "failed" if error else "done"
         log.write(f"\n{status} at {ended_at} after {duration_s:.1f} s\n")
         if error:
@@ -494,8 +493,8 @@ def execute_run(task: RunTask) -> RunOutcome:
         payload=payload,
         error=error,
         traceback=failure_traceback,
-        versions=store.library_versions(),
-        git_commit=store.git_commit(task.working_dir),
+        versions=provenance.library_versions(),
+        git_commit=provenance.git_commit(task.working_dir),
     )
 
 
@@ -551,7 +550,7 @@ def _in_fresh_context(function: Callable[..., Any], *args: Any, **kwargs: Any) -
 
 def _record_if_any(executed_notebook: str) -> dict[str, Any] | None:
     try:
-        return store.read_records(executed_notebook)
+        return record.read(executed_notebook).to_dict()
     except (OSError, ValueError, LookupError):
         return None
 
@@ -614,6 +613,15 @@ class SweepSummary:
         return "\n".join(lines)
 
 
+def check_name(name: str) -> None:
+    """Raise ValueError unless ``name`` can name a sweep (its folder under the runs folder, its rows in the store)."""
+    if not _SWEEP_NAME.match(name):
+        raise ValueError(
+            f"sweep name {name!r} is not allowed: "
+            "use letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
+
+
 def run_sweep(
     notebook: str | os.PathLike[str],
     grid: Mapping[str, list[Any]],
@@ -637,11 +645,7 @@ def run_sweep(
     The local executor starts its workers with ``spawn``, which imports the calling
     script again: in a script, call ``run_sweep`` under ``if __name__ == "__main__":``.
     """
-    if not _SWEEP_NAME.match(name):
-        raise ValueError(
-            f"sweep name {name!r} is not allowed: "
-            "use letters, digits, '.', '_' and '-', starting with a letter or digit"
-        )
+    check_name(name)
     if executor not in EXECUTORS:
         raise ValueError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
     if scheduler is not None and executor != "dask":
@@ -654,7 +658,7 @@ def run_sweep(
     points = expand_grid(notebook, grid, extra_parameters=extra_parameters, validate=validate)
 
     runs_dir = Path(runs_dir)
-    store.check_output_path(runs_dir, "runs folder", folder=True)
+    files.check_output_path(runs_dir, "runs folder", folder=True)
     results = store.ResultsStore(runs_dir / STORE_FILENAME)
     previous = {row.point_id: row for row in results.rows(name)}
     other_notebooks = {row.notebook for row in previous.values() if Path(row.notebook).resolve() != notebook.resolve()}
@@ -755,7 +759,7 @@ def _run_tasks(
             while waiting or in_flight:
                 while waiting and len(in_flight) < capacity and summary.store_error is None:
                     task = waiting.popleft()
-                    running = _row(notebook, task, "running", started_at=store.utc_now(), owner=owner)
+                    running = _row(notebook, task, "running", started_at=provenance.utc_now(), owner=owner)
                     try:
                         stored = results.claim(running, retry_failed=retry_failed)
                     except store.StoreError as error:
@@ -826,8 +830,7 @@ def _save_outcome(
     except store.StoreError as error:
         summary.store_error = str(error)
         try:
-            with store.atomic_output(kept) as temporary:
-                temporary.write_text(json.dumps(dataclasses.asdict(outcome)), encoding="utf-8")
+            files.write_atomic(kept, json.dumps(dataclasses.asdict(outcome)))
             summary.unsaved[task.point_id] = f"its outcome is kept in {kept}; the next run of this sweep saves it"
         except OSError as keep_error:
             summary.unsaved[task.point_id] = (
@@ -866,7 +869,7 @@ def _outcome(future: concurrent.futures.Future[RunOutcome]) -> RunOutcome:
     except concurrent.futures.BrokenExecutor:
         raise
     except Exception as failure:  # the worker is gone: record why, and go on
-        now = store.utc_now()
+        now = provenance.utc_now()
         return RunOutcome(
             status="failed",
             started_at=now,
@@ -968,58 +971,3 @@ def _executor(
         capacity = workers or max(1, sum(client.nthreads().values()))
         # pure=False: every submission is a run to execute, never a cached result.
         yield client.get_executor(pure=False), capacity
-
-
-# --------------------------------------------------------------------------------------
-# `lab sweep`
-# --------------------------------------------------------------------------------------
-
-
-def register_cli(subparsers: argparse._SubParsersAction, validate: Validator | None = None) -> argparse.ArgumentParser:
-    """Add ``lab sweep`` to the ``lab`` command line; ``validate`` checks every point before any run."""
-    parser = subparsers.add_parser(
-        "sweep",
-        help="run a notebook over a grid of parameters (papermill), saving results in runs/results.db",
-        description="Run a notebook once per point of a parameter grid with papermill. Each result is saved in "
-        "<runs-dir>/results.db as its run ends; running the same --name again skips the points already done.",
-        epilog="example: lab sweep notebooks/02_semi_supervised.ipynb --name ssl-digits "
-        "-p method fixmatch,pseudo_label -p labels_per_class 1,2,4,10 -p seed 0:5 --workers 2",
-    )
-    parser.add_argument("notebook", help="the notebook to run; it needs a cell tagged 'parameters'")
-    parser.add_argument(
-        "-p", "--parameter", nargs=2, action="append", default=[], dest="parameters", metavar=("NAME", "VALUES"),
-        help="a grid axis: comma-separated values and integer ranges a:b (b excluded); repeat for more axes",
-    )  # fmt: skip
-    parser.add_argument(
-        "--grid", metavar="FILE", help="YAML mapping of parameter names to lists of values (the same forms as -p)"
-    )
-    parser.add_argument("--name", required=True, help="sweep name; running the same name again resumes the sweep")
-    parser.add_argument("--runs-dir", default="runs", help="where notebooks, logs and results.db go (default: runs)")
-    parser.add_argument(
-        "--workers", type=int, default=None, help="runs at once (default: 1; with --scheduler, the cluster's threads)"
-    )
-    parser.add_argument(
-        "--executor", choices=EXECUTORS, default="local", help="local process pool or Dask (default: local)"
-    )
-    parser.add_argument(
-        "--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://127.0.0.1:8786 (default: a local cluster)"
-    )
-    parser.add_argument("--retry-failed", action="store_true", help="run the points that failed before again")
-    parser.set_defaults(handler=functools.partial(_cli_sweep, validate=validate))
-    return parser
-
-
-def _cli_sweep(args: argparse.Namespace, validate: Validator | None) -> int:
-    summary = run_sweep(
-        args.notebook,
-        parse_grid(args.parameters, args.grid),
-        name=args.name,
-        runs_dir=args.runs_dir,
-        workers=args.workers,
-        executor=args.executor,
-        scheduler=args.scheduler,
-        retry_failed=args.retry_failed,
-        validate=validate,
-    )
-    print(summary.describe())
-    return 0 if summary.complete else 1

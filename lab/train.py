@@ -301,13 +301,13 @@ def enable_compilation_cache(directory: str | Path | None = None) -> Path | None
     of a sweep, the next notebook) skips compilation, which dominates small runs.
 
     The folder is ``directory``, else ``$LAB_COMPILATION_CACHE``, else
-    ``<lab cache>/jax`` (see :func:`lab.data.cache_dir`); ``LAB_COMPILATION_CACHE=off``
+    ``<lab cache>/jax`` (see :func:`lab.cache.cache_dir`); ``LAB_COMPILATION_CACHE=off``
     turns it off. Returns the folder in use, or None. JAX fixes the folder at the
     first compilation of a process, so call this early.
     """
-    from lab import data
+    from lab import cache
 
-    setting = directory or os.environ.get("LAB_COMPILATION_CACHE") or data.cache_dir() / "jax"
+    setting = directory or os.environ.get("LAB_COMPILATION_CACHE") or cache.cache_dir() / "jax"
     if str(setting) == "off":
         return None
     path = Path(setting).expanduser()

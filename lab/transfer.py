@@ -38,7 +38,6 @@ import dataclasses
 import json
 import math
 import shutil
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
-from lab import augment, cache, data, losses, models, optim, semisupervised, train
+from lab import augment, cache, data, files, losses, models, optim, semisupervised, train
 
 PRETRAIN_SOURCES = ("classes", "dataset", "simclr", "autoencoder")
 ADAPTATIONS = ("linear_probe", "finetune", "finetune_low_lr")
@@ -426,7 +425,7 @@ def _write_entry(entry: Path, config: PretrainConfig, backbone: Backbone) -> Non
     import orbax.checkpoint as ocp  # imported here: it takes half a second, and only the cache needs it
 
     entry.parent.mkdir(parents=True, exist_ok=True)
-    temporary = entry.with_name(f".{entry.name}.{uuid.uuid4().hex}.tmp")
+    temporary = files.temporary_sibling(entry)
     arrays = {group: traverse_util.unflatten_dict(getattr(backbone, group), sep="/") for group in _TRANSFERRED}
     description = {
         "config": config.to_dict(),

@@ -32,15 +32,21 @@ RUN_CASES = [
     (["run", "steps=ten"], "steps must be of type int, got 'ten'"),
     (["run", "dataset=cifar"], "unknown dataset 'cifar'"),
     (["run", "batch_size=100000"], "batch_size=100000 is larger than the 1347 training examples of digits"),
-    (["run", "--output", "{tmp}"], "cannot write the result to {tmp}: it is a folder"),
-    (["run", "--output", "{tmp}/list.yaml/result.json"], "{tmp}/list.yaml is a file, not a folder"),
+    (["run", "--output", "{tmp}"], "--output {tmp} is a folder; give a file name"),
+    (["run", "--output", "{tmp}/list.yaml/result.json"], "needs {tmp}/list.yaml to be a folder, but it is a file"),
     (["run", "optimizer=sgd", "learning_rate=1e6", "steps=50", "--no-progress"], "training stopped. Nothing was saved"),
 ]
 
-# Option values that argparse refuses (types, choices) are its own usage-and-error output,
-# tested in test_train.py; these cases reach the command.
 TRAIN_CASES: list = [
-    (["train", "--warmup-steps", "-1"], "warmup_steps must be an integer >= 0, got -1"),
+    # Refused by the argument parser, in one line like the others.
+    (["train", "--warmup-steps", "-1"], "argument --warmup-steps: must be an integer >= 0, got -1"),
+    (["train", "--steps", "0"], "argument --steps: must be a positive integer, got 0"),
+    (["train", "--steps", "ten"], "argument --steps: expected an integer, got 'ten'"),
+    (["train", "--learning-rate", "fast"], "argument --learning-rate: expected a number, got 'fast'"),
+    (["train", "--learning-rate", "inf"], "argument --learning-rate: must be a finite number > 0, got inf"),
+    (["train", "--seed", "-1"], "argument --seed: must be an integer in 0..2147483647, got -1"),
+    (["train", "--dataset", "cifar"], "argument --dataset: invalid choice: 'cifar'"),
+    # Refused by the command.
     (["train", "--batch-size", "100000"], "batch_size=100000 is larger than the 1347 training examples of digits"),
     (["train", "--workdir", "{tmp}/list.yaml", "--steps", "1"], "workdir {tmp}/list.yaml is not a folder"),
     (["train", "--workdir", "{tmp}/list.yaml/w", "--steps", "1"], "workdir {tmp}/list.yaml/w is not a folder"),
@@ -114,6 +120,7 @@ def test_bad_input_is_one_clear_error(arguments, expected, tmp_path, monkeypatch
     status, err = run_cli(arguments, capsys)
     assert status == 2, err
     assert "Traceback" not in err and err.startswith(f"lab {arguments[0]}: error: "), err
+    assert err.count("\n") == 1 or "\n  " in err, err  # one line, or one with an indented list of places
     assert expected in err, err
 
 

@@ -1,7 +1,6 @@
 """experiment.run: config validation, the three setups, and vmapped seeds."""
 
 import json
-import re
 
 import numpy as np
 import pytest
@@ -48,6 +47,13 @@ def test_bad_configs_fail_before_training_with_the_allowed_values(values, messag
         experiment.ExperimentConfig.from_dict(values)
 
 
+def test_data_dir_is_accepted_where_the_run_reads_it():
+    """data_dir also feeds pretraining on another dataset: digits pretrained on MNIST reads MNIST's files."""
+    transfer_from_mnist = {"setup": "transfer", "pretrain": "dataset", "pretrain_kwargs": {"source_dataset": "mnist"}}
+    assert experiment.ExperimentConfig.from_dict({**transfer_from_mnist, "data_dir": "/x"}).data_dir == "/x"
+    assert experiment.ExperimentConfig.from_dict({"dataset": "mnist", "data_dir": "/x"}).data_dir == "/x"
+
+
 def test_lists_and_mappings_given_as_text_are_parsed():
     config = experiment.ExperimentConfig.from_dict({"seeds": "[0, 1]", "model_kwargs": "{hidden: [32]}"})
     assert config.seeds == (0, 1) and config.model_kwargs == {"hidden": [32]}
@@ -66,16 +72,6 @@ def test_too_many_labels_per_class_fails_naming_the_smallest_class():
 def test_a_batch_larger_than_the_training_set_fails_naming_both():
     with pytest.raises(ValueError, match="batch_size=100000 is larger than the 1347 training examples of digits"):
         experiment.run({**SMALL, "batch_size": 100000}, progress=False)
-
-
-@pytest.mark.parametrize("where", ["{tmp}", "{tmp}/file/result.json", "{tmp}/file/deeper/result.json"])
-def test_check_output_refuses_paths_that_cannot_be_written(tmp_path, where):
-    (tmp_path / "file").write_text("")
-    path = where.format(tmp=tmp_path)
-    with pytest.raises(ValueError, match=re.escape(f"cannot write the result to {path}: ")):
-        experiment.check_output(path)
-    experiment.check_output(tmp_path / "new" / "result.json")
-    assert not (tmp_path / "new").exists()  # checking creates nothing
 
 
 def test_validate_parameters_checks_experiment_fields_and_passes_others():
@@ -102,7 +98,7 @@ def test_every_setup_runs_and_reports_per_seed_results(setup_values):
     assert np.shape(result.curves["test_accuracy"]) == (2, 2)  # evaluations x seeds
     assert set(result.wall_time_s) == {"pretrain", "compile", "train"}
     assert result.environment["versions"]["jax"]
-    payload = result.record()
+    payload = result.record().to_dict()
     assert payload["setup"] == setup_values["setup"] and payload["labels_per_class"] == 2
     json.dumps(result.to_dict())  # JSON-ready
     summary = result.summary()["accuracy"]
@@ -134,7 +130,7 @@ def test_class_split_transfer_pretrains_on_the_other_classes(tmp_path):
          "pretrain_kwargs": {"steps": 30}},
         progress=False,
     )
-    assert result.record()["method"] == "classes+finetune"
+    assert result.record().method == "classes+finetune"
     (entry,) = (tmp_path / "cache" / "pretrained").iterdir()  # one cached backbone, pretrained on 0-4
     assert json.loads((entry / "config.json").read_text())["config"]["source_classes"] == [0, 1, 2, 3, 4]
     assert result.metrics["accuracy"][0] > 0.4  # a 5-way task, chance is 0.2
@@ -145,3 +141,18 @@ def test_result_saves_atomically_as_json(tmp_path):
     path = result.save(tmp_path / "out" / "result.json")
     assert json.loads(path.read_text())["metrics"] == result.metrics
     assert [p.name for p in path.parent.iterdir()] == ["result.json"]
+
+
+def test_lab_run_writes_the_record_to_output_and_store(tmp_path, capsys):
+    from lab import cli, store, sweep
+
+    output, results = tmp_path / "result.json", tmp_path / "results.db"
+    argv = ["run", "steps=20", "eval_every=10", "labels_per_class=2", "seeds=[0,1]", "--no-progress",
+            "--output", str(output), "--store", str(results), "--sweep", "cli-runs"]
+    assert cli.main(argv) == 0
+    saved = json.loads(output.read_text())
+    (row,) = store.ResultsStore(results).rows("cli-runs")
+    assert row.status == "done" and row.payload == saved["record"] and row.parameters == saved["config"]
+    assert row.point_id == sweep.point_id(saved["config"]) and row.versions == saved["environment"]["versions"]
+    assert saved["record"]["seeds"] == [0, 1] and saved["record"]["metrics"]["accuracy"] == saved["metrics"]["accuracy"]
+    assert f"saved as point {row.point_id} of sweep cli-runs" in capsys.readouterr().err

@@ -1,7 +1,6 @@
 """lab.notebook: what the notebooks share (output paths, figures, memoised runs, curves)."""
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib

@@ -5,7 +5,7 @@ name ``python3`` resolved to the interpreter running the tests (lab.sweep's kern
 manager, so a fresh virtualenv without any installed kernelspec works, and a stale
 ``python3`` kernelspec pointing at another Python is never used), ``LAB_PROGRESS=text``
 and papermill's ``log_output``. Then the test reads the notebook's record back with
-``lab.store.read_records`` and checks that the parameters came through, that metrics
+``lab.record.read`` and checks that the parameters came through, that metrics
 hold one value per seed, that accuracies lie in [0, 1], and that the logged progress
 output is a few lines per progress bar, not one line per refresh.
 
@@ -27,7 +27,7 @@ import papermill
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
-from lab import store
+from lab import record as lab_record, store
 from lab.sweep import CurrentPythonKernelManager, notebook_parameters
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -165,7 +165,7 @@ def test_notebook_runs_with_small_parameters(prefix, tmp_path, headless, caplog)
 
     errors = [out for cell in executed.cells for out in cell.get("outputs", []) if out.get("output_type") == "error"]
     assert not errors, errors
-    record = store.read_records(output)
+    record = lab_record.read(output).to_dict()
     check_record(record, parameters, prefix)
 
     # --log-output logs every stream message; LAB_PROGRESS=text keeps a progress bar to a few
@@ -233,7 +233,7 @@ def test_comparison_reads_the_results_store(tmp_path, headless):
     output = tmp_path / "04.ipynb"
     parameters = {"results_db": str(db), "sweep": "demo", "labels_per_class": 4, "output_dir": str(tmp_path / "figures")}
     execute(str(notebook_path("04")), output, parameters, cwd=tmp_path)
-    record = store.read_records(output)
+    record = lab_record.read(output).to_dict()
     assert record["source"] == "store" and record["sweep"] == ["demo"]
     assert (record["setup"], record["method"], record["labels_per_class"]) == ("semi_supervised", "fixmatch", 4)
     assert record["seeds"] == [0, 1] and record["metrics"]["accuracy"] == pytest.approx([0.8, 0.9])

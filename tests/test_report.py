@@ -8,7 +8,7 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from lab import report, store
+from lab import cli, report, store
 from lab.store import ResultsStore, RunRow
 
 
@@ -166,7 +166,7 @@ def test_a_report_needs_done_points(tmp_path):
 
 def _cli(*argv):
     parser = argparse.ArgumentParser(prog="lab")
-    report.register_cli(parser.add_subparsers(dest="command", required=True))
+    cli.add_report_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.handler(args)
 

@@ -1,5 +1,5 @@
-"""Results store: notebook records, the SQLite store under parallel writers, schema
-versions, the pandas view, exports (CSV, Parquet, MLflow) and `lab runs`."""
+"""Results store: the SQLite store under parallel writers, schema versions, the pandas view,
+exports (CSV, Parquet, MLflow; lab.export) and `lab runs`."""
 
 import argparse
 import io
@@ -11,26 +11,13 @@ import subprocess
 import sys
 import types
 
-import nbformat
 import numpy as np
 import pandas as pd
-import papermill
 import pytest
 
-from lab import store
+from lab import cli, export, store
 from lab.store import ResultsStore, RunRow
-
-
-def make_payload(method="fixmatch", labels=4, seeds=(0, 1), accuracy=(0.8, 0.9), **extra):
-    return {
-        "dataset": "digits",
-        "setup": "semi_supervised",
-        "method": method,
-        "labels_per_class": labels,
-        "seeds": list(seeds),
-        "metrics": {"accuracy": list(accuracy), "macro_f1": [a - 0.1 for a in accuracy], "ece": [0.05] * len(seeds)},
-        **extra,
-    }
+from test_record import make_payload
 
 
 def done_row(sweep="s", point_id="p1", **payload_options):
@@ -50,99 +37,6 @@ def done_row(sweep="s", point_id="p1", **payload_options):
         duration_s=1.5,
         versions={"python": "3.11.7", "jax": "0.7.1"},
     )
-
-
-# --------------------------------------------------------------------------------------
-# record / read_records
-# --------------------------------------------------------------------------------------
-
-
-def test_record_round_trip_through_an_executed_notebook(tmp_path):
-    """Two record() calls in a real kernel (one per seed, NumPy values) read back as one merged record."""
-    from lab.sweep import CurrentPythonKernelManager  # runs the kernel on this interpreter, with this lab importable
-
-    first = "seeds=[0], accuracy=np.array([0.75]), curve=[[0.5], [0.75]], wall=1.0"
-    second = "seeds=[3], accuracy=[np.float32(0.5)], curve=[[0.25], [0.5]], wall=2.0"
-    cells = [nbformat.v4.new_code_cell("import numpy as np\nimport lab.store")]
-    for arguments in (first, second):
-        cells.append(
-            nbformat.v4.new_code_cell(
-                f"def report({arguments}):\n"
-                "    lab.store.record({'dataset': 'digits', 'setup': 'supervised', 'method': 'erm',\n"
-                "                      'labels_per_class': 2, 'seeds': seeds, 'metrics': {'accuracy': accuracy},\n"
-                "                      'curves': {'step': [0, 100], 'accuracy': curve},\n"
-                "                      'wall_time_s': {'train': wall}})\n"
-                "report()"
-            )
-        )
-    notebook = nbformat.v4.new_notebook(
-        cells=cells, metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}}
-    )
-    source, executed = tmp_path / "two_records.ipynb", tmp_path / "two_records.out.ipynb"
-    nbformat.write(notebook, source)
-    papermill.execute_notebook(
-        source, executed, kernel_name="python3", progress_bar=False, kernel_manager_class=CurrentPythonKernelManager
-    )
-
-    outputs = [output for cell in nbformat.read(executed, as_version=4).cells for output in cell.get("outputs", [])]
-    assert all("lab record: digits / supervised / erm" in output["data"]["text/plain"] for output in outputs)
-    record = store.read_records(executed)
-    assert record["seeds"] == [0, 3]
-    assert record["metrics"]["accuracy"] == [0.75, 0.5]
-    assert record["curves"] == {"step": [0, 100], "accuracy": [[0.5, 0.25], [0.75, 0.5]]}
-    assert record["wall_time_s"] == {"train": 3.0}
-
-
-def _notebook_with_records(*payloads):
-    outputs = [
-        nbformat.v4.new_output("display_data", data={store.RECORD_MIME_TYPE: payload, "text/plain": "record"})
-        for payload in payloads
-    ]
-    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("", outputs=outputs)])
-
-
-def test_read_records_names_the_notebook_without_a_record(tmp_path):
-    path = tmp_path / "silent.ipynb"
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")]), path)
-    with pytest.raises(store.RecordNotFoundError, match=r"silent\.ipynb holds no lab record"):
-        store.read_records(path)
-
-
-@pytest.mark.parametrize(
-    ("second", "message"),
-    [
-        (make_payload(method="mixmatch", seeds=[5], accuracy=[0.1]), "method is 'fixmatch' in one and 'mixmatch'"),
-        (make_payload(seeds=[1, 2], accuracy=[0.1, 0.2]), r"records seeds \[1\] more than once"),
-    ],
-)
-def test_records_that_cannot_be_merged_are_refused(second, message):
-    with pytest.raises(ValueError, match=message):
-        store.records_from_notebook(_notebook_with_records(make_payload(), second), "nb.ipynb")
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        (lambda p: p.pop("metrics"), "missing 'metrics'"),
-        (lambda p: p["metrics"].update(accuracy=[0.5]), r"'metrics.accuracy' has 1 values but 'seeds' has 2"),
-        (lambda p: p.update(labels_per_class=0), "'labels_per_class' must be a positive integer, got 0"),
-        (lambda p: p.update(seeds=[1, 1]), "lists a seed more than once"),
-        (lambda p: p.update(curves={"step": [0], "accuracy": [[0.1]]}), r"'curves.accuracy\[0\]' has 1 values"),
-        (lambda p: p.update(notes={1, 2}), "'record.notes' is a set, which is not JSON"),
-    ],
-)
-def test_invalid_payloads_are_refused_with_the_reason(change, message):
-    payload = make_payload()
-    change(payload)
-    with pytest.raises(ValueError, match=message):
-        store.record(payload)
-
-
-def test_payload_numbers_from_numpy_become_plain_json():
-    checked = store.validate_payload(make_payload(accuracy=np.array([0.25, 0.5], dtype=np.float32), seeds=np.arange(2)))
-    assert checked["metrics"]["accuracy"] == [0.25, 0.5]
-    assert checked["seeds"] == [0, 1] and all(type(seed) is int for seed in checked["seeds"])
-    json.dumps(checked)
 
 
 # --------------------------------------------------------------------------------------
@@ -423,63 +317,27 @@ def test_load_expands_parameters_and_metrics(filled_store):
 
 
 def test_export_csv_and_parquet(filled_store, tmp_path):
-    csv_path = store.export(tmp_path / "out" / "runs.csv", "csv", "s", path=filled_store)
+    csv_path = export.export(tmp_path / "out" / "runs.csv", "csv", "s", path=filled_store)
     from_csv = pd.read_csv(csv_path)
     assert list(from_csv["point_id"]) == ["a1", "b2", "c3"]
     assert json.loads(from_csv.loc[0, "accuracy"]) == [0.8, 0.9]
     assert json.loads(from_csv.loc[0, "curves"])["accuracy"] == [[0.1, 0.2], [0.8, 0.9]]
 
-    parquet_path = store.export(tmp_path / "runs.parquet", "parquet", path=filled_store)
+    parquet_path = export.export(tmp_path / "runs.parquet", "parquet", path=filled_store)
     from_parquet = pd.read_parquet(parquet_path)
     assert len(from_parquet) == 4
     assert list(from_parquet.loc[0, "accuracy"]) == [0.8, 0.9]
     assert json.loads(from_parquet.loc[0, "parameters"])["method"] == "fixmatch"
 
     with pytest.raises(ValueError, match="export format 'xlsx' is not one of csv, parquet"):
-        store.export(tmp_path / "runs.xlsx", "xlsx", path=filled_store)
+        export.export(tmp_path / "runs.xlsx", "xlsx", path=filled_store)
 
 
 def test_parquet_export_without_pyarrow_says_what_to_install(filled_store, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(ImportError, match=r"pip install 'lab\[parquet\]'"):
-        store.export(tmp_path / "runs.parquet", "parquet", path=filled_store)
+        export.export(tmp_path / "runs.parquet", "parquet", path=filled_store)
     assert not (tmp_path / "runs.parquet").exists()
-
-
-def test_atomic_output_keeps_the_old_file_when_writing_fails(tmp_path):
-    target = tmp_path / "table.csv"
-    target.write_text("old")
-    with pytest.raises(RuntimeError), store.atomic_output(target) as temporary:
-        temporary.write_text("half")
-        raise RuntimeError("interrupted")
-    assert target.read_text() == "old"
-    assert list(tmp_path.iterdir()) == [target]
-
-
-# --------------------------------------------------------------------------------------
-# Provenance
-# --------------------------------------------------------------------------------------
-
-
-def test_git_commit_inside_and_outside_a_repository(tmp_path):
-    outside = tmp_path / "plain"
-    outside.mkdir()
-    assert store.git_commit(outside) is None
-    repository = tmp_path / "repo"
-    repository.mkdir()
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    subprocess.run([*git, "init", "-q"], cwd=repository, check=True)
-    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "start"], cwd=repository, check=True)
-    head = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=repository, check=True, capture_output=True, text=True
-    ).stdout.strip()
-    assert store.git_commit(repository) == head
-
-
-def test_library_versions_name_python_and_the_numeric_libraries():
-    versions = store.library_versions()
-    assert set(versions) == {"python", "jax", "flax", "optax", "lab"}
-    assert versions["python"] == ".".join(map(str, sys.version_info[:3]))
 
 
 # --------------------------------------------------------------------------------------
@@ -490,7 +348,7 @@ def test_library_versions_name_python_and_the_numeric_libraries():
 def test_mlflow_export_without_mlflow_says_what_to_install(filled_store, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)
     with pytest.raises(ImportError, match=r"pip install 'lab\[mlflow\]'"):
-        store.export_mlflow("s", path=filled_store)
+        export.export_mlflow("s", path=filled_store)
 
 
 def test_mlflow_export_logs_parameters_metrics_and_notebook(filled_store, tmp_path, monkeypatch):
@@ -523,7 +381,7 @@ def test_mlflow_export_logs_parameters_metrics_and_notebook(filled_store, tmp_pa
     fake.start_run = FakeRun
     monkeypatch.setitem(sys.modules, "mlflow", fake)
 
-    assert store.export_mlflow("s", "sqlite:///mlflow.db", path=filled_store) == ["mlflow-a1", "mlflow-b2"]
+    assert export.export_mlflow("s", "sqlite:///mlflow.db", path=filled_store) == ["mlflow-a1", "mlflow-b2"]
     assert calls[:2] == [("tracking_uri", "sqlite:///mlflow.db"), ("experiment", "s")]
     run, params, metrics = calls[2], calls[3], calls[4]
     assert run[1] == "a1" and run[2]["lab.sweep"] == "s" and run[2]["lab.version.jax"] == "0.7.1"
@@ -544,7 +402,7 @@ def test_mlflow_export_logs_parameters_metrics_and_notebook(filled_store, tmp_pa
 
 def _run_cli(*argv):
     parser = argparse.ArgumentParser(prog="lab")
-    store.register_cli(parser.add_subparsers(dest="command", required=True))
+    cli.add_runs_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.handler(args)
 
@@ -584,5 +442,5 @@ def test_exporting_an_unknown_sweep_or_into_a_folder_says_so_before_writing(fill
     with pytest.raises(ValueError, match=r"no sweep named 'nope' in .*; `lab runs list` shows the sweeps"):
         _run_cli("runs", "--store", str(filled_store), "export", "--sweep", "nope", "--output", str(tmp_path / "x.csv"))
     with pytest.raises(ValueError, match=f"export output {tmp_path} is a folder; give a file name"):
-        store.export(tmp_path, path=tmp_path / "never-read.db")
+        export.export(tmp_path, path=tmp_path / "never-read.db")
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "never-read.db").exists()

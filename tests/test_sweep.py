@@ -17,7 +17,7 @@ import psutil  # a dependency of orbax-checkpoint, so always installed with lab
 import pytest
 from jupyter_client.kernelspec import KernelSpec
 
-from lab import store, sweep
+from lab import cli, store, sweep
 from lab.store import RunRow
 from lab.sweep import GridError
 
@@ -259,7 +259,7 @@ def test_a_sweep_name_belongs_to_one_notebook(local_sweep, tmp_path):
 
 def _cli(*argv, validate=None):
     parser = argparse.ArgumentParser(prog="lab")
-    sweep.register_cli(parser.add_subparsers(dest="command", required=True), validate=validate)
+    cli.add_sweep_command(parser.add_subparsers(dest="command", required=True), validate=validate)
     args = parser.parse_args(argv)
     return args.handler(args)
 
@@ -460,7 +460,7 @@ def test_dask_local_cluster_when_no_scheduler_is_given(tmp_path, monkeypatch):
 
 HOLD_NOTEBOOK_CODE = """
 import os, time
-import lab.store
+import lab.record
 
 print(f"started x={x}", flush=True)
 if tally:
@@ -469,8 +469,8 @@ if tally:
 deadline = time.monotonic() + 120  # a safety bound: the tests remove the hold file or kill the run
 while hold and os.path.exists(hold) and time.monotonic() < deadline:
     time.sleep(0.05)
-lab.store.record({"dataset": "tiny", "setup": "supervised", "method": "hold", "labels_per_class": x,
-                  "seeds": [0], "metrics": {"accuracy": [0.5]}})
+lab.record.emit({"dataset": "tiny", "setup": "supervised", "method": "hold", "labels_per_class": x,
+                 "seeds": [0], "metrics": {"accuracy": [0.5]}})
 """
 
 
