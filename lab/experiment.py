@@ -4,7 +4,12 @@
 labeled examples plus the unlabeled pool, through a method of :mod:`lab.semisupervised`) or
 ``transfer`` (a backbone pretrained by :mod:`lab.transfer`, then adapted on the
 labeled examples). All three train in the same loop (:func:`lab.train.fit`) with
-the same labeled-set draw, so their numbers are comparable.
+the same labeled-set draw, so their numbers are comparable. What a setup changes
+(its classifier, objective, parameter groups, pretraining, method label and checks)
+is its :class:`Plan` in :data:`SETUPS`; :func:`run` is one straight line for all.
+
+``lab train`` (:func:`train_and_evaluate`) trains the supervised plan's classifier
+with the same objective on a whole dataset, with checkpoints in a workdir.
 
 Several seeds train together: each seed draws its own labeled set and its own
 initialisation, and the runs are stacked on a leading axis and trained under one
@@ -439,18 +444,22 @@ def train_and_evaluate(
 ) -> dict:
     """Train ``config.model`` on ``config.dataset`` and return JSON-ready results.
 
-    With ``workdir``, the config is recorded in ``workdir/config.json`` and checkpoints
-    go to ``workdir/checkpoints`` every ``checkpoint_every`` steps and at the end; a
-    run resumes from the latest one, and a workdir refuses a run of another config.
-    If the loss turns NaN/Inf, the last finite state is saved there as a checkpoint.
+    Not :func:`run`: it trains on every training example, one seed, with warmup,
+    clipping, label smoothing, data parallelism and checkpoints, none of which a run
+    has; it shares the supervised plan's classifier and its objective, unaugmented. With ``workdir``,
+    the config is recorded in ``workdir/config.json`` and checkpoints go to
+    ``workdir/checkpoints`` every ``checkpoint_every`` steps and at the end; a run
+    resumes from the latest one, and a workdir refuses a run of another config. If
+    the loss turns NaN/Inf, the last finite state is saved there as a checkpoint.
     """
     from lab import parallel
 
     train.enable_compilation_cache()
     dataset = data.load(config.dataset)
     dataset.check_batch_size(config.batch_size)
-    model, params, model_state = train.Graphs.split(SETUPS["supervised"].classifier(config, dataset, None)(config.seed))
-    # The supervised plan's objective, but on the inputs as they are: what `lab train` has always trained.
+    make_module = SETUPS["supervised"].classifier(config, dataset, None)
+    model, params, model_state = train.Graphs.split(make_module(config.seed))
+    # The supervised objective on the inputs as they are, as `lab train` has always trained.
     objective = semisupervised.Supervised(
         input_shape=dataset.input_shape, augmentation="none", label_smoothing=config.label_smoothing
     )
