@@ -13,7 +13,7 @@ import argparse
 import json
 import time
 
-from lab import data, train
+from lab import data, experiment
 
 
 def svm_accuracy(dataset: data.Dataset) -> float:
@@ -25,8 +25,8 @@ def svm_accuracy(dataset: data.Dataset) -> float:
 
 
 def lab_accuracy(dataset: str, model: str, steps: int, seed: int) -> tuple[float, dict]:
-    config = train.TrainConfig(dataset=dataset, model=model, steps=steps, eval_every=steps, seed=seed)
-    result = train.train_and_evaluate(config, progress=False)
+    config = experiment.TrainConfig(dataset=dataset, model=model, steps=steps, eval_every=steps, seed=seed)
+    result = experiment.train_and_evaluate(config, progress=False)
     return result["test"]["accuracy"], result["wall_time_s"]
 
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lab import data, models, optim, train
+from lab import data, models, optim, semisupervised, train
 
 HIDDEN = (256, 256)
 BATCH = 64
@@ -49,15 +49,16 @@ def time_contenders(contenders: dict, steps: dict, repeats: int) -> dict[str, fl
 
 def fit_contender(module, digits: data.Dataset, batch_size: int, steps_per_call: int):
     """``run_steps`` that trains ``module`` on digits with ``lab.fit`` (Adam, supervised)."""
-    model, params, model_state = train.Model.split(module)
+    model, params, model_state = train.Graphs.split(module)
     tx = optim.make_optimizer("adam", LEARNING_RATE)
     pools = {"labeled": {"x": jnp.asarray(digits.x_train), "y": jnp.asarray(digits.y_train)}}
     state = train.create_train_state(params, model_state, tx, 0)
+    objective = semisupervised.Supervised(input_shape=digits.input_shape, augmentation="none")
 
     def run_steps(steps):
         nonlocal state
         target = int(state.step) + steps
-        result = train.fit(model, state, tx, train.Supervised(), pools, steps=target, batch_size=batch_size,
+        result = train.fit(model, state, tx, objective, pools, steps=target, batch_size=batch_size,
                            eval_every=steps_per_call, progress=False)
         state = result.state
         jax.block_until_ready(state.params)

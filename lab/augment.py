@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["IMAGE_OPS", "STRENGTHS", "Augmentation", "make_augmentation"]
+__all__ = ["IMAGE_OPS", "STRENGTHS", "Augmentation", "check_options", "make_augmentation"]
 
 STRENGTHS = ("none", "weak", "strong")
 
@@ -82,10 +82,7 @@ def make_augmentation(
     if strength not in STRENGTHS:
         raise ValueError(f"unknown augmentation strength {strength!r}; choose one of: {', '.join(STRENGTHS)}")
     shape = _check_input_shape(input_shape)
-    if not isinstance(flip, bool):
-        raise ValueError(f"flip must be True or False, got {flip!r}")
-    if isinstance(magnitude, bool) or not isinstance(magnitude, numbers.Real) or not 0.0 <= magnitude <= 1.0:
-        raise ValueError(f"magnitude must be a number in [0, 1], got {magnitude!r}")
+    check_options(flip=flip, magnitude=magnitude)
 
     image = len(shape) == 3
     per_example = {
@@ -106,6 +103,14 @@ def make_augmentation(
         return jax.vmap(per_example)(keys, batch).astype(batch.dtype)
 
     return augment
+
+
+def check_options(*, flip: bool = False, magnitude: float = 0.5) -> None:
+    """Refuse a ``flip`` or ``magnitude`` :func:`make_augmentation` would refuse, without an input shape."""
+    if not isinstance(flip, bool):
+        raise ValueError(f"flip must be True or False, got {flip!r}")
+    if isinstance(magnitude, bool) or not isinstance(magnitude, numbers.Real) or not 0.0 <= magnitude <= 1.0:
+        raise ValueError(f"magnitude must be a number in [0, 1], got {magnitude!r}")
 
 
 def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:

@@ -107,9 +107,9 @@ def add_train_command(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from lab import train
+    from lab import experiment
 
-    config = train.TrainConfig(
+    config = experiment.TrainConfig(
         dataset=args.dataset,
         model=args.model,
         optimizer=args.optimizer,
@@ -125,7 +125,7 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         data_parallel=args.data_parallel,
     )
-    result = train.train_and_evaluate(
+    result = experiment.train_and_evaluate(
         config, args.workdir, checkpoint_every=args.checkpoint_every, progress=not args.no_progress
     )
     print(json.dumps({"config": result["config"], "test": result["test"], "wall_time_s": result["wall_time_s"]}, indent=2))

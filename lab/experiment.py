@@ -1,10 +1,15 @@
 """One entry point for the three setups: ``run(config) -> Result``.
 
 ``setup`` is ``supervised`` (the labeled examples only), ``semi_supervised`` (the
-labeled examples plus the unlabeled pool, through a method of :mod:`lab.ssl`) or
+labeled examples plus the unlabeled pool, through a method of :mod:`lab.semisupervised`) or
 ``transfer`` (a backbone pretrained by :mod:`lab.transfer`, then adapted on the
 labeled examples). All three train in the same loop (:func:`lab.train.fit`) with
-the same labeled-set draw, so their numbers are comparable.
+the same labeled-set draw, so their numbers are comparable. What a setup changes
+(its classifier, objective, parameter groups, pretraining, method label and checks)
+is its :class:`Plan` in :data:`SETUPS`; :func:`run` is one straight line for all.
+
+``lab train`` (:func:`train_and_evaluate`) trains the supervised plan's classifier
+with the same objective on a whole dataset, with checkpoints in a workdir.
 
 Several seeds train together: each seed draws its own labeled set and its own
 initialisation, and the runs are stacked on a leading axis and trained under one
@@ -20,7 +25,7 @@ import math
 import time
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lab import data, files, metrics, models, optim, provenance, ssl, train, transfer
+from lab import data, files, metrics, models, optim, provenance, semisupervised, train, transfer
 from lab.record import Record
 
-SETUPS = ("supervised", "semi_supervised", "transfer")
 # Results name the git commit of lab's own source, wherever the run is started from.
 _SOURCE_DIR = Path(__file__).parent
-_CHECK_SHAPE = (8, 8, 1)  # any valid input shape: hyperparameter checks do not depend on it
 MAX_SEED = 2**31 - 1  # seeds are stacked into an int32 array for the vmapped initialisation
 
 
@@ -89,7 +92,7 @@ class ExperimentConfig:
         _choice("model", self.model, sorted(models.MODELS))
         _choice("optimizer", self.optimizer, optim.OPTIMIZERS)
         _choice("schedule", self.schedule, optim.SCHEDULES)
-        _choice("method", self.method, sorted(ssl.METHODS))
+        _choice("method", self.method, sorted(semisupervised.METHODS))
         _choice("pretrain", self.pretrain, transfer.PRETRAIN_SOURCES)
         _choice("adaptation", self.adaptation, transfer.ADAPTATIONS)
         for name in ("labels_per_class", "steps", "batch_size", "eval_every"):
@@ -105,9 +108,8 @@ class ExperimentConfig:
         for name in ("weight_decay", "backbone_lr_multiplier"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
-        # data_dir also serves the source of pretraining on another dataset (see _load_named).
-        source = self.pretrain_kwargs.get("source_dataset") if self.setup == "transfer" else None
-        data.check_data_dir(self.data_dir, self.dataset, *filter(None, [source]))
+        # data_dir also serves the datasets a setup loads besides this one (see _load_named).
+        data.check_data_dir(self.data_dir, self.dataset, *SETUPS[self.setup].other_datasets(self))
         allowed = models.default_hyperparameters(self.model)
         unknown = sorted(set(self.model_kwargs) - set(allowed))
         if unknown:
@@ -117,22 +119,12 @@ class ExperimentConfig:
             num_classes = len(data.CLASS_NAMES[self.dataset])
             if len(self.classes) < 2 or not all(0 <= c < num_classes for c in self.classes):
                 raise ValueError(f"classes must list at least 2 labels of {self.dataset} in 0..{num_classes - 1}, got {list(self.classes)}")
-        # Building the method and the pretraining config checks their hyperparameters
-        # now, before any data is loaded; neither depends on the input shape for that.
-        if self.setup == "semi_supervised":
-            ssl.make_method(self.method, input_shape=_CHECK_SHAPE, **self.method_kwargs)
-        if self.setup == "transfer":
-            _pretrain_config(self)
-            transfer.adaptation_param_groups(self.adaptation, self.backbone_lr_multiplier)
+        SETUPS[self.setup].check(self)
 
     @property
     def method_label(self) -> str:
         """The name a comparison shows for this run's method."""
-        if self.setup == "supervised":
-            return "supervised"
-        if self.setup == "semi_supervised":
-            return self.method
-        return f"{self.pretrain}+{self.adaptation}"
+        return SETUPS[self.setup].method_label(self)
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -200,6 +192,103 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     raise ValueError(f"{name} must be of type {getattr(hint, '__name__', hint)}, got {value!r} ({type(value).__name__})")
 
 
+# ------------------------------------------------------------------------- setups
+
+
+ModuleFactory = Callable[[int], nnx.Module]  # seed -> a freshly initialised classifier
+
+
+def _fresh_classifier(config, dataset: data.Dataset, backbone: None = None) -> ModuleFactory:
+    """A :mod:`lab.models` classifier initialised from the seed alone (``config`` is an
+    :class:`ExperimentConfig` or a :class:`TrainConfig`: both name ``model`` and ``model_kwargs``)."""
+
+    def make_module(seed: int) -> nnx.Module:
+        return models.make_model(
+            config.model, dataset.input_shape, dataset.num_classes, seed=seed, **config.model_kwargs
+        )
+
+    return make_module
+
+
+def _nothing(config: ExperimentConfig) -> None:
+    return None
+
+
+def _no_datasets(config: ExperimentConfig) -> tuple[str, ...]:
+    return ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How one setup trains: the pieces :func:`run` assembles, each a function of the config.
+
+    ``run`` is the same for every setup (load, split, pretrain, build, fit, evaluate);
+    what differs is listed here, once.
+    """
+
+    method_label: Callable[[ExperimentConfig], str]  # the name a comparison shows
+    check: Callable[[ExperimentConfig], None]  # setup-specific validation, before any data is loaded
+    objective: Callable[[ExperimentConfig, tuple[int, ...]], train.Objective]  # (config, input shape)
+    pretrain: Callable[[ExperimentConfig], transfer.Backbone | None] = _nothing
+    classifier: Callable[[ExperimentConfig, data.Dataset, Any], ModuleFactory] = _fresh_classifier  # pretrained too
+    param_groups: Callable[[ExperimentConfig], Mapping[str, str | float] | None] = _nothing
+    other_datasets: Callable[[ExperimentConfig], tuple[str, ...]] = _no_datasets  # loaded besides config.dataset
+
+
+def _weakly_augmented_supervised(config: ExperimentConfig, input_shape: tuple[int, ...]) -> train.Objective:
+    return semisupervised.Supervised(input_shape=input_shape, augmentation="weak")
+
+
+def _pretrained(config: ExperimentConfig) -> transfer.Backbone:
+    return transfer.pretrain(_pretrain_config(config), load_dataset=functools.partial(_load_named, config))
+
+
+def _adapted_classifier(config: ExperimentConfig, dataset: data.Dataset, backbone: transfer.Backbone) -> ModuleFactory:
+    return lambda seed: backbone.classifier(dataset.num_classes, seed=seed)
+
+
+def _adaptation_param_groups(config: ExperimentConfig) -> dict[str, str | float]:
+    return transfer.adaptation_param_groups(config.adaptation, config.backbone_lr_multiplier)
+
+
+def _pretraining_datasets(config: ExperimentConfig) -> tuple[str, ...]:
+    source = config.pretrain_kwargs.get("source_dataset")
+    return (source,) if source else ()
+
+
+def _check_transfer(config: ExperimentConfig) -> None:
+    _pretrain_config(config)
+    _adaptation_param_groups(config)
+
+
+SETUPS: dict[str, Plan] = {
+    # the labeled examples only, seen at weak augmentation like the methods see them
+    "supervised": Plan(
+        method_label=lambda config: "supervised",
+        check=_nothing,
+        objective=_weakly_augmented_supervised,
+    ),
+    # the labeled examples plus the unlabeled pool, through a method of lab.semisupervised
+    "semi_supervised": Plan(
+        method_label=lambda config: config.method,
+        check=lambda config: semisupervised.check_hyperparameters(config.method, **config.method_kwargs),
+        objective=lambda config, input_shape: semisupervised.make_method(
+            config.method, input_shape=input_shape, **config.method_kwargs
+        ),
+    ),
+    # a backbone pretrained by lab.transfer (cached), adapted on the labeled examples
+    "transfer": Plan(
+        method_label=lambda config: f"{config.pretrain}+{config.adaptation}",
+        check=_check_transfer,
+        objective=_weakly_augmented_supervised,
+        pretrain=_pretrained,
+        classifier=_adapted_classifier,
+        param_groups=_adaptation_param_groups,
+        other_datasets=_pretraining_datasets,
+    ),
+}
+
+
 # ---------------------------------------------------------------------------- run
 
 
@@ -251,50 +340,33 @@ def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) 
         config = ExperimentConfig.from_dict(config)
     config.validate()
     train.enable_compilation_cache()
+    plan = SETUPS[config.setup]
     dataset = _load(config)
     dataset.check_batch_size(config.batch_size)
     splits = [data.labeled_split(dataset.y_train, config.labels_per_class, seed) for seed in config.seeds]
-    wall = {"pretrain": 0.0}
 
-    if config.setup == "transfer":
-        tic = time.perf_counter()
-        backbone = transfer.pretrain(_pretrain_config(config), load_dataset=functools.partial(_load_named, config))
-        wall["pretrain"] = time.perf_counter() - tic
-
-        def make_module(seed):
-            return backbone.classifier(dataset.num_classes, seed=seed)
-
-        param_groups = transfer.adaptation_param_groups(config.adaptation, config.backbone_lr_multiplier)
-    else:
-
-        def make_module(seed):
-            return models.make_model(
-                config.model, dataset.input_shape, dataset.num_classes, seed=seed, **config.model_kwargs
-            )
-
-        param_groups = None
-    if config.setup == "semi_supervised":
-        objective = ssl.make_method(config.method, input_shape=dataset.input_shape, **config.method_kwargs)
-    else:
-        objective = ssl.make_method("supervised", input_shape=dataset.input_shape)
-
+    tic = time.perf_counter()
+    pretrained = plan.pretrain(config)
+    wall = {"pretrain": time.perf_counter() - tic}
+    make_module = plan.classifier(config, dataset, pretrained)
+    objective = plan.objective(config, dataset.input_shape)
     tx = optim.make_optimizer(
         config.optimizer,
         config.learning_rate,
         schedule=config.schedule,
         total_steps=config.steps,
         weight_decay=config.weight_decay,
-        param_groups=param_groups,
+        param_groups=plan.param_groups(config),
     )
 
     def initial_state(seed: jax.Array) -> train.TrainState:
         _, params, model_state = nnx.split(make_module(seed), nnx.Param, ...)
-        extra = objective.init_extra(params, model_state)
-        return train.create_train_state(params, model_state, tx, seed, extra=extra)
+        objective_state = objective.init_objective_state(params, model_state)
+        return train.create_train_state(params, model_state, tx, seed, objective_state=objective_state)
 
     # One compiled, vmapped initialisation for all seeds: built eagerly, every
     # initializer would compile on its own, which costs more than the training.
-    model, _, _ = train.Model.split(nnx.eval_shape(lambda: make_module(0)))
+    model, _, _ = train.Graphs.split(nnx.eval_shape(lambda: make_module(0)))
     state = jax.jit(jax.vmap(initial_state))(jnp.asarray(config.seeds))
 
     x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
@@ -307,7 +379,7 @@ def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) 
 
     def evaluate(state: train.TrainState) -> dict[str, np.ndarray]:
         logits = np.asarray(test_logits(state.params, state.model_state))
-        return {"test_accuracy": (logits.argmax(-1) == dataset.y_test).mean(-1)}
+        return {"test_accuracy": np.array([metrics.accuracy(seed_logits, dataset.y_test) for seed_logits in logits])}
 
     try:
         fit = train.fit(
@@ -337,6 +409,153 @@ def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) 
         wall_time_s={name: round(seconds, 3) for name, seconds in wall.items()},
         environment=provenance.environment(_SOURCE_DIR),
     )
+
+
+# ------------------------------------------------------- lab train: a whole dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Supervised training on a whole dataset (``lab train``)."""
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    clip_norm: float | None = None
+    label_smoothing: float = 0.0
+    steps: int = 2000
+    batch_size: int = 64
+    eval_every: int = 500
+    seed: int = 0
+    data_parallel: bool = False
+
+
+def train_and_evaluate(
+    config: TrainConfig,
+    workdir: str | Path | None = None,
+    *,
+    checkpoint_every: int = 500,
+    progress: bool = True,
+) -> dict:
+    """Train ``config.model`` on ``config.dataset`` and return JSON-ready results.
+
+    Not :func:`run`: it trains on every training example, one seed, with warmup,
+    clipping, label smoothing, data parallelism and checkpoints, none of which a run
+    has; it shares the supervised plan's classifier and its objective, unaugmented. With ``workdir``,
+    the config is recorded in ``workdir/config.json`` and checkpoints go to
+    ``workdir/checkpoints`` every ``checkpoint_every`` steps and at the end; a run
+    resumes from the latest one, and a workdir refuses a run of another config. If
+    the loss turns NaN/Inf, the last finite state is saved there as a checkpoint.
+    """
+    from lab import parallel
+
+    train.enable_compilation_cache()
+    dataset = data.load(config.dataset)
+    dataset.check_batch_size(config.batch_size)
+    make_module = SETUPS["supervised"].classifier(config, dataset, None)
+    model, params, model_state = train.Graphs.split(make_module(config.seed))
+    # The supervised objective on the inputs as they are, as `lab train` has always trained.
+    objective = semisupervised.Supervised(
+        input_shape=dataset.input_shape, augmentation="none", label_smoothing=config.label_smoothing
+    )
+    tx = optim.make_optimizer(
+        config.optimizer,
+        config.learning_rate,
+        schedule=config.schedule,
+        total_steps=config.steps,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        clip_norm=config.clip_norm,
+    )
+    state = train.create_train_state(params, model_state, tx, config.seed)
+    pools = {"labeled": {"x": jnp.asarray(dataset.x_train), "y": jnp.asarray(dataset.y_train)}}
+    x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
+    test_logits = jax.jit(lambda s: train.predict(model, s.params, s.model_state, x_test))
+
+    def evaluate(s: train.TrainState) -> dict[str, float]:
+        return {"test_accuracy": metrics.accuracy(np.asarray(test_logits(s)), dataset.y_test)}
+
+    # Claimed only once the config has passed every check above, so a refused config is never recorded.
+    checkpoints = None if workdir is None else train.Checkpointer(_claim_workdir(Path(workdir), config) / "checkpoints")
+    try:
+        result = train.fit(
+            model,
+            state,
+            tx,
+            objective,
+            pools,
+            steps=config.steps,
+            batch_size=config.batch_size,
+            eval_every=config.eval_every,
+            evaluate=evaluate,
+            checkpoints=checkpoints,
+            checkpoint_every=None if checkpoints is None else checkpoint_every,
+            parallel=parallel.DataParallel() if config.data_parallel else None,
+            progress=progress,
+        )
+    except train.NonFiniteLossError as error:
+        if checkpoints is None:
+            kept = "Nothing was saved (no --workdir)"
+        else:
+            if checkpoints.latest_step() != error.step:  # it may have diverged right after a checkpoint
+                checkpoints.save(error.state)
+            kept = f"The last finite state (step {error.step}) is saved in {checkpoints.directory / str(error.step)}"
+        raise train.NonFiniteLossError(error.step, error.last_finite_loss, error.state, kept) from None
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
+    final = metrics.classification_metrics(np.asarray(test_logits(result.state)), dataset.y_test)
+    return {
+        "config": dataclasses.asdict(config),
+        "dataset": {"name": dataset.name, "source": dataset.source, "train": len(dataset.y_train), "test": len(y_test)},
+        "test": final,
+        "history": result.history,
+        "wall_time_s": result.wall_time_s,
+        "devices": jax.device_count() if config.data_parallel else 1,
+    }
+
+
+# Fields that do not change what is trained, so a workdir resumes across them: eval_every
+# only moves where evaluations (and chunk ends) fall, and chunking does not change the numbers.
+_RESUMABLE_ACROSS = ("eval_every",)
+
+
+def _claim_workdir(workdir: Path, config: TrainConfig) -> Path:
+    """Record ``config`` in ``workdir/config.json``, or check it against the one recorded there.
+
+    Resuming another config's checkpoints would report that config's model as this one's.
+    """
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"workdir {workdir} is not a folder (a file is in the way); choose a folder path") from None
+    record = workdir / "config.json"
+    current = json.loads(json.dumps(dataclasses.asdict(config)))  # as JSON reads it back: tuples become lists
+    if not record.exists():
+        if (workdir / "checkpoints").exists():
+            raise ValueError(
+                f"workdir {workdir} has checkpoints but no config.json recording their config; "
+                "use another --workdir (or delete its checkpoints)"
+            )
+        files.write_atomic(record, json.dumps(current, indent=2))
+        return workdir
+    recorded = json.loads(record.read_text())
+    differences = [
+        f"{name}: {recorded.get(name)!r} -> {value!r}"
+        for name, value in current.items()
+        if name not in _RESUMABLE_ACROSS and recorded.get(name) != value
+    ]
+    if differences:
+        raise ValueError(
+            f"workdir {workdir} holds a run of another config ({'; '.join(differences)}); "
+            "use another --workdir for this config, or the recorded one to resume"
+        )
+    return workdir
 
 
 def _padded_index(indices: Sequence[np.ndarray], length: int) -> dict[str, jax.Array]:

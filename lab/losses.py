@@ -30,7 +30,6 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -407,27 +406,6 @@ def _crammer_singer_terms(
     true_score = jnp.sum(jnp.where(is_true_class, scores, 0.0), axis=-1)
     violation = margin + jnp.max(wrong_class_scores, axis=-1) - true_score
     return violation, is_true_class, is_rival
-
-
-# --------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------
-
-
-class LossAndGrad(NamedTuple):
-    """A mean loss and its closed-form gradient with respect to the first argument."""
-
-    loss: Callable[..., Array]
-    grad: Callable[..., Array]
-
-
-LOSSES: dict[str, LossAndGrad] = {
-    "mse": LossAndGrad(mse, mse_grad),
-    "binary_cross_entropy": LossAndGrad(binary_cross_entropy, binary_cross_entropy_grad),
-    "softmax_cross_entropy": LossAndGrad(softmax_cross_entropy, softmax_cross_entropy_grad),
-    "binary_hinge": LossAndGrad(binary_hinge, binary_hinge_grad),
-    "multiclass_hinge": LossAndGrad(multiclass_hinge, multiclass_hinge_grad),
-}
 
 
 # --------------------------------------------------------------------------

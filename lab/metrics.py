@@ -26,6 +26,8 @@ from __future__ import annotations
 import numbers
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -110,6 +112,11 @@ def accuracy(logits: ArrayLike, labels: ArrayLike) -> float:
     """Fraction of rows whose argmax equals the label: (1/N) Σ_i [argmax_c z_ic = y_i]."""
     scores, labels = _validated(logits, labels)
     return float(np.mean(scores.argmax(axis=1) == labels))
+
+
+def batch_accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """:func:`accuracy` of a batch inside compiled code (a training step): jnp, no checks, a 0-d array."""
+    return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
 
 
 def confusion_matrix(logits: ArrayLike, labels: ArrayLike, num_classes: int) -> np.ndarray:

@@ -6,8 +6,9 @@ one for eval mode) and its ``nnx.State`` halves (``params`` and the rest: BatchN
 statistics, dropout RNG counters). ``jax.jit``, ``lax.scan``, ``jax.vmap`` and
 ``jax.shard_map`` therefore apply directly.
 
-What a step minimises is an :class:`Objective`; supervised cross-entropy is one and
-the semi-supervised methods in :mod:`lab.ssl` are others, all sharing this loop.
+What a step minimises is an :class:`Objective`: the supervised cross-entropy and the
+semi-supervised methods of :mod:`lab.semisupervised`, the pretraining objectives of
+:mod:`lab.transfer`, all sharing this loop.
 Batches are drawn *inside* compiled code from data kept on device: every step
 indexes a per-epoch permutation derived from ``(seed, pool, epoch)``, so the
 batch sequence depends only on the seed and the step number. That makes resuming
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import time
@@ -36,7 +36,6 @@ from flax import nnx
 from tqdm import tqdm as std_tqdm
 from tqdm.auto import tqdm
 
-from lab import losses, metrics
 
 PyTree = Any
 Pools = Mapping[str, Mapping[str, jax.Array]]
@@ -54,19 +53,19 @@ class TrainState:
     model_state: nnx.State  # non-parameter variables: BatchNorm statistics, RNG streams
     opt_state: optax.OptState
     key: jax.Array  # raw uint32 PRNG key; batch draws and objective noise fold in the step
-    extra: PyTree = None  # objective-specific state, e.g. an EMA teacher
+    objective_state: PyTree = None  # objective-specific state, e.g. an EMA teacher
 
 
 @dataclasses.dataclass(frozen=True)
-class Model:
+class Graphs:
     """A split NNX module: static graph definitions for train and eval mode."""
 
     train_graph: nnx.GraphDef
     eval_graph: nnx.GraphDef
 
     @classmethod
-    def split(cls, module: nnx.Module) -> tuple[Model, nnx.State, nnx.State]:
-        """Split ``module`` into (Model, params, model_state)."""
+    def split(cls, module: nnx.Module) -> tuple[Graphs, nnx.State, nnx.State]:
+        """Split ``module`` into (Graphs, params, model_state)."""
         module.eval()
         eval_graph, _, _ = nnx.split(module, nnx.Param, ...)
         module.train()
@@ -82,7 +81,11 @@ class Model:
 
 
 def create_train_state(
-    params: nnx.State, model_state: nnx.State, tx: optax.GradientTransformation, seed: int, extra: PyTree = None
+    params: nnx.State,
+    model_state: nnx.State,
+    tx: optax.GradientTransformation,
+    seed: int,
+    objective_state: PyTree = None,
 ) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -90,7 +93,7 @@ def create_train_state(
         model_state=model_state,
         opt_state=tx.init(params),
         key=jax.random.PRNGKey(seed),
-        extra=extra,
+        objective_state=objective_state,
     )
 
 
@@ -100,43 +103,43 @@ def create_train_state(
 class Objective:
     """What a training step minimises.
 
-    Subclasses implement :meth:`loss`; :meth:`init_extra` and :meth:`after_update`
+    Subclasses implement :meth:`loss`; :meth:`init_objective_state` and :meth:`after_update`
     carry objective-specific state (an EMA teacher, adaptive thresholds) through
-    ``TrainState.extra``. ``batch_sizes`` names the data pools a step draws from.
+    ``TrainState.objective_state``. ``batch_sizes`` names the data pools a step draws from.
     """
 
     def batch_sizes(self, batch_size: int) -> dict[str, int]:
         return {"labeled": batch_size}
 
-    def init_extra(self, params: nnx.State, model_state: nnx.State) -> PyTree:
+    def init_objective_state(self, params: nnx.State, model_state: nnx.State) -> PyTree:
         return None
 
-    def loss(self, model: nnx.Module, batch: Pools, key: jax.Array, extra: PyTree, step: jax.Array):
-        """Return ``(scalar loss, dict of scalar metrics, new extra)``."""
+    def loss(self, model: nnx.Module, batch: Pools, key: jax.Array, objective_state: PyTree, step: jax.Array):
+        """Return ``(scalar loss, dict of scalar metrics, new objective_state)``."""
         raise NotImplementedError
 
-    def after_update(self, extra: PyTree, params: nnx.State, model_state: nnx.State, step: jax.Array) -> PyTree:
-        return extra
-
-
-@dataclasses.dataclass(frozen=True)
-class Supervised(Objective):
-    """Softmax cross-entropy on the labeled pool."""
-
-    label_smoothing: float = 0.0
-
-    def loss(self, model, batch, key, extra, step):
-        labeled = batch["labeled"]
-        logits = model(labeled["x"])
-        loss = losses.softmax_cross_entropy(logits, labeled["y"], label_smoothing=self.label_smoothing)
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == labeled["y"])
-        return loss, {"loss": loss, "accuracy": accuracy}, extra
+    def after_update(
+        self, objective_state: PyTree, params: nnx.State, model_state: nnx.State, step: jax.Array
+    ) -> PyTree:
+        return objective_state
 
 
 # -------------------------------------------------------------------------- steps
 
 
-def draw_batch(pools: Pools, batch_sizes: Mapping[str, int], key: jax.Array, step: jax.Array) -> Pools:
+def epoch_orders(pools: Pools, batch_sizes: Mapping[str, int], key: jax.Array, step: jax.Array) -> dict:
+    """Each pool's ``(epoch, permutation)`` at ``step``, for :func:`draw_batch`."""
+    orders = {}
+    for pool_index, (name, size) in enumerate(sorted(batch_sizes.items())):
+        _, _, capacity, count = _pool_parts(pools[name])
+        epoch, _ = jnp.divmod(step, _batches_per_epoch(count, size))
+        orders[name] = (epoch, _permutation(key, pool_index, epoch, capacity, count))
+    return orders
+
+
+def draw_batch(
+    pools: Pools, batch_sizes: Mapping[str, int], key: jax.Array, step: jax.Array, orders: dict | None = None
+) -> tuple[Pools, dict]:
     """Draw one batch per pool: slice ``step`` of a fresh permutation each epoch.
 
     A pool is a dict of equally long arrays (``x``, ``y``, ...). If it holds an
@@ -146,30 +149,14 @@ def draw_batch(pools: Pools, batch_sizes: Mapping[str, int], key: jax.Array, ste
     pools of different sizes (label budgets) padded to one length share one compiled
     program. Sampling is without replacement within an epoch; the last incomplete
     batch of an epoch is dropped. A pool smaller than its batch size wraps around.
+
+    ``orders`` are the permutations returned by the previous step's draw (or
+    :func:`epoch_orders`): a permutation is sorted anew only when the epoch changes,
+    since sorting the pool is most of the cost of drawing a batch and most steps stay
+    within one epoch. Returns the batch and the permutations to pass to the next step.
     """
-    batch, _ = draw_batch_reusing(pools, batch_sizes, key, step, epoch_orders(pools, batch_sizes, key, step))
-    return batch
-
-
-def epoch_orders(pools: Pools, batch_sizes: Mapping[str, int], key: jax.Array, step: jax.Array) -> dict:
-    """Each pool's ``(epoch, permutation)`` at ``step``, for :func:`draw_batch_reusing`."""
-    orders = {}
-    for pool_index, (name, size) in enumerate(sorted(batch_sizes.items())):
-        _, _, capacity, count = _pool_parts(pools[name])
-        epoch, _ = jnp.divmod(step, _batches_per_epoch(count, size))
-        orders[name] = (epoch, _permutation(key, pool_index, epoch, capacity, count))
-    return orders
-
-
-def draw_batch_reusing(
-    pools: Pools, batch_sizes: Mapping[str, int], key: jax.Array, step: jax.Array, orders: dict
-) -> tuple[Pools, dict]:
-    """:func:`draw_batch`, given the permutations of an earlier step (``epoch_orders``).
-
-    A permutation is sorted anew only when the epoch changes: sorting the pool is
-    most of the cost of drawing a batch, and most steps stay within one epoch.
-    Returns the batch and the permutations to pass on to the next step.
-    """
+    if orders is None:
+        orders = epoch_orders(pools, batch_sizes, key, step)
     batch, new_orders = {}, {}
     for pool_index, (name, size) in enumerate(sorted(batch_sizes.items())):
         pool, rows, capacity, count = _pool_parts(pools[name])
@@ -226,7 +213,7 @@ def train_step(
     state: TrainState,
     batch: Pools,
     *,
-    model: Model,
+    model: Graphs,
     tx: optax.GradientTransformation,
     objective: Objective,
     axis_name: str | None = None,
@@ -237,29 +224,34 @@ def train_step(
 
     def loss_fn(params):
         module = model.bind(params, state.model_state, train=True)
-        loss, step_metrics, extra = objective.loss(module, batch, key, state.extra, state.step)
+        loss, step_metrics, objective_state = objective.loss(module, batch, key, state.objective_state, state.step)
         _, _, model_state = nnx.split(module, nnx.Param, ...)
-        return loss, (step_metrics, extra, model_state)
+        return loss, (step_metrics, objective_state, model_state)
 
-    grads, (step_metrics, extra, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (step_metrics, objective_state, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
     if axis_name is not None:
         grads, step_metrics = jax.lax.pmean((grads, step_metrics), axis_name)
         # Average the float statistics (BatchNorm, an objective's running thresholds);
         # RNG keys and counters are the same everywhere.
-        model_state, extra = jax.tree.map(
-            lambda v: jax.lax.pmean(v, axis_name) if jnp.issubdtype(v.dtype, jnp.floating) else v, (model_state, extra)
+        model_state, objective_state = jax.tree.map(
+            lambda v: jax.lax.pmean(v, axis_name) if jnp.issubdtype(v.dtype, jnp.floating) else v,
+            (model_state, objective_state),
         )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    extra = objective.after_update(extra, params, model_state, state.step)
+    objective_state = objective.after_update(objective_state, params, model_state, state.step)
     new_state = state.replace(
-        step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state, extra=extra
+        step=state.step + 1,
+        params=params,
+        model_state=model_state,
+        opt_state=opt_state,
+        objective_state=objective_state,
     )
     return new_state, step_metrics
 
 
 def make_train_chunk(
-    model: Model,
+    model: Graphs,
     tx: optax.GradientTransformation,
     objective: Objective,
     batch_size: int,
@@ -273,7 +265,7 @@ def make_train_chunk(
     def chunk(state: TrainState, pools: Pools):
         def body(carry, _):
             state, orders = carry
-            batch, orders = draw_batch_reusing(pools, batch_sizes, state.key, state.step, orders)
+            batch, orders = draw_batch(pools, batch_sizes, state.key, state.step, orders)
             if axis_name is not None:
                 batch = shard_batch(batch, axis_name)
             state, step_metrics = train_step(state, batch, model=model, tx=tx, objective=objective, axis_name=axis_name)
@@ -286,7 +278,9 @@ def make_train_chunk(
     return chunk
 
 
-def predict(model: Model, params: nnx.State, model_state: nnx.State, x: jax.Array, batch_size: int = 1024) -> jax.Array:
+def predict(
+    model: Graphs, params: nnx.State, model_state: nnx.State, x: jax.Array, batch_size: int = 1024
+) -> jax.Array:
     """Eval-mode logits for all of ``x``, computed in fixed-size batches with ``lax.map``."""
     n = x.shape[0]
     batches = math.ceil(n / batch_size)
@@ -297,15 +291,6 @@ def predict(model: Model, params: nnx.State, model_state: nnx.State, x: jax.Arra
 
     out = jax.lax.map(logits, padded.reshape(batches, batch_size, *x.shape[1:]))
     return out.reshape(batches * batch_size, -1)[:n]
-
-
-def eval_step(model: Model, state: TrainState, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
-    """Loss and accuracy on (x, y) in eval mode (jit-able)."""
-    logits = predict(model, state.params, state.model_state, x)
-    return {
-        "loss": losses.softmax_cross_entropy(logits, y),
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
-    }
 
 
 # ---------------------------------------------------------------------------- fit
@@ -363,7 +348,7 @@ class FitResult:
 
 
 def fit(
-    model: Model,
+    model: Graphs,
     state: TrainState,
     tx: optax.GradientTransformation,
     objective: Objective,
@@ -607,147 +592,3 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
-
-
-# ------------------------------------------------------------- train_and_evaluate
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Supervised training on a whole dataset (``lab train``)."""
-
-    dataset: str = "digits"
-    model: str = "mlp"
-    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    clip_norm: float | None = None
-    label_smoothing: float = 0.0
-    steps: int = 2000
-    batch_size: int = 64
-    eval_every: int = 500
-    seed: int = 0
-    data_parallel: bool = False
-
-
-def train_and_evaluate(
-    config: TrainConfig,
-    workdir: str | Path | None = None,
-    *,
-    checkpoint_every: int = 500,
-    progress: bool = True,
-) -> dict:
-    """Train ``config.model`` on ``config.dataset`` and return JSON-ready results.
-
-    With ``workdir``, the config is recorded in ``workdir/config.json`` and checkpoints
-    go to ``workdir/checkpoints`` every ``checkpoint_every`` steps and at the end; a
-    run resumes from the latest one, and a workdir refuses a run of another config.
-    If the loss turns NaN/Inf, the last finite state is saved there as a checkpoint.
-    """
-    from lab import data, models, optim, parallel as parallel_lib
-
-    enable_compilation_cache()
-    dataset = data.load(config.dataset)
-    dataset.check_batch_size(config.batch_size)
-    module = models.make_model(
-        config.model, dataset.input_shape, dataset.num_classes, seed=config.seed, **dict(config.model_kwargs)
-    )
-    model, params, model_state = Model.split(module)
-    tx = optim.make_optimizer(
-        config.optimizer,
-        config.learning_rate,
-        schedule=config.schedule,
-        total_steps=config.steps,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        clip_norm=config.clip_norm,
-    )
-    state = create_train_state(params, model_state, tx, config.seed)
-    pools = {"labeled": {"x": jnp.asarray(dataset.x_train), "y": jnp.asarray(dataset.y_train)}}
-    x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
-    test_logits = jax.jit(lambda s: predict(model, s.params, s.model_state, x_test))
-
-    def evaluate(s: TrainState) -> dict[str, float]:
-        return {"test_accuracy": metrics.accuracy(np.asarray(test_logits(s)), dataset.y_test)}
-
-    # Claimed only once the config has passed every check above, so a refused config is never recorded.
-    checkpoints = None if workdir is None else Checkpointer(_claim_workdir(Path(workdir), config) / "checkpoints")
-    try:
-        result = fit(
-            model,
-            state,
-            tx,
-            Supervised(config.label_smoothing),
-            pools,
-            steps=config.steps,
-            batch_size=config.batch_size,
-            eval_every=config.eval_every,
-            evaluate=evaluate,
-            checkpoints=checkpoints,
-            checkpoint_every=None if checkpoints is None else checkpoint_every,
-            parallel=parallel_lib.DataParallel() if config.data_parallel else None,
-            progress=progress,
-        )
-    except NonFiniteLossError as error:
-        if checkpoints is None:
-            kept = "Nothing was saved (no --workdir)"
-        else:
-            if checkpoints.latest_step() != error.step:  # it may have diverged right after a checkpoint
-                checkpoints.save(error.state)
-            kept = f"The last finite state (step {error.step}) is saved in {checkpoints.directory / str(error.step)}"
-        raise NonFiniteLossError(error.step, error.last_finite_loss, error.state, kept) from None
-    finally:
-        if checkpoints is not None:
-            checkpoints.close()
-    final = metrics.classification_metrics(np.asarray(test_logits(result.state)), dataset.y_test)
-    return {
-        "config": dataclasses.asdict(config),
-        "dataset": {"name": dataset.name, "source": dataset.source, "train": len(dataset.y_train), "test": len(y_test)},
-        "test": final,
-        "history": result.history,
-        "wall_time_s": result.wall_time_s,
-        "devices": jax.device_count() if config.data_parallel else 1,
-    }
-
-
-# Fields that do not change what is trained, so a workdir resumes across them: eval_every
-# only moves where evaluations (and chunk ends) fall, and chunking does not change the numbers.
-_RESUMABLE_ACROSS = ("eval_every",)
-
-
-def _claim_workdir(workdir: Path, config: TrainConfig) -> Path:
-    """Record ``config`` in ``workdir/config.json``, or check it against the one recorded there.
-
-    Resuming another config's checkpoints would report that config's model as this one's.
-    """
-    from lab import files
-
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"workdir {workdir} is not a folder (a file is in the way); choose a folder path") from None
-    record = workdir / "config.json"
-    current = json.loads(json.dumps(dataclasses.asdict(config)))  # as JSON reads it back: tuples become lists
-    if not record.exists():
-        if (workdir / "checkpoints").exists():
-            raise ValueError(
-                f"workdir {workdir} has checkpoints but no config.json recording their config; "
-                "use another --workdir (or delete its checkpoints)"
-            )
-        files.write_atomic(record, json.dumps(current, indent=2))
-        return workdir
-    recorded = json.loads(record.read_text())
-    differences = [
-        f"{name}: {recorded.get(name)!r} -> {value!r}"
-        for name, value in current.items()
-        if name not in _RESUMABLE_ACROSS and recorded.get(name) != value
-    ]
-    if differences:
-        raise ValueError(
-            f"workdir {workdir} holds a run of another config ({'; '.join(differences)}); "
-            "use another --workdir for this config, or the recorded one to resume"
-        )
-    return workdir

@@ -22,13 +22,14 @@ Adaptation (:data:`ADAPTATIONS`) trains a classifier whose backbone starts from 
 pretrained one and whose head is freshly initialised for the target classes. The
 modes differ only in the optimizer, through the ``param_groups`` of
 :func:`lab.optim.make_optimizer` (:func:`adaptation_param_groups`). The pieces
-compose like this (:func:`adapt` does exactly this on a labeled subset)::
+compose like this (``lab.experiment.run`` with ``setup="transfer"`` does this for several seeds)::
 
     backbone = transfer.pretrain(transfer.PretrainConfig("classes", "digits", source_classes=(0, 1, 2, 3, 4)))
-    module = transfer.init_from_backbone(models.make_model("mlp", (8, 8, 1), 5, seed=0), backbone)
+    module = backbone.classifier(5, seed=0)
     tx = optim.make_optimizer("adam", 1e-3, param_groups=transfer.adaptation_param_groups("linear_probe"))
-    model, params, model_state = train.Model.split(module)
-    result = train.fit(model, train.create_train_state(params, model_state, tx, 0), tx, train.Supervised(), ...)
+    model, params, model_state = train.Graphs.split(module)
+    objective = semisupervised.Supervised(input_shape=(8, 8, 1))
+    result = train.fit(model, train.create_train_state(params, model_state, tx, 0), tx, objective, ...)
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
-from lab import augment, cache, data, files, losses, models, optim, train
+from lab import augment, cache, data, files, losses, models, optim, semisupervised, train
 
 PRETRAIN_SOURCES = ("classes", "dataset", "simclr", "autoencoder")
 ADAPTATIONS = ("linear_probe", "finetune", "finetune_low_lr")
@@ -216,13 +217,13 @@ class SimCLR(train.Objective):
     def batch_sizes(self, batch_size: int) -> dict[str, int]:
         return {"unlabeled": batch_size}
 
-    def loss(self, model, batch, key, extra, step):
+    def loss(self, model, batch, key, objective_state, step):
         x = batch["unlabeled"]["x"]
         first_key, second_key = jax.random.split(key)
         projections = model(jnp.concatenate([self.augmentation(first_key, x), self.augmentation(second_key, x)]))
         first, second = jnp.split(projections, 2)
         loss = nt_xent(first, second, temperature=self.temperature)
-        return loss, {"loss": loss}, extra
+        return loss, {"loss": loss}, objective_state
 
 
 class Reconstruction(train.Objective):
@@ -231,10 +232,10 @@ class Reconstruction(train.Objective):
     def batch_sizes(self, batch_size: int) -> dict[str, int]:
         return {"unlabeled": batch_size}
 
-    def loss(self, model, batch, key, extra, step):
+    def loss(self, model, batch, key, objective_state, step):
         x = batch["unlabeled"]["x"]
         loss = losses.mse(model(x), x.reshape(x.shape[0], -1))
-        return loss, {"loss": loss}, extra
+        return loss, {"loss": loss}, objective_state
 
 
 # --------------------------------------------------------------------------- pretraining
@@ -375,12 +376,14 @@ def _train_backbone(config: PretrainConfig, load_dataset: Callable[[str], data.D
     x = jnp.asarray(match_input_shape(source.x_train, architecture.input_shape))
     if config.source in _SUPERVISED_SOURCES:
         module = architecture.build(source.num_classes, seed=config.seed)
-        objective, pools = train.Supervised(), {"labeled": {"x": x, "y": jnp.asarray(source.y_train)}}
+        # Pretraining has always seen the inputs as they are.
+        objective = semisupervised.Supervised(input_shape=architecture.input_shape, augmentation="none")
+        pools = {"labeled": {"x": x, "y": jnp.asarray(source.y_train)}}
     else:
         module = _with_pretraining_head(architecture, config)
         objective = _self_supervised_objective(config, architecture.input_shape)
         pools = {"unlabeled": {"x": x}}
-    model, params, model_state = train.Model.split(module)
+    model, params, model_state = train.Graphs.split(module)
     tx = optim.make_optimizer(config.optimizer, config.learning_rate)
     state = train.create_train_state(params, model_state, tx, config.seed)
     result = train.fit(
@@ -483,40 +486,3 @@ def adaptation_param_groups(mode: str, backbone_lr_multiplier: float = 0.1) -> d
             "(linear_probe freezes the backbone)"
         )
     return {"backbone/*": float(backbone_lr_multiplier)}
-
-
-def adapt(
-    backbone: Backbone,
-    dataset: data.Dataset,
-    labeled_idx: np.ndarray,
-    *,
-    mode: str,
-    steps: int,
-    batch_size: int = 32,
-    optimizer: str = "adam",
-    learning_rate: float = 1e-3,
-    backbone_lr_multiplier: float = 0.1,
-    seed: int = 0,
-    progress: bool = False,
-) -> tuple[train.Model, train.FitResult]:
-    """Train a classifier for ``dataset`` on its training examples ``labeled_idx``, from ``backbone``.
-
-    The head is initialised from ``seed`` for ``dataset.num_classes`` classes; ``mode``
-    is one of :data:`ADAPTATIONS`. Returns the model (for :func:`lab.train.predict`) and
-    the fit result.
-    """
-    if tuple(dataset.input_shape) != backbone.architecture.input_shape:
-        raise ValueError(
-            f"{dataset.name} has inputs of shape {dataset.input_shape} but the backbone was pretrained for "
-            f"{backbone.architecture.input_shape}; resize them with match_input_shape"
-        )
-    param_groups = adaptation_param_groups(mode, backbone_lr_multiplier)
-    tx = optim.make_optimizer(optimizer, learning_rate, param_groups=param_groups)
-    model, params, model_state = train.Model.split(backbone.classifier(dataset.num_classes, seed=seed))
-    state = train.create_train_state(params, model_state, tx, seed)
-    x, y = jnp.asarray(dataset.x_train[labeled_idx]), jnp.asarray(dataset.y_train[labeled_idx])
-    result = train.fit(
-        model, state, tx, train.Supervised(), {"labeled": {"x": x, "y": y}}, steps=steps, batch_size=batch_size,
-        progress=progress,
-    )
-    return model, result

@@ -106,7 +106,7 @@ def test_every_setup_runs_and_reports_per_seed_results(setup_values):
 
 
 def test_vmapped_seeds_equal_separate_runs():
-    config = {**SMALL, "setup": "semi_supervised", "method": "freematch"}  # freematch carries state in `extra`
+    config = {**SMALL, "setup": "semi_supervised", "method": "freematch"}  # freematch keeps objective_state
     together = experiment.run({**config, "seeds": [0, 1]}, progress=False)
     alone = [experiment.run({**config, "seeds": [seed]}, progress=False) for seed in (0, 1)]
     for i, single in enumerate(alone):

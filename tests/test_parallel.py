@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent(
     """
     import json
     import jax, jax.numpy as jnp, numpy as np
-    from lab import data, models, optim, parallel, train
+    from lab import data, models, optim, parallel, semisupervised, train
 
     assert jax.device_count() == 4, jax.devices()
     digits = data.digits()
@@ -22,10 +22,11 @@ SCRIPT = textwrap.dedent(
 
     def run(model_name, steps, dp, batch_size=64, **hyper):
         module = models.make_model(model_name, digits.input_shape, digits.num_classes, seed=0, **hyper)
-        model, params, model_state = train.Model.split(module)
+        model, params, model_state = train.Graphs.split(module)
         tx = optim.make_optimizer("momentum", 0.05)
         state = train.create_train_state(params, model_state, tx, 0)
-        result = train.fit(model, state, tx, train.Supervised(), pools, steps=steps, batch_size=batch_size,
+        objective = semisupervised.Supervised(input_shape=digits.input_shape, augmentation="none")
+        result = train.fit(model, state, tx, objective, pools, steps=steps, batch_size=batch_size,
                            eval_every=steps, parallel=parallel.DataParallel() if dp else None, progress=False)
         return result
 

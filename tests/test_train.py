@@ -18,7 +18,10 @@ import optax
 import pytest
 from flax import nnx
 
-from lab import cli, data, losses, models, optim, train
+from lab import cli, data, experiment, losses, models, optim, semisupervised, train
+
+# Plain cross-entropy on the digits as they are (no augmentation).
+SUPERVISED = semisupervised.Supervised(input_shape=(8, 8, 1), augmentation="none")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,7 @@ def digits():
 
 def _setup(digits, seed=0, learning_rate=1e-3, hidden=(32,), **model_kwargs):
     module = models.make_model("mlp", digits.input_shape, digits.num_classes, seed=seed, hidden=hidden, **model_kwargs)
-    model, params, model_state = train.Model.split(module)
+    model, params, model_state = train.Graphs.split(module)
     tx = optim.make_optimizer("adam", learning_rate)
     state = train.create_train_state(params, model_state, tx, seed)
     pools = {"labeled": {"x": jnp.asarray(digits.x_train), "y": jnp.asarray(digits.y_train)}}
@@ -51,7 +54,7 @@ def test_fit_learns_digits(digits):
         model,
         state,
         tx,
-        train.Supervised(),
+        SUPERVISED,
         pools,
         steps=400,
         batch_size=64,
@@ -71,8 +74,8 @@ def test_fit_learns_digits(digits):
 
 def test_train_step_matches_hand_written_update(digits):
     model, tx, state, pools = _setup(digits)
-    batch = train.draw_batch(pools, {"labeled": 16}, state.key, state.step)
-    new_state, step_metrics = train.train_step(state, batch, model=model, tx=tx, objective=train.Supervised())
+    batch = train.draw_batch(pools, {"labeled": 16}, state.key, state.step)[0]
+    new_state, step_metrics = train.train_step(state, batch, model=model, tx=tx, objective=SUPERVISED)
 
     # Reference: plain jax.grad of the cross-entropy of an independently merged module, one Adam step.
     def loss(params):
@@ -92,13 +95,15 @@ def test_train_step_matches_hand_written_update(digits):
 def test_draw_batch_is_an_epoch_permutation():
     pool = {"x": jnp.arange(12.0)[:, None], "y": jnp.arange(12)}
     key = jax.random.PRNGKey(3)
-    epoch = [np.asarray(train.draw_batch({"p": pool}, {"p": 4}, key, jnp.int32(s))["p"]["y"]) for s in range(3)]
+    epoch = [np.asarray(train.draw_batch({"p": pool}, {"p": 4}, key, jnp.int32(s))[0]["p"]["y"]) for s in range(3)]
     assert sorted(np.concatenate(epoch).tolist()) == list(range(12))  # each example once per epoch
-    again = np.asarray(train.draw_batch({"p": pool}, {"p": 4}, key, jnp.int32(1))["p"]["y"])
+    again = np.asarray(train.draw_batch({"p": pool}, {"p": 4}, key, jnp.int32(1))[0]["p"]["y"])
     np.testing.assert_array_equal(again, epoch[1])  # a function of (key, step) alone
-    next_epoch = [np.asarray(train.draw_batch({"p": pool}, {"p": 4}, key, jnp.int32(s))["p"]["y"]) for s in range(3, 6)]
+    next_epoch = [
+        np.asarray(train.draw_batch({"p": pool}, {"p": 4}, key, jnp.int32(s))[0]["p"]["y"]) for s in range(3, 6)
+    ]
     assert not np.array_equal(np.concatenate(next_epoch), np.concatenate(epoch))  # reshuffled
-    small = train.draw_batch({"p": pool}, {"p": 20}, key, jnp.int32(0))["p"]["y"]
+    small = train.draw_batch({"p": pool}, {"p": 20}, key, jnp.int32(0))[0]["p"]["y"]
     assert small.shape == (20,)  # wraps around a pool smaller than the batch
 
 
@@ -110,8 +115,8 @@ def test_reusing_the_epoch_permutation_draws_the_same_batches():
     sizes, key = {"a": 3, "b": 2}, jax.random.PRNGKey(5)
     orders = train.epoch_orders(pools, sizes, key, jnp.int32(0))
     for step in range(12):  # several epochs of both pools, which turn over at different steps
-        batch, orders = train.draw_batch_reusing(pools, sizes, key, jnp.int32(step), orders)
-        expected = train.draw_batch(pools, sizes, key, jnp.int32(step))
+        batch, orders = train.draw_batch(pools, sizes, key, jnp.int32(step), orders)
+        expected, _ = train.draw_batch(pools, sizes, key, jnp.int32(step))
         for name in pools:
             np.testing.assert_array_equal(batch[name]["y"], expected[name]["y"])
 
@@ -121,7 +126,7 @@ def test_chunk_length_does_not_change_the_result(digits):
     for eval_every in (30, 7):
         model, tx, state, pools = _setup(digits)
         fit = train.fit(
-            model, state, tx, train.Supervised(), pools, steps=30, batch_size=32, eval_every=eval_every, progress=False
+            model, state, tx, SUPERVISED, pools, steps=30, batch_size=32, eval_every=eval_every, progress=False
         )
         results.append(fit.state.params)
     assert_trees_close(*results, rtol=1e-6, atol=1e-7)
@@ -133,10 +138,10 @@ class PoisonedAt(train.Objective):
 
     bad_step: int
 
-    def loss(self, model, batch, key, extra, step):
-        loss, step_metrics, extra = train.Supervised().loss(model, batch, key, extra, step)
+    def loss(self, model, batch, key, objective_state, step):
+        loss, step_metrics, objective_state = SUPERVISED.loss(model, batch, key, objective_state, step)
         loss = jnp.where(step >= self.bad_step, jnp.nan, loss)
-        return loss, {**step_metrics, "loss": loss}, extra
+        return loss, {**step_metrics, "loss": loss}, objective_state
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(digits, tmp_path):
@@ -171,7 +176,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(digits, tmp_path):
 def test_resume_from_checkpoint_equals_uninterrupted_run(digits, tmp_path):
     model, tx, state, pools = _setup(digits)
     straight = train.fit(
-        model, state, tx, train.Supervised(), pools, steps=24, batch_size=32, eval_every=8, progress=False
+        model, state, tx, SUPERVISED, pools, steps=24, batch_size=32, eval_every=8, progress=False
     )
 
     model, tx, state, pools = _setup(digits)
@@ -180,7 +185,7 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(digits, tmp_path):
         model,
         state,
         tx,
-        train.Supervised(),
+        SUPERVISED,
         pools,
         steps=16,
         batch_size=32,
@@ -196,7 +201,7 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(digits, tmp_path):
         model,
         fresh,
         tx,
-        train.Supervised(),
+        SUPERVISED,
         pools,
         steps=24,
         batch_size=32,
@@ -223,7 +228,7 @@ def test_early_stopping_returns_the_best_state(digits):
         model,
         state,
         tx,
-        train.Supervised(),
+        SUPERVISED,
         pools,
         steps=50,
         batch_size=32,
@@ -240,33 +245,34 @@ def test_early_stopping_returns_the_best_state(digits):
 def test_invalid_arguments_are_named(digits):
     model, tx, state, pools = _setup(digits)
     with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
-        train.fit(model, state, tx, train.Supervised(), pools, steps=0, batch_size=32, progress=False)
+        train.fit(model, state, tx, SUPERVISED, pools, steps=0, batch_size=32, progress=False)
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got -1"):
-        train.fit(model, state, tx, train.Supervised(), pools, steps=5, batch_size=-1, progress=False)
+        train.fit(model, state, tx, SUPERVISED, pools, steps=5, batch_size=-1, progress=False)
 
 
 def test_supervised_loss_is_the_cross_entropy(digits):
     model, tx, state, pools = _setup(digits)
-    batch = train.draw_batch(pools, {"labeled": 8}, state.key, state.step)
+    batch = train.draw_batch(pools, {"labeled": 8}, state.key, state.step)[0]
     module = model.bind(state.params, state.model_state, train=True)
-    loss, step_metrics, _ = train.Supervised().loss(module, batch, state.key, None, state.step)
+    loss, step_metrics, _ = SUPERVISED.loss(module, batch, state.key, None, state.step)
     logits = module(batch["labeled"]["x"])
     np.testing.assert_allclose(loss, losses.softmax_cross_entropy(logits, batch["labeled"]["y"]), rtol=1e-6)
-    np.testing.assert_allclose(step_metrics["accuracy"], np.mean(np.argmax(logits, -1) == batch["labeled"]["y"]))
+    accuracy = np.mean(np.argmax(logits, -1) == batch["labeled"]["y"])
+    np.testing.assert_allclose(step_metrics["labeled_accuracy"], accuracy)
 
 
 def test_draw_batch_uses_only_the_counted_entries_of_a_padded_index():
     pool = {"x": jnp.arange(12.0)[:, None], "y": jnp.arange(12), "index": jnp.array([7, 3, 9, 0, 0, 0]), "count": 3}
     key = jax.random.PRNGKey(0)
-    epoch = [int(train.draw_batch({"p": pool}, {"p": 1}, key, jnp.int32(s))["p"]["y"][0]) for s in range(3)]
+    epoch = [int(train.draw_batch({"p": pool}, {"p": 1}, key, jnp.int32(s))[0]["p"]["y"][0]) for s in range(3)]
     assert sorted(epoch) == [3, 7, 9]  # each counted row once per epoch, padding never drawn
-    wrapped = train.draw_batch({"p": pool}, {"p": 5}, key, jnp.int32(0))["p"]["y"]
+    wrapped = train.draw_batch({"p": pool}, {"p": 5}, key, jnp.int32(0))[0]["p"]["y"]
     assert set(np.asarray(wrapped).tolist()) == {3, 7, 9}
 
 
 def test_fit_trains_a_model_with_dropout(digits):
     model, tx, state, pools = _setup(digits, dropout=0.2)
-    result = train.fit(model, state, tx, train.Supervised(), pools, steps=20, batch_size=32, eval_every=10, progress=False)
+    result = train.fit(model, state, tx, SUPERVISED, pools, steps=20, batch_size=32, eval_every=10, progress=False)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] + 1.0
     train_mode = model.bind(result.state.params, result.state.model_state, train=True)
     eval_mode = model.bind(result.state.params, result.state.model_state, train=False)
@@ -304,8 +310,8 @@ def test_a_workdir_refuses_another_config_and_resumes_its_own(tmp_path, capsys, 
         assert err.startswith("lab train: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
         assert difference in err and "another --workdir" in err, err
     # Where evaluations happen does not change what is trained: the run resumes, with nothing left to train.
-    config = train.TrainConfig(**{**first["config"], "eval_every": 20})
-    resumed = train.train_and_evaluate(config, workdir, progress=False)
+    config = experiment.TrainConfig(**{**first["config"], "eval_every": 20})
+    resumed = experiment.train_and_evaluate(config, workdir, progress=False)
     assert resumed["history"] == [] and resumed["test"] == first["test"]
     assert json.loads((workdir / "config.json").read_text()) == first["config"]  # the record is not rewritten
 
@@ -314,7 +320,7 @@ def test_a_workdir_from_before_config_records_is_refused(tmp_path):
     workdir = tmp_path / "w"
     (workdir / "checkpoints" / "100").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"has checkpoints but no config.json .* another --workdir"):
-        train.train_and_evaluate(train.TrainConfig(steps=5), workdir, progress=False)
+        experiment.train_and_evaluate(experiment.TrainConfig(steps=5), workdir, progress=False)
 
 
 def _finished_checkpoints(directory: Path) -> list[int]:
@@ -369,7 +375,7 @@ def test_a_diverging_run_stops_with_one_line_and_saves_the_last_finite_state(tmp
     checkpoints = train.Checkpointer(workdir / "checkpoints")
     assert checkpoints.latest_step() == int(saved[1])
     module = models.make_model("mlp", digits.input_shape, digits.num_classes, seed=0)
-    _, params, model_state = train.Model.split(module)
+    _, params, model_state = train.Graphs.split(module)
     like = train.create_train_state(params, model_state, optim.make_optimizer("sgd", 1e6), 0)
     restored = checkpoints.restore_latest(like)
     checkpoints.close()
@@ -389,15 +395,15 @@ def test_a_diverging_run_without_workdir_says_nothing_was_saved(capsys, monkeypa
     [("learning_rate", float("inf")), ("learning_rate", float("nan")), ("weight_decay", float("inf"))],
 )
 def test_train_and_evaluate_refuses_non_finite_hyperparameters(field, value, tmp_path):
-    config = train.TrainConfig(steps=5, **{field: value})
+    config = experiment.TrainConfig(steps=5, **{field: value})
     with pytest.raises(ValueError, match=f"{field} must be a finite number, got {value}"):
-        train.train_and_evaluate(config, tmp_path / "w", progress=False)
+        experiment.train_and_evaluate(config, tmp_path / "w", progress=False)
     assert not (tmp_path / "w").exists()  # a refused config is not recorded
 
 
 def test_train_and_evaluate_refuses_a_batch_larger_than_the_training_set(tmp_path):
     with pytest.raises(ValueError, match="batch_size=1348 is larger than the 1347 training examples of digits"):
-        train.train_and_evaluate(train.TrainConfig(steps=5, batch_size=1348), tmp_path / "w", progress=False)
+        experiment.train_and_evaluate(experiment.TrainConfig(steps=5, batch_size=1348), tmp_path / "w", progress=False)
     assert not (tmp_path / "w").exists()
 
 

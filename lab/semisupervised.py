@@ -44,11 +44,14 @@ method            mu    weight  ramp-up others
 
 (weight: ``unlabeled_weight``; ramp-up: ``rampup_steps``, sigmoid by default.)
 
+:func:`check_hyperparameters` checks a method's name and hyperparameters without an
+input shape, e.g. before a config's data is loaded; :func:`make_method` builds it.
+
 Usage::
 
-    objective = ssl.make_method("fixmatch", input_shape=dataset.input_shape, threshold=0.9)
+    objective = semisupervised.make_method("fixmatch", input_shape=dataset.input_shape, threshold=0.9)
     state = train.create_train_state(params, model_state, tx, seed,
-                                     extra=objective.init_extra(params, model_state))
+                                     objective_state=objective.init_objective_state(params, model_state))
     pools = {"labeled": {"x": x_l, "y": y_l}, "unlabeled": {"x": x_u, "y": y_u}}
     train.fit(model, state, tx, objective, pools, steps=..., batch_size=...)
 
@@ -64,17 +67,18 @@ the examples in the mask). ``pseudo_label_accuracy`` is NaN when no example is i
 the mask, e.g. always for ``supervised``; average it with ``nanmean``.
 
 Methods that keep state across steps (an EMA teacher, adaptive thresholds) keep it
-in ``TrainState.extra``: pass ``objective.init_extra(params, model_state)`` to
-``train.create_train_state``. To train several seeds side by side
-(``fit(..., seed_axis=True)``), build each seed's state, extra included, and stack.
+in ``TrainState.objective_state``: pass ``objective.init_objective_state(params,
+model_state)`` to ``train.create_train_state``. To train several seeds side by side
+(``fit(..., seed_axis=True)``), build each seed's state, objective state included, and stack.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
 import jax
@@ -83,7 +87,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lab import augment, losses, train
+from lab import augment, losses, metrics, train
 
 __all__ = [
     "METHODS",
@@ -102,6 +106,7 @@ __all__ = [
     "confidence_mask",
     "consistency_loss",
     "ema_update",
+    "check_hyperparameters",
     "hyperparameters_of",
     "make_method",
     "masked_cross_entropy",
@@ -123,6 +128,9 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
     def add(cls: type[Method]) -> type[Method]:
         if name in METHODS:
             raise ValueError(f"a method named {name!r} is already registered ({METHODS[name].__qualname__})")
+        unchecked = sorted(set(hyperparameters_of(cls)) - set(_CHECKS))
+        if unchecked:
+            raise ValueError(f"{cls.__qualname__} has hyperparameters without a check in _CHECKS: {unchecked}")
         cls.name = name
         METHODS[name] = cls
         return cls
@@ -136,6 +144,17 @@ def make_method(name: str, *, input_shape: tuple[int, ...], **hyperparameters: A
     ``hyperparameters`` override the method's defaults; :func:`hyperparameters_of`
     lists them.
     """
+    return _method_class(name, hyperparameters)(input_shape=input_shape, **hyperparameters)
+
+
+def check_hyperparameters(name: str, **hyperparameters: Any) -> None:
+    """Refuse what :func:`make_method` would refuse about ``name`` and ``hyperparameters``,
+    without building the method: no input shape is needed (e.g. to validate a config
+    before its data is loaded)."""
+    _check_values({**hyperparameters_of(_method_class(name, hyperparameters)), **hyperparameters})
+
+
+def _method_class(name: str, hyperparameters: Mapping[str, Any]) -> type[Method]:
     if name not in METHODS:
         raise ValueError(f"unknown semi-supervised method {name!r}; choose one of: {', '.join(METHODS)}")
     cls = METHODS[name]
@@ -146,12 +165,18 @@ def make_method(name: str, *, input_shape: tuple[int, ...], **hyperparameters: A
             f"{name} has no hyperparameter {', '.join(map(repr, unknown))}; "
             f"it accepts: {', '.join(accepted) or 'none'}"
         )
-    return cls(input_shape=input_shape, **hyperparameters)
+    return cls
 
 
 def hyperparameters_of(cls: type[Method]) -> dict[str, Any]:
     """``{name: default}`` of the hyperparameters a method class accepts."""
-    return {f.name: f.default for f in dataclasses.fields(cls) if f.init and f.name != "input_shape"}
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.init and f.metadata.get("hyperparameter", True)}
+
+
+def _setting(**field_options: Any) -> Any:
+    """A field set by the code that builds a method (the input shape, how the labeled
+    batch is seen), not a hyperparameter that :func:`make_method` accepts."""
+    return dataclasses.field(metadata={"hyperparameter": False}, **field_options)
 
 
 # ------------------------------------------------------------------ shared mechanics
@@ -253,6 +278,26 @@ def _check_integer(name: str, value: Any, minimum: int):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+# What every hyperparameter must be, by name: a name means the same thing in every method.
+_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "flip": lambda name, value: augment.check_options(flip=value),
+    "magnitude": lambda name, value: augment.check_options(magnitude=value),
+    "mu": functools.partial(_check_integer, minimum=1),
+    "rampup_steps": functools.partial(_check_integer, minimum=0),
+    "rampup": lambda name, value: ramp_up(0, 1, value),  # refuses an unknown schedule
+    "unlabeled_weight": functools.partial(_check_number, low=0.0),
+    "fairness_weight": functools.partial(_check_number, low=0.0),
+    "threshold": functools.partial(_check_number, low=0.0, high=1.0, low_open=True),
+    "ema_decay": functools.partial(_check_number, low=0.0, high=1.0, high_open=True),
+}
+
+
+def _check_values(hyperparameters: Mapping[str, Any]) -> None:
+    """Refuse out-of-range values; checks no input shape, so a config can be checked before its data loads."""
+    for name, value in hyperparameters.items():
+        _CHECKS[name](name, value)
+
+
 def _num_classes(params: nnx.State) -> int:
     """Number of classes of a :mod:`lab.models` classifier, read off its ``head`` layer."""
     try:
@@ -276,18 +321,22 @@ class Method(train.Objective):
     """
 
     name: ClassVar[str]
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...] = _setting()
     flip: bool = False
     augmentations: dict[str, augment.Augmentation] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        weak = augment.make_augmentation("weak", self.input_shape, flip=self.flip)  # checks input_shape and flip
+        _check_values({name: getattr(self, name) for name in hyperparameters_of(type(self))})
+        weak = augment.make_augmentation("weak", self.input_shape, flip=self.flip)  # checks input_shape
         object.__setattr__(self, "input_shape", tuple(int(n) for n in self.input_shape))  # hashable, for jit caches
         object.__setattr__(self, "augmentations", {"weak": weak})
 
-    def labeled_term(self, logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def labeled_term(
+        self, logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
+    ) -> tuple[jax.Array, jax.Array]:
         """(cross-entropy, accuracy) on the labeled batch."""
-        return losses.softmax_cross_entropy(logits, labels), jnp.mean(jnp.argmax(logits, -1) == labels)
+        loss = losses.softmax_cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        return loss, metrics.batch_accuracy(logits, labels)
 
     @staticmethod
     def step_metrics(
@@ -330,13 +379,29 @@ class Supervised(Method):
     (``train.draw_batch`` seeds each pool by its place in sorted order, and "labeled"
     comes first). It reports the same metrics: 0 for the unlabeled ones, and NaN for
     ``pseudo_label_accuracy``.
+
+    The one supervised objective of :mod:`lab`: besides this baseline it pretrains
+    backbones (:mod:`lab.transfer`) and trains ``lab train``. Two settings, which are
+    not method hyperparameters: ``augmentation``, the :mod:`lab.augment` strength the
+    labeled batch is seen at (``"weak"`` as the other methods see it, or ``"none"``),
+    and ``label_smoothing`` of the cross-entropy.
     """
 
-    def loss(self, model, batch, key, extra, step):
+    augmentation: str = _setting(default="weak")
+    label_smoothing: float = _setting(default=0.0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.augmentation not in self.augmentations:
+            self.augmentations[self.augmentation] = augment.make_augmentation(
+                self.augmentation, self.input_shape, flip=self.flip
+            )
+
+    def loss(self, model, batch, key, objective_state, step):
         labeled = batch["labeled"]
-        logits = model(self.augmentations["weak"](key, labeled["x"]))
-        loss, metrics = self.step_metrics(*self.labeled_term(logits, labeled["y"]))
-        return loss, metrics, extra
+        logits = model(self.augmentations[self.augmentation](key, labeled["x"]))
+        loss, step_metrics = self.step_metrics(*self.labeled_term(logits, labeled["y"], self.label_smoothing))
+        return loss, step_metrics, objective_state
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -359,33 +424,28 @@ class SemiSupervised(Method):
     rampup_steps: int = 0
     rampup: str = "sigmoid"
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_integer("mu", self.mu, 1)
-        _check_number("unlabeled_weight", self.unlabeled_weight, 0.0)
-        _check_integer("rampup_steps", self.rampup_steps, 0)
-        ramp_up(0, self.rampup_steps, self.rampup)  # rejects an unknown schedule now rather than at the first step
-
     def batch_sizes(self, batch_size: int) -> dict[str, int]:
         return {"labeled": batch_size, "unlabeled": self.mu * batch_size}
 
     def unlabeled_weight_at(self, step: jax.Array) -> jax.Array:
         return self.unlabeled_weight * ramp_up(step, self.rampup_steps, self.rampup)
 
-    def loss(self, model, batch, key, extra, step):
+    def loss(self, model, batch, key, objective_state, step):
         labeled, unlabeled = batch["labeled"], batch["unlabeled"]
         augment_key, term_key = jax.random.split(key)
         labeled_logits, *unlabeled_logits = self._forward_views(
             model, augment_key, [("weak", labeled["x"])] + [(view, unlabeled["x"]) for view in self.unlabeled_views]
         )
-        term, extra = self.unlabeled_term(model, unlabeled["x"], tuple(unlabeled_logits), term_key, extra, step)
-        loss, metrics = self.step_metrics(
+        term, objective_state = self.unlabeled_term(
+            model, unlabeled["x"], tuple(unlabeled_logits), term_key, objective_state, step
+        )
+        loss, step_metrics = self.step_metrics(
             *self.labeled_term(labeled_logits, labeled["y"]),
             unlabeled_weight=self.unlabeled_weight_at(step),
             term=term,
             hidden_labels=unlabeled["y"],
         )
-        return loss, metrics, extra
+        return loss, step_metrics, objective_state
 
     def _forward_views(self, model, key, views: list[tuple[str, jax.Array]]) -> list[jax.Array]:
         """Logits of each (strength, batch) view, in order, from one call of the model.
@@ -414,10 +474,10 @@ class SemiSupervised(Method):
         unlabeled_x: jax.Array,
         logits: tuple[jax.Array, ...],
         key: jax.Array,
-        extra: PyTree,
+        objective_state: PyTree,
         step: jax.Array,
     ) -> tuple[UnlabeledTerm, PyTree]:
-        """The method's unlabeled term and its new ``extra``.
+        """The method's unlabeled term and its new ``objective_state``.
 
         ``logits`` holds the model's logits for each of :attr:`unlabeled_views` of
         ``unlabeled_x`` (the raw batch, for methods that make further views from
@@ -445,14 +505,10 @@ class PseudoLabel(SemiSupervised):
     mu: int = 3
     rampup_steps: int = 1000
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_number("threshold", self.threshold, 0.0, 1.0, low_open=True)
-
-    def unlabeled_term(self, model, unlabeled_x, logits, key, extra, step):
+    def unlabeled_term(self, model, unlabeled_x, logits, key, objective_state, step):
         (weak,) = logits
         probs = jax.nn.softmax(jax.lax.stop_gradient(weak))
-        return _hard_pseudo_label_term(weak, probs, self.threshold), extra
+        return _hard_pseudo_label_term(weak, probs, self.threshold), objective_state
 
 
 def _hard_pseudo_label_term(student_logits: jax.Array, target_probs: jax.Array, threshold) -> UnlabeledTerm:
@@ -476,9 +532,9 @@ class PiModel(SemiSupervised):
     rampup_steps: int = 1000
     mu: int = 3
 
-    def unlabeled_term(self, model, unlabeled_x, logits, key, extra, step):
+    def unlabeled_term(self, model, unlabeled_x, logits, key, objective_state, step):
         student, target = logits
-        return _consistency_term(student, jax.nn.softmax(jax.lax.stop_gradient(target))), extra
+        return _consistency_term(student, jax.nn.softmax(jax.lax.stop_gradient(target))), objective_state
 
 
 def _consistency_term(student_logits: jax.Array, target_probs: jax.Array) -> UnlabeledTerm:
@@ -493,7 +549,7 @@ class MeanTeacher(SemiSupervised):
     """Tarvainen & Valpola (2017): agree with a teacher whose weights are an EMA of the model's.
 
     The student sees one weak view, the teacher (the same network with the EMA
-    weights, kept in ``extra["teacher"]``) another; the teacher's prediction is the
+    weights, kept in ``objective_state["teacher"]``) another; the teacher's prediction is the
     target of :func:`consistency_loss`. After each update the teacher moves towards
     the student with decay ``min(ema_decay, 1 - 1/(t + 1))`` at step ``t`` (counted
     from 0), so early on it is the plain average of the students so far, as in the
@@ -512,26 +568,22 @@ class MeanTeacher(SemiSupervised):
     rampup_steps: int = 1000
     mu: int = 3
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_number("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
-
-    def init_extra(self, params, model_state):
+    def init_objective_state(self, params, model_state):
         # A copy, so that the teacher never aliases (or gets donated with) the student's buffers.
         return {"teacher": jax.tree.map(jnp.copy, params)}
 
-    def unlabeled_term(self, model, unlabeled_x, logits, key, extra, step):
+    def unlabeled_term(self, model, unlabeled_x, logits, key, objective_state, step):
         (student,) = logits
         graph, _, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
         # The teacher draws its dropout masks from the student's RNG streams (so they differ
         # from the student's), but updates a throwaway copy of the BatchNorm statistics.
-        teacher = nnx.merge(graph, extra["teacher"], jax.tree.map(jnp.copy, batch_stats), rest)
+        teacher = nnx.merge(graph, objective_state["teacher"], jax.tree.map(jnp.copy, batch_stats), rest)
         target_logits = jax.lax.stop_gradient(teacher(self.augmentations["weak"](key, unlabeled_x)))
-        return _consistency_term(student, jax.nn.softmax(target_logits)), extra
+        return _consistency_term(student, jax.nn.softmax(target_logits)), objective_state
 
-    def after_update(self, extra, params, model_state, step):
+    def after_update(self, objective_state, params, model_state, step):
         decay = jnp.minimum(self.ema_decay, 1.0 - 1.0 / (step + 1.0))
-        return {"teacher": ema_update(extra["teacher"], params, decay)}
+        return {"teacher": ema_update(objective_state["teacher"], params, decay)}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -554,15 +606,15 @@ class WeakToStrong(SemiSupervised):
             "strong", self.input_shape, flip=self.flip, magnitude=self.magnitude
         )
 
-    def thresholds(self, probs: jax.Array, extra: PyTree) -> tuple[jax.Array | float, PyTree]:
-        """(threshold, scalar or per class, for these weak-view ``probs``; new ``extra``)."""
+    def thresholds(self, probs: jax.Array, objective_state: PyTree) -> tuple[jax.Array | float, PyTree]:
+        """(threshold, scalar or per class, for these weak-view ``probs``; new ``objective_state``)."""
         raise NotImplementedError
 
-    def unlabeled_term(self, model, unlabeled_x, logits, key, extra, step):
+    def unlabeled_term(self, model, unlabeled_x, logits, key, objective_state, step):
         weak, strong = logits
         probs = jax.nn.softmax(jax.lax.stop_gradient(weak))
-        threshold, extra = self.thresholds(probs, extra)
-        return _hard_pseudo_label_term(strong, probs, threshold), extra
+        threshold, objective_state = self.thresholds(probs, objective_state)
+        return _hard_pseudo_label_term(strong, probs, threshold), objective_state
 
 
 @register("fixmatch")
@@ -572,12 +624,8 @@ class FixMatch(WeakToStrong):
 
     threshold: float = 0.95
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_number("threshold", self.threshold, 0.0, 1.0, low_open=True)
-
-    def thresholds(self, probs, extra):
-        return self.threshold, extra
+    def thresholds(self, probs, objective_state):
+        return self.threshold, objective_state
 
 
 @register("flexmatch")
@@ -589,7 +637,7 @@ class FlexMatch(FixMatch):
     with confidence >= ``threshold``. FlexMatch counts it over the whole unlabeled
     set, remembering each example's last confident prediction; the loop gives no
     example identities, so here σ is an EMA (``ema_decay``, default 0.99) of each
-    batch's share, kept in ``extra["learning_effect"]``. With threshold warm-up, the
+    batch's share, kept in ``objective_state["learning_effect"]``. With threshold warm-up, the
     class thresholds are ``threshold * M(β_c)`` with ``β_c = σ_c / max(max σ,
     1 - Σ σ)`` and the convex mapping ``M(β) = β / (2 - β)``: all thresholds start at
     0 and rise to ``threshold`` for a class as it becomes well learned.
@@ -597,15 +645,11 @@ class FlexMatch(FixMatch):
 
     ema_decay: float = 0.99
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_number("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
-
-    def init_extra(self, params, model_state):
+    def init_objective_state(self, params, model_state):
         return {"learning_effect": jnp.zeros(_num_classes(params), jnp.float32)}
 
-    def thresholds(self, probs, extra):
-        effect = extra["learning_effect"]
+    def thresholds(self, probs, objective_state):
+        effect = objective_state["learning_effect"]
         # While most examples are still unconfident, 1 - Σσ dominates and keeps every β small.
         normalised = effect / jnp.maximum(jnp.max(effect), 1.0 - jnp.sum(effect))
         class_thresholds = self.threshold * normalised / (2.0 - normalised)
@@ -619,7 +663,7 @@ class FlexMatch(FixMatch):
 class FreeMatch(WeakToStrong):
     """Wang et al. (2023): self-adaptive thresholds, from the model's own confidence.
 
-    Kept in ``extra`` as EMAs (decay ``ema_decay``, default 0.999 as in the paper)
+    Kept in ``objective_state`` as EMAs (decay ``ema_decay``, default 0.999 as in the paper)
     over the weak-view predictions of each unlabeled batch, all starting at 1/C:
 
     * ``global_threshold``: the mean highest probability (τ_t);
@@ -641,32 +685,29 @@ class FreeMatch(WeakToStrong):
     ema_decay: float = 0.999
     fairness_weight: float = 0.01
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_number("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
-        _check_number("fairness_weight", self.fairness_weight, 0.0)
-
-    def init_extra(self, params, model_state):
+    def init_objective_state(self, params, model_state):
         num_classes = _num_classes(params)
         uniform = jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
         return {"global_threshold": uniform[0], "class_probs": uniform, "label_histogram": uniform}
 
-    def thresholds(self, probs, extra):
+    def thresholds(self, probs, objective_state):
         batch = {
             "global_threshold": jnp.mean(jnp.max(probs, axis=-1)),
             "class_probs": jnp.mean(probs, axis=0),
             "label_histogram": jnp.mean(jax.nn.one_hot(pseudo_labels(probs), probs.shape[-1]), axis=0),
         }
-        extra = ema_update(extra, batch, self.ema_decay)
-        class_probs = extra["class_probs"]
-        return extra["global_threshold"] * class_probs / jnp.max(class_probs), extra
+        objective_state = ema_update(objective_state, batch, self.ema_decay)
+        class_probs = objective_state["class_probs"]
+        return objective_state["global_threshold"] * class_probs / jnp.max(class_probs), objective_state
 
-    def unlabeled_term(self, model, unlabeled_x, logits, key, extra, step):
-        term, extra = super().unlabeled_term(model, unlabeled_x, logits, key, extra, step)
+    def unlabeled_term(self, model, unlabeled_x, logits, key, objective_state, step):
+        term, objective_state = super().unlabeled_term(model, unlabeled_x, logits, key, objective_state, step)
         if self.fairness_weight == 0.0:
-            return term, extra
-        fairness = _fairness_loss(logits[1], term.mask, extra["class_probs"], extra["label_histogram"])
-        return term._replace(loss=term.loss + self.fairness_weight * fairness), extra
+            return term, objective_state
+        fairness = _fairness_loss(
+            logits[1], term.mask, objective_state["class_probs"], objective_state["label_histogram"]
+        )
+        return term._replace(loss=term.loss + self.fairness_weight * fairness), objective_state
 
 
 def _fairness_loss(strong_logits, mask, class_probs, label_histogram) -> jax.Array:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lab import models, optim, ssl, train
+from lab import models, optim, semisupervised, train
 
 REQUIRED_METRICS = {"loss", "labeled_loss", "unlabeled_loss", "mask_rate", "pseudo_label_accuracy"}
 
@@ -58,7 +58,7 @@ def problem():
 
 
 def _model(seed=0):
-    return train.Model.split(models.make_model("mlp", INPUT_SHAPE, NUM_CLASSES, seed=seed, hidden=(64,)))
+    return train.Graphs.split(models.make_model("mlp", INPUT_SHAPE, NUM_CLASSES, seed=seed, hidden=(64,)))
 
 
 # ---------------------------------------------------------------- shared mechanics by hand
@@ -67,21 +67,21 @@ def _model(seed=0):
 def test_ema_update_by_hand():
     ema = {"w": jnp.array([1.0, 2.0]), "b": jnp.array(4.0)}
     new = {"w": jnp.array([3.0, 0.0]), "b": jnp.array(0.0)}
-    out = ssl.ema_update(ema, new, 0.75)
+    out = semisupervised.ema_update(ema, new, 0.75)
     np.testing.assert_allclose(out["w"], [1.5, 1.5])  # 0.75 * 1 + 0.25 * 3, 0.75 * 2 + 0.25 * 0
     np.testing.assert_allclose(out["b"], 3.0)
-    assert_trees_close(ssl.ema_update(ema, new, 0.0), new)
+    assert_trees_close(semisupervised.ema_update(ema, new, 0.0), new)
 
 
 def test_pseudo_labels_and_confidence_mask_by_hand():
     probs = jnp.array([[0.96, 0.03, 0.01], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.34, 0.33, 0.33]])
-    np.testing.assert_array_equal(ssl.pseudo_labels(probs), [0, 1, 2, 0])
-    np.testing.assert_array_equal(ssl.confidence_mask(probs, 0.95), [1, 0, 0, 0])
-    np.testing.assert_array_equal(ssl.confidence_mask(probs, 0.7), [1, 1, 1, 0])  # >= threshold counts
+    np.testing.assert_array_equal(semisupervised.pseudo_labels(probs), [0, 1, 2, 0])
+    np.testing.assert_array_equal(semisupervised.confidence_mask(probs, 0.95), [1, 0, 0, 0])
+    np.testing.assert_array_equal(semisupervised.confidence_mask(probs, 0.7), [1, 1, 1, 0])  # >= threshold counts
     # Class-wise: each row is held to the threshold of its pseudo-label.
-    np.testing.assert_array_equal(ssl.confidence_mask(probs, jnp.array([0.3, 0.9, 0.5])), [1, 0, 1, 1])
+    np.testing.assert_array_equal(semisupervised.confidence_mask(probs, jnp.array([0.3, 0.9, 0.5])), [1, 0, 1, 1])
     with pytest.raises(ValueError, match="scalar or a \\(C,\\) array"):
-        ssl.confidence_mask(probs, jnp.ones((2, 3)))
+        semisupervised.confidence_mask(probs, jnp.ones((2, 3)))
 
 
 @pytest.mark.parametrize(
@@ -93,9 +93,9 @@ def test_pseudo_labels_and_confidence_mask_by_hand():
 )
 def test_ramp_up_at_chosen_steps(schedule, expected):
     steps = [0, 25, 50, 100, 400]
-    np.testing.assert_allclose([ssl.ramp_up(s, 100, schedule) for s in steps], expected, rtol=1e-6)
-    assert float(ssl.ramp_up(0, 0, schedule)) == 1.0  # no ramp-up
-    method = ssl.make_method("pi_model", input_shape=INPUT_SHAPE, unlabeled_weight=4.0, rampup_steps=100,
+    np.testing.assert_allclose([semisupervised.ramp_up(s, 100, schedule) for s in steps], expected, rtol=1e-6)
+    assert float(semisupervised.ramp_up(0, 0, schedule)) == 1.0  # no ramp-up
+    method = semisupervised.make_method("pi_model", input_shape=INPUT_SHAPE, unlabeled_weight=4.0, rampup_steps=100,
                              rampup=schedule)
     weights = [method.unlabeled_weight_at(jnp.int32(s)) for s in steps]
     np.testing.assert_allclose(weights, 4.0 * np.array(expected), rtol=1e-6)
@@ -106,34 +106,34 @@ def test_masked_cross_entropy_and_consistency_loss_by_hand():
     log_probs = np.log(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
     labels, mask = jnp.array([0, 0, 1]), jnp.array([1.0, 0.0, 1.0])
     # Masked rows are dropped, but the mean is over all three rows.
-    value = jax.jit(ssl.masked_cross_entropy)(logits, labels, mask)
+    value = jax.jit(semisupervised.masked_cross_entropy)(logits, labels, mask)
     np.testing.assert_allclose(value, -(log_probs[0, 0] + log_probs[2, 1]) / 3, rtol=1e-6)
     targets = jnp.array([[1.0, 0.0], [0.5, 0.5], [0.5, 0.5]])
     expected = np.mean(np.sum((np.exp(log_probs) - np.asarray(targets)) ** 2, axis=1))
-    np.testing.assert_allclose(jax.jit(ssl.consistency_loss)(logits, targets), expected, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(semisupervised.consistency_loss)(logits, targets), expected, rtol=1e-6)
 
 
 def test_freematch_thresholds_by_hand():
-    method = ssl.make_method("freematch", input_shape=INPUT_SHAPE, ema_decay=0.5)
+    method = semisupervised.make_method("freematch", input_shape=INPUT_SHAPE, ema_decay=0.5)
     uniform = jnp.full(3, 1 / 3)
-    extra = {"global_threshold": uniform[0], "class_probs": uniform, "label_histogram": uniform}
+    objective_state = {"global_threshold": uniform[0], "class_probs": uniform, "label_histogram": uniform}
     probs = jnp.array([[0.9, 0.05, 0.05], [0.7, 0.2, 0.1]])
-    thresholds, extra = jax.jit(method.thresholds)(probs, extra)
+    thresholds, objective_state = jax.jit(method.thresholds)(probs, objective_state)
     # EMAs with decay 0.5: mean max prob 0.8, mean probs (0.8, 0.125, 0.075), histogram (1, 0, 0).
-    np.testing.assert_allclose(extra["global_threshold"], 0.5 / 3 + 0.4, rtol=1e-6)
+    np.testing.assert_allclose(objective_state["global_threshold"], 0.5 / 3 + 0.4, rtol=1e-6)
     class_probs = 0.5 / 3 + 0.5 * np.array([0.8, 0.125, 0.075])
-    np.testing.assert_allclose(extra["class_probs"], class_probs, rtol=1e-6)
-    np.testing.assert_allclose(extra["label_histogram"], 0.5 / 3 + 0.5 * np.array([1.0, 0.0, 0.0]), rtol=1e-6)
+    np.testing.assert_allclose(objective_state["class_probs"], class_probs, rtol=1e-6)
+    np.testing.assert_allclose(objective_state["label_histogram"], 0.5 / 3 + 0.5 * np.array([1.0, 0.0, 0.0]), rtol=1e-6)
     np.testing.assert_allclose(thresholds, (0.5 / 3 + 0.4) * class_probs / class_probs.max(), rtol=1e-6)
 
 
 def test_flexmatch_thresholds_by_hand():
-    method = ssl.make_method("flexmatch", input_shape=INPUT_SHAPE, threshold=0.9, ema_decay=0.5)
+    method = semisupervised.make_method("flexmatch", input_shape=INPUT_SHAPE, threshold=0.9, ema_decay=0.5)
     probs = jnp.array([[0.95, 0.05], [0.92, 0.08], [0.3, 0.7], [0.01, 0.99]])
     thresholds_of = jax.jit(method.thresholds)
-    thresholds, extra = thresholds_of(probs, {"learning_effect": jnp.zeros(2)})
+    thresholds, objective_state = thresholds_of(probs, {"learning_effect": jnp.zeros(2)})
     np.testing.assert_allclose(thresholds, [0.0, 0.0])  # nothing learned yet: every threshold starts at 0
-    np.testing.assert_allclose(extra["learning_effect"], 0.5 * np.array([2 / 4, 1 / 4]))  # confident shares
+    np.testing.assert_allclose(objective_state["learning_effect"], 0.5 * np.array([2 / 4, 1 / 4]))  # confident shares
     thresholds, _ = thresholds_of(probs, {"learning_effect": jnp.array([0.6, 0.2])})
     beta = np.array([0.6, 0.2]) / max(0.6, 1 - 0.8)
     np.testing.assert_allclose(thresholds, 0.9 * beta / (2 - beta), rtol=1e-6)  # class 0 is at 0.9
@@ -143,7 +143,7 @@ def test_flexmatch_thresholds_by_hand():
 
 
 def test_mean_teacher_after_update_by_hand():
-    method = ssl.make_method("mean_teacher", input_shape=INPUT_SHAPE, ema_decay=0.6)
+    method = semisupervised.make_method("mean_teacher", input_shape=INPUT_SHAPE, ema_decay=0.6)
     teacher = {"teacher": {"w": jnp.array(0.0)}}
     students = [1.0, 2.0, 4.0, 8.0, 16.0]
     expected, decays = 0.0, [0.0, 0.5, 0.6, 0.6, 0.6]  # min(0.6, 1 - 1/(t + 1))
@@ -157,7 +157,7 @@ def test_freematch_fairness_term():
     probs = jnp.array([0.25, 0.25, 0.25, 0.25])
     logits = jnp.array([[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 3.0]])
     mask = jnp.array([1.0, 1.0, 0.0])
-    fairness = jax.jit(ssl._fairness_loss)
+    fairness = jax.jit(semisupervised._fairness_loss)
     value = fairness(logits, mask, probs, probs)
     # By hand: the masked rows predict classes 0 and 1 once each, so h̄ = (½, ½, 0, 0).
     softmax = np.exp(logits[:2]) / np.exp(logits[:2]).sum(1, keepdims=True)
@@ -165,7 +165,7 @@ def test_freematch_fairness_term():
     np.testing.assert_allclose(value, np.sum(0.25 * np.log(scaled / scaled.sum() + 1e-12)), rtol=1e-5)
     assert float(fairness(logits, jnp.zeros(3), probs, probs)) == 0.0  # empty mask: no term
     for some_mask in (mask, jnp.zeros(3)):
-        gradient = jax.jit(jax.grad(ssl._fairness_loss))(logits, some_mask, probs, probs)
+        gradient = jax.jit(jax.grad(semisupervised._fairness_loss))(logits, some_mask, probs, probs)
         assert np.all(np.isfinite(gradient))
 
 
@@ -173,16 +173,16 @@ def test_freematch_fairness_term():
 
 
 def test_make_method_names_what_is_allowed():
-    assert set(ssl.METHODS) >= {"supervised", "pseudo_label", "pi_model", "mean_teacher", "fixmatch", "freematch"}
-    every_name = ", ".join(ssl.METHODS)
+    assert set(semisupervised.METHODS) >= {"supervised", "pseudo_label", "pi_model", "mean_teacher", "fixmatch", "freematch"}
+    every_name = ", ".join(semisupervised.METHODS)
     with pytest.raises(ValueError, match=f"unknown semi-supervised method 'mixmatch'; choose one of: {every_name}$"):
-        ssl.make_method("mixmatch", input_shape=INPUT_SHAPE)
+        semisupervised.make_method("mixmatch", input_shape=INPUT_SHAPE)
     with pytest.raises(ValueError, match=r"fixmatch has no hyperparameter 'tau'; it accepts: flip, mu, .*threshold"):
-        ssl.make_method("fixmatch", input_shape=INPUT_SHAPE, tau=0.9)
+        semisupervised.make_method("fixmatch", input_shape=INPUT_SHAPE, tau=0.9)
     with pytest.raises(ValueError, match="supervised has no hyperparameter 'mu'; it accepts: flip$"):
-        ssl.make_method("supervised", input_shape=INPUT_SHAPE, mu=2)
-    assert ssl.hyperparameters_of(ssl.FixMatch)["threshold"] == 0.95
-    method = ssl.make_method("fixmatch", input_shape=INPUT_SHAPE, threshold=1.0, mu=2)
+        semisupervised.make_method("supervised", input_shape=INPUT_SHAPE, mu=2)
+    assert semisupervised.hyperparameters_of(semisupervised.FixMatch)["threshold"] == 0.95
+    method = semisupervised.make_method("fixmatch", input_shape=INPUT_SHAPE, threshold=1.0, mu=2)
     assert (method.threshold, method.mu, method.batch_sizes(8)) == (1.0, 2, {"labeled": 8, "unlabeled": 16})
 
 
@@ -206,17 +206,29 @@ def test_make_method_names_what_is_allowed():
 )
 def test_out_of_range_hyperparameters_are_refused(name, hyper, message):
     with pytest.raises(ValueError, match=message):
-        ssl.make_method(name, input_shape=INPUT_SHAPE, **hyper)
+        semisupervised.make_method(name, input_shape=INPUT_SHAPE, **hyper)
+
+
+def test_hyperparameters_are_checked_without_an_input_shape():
+    semisupervised.check_hyperparameters("fixmatch", threshold=0.9, mu=2)
+    with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\], got 0.0"):
+        semisupervised.check_hyperparameters("fixmatch", threshold=0.0)
+    with pytest.raises(ValueError, match=r"magnitude must be a number in \[0, 1\], got 2.0"):
+        semisupervised.check_hyperparameters("freematch", magnitude=2.0)
+    with pytest.raises(ValueError, match="supervised has no hyperparameter 'mu'"):
+        semisupervised.check_hyperparameters("supervised", mu=2)
+    with pytest.raises(ValueError, match="unknown semi-supervised method 'mixmatch'"):
+        semisupervised.check_hyperparameters("mixmatch")
 
 
 def test_input_shape_is_checked():
     with pytest.raises(ValueError, match=r"input_shape must be .* got \(32,\)"):
-        ssl.make_method("pi_model", input_shape=(32,))
+        semisupervised.make_method("pi_model", input_shape=(32,))
 
 
 def test_register_refuses_a_taken_name():
     with pytest.raises(ValueError, match="a method named 'fixmatch' is already registered"):
-        ssl.register("fixmatch")(ssl.FixMatch)
+        semisupervised.register("fixmatch")(semisupervised.FixMatch)
 
 
 # ---------------------------------------------------------------- one step of every method
@@ -224,30 +236,31 @@ def test_register_refuses_a_taken_name():
 
 @functools.cache
 def _jitted_loss(name):
-    """(jitted ``loss(params, model_state, extra, batch)`` of method ``name``, initial state, objective)."""
-    objective = ssl.make_method(name, input_shape=INPUT_SHAPE)
+    """(jitted ``loss(params, model_state, objective_state, batch)`` of method ``name``, initial state, objective)."""
+    objective = semisupervised.make_method(name, input_shape=INPUT_SHAPE)
     model, params, model_state = _model()
     state = train.create_train_state(params, model_state, optim.make_optimizer("adam", 1e-3), 0,
-                                     extra=objective.init_extra(params, model_state))
+                                     objective_state=objective.init_objective_state(params, model_state))
 
     @jax.jit
-    def loss(params, model_state, extra, batch):
+    def loss(params, model_state, objective_state, batch):
         module = model.bind(params, model_state, train=True)
-        return objective.loss(module, batch, jax.random.PRNGKey(1), extra, jnp.int32(7))
+        return objective.loss(module, batch, jax.random.PRNGKey(1), objective_state, jnp.int32(7))
 
     return loss, state, objective
 
 
 def _batch(problem, objective, step=0, batch_size=8):
     pools = {name: problem[name] for name in ("labeled", "unlabeled")}
-    return train.draw_batch(pools, objective.batch_sizes(batch_size), jax.random.PRNGKey(0), jnp.int32(step))
+    batch, _ = train.draw_batch(pools, objective.batch_sizes(batch_size), jax.random.PRNGKey(0), jnp.int32(step))
+    return batch
 
 
-@pytest.mark.parametrize("name", sorted(ssl.METHODS))
+@pytest.mark.parametrize("name", sorted(semisupervised.METHODS))
 def test_jitted_loss_reports_every_metric_and_ignores_hidden_labels(problem, name):
     loss_fn, state, objective = _jitted_loss(name)
     batch = _batch(problem, objective)
-    loss, metrics, extra = loss_fn(state.params, state.model_state, state.extra, batch)
+    loss, metrics, objective_state = loss_fn(state.params, state.model_state, state.objective_state, batch)
     assert REQUIRED_METRICS <= set(metrics)
     assert np.isfinite(loss) and float(loss) == float(metrics["loss"])
     assert 0.0 <= float(metrics["mask_rate"]) <= 1.0
@@ -259,9 +272,11 @@ def test_jitted_loss_reports_every_metric_and_ignores_hidden_labels(problem, nam
     # The unlabeled pool's true labels reach the metrics only, never the loss or the method's state.
     if "unlabeled" in batch:
         relabeled = {**batch, "unlabeled": {**batch["unlabeled"], "y": (batch["unlabeled"]["y"] + 1) % NUM_CLASSES}}
-        other_loss, other_metrics, other_extra = loss_fn(state.params, state.model_state, state.extra, relabeled)
+        other_loss, other_metrics, other_state = loss_fn(
+            state.params, state.model_state, state.objective_state, relabeled
+        )
         assert float(other_loss) == float(loss)
-        assert_trees_close(other_extra, extra, rtol=0, atol=0)
+        assert_trees_close(other_state, objective_state, rtol=0, atol=0)
         if float(metrics["mask_rate"]) > 0:
             assert float(other_metrics["pseudo_label_accuracy"]) != float(metrics["pseudo_label_accuracy"])
 
@@ -270,17 +285,19 @@ def test_unlabeled_term_sees_the_unlabeled_inputs(problem):
     # The counterpart of the test above: changing the unlabeled *inputs* does change the loss.
     loss_fn, state, objective = _jitted_loss("pi_model")
     batch = _batch(problem, objective)
-    _, metrics, _ = loss_fn(state.params, state.model_state, state.extra, batch)
+    _, metrics, _ = loss_fn(state.params, state.model_state, state.objective_state, batch)
     negated = {**batch, "unlabeled": {**batch["unlabeled"], "x": -batch["unlabeled"]["x"]}}
-    _, other, _ = loss_fn(state.params, state.model_state, state.extra, negated)
+    _, other, _ = loss_fn(state.params, state.model_state, state.objective_state, negated)
     assert float(other["unlabeled_loss"]) != float(metrics["unlabeled_loss"])
 
 
 def test_mean_teacher_is_the_ema_of_the_student(problem):
-    objective = ssl.make_method("mean_teacher", input_shape=INPUT_SHAPE)
+    objective = semisupervised.make_method("mean_teacher", input_shape=INPUT_SHAPE)
     model, params, model_state = _model()
     tx = optim.make_optimizer("adam", 1e-3)
-    state = train.create_train_state(params, model_state, tx, 0, extra=objective.init_extra(params, model_state))
+    state = train.create_train_state(
+        params, model_state, tx, 0, objective_state=objective.init_objective_state(params, model_state)
+    )
     step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, objective=objective))
     students = []
     for t in range(3):
@@ -289,7 +306,7 @@ def test_mean_teacher_is_the_ema_of_the_student(problem):
         students.append(state.params)
     # Decays min(0.99, 1 - 1/(t + 1)) = 0, 1/2, 2/3: the teacher is the mean of the three students.
     mean_student = jax.tree.map(lambda *p: sum(p) / 3, *students)
-    assert_trees_close(state.extra["teacher"], mean_student, rtol=1e-5, atol=1e-7)
+    assert_trees_close(state.objective_state["teacher"], mean_student, rtol=1e-5, atol=1e-7)
     assert not np.allclose(jax.tree.leaves(students[0])[0], jax.tree.leaves(students[2])[0])
 
 
@@ -300,10 +317,12 @@ STEPS, BATCH_SIZE, LEARNING_RATE = 3000, 16, 1e-3
 
 def _test_accuracy(name, problem):
     """Test accuracy of method ``name``, with its default hyperparameters, trained by ``fit``."""
-    objective = ssl.make_method(name, input_shape=INPUT_SHAPE)
+    objective = semisupervised.make_method(name, input_shape=INPUT_SHAPE)
     tx = optim.make_optimizer("adam", LEARNING_RATE)
     model, params, model_state = _model(seed=0)
-    state = train.create_train_state(params, model_state, tx, 0, extra=objective.init_extra(params, model_state))
+    state = train.create_train_state(
+        params, model_state, tx, 0, objective_state=objective.init_objective_state(params, model_state)
+    )
     pools = {pool: problem[pool] for pool in ("labeled", "unlabeled")}
     result = train.fit(model, state, tx, objective, pools, steps=STEPS, batch_size=BATCH_SIZE, progress=False)
     logits = train.predict(model, result.state.params, result.state.model_state, problem["test"]["x"])
