@@ -3,7 +3,8 @@
 :func:`build_report` writes, into an output folder (``figures/`` by default):
 
 - ``accuracy_vs_labels.png``: test accuracy against labels per class (log scale),
-  one line per setup and method, mean ± standard deviation over all seeds;
+  mean ± standard deviation over all seeds: per dataset, each family's (setup's)
+  best configuration (:func:`best_of_family`), its other configurations faintly;
 - ``learning_curves.png``: accuracy against training step, when the records have
   learning curves;
 - ``summary.md`` and ``summary.csv``: :func:`summary_table`, the mean, standard
@@ -22,17 +23,18 @@ pyplot state of an interactive session alone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib as mpl
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter, ScalarFormatter
+from matplotlib.ticker import ScalarFormatter
 
 from lab import files
 from lab.export import json_text
@@ -43,6 +45,9 @@ GROUP_KEYS = ("dataset", "setup", "method", "labels_per_class")
 POOLED_PARAMETERS = ("seeds", "seed", "output_dir")
 CURVE_METRIC = "accuracy"
 DEFAULT_OUT_DIR = Path("figures")
+# The families compared, in the order figures and rankings show them: their names and colors.
+FAMILY_NAMES = {"supervised": "supervised", "semi_supervised": "best semi-supervised", "transfer": "best transfer"}
+FAMILY_COLORS = {"supervised": "black", "semi_supervised": "tab:blue", "transfer": "tab:orange"}
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -106,10 +111,83 @@ def _distinct_values(parameter_dicts: pd.Series, name: str) -> int:
     return len({json.dumps(parameters.get(name), sort_keys=True) for parameters in parameter_dicts})
 
 
+def configuration_columns(table: pd.DataFrame) -> list[str]:
+    """The columns of a :func:`summary_table` result that name a configuration (not its statistics).
+
+    Any column added to the result counts as one: label configurations in a copy.
+    """
+    return [column for column in table.columns if column != "n_seeds" and not column.endswith(("_mean", "_std"))]
+
+
+def configuration_label(row: pd.Series, extras: Sequence[str]) -> str:
+    """A configuration's name within its setup: the method, then the ``extras`` columns it has values for.
+
+    ``extras`` are the configuration columns besides GROUP_KEYS (a swept learning
+    rate, say): ``"fixmatch (learning_rate=0.01)"``.
+    """
+    values = [f"{key.removeprefix('param.')}={row[key]}" for key in extras if not pd.isna(row[key])]
+    return row["method"] + (f" ({', '.join(values)})" if values else "")
+
+
+def configuration_labels(table: pd.DataFrame) -> pd.Series:
+    """:func:`configuration_label` of every row of a :func:`summary_table` result."""
+    extras = [key for key in configuration_columns(table) if key not in GROUP_KEYS]
+    return pd.Series([configuration_label(row, extras) for _, row in table.iterrows()], index=table.index, dtype=object)
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyRanking:
+    """One family's configurations, scored by their mean metric over ``budgets``, best first."""
+
+    budgets: list[Any]  # the labels per class every configuration of the family has; empty: none shared, each its own
+    scores: pd.Series  # configuration label -> score, highest first
+
+    @property
+    def best(self) -> str:
+        return self.scores.index[0]
+
+
+def rank_families(table: pd.DataFrame, metric: str = "accuracy") -> dict[str, FamilyRanking]:
+    """Per setup of a one-dataset :func:`summary_table` result, its configurations ranked by ``metric``.
+
+    A configuration's score is its mean ``<metric>_mean`` over the label budgets all
+    configurations of the setup share, so that one choice holds for every budget (a
+    line one could actually run) and no configuration gains from budgets the others lack.
+    """
+    datasets = sorted(table["dataset"].unique())
+    if len(datasets) > 1:
+        raise ValueError(f"rank the configurations of one dataset at a time, not of {datasets}")
+    labelled = table.assign(configuration=configuration_labels(table))
+    rankings = {}
+    for setup, candidates in labelled.groupby("setup", sort=True):
+        per_configuration = candidates.groupby("configuration")["labels_per_class"]
+        shared = set.intersection(*(set(budgets) for _, budgets in per_configuration))
+        scored = candidates[candidates["labels_per_class"].isin(shared)] if shared else candidates
+        scores = scored.groupby("configuration")[f"{metric}_mean"].mean().sort_values(ascending=False, kind="stable")
+        rankings[setup] = FamilyRanking(sorted(shared), scores)
+    return rankings
+
+
+def best_of_family(table: pd.DataFrame, metric: str = "accuracy") -> dict[str, str]:
+    """Setup -> the label of its best configuration (:func:`rank_families`)."""
+    return {setup: ranking.best for setup, ranking in rank_families(table, metric).items()}
+
+
+def runs_of(frame: pd.DataFrame, row: pd.Series) -> pd.DataFrame:
+    """The done points of ``frame`` (from :func:`lab.store.load`) that ``summary_table(frame)`` pools into ``row``."""
+    done = _done(frame)
+    keys = _configuration_keys(done)
+    encoded = json_text(done, keys)  # as summary_table groups them
+    mask = pd.Series(True, index=done.index)
+    for key in keys:
+        mask &= (encoded[key] == row[key]) | (encoded[key].isna() & pd.isna(row[key]))
+    return done[mask]
+
+
 def summary_markdown(table: pd.DataFrame) -> str:
     """``summary_table``'s result as a Markdown table with "mean ± std" cells."""
     metrics = [metric for metric in METRICS if f"{metric}_mean" in table.columns]
-    keys = [column for column in table.columns if column != "n_seeds" and not column.endswith(("_mean", "_std"))]
+    keys = configuration_columns(table)
     header = [*keys, "n_seeds", *metrics]
     lines = [
         "| " + " | ".join(header) + " |",
@@ -127,8 +205,7 @@ def _mean_std(mean: float, std: float) -> str:
 
 
 def _line_label(row: pd.Series, keys: list[str]) -> str:
-    extras = [f"{key.removeprefix('param.')}={row[key]}" for key in keys if key not in GROUP_KEYS]
-    return f"{row['setup']} / {row['method']}" + (f" ({', '.join(extras)})" if extras else "")
+    return f"{row['setup']} / {configuration_label(row, [key for key in keys if key not in GROUP_KEYS])}"
 
 
 def _colors(labels: Iterable[str]) -> dict[str, Any]:
@@ -137,36 +214,50 @@ def _colors(labels: Iterable[str]) -> dict[str, Any]:
     return {label: cycle[index % len(cycle)] for index, label in enumerate(sorted(set(labels)))}
 
 
-def plot_accuracy_vs_labels(table: pd.DataFrame) -> Figure:
-    """Accuracy against labels per class, one panel per dataset, one line per setup and method."""
-    keys = [column for column in table.columns if column != "n_seeds" and not column.endswith(("_mean", "_std"))]
-    labelled = table.assign(line=[_line_label(row, keys) for _, row in table.iterrows()])
-    colors = _colors(labelled["line"])
-    datasets = sorted(labelled["dataset"].unique())
-    figure = Figure(figsize=(5.5 * len(datasets), 4.2), layout="constrained")
+def _family_order(setup: str) -> tuple[int, str]:
+    return (list(FAMILY_NAMES).index(setup) if setup in FAMILY_NAMES else len(FAMILY_NAMES), setup)
+
+
+def plot_accuracy_vs_labels(table: pd.DataFrame, *, subtitle: str | None = None) -> Figure:
+    """Accuracy against labels per class, one panel per dataset, one color per family (setup).
+
+    ``table`` is a :func:`summary_table` result. In each panel, each family's best
+    configuration (:func:`best_of_family` on that dataset) is drawn as mean ± std and
+    named in the legend; the family's other configurations are drawn faintly, dotted.
+    Panel titles are the dataset, followed by ``": <subtitle>"`` when given.
+    """
+    datasets = sorted(table["dataset"].unique())
+    figure = Figure(figsize=(7 * len(datasets), 4.4), layout="constrained")
     for axes, dataset in zip(figure.subplots(1, len(datasets), squeeze=False)[0], datasets, strict=True):
-        panel = labelled[labelled["dataset"] == dataset]
-        for line, points in panel.groupby("line", sort=True):
-            points = points.sort_values("labels_per_class")
-            axes.errorbar(
-                points["labels_per_class"].astype(float),
-                points["accuracy_mean"],
-                yerr=points["accuracy_std"].fillna(0.0),
-                marker="o",
-                capsize=3,
-                label=line,
-                color=colors[line],
-            )
+        panel = table[table["dataset"] == dataset]
+        best = best_of_family(panel)
+        panel = panel.assign(configuration=configuration_labels(panel))
+        others_drawn = False
+        for setup in sorted(best, key=_family_order):
+            color = FAMILY_COLORS.get(setup, "grey")
+            family = FAMILY_NAMES.get(setup, setup)
+            for configuration, points in panel[panel["setup"] == setup].groupby("configuration", sort=True):
+                points = points.sort_values("labels_per_class")
+                x, y = points["labels_per_class"].astype(float), points["accuracy_mean"]
+                if configuration == best[setup]:
+                    label = family if configuration == family else f"{family}: {configuration}"
+                    spread = points["accuracy_std"].fillna(0.0)
+                    axes.errorbar(x, y, yerr=spread, marker="o", capsize=3, linewidth=2, color=color, label=label)
+                else:
+                    axes.plot(x, y, color=color, alpha=0.5, linewidth=1.2, linestyle=":")
+                    others_drawn = True
+        if others_drawn:  # one legend entry for all the faint lines
+            axes.plot([], [], color="grey", alpha=0.6, linewidth=1.2, linestyle=":", label="other candidates (dotted)")
         label_counts = sorted(panel["labels_per_class"].unique())
         axes.set_xscale("log")
         axes.set_xticks([float(count) for count in label_counts])
         axes.xaxis.set_major_formatter(ScalarFormatter())
-        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.minorticks_off()  # ticks at the budgets only
         axes.set_xlabel("labels per class")
         axes.set_ylabel("test accuracy (mean ± std over seeds)")
-        axes.set_title(dataset)
+        axes.set_title(dataset if subtitle is None else f"{dataset}: {subtitle}")
         axes.grid(True, alpha=0.3)
-        axes.legend(fontsize="small")
+        axes.legend(fontsize="small", loc="lower right")
     return figure
 
 

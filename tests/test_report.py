@@ -125,6 +125,89 @@ def test_learning_curves_average_over_seeds_per_step(results):
     assert curves["std"].tolist() == pytest.approx([0.1, 0.1])
 
 
+def _table(*rows):
+    """A summary_table-shaped frame: rows of (setup, method, labels_per_class, accuracy_mean[, extras...])."""
+    columns = ["dataset", "setup", "method", "labels_per_class", "n_seeds", "accuracy_mean", "accuracy_std"]
+    return pd.DataFrame(
+        [{**dict(zip(columns, ("digits", setup, method, labels, 2, mean, 0.01), strict=True)), **extras}
+         for setup, method, labels, mean, extras in ((*row, {})[:5] for row in rows)]
+    )  # fmt: skip
+
+
+def test_configuration_label_names_the_method_and_the_extra_parameters_it_has():
+    row = pd.Series({"method": "fixmatch", "learning_rate": 0.01, "param.width": math.nan})
+    assert report.configuration_label(row, []) == "fixmatch"
+    assert report.configuration_label(row, ["learning_rate", "param.width"]) == "fixmatch (learning_rate=0.01)"
+
+
+def test_best_of_family_scores_each_configuration_on_the_budgets_its_family_shares():
+    table = _table(
+        ("supervised", "supervised", 1, 0.5),
+        ("supervised", "supervised", 4, 0.7),
+        # pseudo_label wins at 1 and 4 on average (0.75 against 0.7), fixmatch only thanks to budget 40
+        ("semi_supervised", "fixmatch", 1, 0.6),
+        ("semi_supervised", "fixmatch", 4, 0.8),
+        ("semi_supervised", "fixmatch", 40, 1.0),
+        ("semi_supervised", "pseudo_label", 1, 0.7),
+        ("semi_supervised", "pseudo_label", 4, 0.8),
+    )
+    rankings = report.rank_families(table)
+    assert rankings["semi_supervised"].budgets == [1, 4]
+    assert rankings["semi_supervised"].scores.to_dict() == pytest.approx({"pseudo_label": 0.75, "fixmatch": 0.7})
+    assert report.best_of_family(table) == {"semi_supervised": "pseudo_label", "supervised": "supervised"}
+
+
+def test_best_of_family_tells_configurations_apart_by_their_extra_parameters():
+    table = _table(
+        ("transfer", "simclr+finetune", 1, 0.6, {"learning_rate": 0.1}),
+        ("transfer", "simclr+finetune", 1, 0.9, {"learning_rate": 0.01}),
+    )
+    assert report.best_of_family(table) == {"transfer": "simclr+finetune (learning_rate=0.01)"}
+    assert list(report.configuration_labels(table)) == [
+        "simclr+finetune (learning_rate=0.1)",
+        "simclr+finetune (learning_rate=0.01)",
+    ]
+
+
+def test_best_of_family_ranks_one_dataset_at_a_time():
+    table = pd.concat([_table(("supervised", "supervised", 1, 0.5)).assign(dataset=name) for name in ("a", "b")])
+    with pytest.raises(ValueError, match="one dataset at a time"):
+        report.best_of_family(table)
+
+
+def test_runs_of_finds_the_points_pooled_into_a_configuration(results):
+    frame = store.load(path=results)
+    table = report.summary_table(frame)
+    pooled = table[(table["method"] == "fixmatch") & (table["labels_per_class"] == 1)].iloc[0]
+    assert sorted(report.runs_of(frame, pooled)["point_id"]) == ["a", "b"]  # the failed point e is no run
+    single = table[table["method"] == "pseudo_label"].iloc[0]
+    assert list(report.runs_of(frame, single)["point_id"]) == ["d"]
+
+
+def test_runs_of_keeps_configurations_apart_by_their_extra_parameters(tmp_path):
+    path = tmp_path / "results.db"
+    ResultsStore(path).save(
+        _row("a", "fixmatch", 1, [0], [0.6], learning_rate=0.1),
+        _row("b", "fixmatch", 1, [1], [0.8], learning_rate=0.01),
+    )
+    frame = store.load(path=path)
+    for _, row in report.summary_table(frame).iterrows():
+        (point,) = report.runs_of(frame, row)["point_id"]
+        assert point == {0.1: "a", 0.01: "b"}[row["learning_rate"]]
+
+
+def test_the_accuracy_figure_highlights_the_best_configuration_of_each_family(results):
+    table = report.summary_table(store.load(path=results))
+    figure = report.plot_accuracy_vs_labels(table, subtitle="three ways")
+    (axes,) = figure.axes
+    assert axes.get_title() == "digits: three ways"
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    # fixmatch (0.7 at 1 label) beats pseudo_label (0.5), which is drawn faintly (matplotlib lists plain lines first)
+    assert legend == ["other candidates (dotted)", "supervised: erm", "best semi-supervised: fixmatch"]
+    faint = [line for line in axes.lines if line.get_linestyle() == ":" and len(line.get_xdata())]
+    assert [list(line.get_ydata()) for line in faint] == [[0.5]]
+
+
 def _is_png(path):
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(path).shape[0] > 100
 
