@@ -1,6 +1,7 @@
 """Data parallelism: on 4 forced CPU devices, shard_map + pmean steps equal the
 single-device steps on the same global batch. Runs in a subprocess because the
-device count is fixed when JAX starts."""
+device count is fixed when JAX starts (as does lab.parallel.compare_on_devices,
+notebook 01's check)."""
 
 import json
 import os
@@ -9,6 +10,8 @@ import sys
 import textwrap
 
 import pytest
+
+from lab import parallel
 
 SCRIPT = textwrap.dedent(
     """
@@ -72,3 +75,13 @@ def test_many_data_parallel_steps_track_the_single_device_run(four_device_run):
 
 def test_batch_size_must_divide_over_devices(four_device_run):
     assert "batch_size 30 is not divisible by the 4 devices" in four_device_run["error"]
+
+
+def test_compare_on_devices_fits_the_same_parameters_on_four_devices_as_on_one():
+    # notebook 01's section 5, at its defaults
+    check = parallel.compare_on_devices(
+        4, dataset="digits", model="mlp", labels_per_class=10, seed=0, steps=50, batch_size=32, learning_rate=0.003
+    )
+    assert check["devices"] == 4
+    assert check["moved"] > 1e-2  # training really moved the parameters ...
+    assert check["difference"] < 1e-4  # ... and both runs moved them the same way
