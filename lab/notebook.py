@@ -18,10 +18,15 @@ either folder. Absolute paths are used as they are.
 >>> run = ExperimentRuns()
 >>> result = run(config)                     # lab.experiment.run, once per configuration
 >>> seed_mean(per_step(result, "test_accuracy"))
+
+List parameters. ``papermill -p seeds "[0, 1]"`` hands a notebook the text
+``"[0, 1]"``; :func:`list_parameter` reads it back (and checks it is a list).
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import json
 import os
 import time
@@ -36,6 +41,7 @@ __all__ = [
     "ExperimentRuns",
     "FigureSaver",
     "explorer_curves",
+    "list_parameter",
     "per_step",
     "project_path",
     "project_root",
@@ -58,6 +64,20 @@ def project_path(path: str | os.PathLike) -> Path:
     """``path`` under :func:`project_root` when it is relative; as it is when absolute."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else project_root() / path
+
+
+def list_parameter(name: str, value: Any, example: str = "[0, 1]", *, empty_ok: bool = False) -> list:
+    """``value`` as a list: a list or tuple as it is, text as the Python literal it spells.
+
+    Raises ValueError, naming the parameter and showing ``example``, for anything
+    else, and for an empty list unless ``empty_ok``.
+    """
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError, SyntaxError):  # not a literal: reported below, as any non-list
+            value = ast.literal_eval(value)
+    if not isinstance(value, (list, tuple)) or not (value or empty_ok):
+        raise ValueError(f"{name} must be a {'' if empty_ok else 'non-empty '}list such as {example}, got {value!r}")
+    return list(value)
 
 
 class FigureSaver:

@@ -153,3 +153,16 @@ def test_explorer_curves_are_seed_means_of_loss_and_test_accuracy():
     assert curves["step"] == [10, 20]
     np.testing.assert_allclose(curves["train_loss"], [3.0, 2.0])
     np.testing.assert_allclose(curves["accuracy"], [0.6, 0.9])
+
+
+def test_list_parameter_reads_lists_passed_as_text():
+    assert notebook.list_parameter("seeds", "[0, 1]") == [0, 1]  # papermill -p seeds "[0, 1]"
+    assert notebook.list_parameter("seeds", (0, 1)) == [0, 1]
+    assert notebook.list_parameter("models", ["mlp"]) == ["mlp"]
+    assert notebook.list_parameter("models", "[]", empty_ok=True) == []
+
+
+@pytest.mark.parametrize("value", ["mlp", "[mlp", 3, "[]", []])
+def test_list_parameter_rejects_what_is_no_list_and_empty_lists(value):
+    with pytest.raises(ValueError, match=r'^models must be a non-empty list such as \["mlp"\], got '):
+        notebook.list_parameter("models", value, '["mlp"]')
