@@ -45,7 +45,7 @@ GROUP_KEYS = ("dataset", "setup", "method", "labels_per_class")
 POOLED_PARAMETERS = ("seeds", "seed", "output_dir")
 CURVE_METRIC = "accuracy"
 DEFAULT_OUT_DIR = Path("figures")
-# The families compared, in the order figures and rankings show them: their names and colors.
+# The families compared (setups), in the order legends and printouts list them: their names and colors.
 FAMILY_NAMES = {"supervised": "supervised", "semi_supervised": "best semi-supervised", "transfer": "best transfer"}
 FAMILY_COLORS = {"supervised": "black", "semi_supervised": "tab:blue", "transfer": "tab:orange"}
 
