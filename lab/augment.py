@@ -32,13 +32,14 @@ signal baseline) for 1-D signals.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lab import validate
 
 __all__ = ["IMAGE_OPS", "STRENGTHS", "Augmentation", "check_options", "make_augmentation"]
 
@@ -79,8 +80,7 @@ def make_augmentation(
     1-D signals. ``flip`` adds random mirroring along the width (time, for signals).
     ``magnitude`` in [0, 1] scales the strong augmentation (unused by the others).
     """
-    if strength not in STRENGTHS:
-        raise ValueError(f"unknown augmentation strength {strength!r}; choose one of: {', '.join(STRENGTHS)}")
+    validate.choice("augmentation strength", strength, STRENGTHS)
     shape = _check_input_shape(input_shape)
     check_options(flip=flip, magnitude=magnitude)
 
@@ -109,8 +109,7 @@ def check_options(*, flip: bool = False, magnitude: float = 0.5) -> None:
     """Refuse a ``flip`` or ``magnitude`` :func:`make_augmentation` would refuse, without an input shape."""
     if not isinstance(flip, bool):
         raise ValueError(f"flip must be True or False, got {flip!r}")
-    if isinstance(magnitude, bool) or not isinstance(magnitude, numbers.Real) or not 0.0 <= magnitude <= 1.0:
-        raise ValueError(f"magnitude must be a number in [0, 1], got {magnitude!r}")
+    validate.probability("magnitude", magnitude)
 
 
 def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:

@@ -35,13 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lab import validate
+
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
-
-# Soft-label rows must sum to 1 (see `_check_probability_rows`); this leaves
-# room for float32 rounding in rows produced by a softmax.
-_ROW_SUM_ATOL = 1e-4
-
 
 # --------------------------------------------------------------------------
 # Input checks shared by each loss and its gradient
@@ -108,14 +105,11 @@ def _check_probability_rows(labels: Array) -> None:
     # every target row sums to 1, so other rows are refused, not silently used.
     if _is_traced(labels):
         return
-    rows = np.asarray(labels, dtype=np.float64)
-    row_sums = rows.sum(axis=-1)
-    bad = np.any(rows < 0, axis=-1) | ~np.isclose(row_sums, 1.0, rtol=0.0, atol=_ROW_SUM_ATOL)
-    if bad.any():
-        first_bad = np.flatnonzero(bad)[:5]
+    first_bad, sums = validate.probability_rows(labels)
+    if first_bad.size:
         raise ValueError(
             "label rows of shape (N, C) must be probability vectors (non-negative, summing "
-            f"to 1); rows {first_bad.tolist()} are not (sums {row_sums[first_bad].tolist()})."
+            f"to 1); rows {first_bad.tolist()} are not (sums {sums.tolist()})."
         )
 
 

@@ -29,37 +29,24 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
-import numbers
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lab import validate
+
 # --------------------------------------------------------------------- validation
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _positive_ints(name: str, values) -> tuple[int, ...]:
-    if isinstance(values, str) or not isinstance(values, Sequence) or not values:
-        raise ValueError(f"{name} must be a non-empty sequence of positive integers, got {values!r}")
-    return tuple(_positive_int(f"{name}[{i}]", value) for i, value in enumerate(values))
-
-
 def _dropout_rate(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
-        raise ValueError(f"dropout must be a number in [0, 1), got {value!r}")
-    return float(value)
+    return validate.number("dropout", value, minimum=0, maximum=1, exclusive_maximum=True)
 
 
 def _signal_or_image_shape(input_shape, model: str) -> tuple[list[int], int]:
     """Splits the shape of one example, (L, C) or (H, W, C), into (spatial axes, channels)."""
-    *spatial, channels = _positive_ints("input_shape", input_shape)
+    *spatial, channels = validate.integers("input_shape", input_shape, minimum=1)
     if len(spatial) not in (1, 2):
         raise ValueError(
             f"{model} takes (L, C) signals or (H, W, C) images, got input_shape={tuple(input_shape)!r}"
@@ -139,7 +126,7 @@ class Classifier(nnx.Module):
     def __init__(self, backbone: nnx.Module, feature_dim: int, num_classes: int, *, rngs: nnx.Rngs):
         self.backbone = backbone
         self.feature_dim = feature_dim
-        self.head = nnx.Linear(feature_dim, _positive_int("num_classes", num_classes), rngs=rngs)
+        self.head = nnx.Linear(feature_dim, validate.integer("num_classes", num_classes, minimum=1), rngs=rngs)
 
     def features(self, x: jax.Array) -> jax.Array:
         return self.backbone(x)
@@ -152,7 +139,7 @@ class LogisticRegression(Classifier):
     """A linear classifier on the flattened input."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, rngs: nnx.Rngs):
-        in_features = math.prod(_positive_ints("input_shape", input_shape))
+        in_features = math.prod(validate.integers("input_shape", input_shape, minimum=1))
         super().__init__(nnx.Sequential(flatten), in_features, num_classes, rngs=rngs)
 
 
@@ -172,8 +159,8 @@ class MLP(Classifier):
         hidden: Sequence[int] = (256, 256),
         dropout: float = 0.0,
     ):
-        in_features = math.prod(_positive_ints("input_shape", input_shape))
-        hidden = _positive_ints("hidden", hidden)
+        in_features = math.prod(validate.integers("input_shape", input_shape, minimum=1))
+        hidden = validate.integers("hidden", hidden, minimum=1)
         dropout = _dropout_rate(dropout)
         layers = [flatten]
         for width in hidden:
@@ -206,8 +193,8 @@ class CNN(Classifier):
         dropout: float = 0.0,
     ):
         spatial, in_channels = _signal_or_image_shape(input_shape, "CNN")
-        channels = _positive_ints("channels", channels)
-        hidden = _positive_int("hidden", hidden)
+        channels = validate.integers("channels", channels, minimum=1)
+        hidden = validate.integer("hidden", hidden, minimum=1)
         dropout = _dropout_rate(dropout)
         kernel_size = (3, 3) if len(spatial) == 2 else (5,)
         layers = []
@@ -271,8 +258,8 @@ class ResNet(Classifier):
         blocks_per_stage: int = 1,
     ):
         spatial, in_channels = _signal_or_image_shape(input_shape, "ResNet")
-        widths = _positive_ints("widths", widths)
-        blocks_per_stage = _positive_int("blocks_per_stage", blocks_per_stage)
+        widths = validate.integers("widths", widths, minimum=1)
+        blocks_per_stage = validate.integer("blocks_per_stage", blocks_per_stage, minimum=1)
         ndim = len(spatial)
         layers = [*_conv_bn(in_channels, widths[0], 3, 1, ndim, rngs), nnx.relu]
         in_channels = widths[0]
@@ -443,13 +430,13 @@ class Transformer(Classifier):
         spatial, in_channels = _signal_or_image_shape(input_shape, "Transformer")
         if patch_size is None:
             patch_size = default_patch_size(spatial)
-        patch_size = _positive_int("patch_size", patch_size)
+        patch_size = validate.integer("patch_size", patch_size, minimum=1)
         if any(size % patch_size for size in spatial):
             raise ValueError(
                 f"patch_size={patch_size} must divide every spatial axis of input_shape={tuple(input_shape)}"
             )
-        dim = _positive_int("dim", dim)
-        heads = _positive_int("heads", heads)
+        dim = validate.integer("dim", dim, minimum=1)
+        heads = validate.integer("heads", heads, minimum=1)
         if dim % heads:
             raise ValueError(f"heads={heads} must divide dim={dim}")
         encoder = TransformerEncoder(
@@ -457,9 +444,9 @@ class Transformer(Classifier):
             in_channels,
             patch_size,
             dim,
-            _positive_int("depth", depth),
+            validate.integer("depth", depth, minimum=1),
             heads,
-            _positive_int("mlp_dim", mlp_dim),
+            validate.integer("mlp_dim", mlp_dim, minimum=1),
             _dropout_rate(dropout),
             rngs=rngs,
         )
@@ -479,8 +466,8 @@ MODELS: dict[str, type[Classifier]] = {
 
 def default_hyperparameters(name: str) -> dict[str, object]:
     """The hyperparameters model `name` accepts, with their defaults."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    # The names as a Python list: tests match that older wording.
+    validate.choice("model", name, sorted(MODELS), wording=f"choose one of {sorted(MODELS)}")
     signature = inspect.signature(MODELS[name].__init__)
     return {
         parameter.name: parameter.default
