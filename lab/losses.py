@@ -378,9 +378,7 @@ def _crammer_singer_terms(
     scores: Array, labels: ArrayLike, margin: float
 ) -> tuple[Array, Array, Array]:
     """Per-row violation margin + s_r − s_y, and (N, C) masks of y and r."""
-    margin = _static_float("margin", margin)
-    if not 0.0 <= margin < float("inf"):
-        raise ValueError(f"margin must be a finite number >= 0, got {margin!r}.")
+    margin = validate.number("margin", _static_float("margin", margin), minimum=0)
     n, num_classes = _check_rows(scores, "scores")
     if num_classes < 2:
         raise ValueError(
@@ -421,9 +419,7 @@ def numerical_gradient(
     switched on for the duration of this call only. Returns a float64 array
     shaped like ``x``.
     """
-    step = _static_float("eps", eps)
-    if not 0.0 < step < float("inf"):
-        raise ValueError(f"eps must be a finite number > 0, got {eps!r}.")
+    step = validate.number("eps", _static_float("eps", eps), minimum=0, exclusive_minimum=True)
     point = np.array(x, dtype=np.float64)  # a copy: it is perturbed in place below
     grad = np.empty_like(point)
     with jax.enable_x64(True):

@@ -75,8 +75,10 @@ from tqdm.auto import tqdm
 from traitlets.config import Config
 
 import lab
-from lab import files, provenance, record, store, validate
+from lab import files, provenance, record, store
 from lab.store import RunRow
+# Imported by name: `validate` is also this module's name for a config validator.
+from lab.validate import coerce, from_text, integer, yaml_loader
 
 SEED_AXIS = "seed"
 SEEDS_PARAMETER = "seeds"
@@ -174,7 +176,7 @@ def parse_grid(
         if Path(grid_file).is_dir():
             raise GridError(f"grid file {grid_file} is a folder; expected a YAML file of parameter names and values")
         try:
-            loaded = yaml.load(Path(grid_file).read_text(encoding="utf-8"), Loader=validate.yaml_loader())
+            loaded = yaml.load(Path(grid_file).read_text(encoding="utf-8"), Loader=yaml_loader())
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -325,8 +327,8 @@ def _convert(parameter: NotebookParameter, value: Any) -> Any:
     try:
         # A grid file gives typed values; the command line gives text.
         if isinstance(value, str) and expected is not str:
-            return validate.coerce(parameter.name, validate.from_text(parameter.name, value, expected), expected)
-        return validate.coerce(parameter.name, value, expected)
+            return coerce(parameter.name, from_text(parameter.name, value, expected), expected)
+        return coerce(parameter.name, value, expected)
     except ValueError:
         hint = {bool: " (true/false, yes/no, on/off or 1/0)", list: " (e.g. [1,2])", dict: " (e.g. {a: 1})"}.get(
             expected, ""
@@ -611,8 +613,8 @@ def run_sweep(
         raise ValueError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
     if scheduler is not None and executor != "dask":
         raise ValueError(f"a scheduler address ({scheduler}) needs executor 'dask', not {executor!r}")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if workers is not None:
+        integer("workers", workers, minimum=1)
     notebook = Path(notebook)
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook {notebook} does not exist")
