@@ -93,6 +93,7 @@ class ExperimentConfig:
         validate.choice("method", self.method, sorted(semisupervised.METHODS))
         validate.choice("pretrain", self.pretrain, transfer.PRETRAIN_SOURCES)
         validate.choice("adaptation", self.adaptation, transfer.ADAPTATIONS)
+        models.check_takes(self.model, data.DATASET_ENTRIES[self.dataset].modality)
         for name in ("labels_per_class", "steps", "batch_size", "eval_every"):
             validate.integer(name, getattr(self, name), minimum=1, wording=">= 1")  # from_dict checked the type
         if not self.seeds:

@@ -30,12 +30,13 @@ import inspect
 import itertools
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lab import validate
+from lab import modality, validate
 
 # --------------------------------------------------------------------- validation
 
@@ -44,14 +45,14 @@ def _dropout_rate(value) -> float:
     return validate.number("dropout", value, minimum=0, maximum=1, exclusive_maximum=True)
 
 
-def _signal_or_image_shape(input_shape, model: str) -> tuple[list[int], int]:
-    """Splits the shape of one example, (L, C) or (H, W, C), into (spatial axes, channels)."""
+def _split_shape(model: Classifier, input_shape) -> tuple[str, list[int], int]:
+    """One example's modality, spatial axes and channels, if ``model`` takes that modality."""
     *spatial, channels = validate.integers("input_shape", input_shape, minimum=1)
-    if len(spatial) not in (1, 2):
-        raise ValueError(
-            f"{model} takes (L, C) signals or (H, W, C) images, got input_shape={tuple(input_shape)!r}"
-        )
-    return spatial, channels
+    kind = modality.of_shape(input_shape)
+    if kind is None or kind.name not in model.modalities:
+        takes = modality.shapes(model.modalities)
+        raise ValueError(f"{type(model).__name__} takes {takes}, got input_shape={tuple(input_shape)!r}")
+    return kind.name, spatial, channels
 
 
 # ------------------------------------------------- parameter-free layers (plain functions)
@@ -121,7 +122,13 @@ def global_average_pool(x: jax.Array) -> jax.Array:
 
 
 class Classifier(nnx.Module):
-    """A `backbone` producing `feature_dim` features and a linear `head` on top."""
+    """A `backbone` producing `feature_dim` features and a linear `head` on top.
+
+    ``modalities`` names the kinds of input (:mod:`lab.modality`) the model takes, in the
+    order its messages list them.
+    """
+
+    modalities: ClassVar[tuple[str, ...]]
 
     def __init__(self, backbone: nnx.Module, feature_dim: int, num_classes: int, *, rngs: nnx.Rngs):
         self.backbone = backbone
@@ -138,6 +145,8 @@ class Classifier(nnx.Module):
 class LogisticRegression(Classifier):
     """A linear classifier on the flattened input."""
 
+    modalities = ("image", "signal")  # any shape is flattened
+
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, rngs: nnx.Rngs):
         in_features = math.prod(validate.integers("input_shape", input_shape, minimum=1))
         super().__init__(nnx.Sequential(flatten), in_features, num_classes, rngs=rngs)
@@ -149,6 +158,8 @@ def _dense_relu_dropout(in_features: int, out_features: int, dropout: float, rng
 
 class MLP(Classifier):
     """Dense-ReLU-dropout layers on the flattened input; the last one gives the features."""
+
+    modalities = ("image", "signal")  # any shape is flattened
 
     def __init__(
         self,
@@ -182,6 +193,9 @@ class CNN(Classifier):
     as flattening (99%).
     """
 
+    modalities = ("signal", "image")
+    kernel_sizes: ClassVar[dict[str, tuple[int, ...]]] = {"signal": (5,), "image": (3, 3)}
+
     def __init__(
         self,
         input_shape: tuple[int, ...],
@@ -192,11 +206,11 @@ class CNN(Classifier):
         hidden: int = 128,
         dropout: float = 0.0,
     ):
-        spatial, in_channels = _signal_or_image_shape(input_shape, "CNN")
+        kind, spatial, in_channels = _split_shape(self, input_shape)
         channels = validate.integers("channels", channels, minimum=1)
         hidden = validate.integer("hidden", hidden, minimum=1)
         dropout = _dropout_rate(dropout)
-        kernel_size = (3, 3) if len(spatial) == 2 else (5,)
+        kernel_size = self.kernel_sizes[kind]
         layers = []
         for width in channels:
             layers += [
@@ -248,6 +262,8 @@ class ResNet(Classifier):
     1-D convolutions on (L, C) signals, 2-D on (H, W, C) images, kernel 3 throughout.
     """
 
+    modalities = ("signal", "image")
+
     def __init__(
         self,
         input_shape: tuple[int, ...],
@@ -257,7 +273,7 @@ class ResNet(Classifier):
         widths: Sequence[int] = (16, 32, 64),
         blocks_per_stage: int = 1,
     ):
-        spatial, in_channels = _signal_or_image_shape(input_shape, "ResNet")
+        _, spatial, in_channels = _split_shape(self, input_shape)
         widths = validate.integers("widths", widths, minimum=1)
         blocks_per_stage = validate.integer("blocks_per_stage", blocks_per_stage, minimum=1)
         ndim = len(spatial)
@@ -414,6 +430,8 @@ class Transformer(Classifier):
     axis and defaults to `default_patch_size`.
     """
 
+    modalities = ("signal", "image")
+
     def __init__(
         self,
         input_shape: tuple[int, ...],
@@ -427,7 +445,7 @@ class Transformer(Classifier):
         mlp_dim: int = 128,
         dropout: float = 0.0,
     ):
-        spatial, in_channels = _signal_or_image_shape(input_shape, "Transformer")
+        _, spatial, in_channels = _split_shape(self, input_shape)
         if patch_size is None:
             patch_size = default_patch_size(spatial)
         patch_size = validate.integer("patch_size", patch_size, minimum=1)
@@ -462,6 +480,13 @@ MODELS: dict[str, type[Classifier]] = {
     "resnet": ResNet,
     "transformer": Transformer,
 }
+
+
+def check_takes(name: str, kind: str) -> None:
+    """Refuse model ``name`` for inputs of modality ``kind``, naming the models that take them."""
+    if kind not in MODELS[name].modalities:
+        takers = [other for other, cls in MODELS.items() if kind in cls.modalities]
+        raise ValueError(f"model {name!r} does not take {kind} inputs; choose one of: {', '.join(takers)}")
 
 
 def default_hyperparameters(name: str) -> dict[str, object]:

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
-from lab import augment, cache, data, files, losses, models, optim, semisupervised, train, validate
+from lab import augment, cache, data, files, losses, modality, models, optim, semisupervised, train, validate
 
 PRETRAIN_SOURCES = ("classes", "dataset", "simclr", "autoencoder")
 ADAPTATIONS = ("linear_probe", "finetune", "finetune_low_lr")
@@ -347,15 +347,25 @@ def match_input_shape(x: np.ndarray, input_shape: Sequence[int]) -> np.ndarray:
     shape = x.shape[1:]
     if shape == input_shape:
         return x
-    if len(shape) != len(input_shape) or len(shape) not in (2, 3) or shape[-1] != input_shape[-1]:
+    kind = modality.of_shape(shape)
+    if len(shape) != len(input_shape) or kind is None or shape[-1] != input_shape[-1]:
         raise ValueError(
             f"cannot match inputs of shape {shape} to the target input shape {input_shape}: only the size of "
             "images (H, W, C) -> (H', W', C) or signals (L, C) -> (L', C) can be changed; rank and channels must agree"
         )
-    if len(shape) == 3:
-        return data.resize_images(x, input_shape[:2])
+    return _RESIZE[kind.name](x, input_shape[:-1])
+
+
+def _resize_signals(x: np.ndarray, length: tuple[int]) -> np.ndarray:
     # A signal is resized as a one-pixel-wide image.
-    return data.resize_images(x[:, :, None, :], (input_shape[0], 1))[:, :, 0, :]
+    return data.resize_images(x[:, :, None, :], (*length, 1))[:, :, 0, :]
+
+
+# How a batch of each modality is resized to new spatial sizes.
+_RESIZE: dict[str, Callable[[np.ndarray, tuple[int, ...]], np.ndarray]] = {
+    "image": data.resize_images,
+    "signal": _resize_signals,
+}
 
 
 def _train_backbone(config: PretrainConfig, load_dataset: Callable[[str], data.Dataset], progress: bool) -> Backbone:
