@@ -131,10 +131,9 @@ def probability(name: str | None, value: Any) -> float:
 
 
 def probability_rows(array: Any, *, atol: float = ROW_SUM_ATOL) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the rows (last axis) of ``array`` that are no probability vector.
-
-    Returns the (at most 5) first bad rows and their sums, for the caller's message:
-    ``losses`` and ``metrics`` say why they need probabilities.
+    """The indices of the first (at most 5) rows of ``array`` (along its last axis) that are
+    no probability vector, a negative entry or a sum off 1 by more than ``atol``, and their
+    sums. The caller words the message: ``losses`` and ``metrics`` say why they need one.
     """
     import numpy as np
 
