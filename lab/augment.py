@@ -32,7 +32,6 @@ signal baseline) for 1-D signals.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -40,7 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["IMAGE_OPS", "STRENGTHS", "Augmentation", "check_options", "make_augmentation"]
+from lab import modality, validate
+
+__all__ = ["BY_MODALITY", "IMAGE_OPS", "STRENGTHS", "Augmentation", "check_options", "make_augmentation"]
 
 STRENGTHS = ("none", "weak", "strong")
 
@@ -79,16 +80,15 @@ def make_augmentation(
     1-D signals. ``flip`` adds random mirroring along the width (time, for signals).
     ``magnitude`` in [0, 1] scales the strong augmentation (unused by the others).
     """
-    if strength not in STRENGTHS:
-        raise ValueError(f"unknown augmentation strength {strength!r}; choose one of: {', '.join(STRENGTHS)}")
-    shape = _check_input_shape(input_shape)
+    validate.choice("augmentation strength", strength, STRENGTHS)
+    shape, kind = _check_input_shape(input_shape)
     check_options(flip=flip, magnitude=magnitude)
 
-    image = len(shape) == 3
+    weak, strong = BY_MODALITY[kind]
     per_example = {
         "none": None,
-        "weak": partial(_weak_image if image else _weak_signal, flip=flip),
-        "strong": partial(_strong_image if image else _strong_signal, flip=flip, magnitude=float(magnitude)),
+        "weak": partial(weak, flip=flip),
+        "strong": partial(strong, flip=flip, magnitude=float(magnitude)),
     }[strength]
 
     def augment(key: jax.Array, batch: jax.Array) -> jax.Array:
@@ -109,25 +109,28 @@ def check_options(*, flip: bool = False, magnitude: float = 0.5) -> None:
     """Refuse a ``flip`` or ``magnitude`` :func:`make_augmentation` would refuse, without an input shape."""
     if not isinstance(flip, bool):
         raise ValueError(f"flip must be True or False, got {flip!r}")
-    if isinstance(magnitude, bool) or not isinstance(magnitude, numbers.Real) or not 0.0 <= magnitude <= 1.0:
-        raise ValueError(f"magnitude must be a number in [0, 1], got {magnitude!r}")
+    validate.probability("magnitude", magnitude)
 
 
-def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+def _check_input_shape(input_shape: Sequence[int]) -> tuple[tuple[int, ...], str]:
+    """One example's shape as ints, and its modality (one with augmentations)."""
     try:
         shape = tuple(input_shape)
     except TypeError:
         shape = None
+    kind = None if shape is None else modality.of_shape(shape)
     if (
-        shape is None
-        or len(shape) not in (2, 3)
+        kind is None
+        or kind.name not in BY_MODALITY
         or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0 for n in shape)
     ):
-        raise ValueError(
-            "input_shape must be one example's shape, (H, W, C) for images or (L, C) for 1-D signals, "
-            f"with positive integer sizes; got {input_shape!r}"
+        described = " or ".join(
+            f"{modality.MODALITIES[name].example_shape} for {modality.MODALITIES[name].plural}" for name in BY_MODALITY
         )
-    return tuple(int(n) for n in shape)
+        raise ValueError(
+            f"input_shape must be one example's shape, {described}, with positive integer sizes; got {input_shape!r}"
+        )
+    return tuple(int(n) for n in shape), kind.name
 
 
 # ------------------------------------------------------------------ shared pieces
@@ -283,3 +286,15 @@ def _strong_signal(key: jax.Array, signal: jax.Array, *, flip: bool, magnitude: 
     if cutout > 0:
         signal = _cutout(u["cutout"], signal, [cutout], 0.0)
     return signal
+
+
+# ------------------------------------------------------------------ registry
+
+PerExample = Callable[..., jax.Array]
+"""``augment(key, example, *, flip[, magnitude])`` for one example."""
+
+# Each modality's weak and strong per-example augmentation: a new modality adds a row.
+BY_MODALITY: dict[str, tuple[PerExample, PerExample]] = {
+    "image": (_weak_image, _strong_image),
+    "signal": (_weak_signal, _strong_signal),
+}

@@ -7,13 +7,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from lab.validate import argument, integer, number
 from lab.record import seed_mean
 
 if TYPE_CHECKING:
@@ -22,50 +22,18 @@ if TYPE_CHECKING:
     from lab import store
 
 
-def _number(text: str, kind: type) -> Any:
-    try:
-        return kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
-        ) from None
-
-
-def positive_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
+# argparse types: the option's text read as a number, then checked by lab.validate
+# (which keeps the messages one vocabulary; argparse puts the option's name in front).
+positive_int = argument(integer, int, minimum=1)
+non_negative_int = argument(integer, int, minimum=0)
+positive_float = argument(number, float, minimum=0, exclusive_minimum=True)
+non_negative_float = argument(number, float, minimum=0)
 
 
 def seed(text: str) -> int:
-    from lab.experiment import MAX_SEED
+    from lab.experiment import MAX_SEED  # imported when used: lab.experiment loads JAX
 
-    value = _number(text, int)
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an integer in 0..{MAX_SEED}, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text, float)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _number(text, float)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+    return argument(integer, int, minimum=0, maximum=MAX_SEED)(text)
 
 
 class Parser(argparse.ArgumentParser):

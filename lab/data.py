@@ -31,17 +31,19 @@ from pathlib import Path
 
 import numpy as np
 
-from lab import cache, files
+from lab import cache, files, validate
 from lab.cache import cache_dir
 
 __all__ = [
     "CLASS_NAMES",
     "DATASETS",
+    "DATASET_ENTRIES",
     "DATA_DIR_DATASETS",
     "MIRRORS",
     "SHA256",
     "DataNotFoundError",
     "Dataset",
+    "DatasetEntry",
     "IDXFormatError",
     "cache_dir",
     "check_data_dir",
@@ -567,24 +569,25 @@ def _area_weights(n_in: int, n_out: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- by name
 
-_LOADERS: dict[str, Callable[..., Dataset]] = {
-    "digits": digits,
-    "mnist1d": mnist1d,
-    "fashion_mnist": fashion_mnist,
-    "mnist": mnist,
-}
-DATASETS = tuple(_LOADERS)
-# Known without loading anything, e.g. to validate a class split before a run.
-CLASS_NAMES: dict[str, tuple[str, ...]] = {
-    "digits": _DIGIT_NAMES,
-    "mnist1d": _DIGIT_NAMES,
-    "fashion_mnist": _FASHION_MNIST_NAMES,
-    "mnist": _DIGIT_NAMES,
-}
+@dataclass(frozen=True)
+class DatasetEntry:
+    """What the lab knows of a dataset without loading it."""
+
+    load: Callable[..., Dataset]
+    modality: str  # a key of lab.modality.MODALITIES
+    class_names: tuple[str, ...]  # e.g. to validate a class split before a run
+    reads_files: bool = False  # takes a ``data_dir``; the others are made locally
 
 
-# The datasets read from files, and so take a ``data_dir``; the others are made locally.
-DATA_DIR_DATASETS = ("fashion_mnist", "mnist")
+DATASET_ENTRIES: dict[str, DatasetEntry] = {
+    "digits": DatasetEntry(digits, "image", _DIGIT_NAMES),
+    "mnist1d": DatasetEntry(mnist1d, "signal", _DIGIT_NAMES),
+    "fashion_mnist": DatasetEntry(fashion_mnist, "image", _FASHION_MNIST_NAMES, reads_files=True),
+    "mnist": DatasetEntry(mnist, "image", _DIGIT_NAMES, reads_files=True),
+}
+DATASETS = tuple(DATASET_ENTRIES)
+CLASS_NAMES: dict[str, tuple[str, ...]] = {name: entry.class_names for name, entry in DATASET_ENTRIES.items()}
+DATA_DIR_DATASETS = tuple(name for name, entry in DATASET_ENTRIES.items() if entry.reads_files)
 
 
 def check_data_dir(data_dir: PathLike | None, *names: str) -> None:
@@ -598,7 +601,6 @@ def check_data_dir(data_dir: PathLike | None, *names: str) -> None:
 
 def load(name: str, **kwargs: object) -> Dataset:
     """Load a dataset by name (one of :data:`DATASETS`); ``kwargs`` go to its loader."""
-    if name not in _LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    validate.choice("dataset", name, DATASETS)
     check_data_dir(kwargs.get("data_dir"), name)
-    return _LOADERS[name](**kwargs)
+    return DATASET_ENTRIES[name].load(**kwargs)

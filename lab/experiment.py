@@ -21,9 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import time
-import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -34,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lab import data, files, metrics, models, optim, provenance, semisupervised, train, transfer
+from lab import data, files, metrics, models, optim, provenance, semisupervised, train, transfer, validate
 from lab.record import Record
 
 # Results name the git commit of lab's own source, wherever the run is started from.
@@ -80,34 +78,32 @@ class ExperimentConfig:
         if unknown:
             raise ValueError(f"unknown experiment parameter(s) {unknown}; allowed: {sorted(known)}")
         hints = typing.get_type_hints(cls)
-        converted = {name: _coerce(name, value, hints[name]) for name, value in values.items()}
+        converted = {name: validate.coerce(name, value, hints[name]) for name, value in values.items()}
         config = cls(**converted)
         config.validate()
         return config
 
     def validate(self) -> None:
         """Check every value that can be checked without loading data."""
-        _choice("setup", self.setup, SETUPS)
-        _choice("dataset", self.dataset, data.DATASETS)
-        _choice("model", self.model, sorted(models.MODELS))
-        _choice("optimizer", self.optimizer, optim.OPTIMIZERS)
-        _choice("schedule", self.schedule, optim.SCHEDULES)
-        _choice("method", self.method, sorted(semisupervised.METHODS))
-        _choice("pretrain", self.pretrain, transfer.PRETRAIN_SOURCES)
-        _choice("adaptation", self.adaptation, transfer.ADAPTATIONS)
+        validate.choice("setup", self.setup, SETUPS)
+        validate.choice("dataset", self.dataset, data.DATASETS)
+        validate.choice("model", self.model, sorted(models.MODELS))
+        validate.choice("optimizer", self.optimizer, optim.OPTIMIZERS)
+        validate.choice("schedule", self.schedule, optim.SCHEDULES)
+        validate.choice("method", self.method, sorted(semisupervised.METHODS))
+        validate.choice("pretrain", self.pretrain, transfer.PRETRAIN_SOURCES)
+        validate.choice("adaptation", self.adaptation, transfer.ADAPTATIONS)
+        models.check_takes(self.model, data.DATASET_ENTRIES[self.dataset].modality)
         for name in ("labels_per_class", "steps", "batch_size", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            validate.integer(name, getattr(self, name), minimum=1, wording=">= 1")  # from_dict checked the type
         if not self.seeds:
             raise ValueError("seeds must name at least one seed, got ()")
         _distinct("seeds", self.seeds)
         if not all(0 <= seed <= MAX_SEED for seed in self.seeds):
             raise ValueError(f"seeds must be integers in 0..{MAX_SEED}, got {list(self.seeds)}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        validate.number("learning_rate", self.learning_rate, minimum=0, exclusive_minimum=True)
         for name in ("weight_decay", "backbone_lr_multiplier"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+            validate.number(name, getattr(self, name), minimum=0)
         # data_dir also serves the datasets a setup loads besides this one (see _load_named).
         data.check_data_dir(self.data_dir, self.dataset, *SETUPS[self.setup].other_datasets(self))
         allowed = models.default_hyperparameters(self.model)
@@ -141,55 +137,6 @@ def validate_parameters(parameters: Mapping[str, Any]) -> None:
 def _distinct(name: str, values: Sequence[int]) -> None:
     if len(set(values)) != len(values):
         raise ValueError(f"{name} must be distinct, got {list(values)}")
-
-
-def _choice(name: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
-
-
-def _parse_text(name: str, text: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ValueError(f"{name} could not be read from {text!r}: {error}") from None
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against the field's type hint; lists become tuples, ints floats."""
-    origin = typing.get_origin(hint)
-    if origin in (types.UnionType, typing.Union):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        (hint,) = [option for option in options if option is not type(None)]
-        origin = typing.get_origin(hint)
-    if isinstance(value, str) and (origin is tuple or origin in (Mapping, typing.Mapping) or hint is Mapping[str, Any]):
-        # `papermill -p seeds "[0, 1]"` and `lab run seeds=[0,1]` hand lists and mappings over as text.
-        value = _parse_text(name, value)
-    if origin is tuple:
-        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-            raise ValueError(f"{name} must be a list of integers, got {value!r}")
-        return tuple(_coerce(f"{name}[{i}]", item, int) for i, item in enumerate(value))
-    if hint is Mapping[str, Any] or origin is Mapping or origin is typing.Mapping:
-        if not isinstance(value, Mapping):
-            raise ValueError(f"{name} must be a mapping, got {value!r}")
-        return dict(value)
-    if hint is float and isinstance(value, str):
-        # YAML 1.1 reads 1e-3 (no dot) as text; Python's float() reads it as the number meant.
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return int(value)
-    if hint is str and isinstance(value, str):
-        return value
-    raise ValueError(f"{name} must be of type {getattr(hint, '__name__', hint)}, got {value!r} ({type(value).__name__})")
 
 
 # ------------------------------------------------------------------------- setups

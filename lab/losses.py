@@ -35,13 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lab import validate
+
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
-
-# Soft-label rows must sum to 1 (see `_check_probability_rows`); this leaves
-# room for float32 rounding in rows produced by a softmax.
-_ROW_SUM_ATOL = 1e-4
-
 
 # --------------------------------------------------------------------------
 # Input checks shared by each loss and its gradient
@@ -108,14 +105,11 @@ def _check_probability_rows(labels: Array) -> None:
     # every target row sums to 1, so other rows are refused, not silently used.
     if _is_traced(labels):
         return
-    rows = np.asarray(labels, dtype=np.float64)
-    row_sums = rows.sum(axis=-1)
-    bad = np.any(rows < 0, axis=-1) | ~np.isclose(row_sums, 1.0, rtol=0.0, atol=_ROW_SUM_ATOL)
-    if bad.any():
-        first_bad = np.flatnonzero(bad)[:5]
+    first_bad, sums = validate.probability_rows(labels)
+    if first_bad.size:
         raise ValueError(
             "label rows of shape (N, C) must be probability vectors (non-negative, summing "
-            f"to 1); rows {first_bad.tolist()} are not (sums {row_sums[first_bad].tolist()})."
+            f"to 1); rows {first_bad.tolist()} are not (sums {sums.tolist()})."
         )
 
 
@@ -384,9 +378,7 @@ def _crammer_singer_terms(
     scores: Array, labels: ArrayLike, margin: float
 ) -> tuple[Array, Array, Array]:
     """Per-row violation margin + s_r − s_y, and (N, C) masks of y and r."""
-    margin = _static_float("margin", margin)
-    if not 0.0 <= margin < float("inf"):
-        raise ValueError(f"margin must be a finite number >= 0, got {margin!r}.")
+    margin = validate.number("margin", _static_float("margin", margin), minimum=0)
     n, num_classes = _check_rows(scores, "scores")
     if num_classes < 2:
         raise ValueError(
@@ -427,9 +419,7 @@ def numerical_gradient(
     switched on for the duration of this call only. Returns a float64 array
     shaped like ``x``.
     """
-    step = _static_float("eps", eps)
-    if not 0.0 < step < float("inf"):
-        raise ValueError(f"eps must be a finite number > 0, got {eps!r}.")
+    step = validate.number("eps", _static_float("eps", eps), minimum=0, exclusive_minimum=True)
     point = np.array(x, dtype=np.float64)  # a copy: it is perturbed in place below
     grad = np.empty_like(point)
     with jax.enable_x64(True):

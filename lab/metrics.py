@@ -31,9 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
-# Probability rows must sum to 1 up to float32 rounding.
-_ROW_SUM_ATOL = 1e-4
-
+from lab import validate
 
 # --------------------------------------------------------------------------
 # Input handling
@@ -84,14 +82,12 @@ def _probabilities(scores: np.ndarray, from_logits: bool) -> np.ndarray:
         # Subtracting the row maximum leaves the softmax unchanged and keeps exp() finite.
         exp = np.exp(scores - scores.max(axis=1, keepdims=True))
         return exp / exp.sum(axis=1, keepdims=True)
-    row_sums = scores.sum(axis=1)
-    bad = np.any(scores < 0, axis=1) | ~np.isclose(row_sums, 1.0, rtol=0.0, atol=_ROW_SUM_ATOL)
-    if bad.any():
-        first_bad = np.flatnonzero(bad)[:5]
+    first_bad, sums = validate.probability_rows(scores)
+    if first_bad.size:
         raise ValueError(
             "with from_logits=False every row must be a probability vector (non-negative, "
             f"summing to 1); rows {first_bad.tolist()} are not "
-            f"(sums {row_sums[first_bad].tolist()}). Pass logits with from_logits=True."
+            f"(sums {sums.tolist()}). Pass logits with from_logits=True."
         )
     return scores
 
@@ -246,8 +242,7 @@ def expected_calibration_error(
     Empty bins contribute 0. A calibrated model, right 80% of the times it is
     80% sure, has ECE near 0. See the module docstring for ``from_logits``.
     """
-    if not isinstance(num_bins, numbers.Integral) or num_bins < 1:
-        raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}.")
+    validate.integer("num_bins", num_bins, minimum=1)
     scores, labels = _validated(probs_or_logits, labels)
     probs = _probabilities(scores, from_logits)
     confidence = probs.max(axis=1)

@@ -29,42 +29,30 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
-import numbers
 from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lab import modality, validate
+
 # --------------------------------------------------------------------- validation
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _positive_ints(name: str, values) -> tuple[int, ...]:
-    if isinstance(values, str) or not isinstance(values, Sequence) or not values:
-        raise ValueError(f"{name} must be a non-empty sequence of positive integers, got {values!r}")
-    return tuple(_positive_int(f"{name}[{i}]", value) for i, value in enumerate(values))
-
-
 def _dropout_rate(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
-        raise ValueError(f"dropout must be a number in [0, 1), got {value!r}")
-    return float(value)
+    return validate.number("dropout", value, minimum=0, maximum=1, exclusive_maximum=True)
 
 
-def _signal_or_image_shape(input_shape, model: str) -> tuple[list[int], int]:
-    """Splits the shape of one example, (L, C) or (H, W, C), into (spatial axes, channels)."""
-    *spatial, channels = _positive_ints("input_shape", input_shape)
-    if len(spatial) not in (1, 2):
-        raise ValueError(
-            f"{model} takes (L, C) signals or (H, W, C) images, got input_shape={tuple(input_shape)!r}"
-        )
-    return spatial, channels
+def _split_shape(model: Classifier, input_shape) -> tuple[str, list[int], int]:
+    """One example's modality, spatial axes and channels, if ``model`` takes that modality."""
+    *spatial, channels = validate.integers("input_shape", input_shape, minimum=1)
+    kind = modality.of_shape(input_shape)
+    if kind is None or kind.name not in model.modalities:
+        takes = modality.shapes(model.modalities)
+        raise ValueError(f"{type(model).__name__} takes {takes}, got input_shape={tuple(input_shape)!r}")
+    return kind.name, spatial, channels
 
 
 # ------------------------------------------------- parameter-free layers (plain functions)
@@ -134,12 +122,18 @@ def global_average_pool(x: jax.Array) -> jax.Array:
 
 
 class Classifier(nnx.Module):
-    """A `backbone` producing `feature_dim` features and a linear `head` on top."""
+    """A `backbone` producing `feature_dim` features and a linear `head` on top.
+
+    ``modalities`` names the kinds of input (:mod:`lab.modality`) the model takes, in the
+    order its messages list them.
+    """
+
+    modalities: ClassVar[tuple[str, ...]]
 
     def __init__(self, backbone: nnx.Module, feature_dim: int, num_classes: int, *, rngs: nnx.Rngs):
         self.backbone = backbone
         self.feature_dim = feature_dim
-        self.head = nnx.Linear(feature_dim, _positive_int("num_classes", num_classes), rngs=rngs)
+        self.head = nnx.Linear(feature_dim, validate.integer("num_classes", num_classes, minimum=1), rngs=rngs)
 
     def features(self, x: jax.Array) -> jax.Array:
         return self.backbone(x)
@@ -151,8 +145,10 @@ class Classifier(nnx.Module):
 class LogisticRegression(Classifier):
     """A linear classifier on the flattened input."""
 
+    modalities = ("image", "signal")  # any shape is flattened
+
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, rngs: nnx.Rngs):
-        in_features = math.prod(_positive_ints("input_shape", input_shape))
+        in_features = math.prod(validate.integers("input_shape", input_shape, minimum=1))
         super().__init__(nnx.Sequential(flatten), in_features, num_classes, rngs=rngs)
 
 
@@ -163,6 +159,8 @@ def _dense_relu_dropout(in_features: int, out_features: int, dropout: float, rng
 class MLP(Classifier):
     """Dense-ReLU-dropout layers on the flattened input; the last one gives the features."""
 
+    modalities = ("image", "signal")  # any shape is flattened
+
     def __init__(
         self,
         input_shape: tuple[int, ...],
@@ -172,8 +170,8 @@ class MLP(Classifier):
         hidden: Sequence[int] = (256, 256),
         dropout: float = 0.0,
     ):
-        in_features = math.prod(_positive_ints("input_shape", input_shape))
-        hidden = _positive_ints("hidden", hidden)
+        in_features = math.prod(validate.integers("input_shape", input_shape, minimum=1))
+        hidden = validate.integers("hidden", hidden, minimum=1)
         dropout = _dropout_rate(dropout)
         layers = [flatten]
         for width in hidden:
@@ -195,6 +193,9 @@ class CNN(Classifier):
     as flattening (99%).
     """
 
+    modalities = ("signal", "image")
+    kernel_sizes: ClassVar[dict[str, tuple[int, ...]]] = {"signal": (5,), "image": (3, 3)}
+
     def __init__(
         self,
         input_shape: tuple[int, ...],
@@ -205,11 +206,11 @@ class CNN(Classifier):
         hidden: int = 128,
         dropout: float = 0.0,
     ):
-        spatial, in_channels = _signal_or_image_shape(input_shape, "CNN")
-        channels = _positive_ints("channels", channels)
-        hidden = _positive_int("hidden", hidden)
+        kind, spatial, in_channels = _split_shape(self, input_shape)
+        channels = validate.integers("channels", channels, minimum=1)
+        hidden = validate.integer("hidden", hidden, minimum=1)
         dropout = _dropout_rate(dropout)
-        kernel_size = (3, 3) if len(spatial) == 2 else (5,)
+        kernel_size = self.kernel_sizes[kind]
         layers = []
         for width in channels:
             layers += [
@@ -261,6 +262,8 @@ class ResNet(Classifier):
     1-D convolutions on (L, C) signals, 2-D on (H, W, C) images, kernel 3 throughout.
     """
 
+    modalities = ("signal", "image")
+
     def __init__(
         self,
         input_shape: tuple[int, ...],
@@ -270,9 +273,9 @@ class ResNet(Classifier):
         widths: Sequence[int] = (16, 32, 64),
         blocks_per_stage: int = 1,
     ):
-        spatial, in_channels = _signal_or_image_shape(input_shape, "ResNet")
-        widths = _positive_ints("widths", widths)
-        blocks_per_stage = _positive_int("blocks_per_stage", blocks_per_stage)
+        _, spatial, in_channels = _split_shape(self, input_shape)
+        widths = validate.integers("widths", widths, minimum=1)
+        blocks_per_stage = validate.integer("blocks_per_stage", blocks_per_stage, minimum=1)
         ndim = len(spatial)
         layers = [*_conv_bn(in_channels, widths[0], 3, 1, ndim, rngs), nnx.relu]
         in_channels = widths[0]
@@ -427,6 +430,8 @@ class Transformer(Classifier):
     axis and defaults to `default_patch_size`.
     """
 
+    modalities = ("signal", "image")
+
     def __init__(
         self,
         input_shape: tuple[int, ...],
@@ -440,16 +445,16 @@ class Transformer(Classifier):
         mlp_dim: int = 128,
         dropout: float = 0.0,
     ):
-        spatial, in_channels = _signal_or_image_shape(input_shape, "Transformer")
+        _, spatial, in_channels = _split_shape(self, input_shape)
         if patch_size is None:
             patch_size = default_patch_size(spatial)
-        patch_size = _positive_int("patch_size", patch_size)
+        patch_size = validate.integer("patch_size", patch_size, minimum=1)
         if any(size % patch_size for size in spatial):
             raise ValueError(
                 f"patch_size={patch_size} must divide every spatial axis of input_shape={tuple(input_shape)}"
             )
-        dim = _positive_int("dim", dim)
-        heads = _positive_int("heads", heads)
+        dim = validate.integer("dim", dim, minimum=1)
+        heads = validate.integer("heads", heads, minimum=1)
         if dim % heads:
             raise ValueError(f"heads={heads} must divide dim={dim}")
         encoder = TransformerEncoder(
@@ -457,9 +462,9 @@ class Transformer(Classifier):
             in_channels,
             patch_size,
             dim,
-            _positive_int("depth", depth),
+            validate.integer("depth", depth, minimum=1),
             heads,
-            _positive_int("mlp_dim", mlp_dim),
+            validate.integer("mlp_dim", mlp_dim, minimum=1),
             _dropout_rate(dropout),
             rngs=rngs,
         )
@@ -477,10 +482,17 @@ MODELS: dict[str, type[Classifier]] = {
 }
 
 
+def check_takes(name: str, kind: str) -> None:
+    """Refuse model ``name`` for inputs of modality ``kind``, naming the models that take them."""
+    if kind not in MODELS[name].modalities:
+        takers = [other for other, cls in MODELS.items() if kind in cls.modalities]
+        raise ValueError(f"model {name!r} does not take {kind} inputs; choose one of: {', '.join(takers)}")
+
+
 def default_hyperparameters(name: str) -> dict[str, object]:
     """The hyperparameters model `name` accepts, with their defaults."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    # The names as a Python list: tests match that older wording.
+    validate.choice("model", name, sorted(MODELS), wording=f"choose one of {sorted(MODELS)}")
     signature = inspect.signature(MODELS[name].__init__)
     return {
         parameter.name: parameter.default

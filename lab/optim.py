@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import math
-import numbers
 from collections.abc import Callable, Mapping
 
 import jax
 import optax
 from flax import nnx
+
+from lab import validate
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
@@ -51,41 +51,20 @@ FROZEN = "frozen"
 # --------------------------------------------------------------------- validation
 
 
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _finite(name: str, value) -> None:
-    # inf passes a `> 0` check, and an infinite rate or decay turns the first step's loss NaN.
-    if _is_real(value) and not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-
-
 def _positive(name: str, value) -> float:
-    _finite(name, value)
-    if not (_is_real(value) and value > 0):
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
-    return float(value)
+    # inf passes a `> 0` check, and an infinite rate or decay turns the first step's loss NaN.
+    validate.number(name, value)
+    return validate.number(name, value, minimum=0, exclusive_minimum=True, wording="a number > 0")
 
 
 def _non_negative(name: str, value) -> float:
-    _finite(name, value)
-    if not (_is_real(value) and value >= 0):
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value, *, minimum: int) -> int:
-    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    validate.number(name, value)
+    return validate.number(name, value, minimum=0, wording="a number >= 0")
 
 
 def _choice(name: str, value, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)}")
-    return value
-
+    # optim's messages list the names as a Python list (tests match that older wording).
+    return validate.choice(name, value, choices, wording=f"choose one of {list(choices)}")
 
 # ---------------------------------------------------------------------- schedules
 
@@ -111,9 +90,9 @@ def make_schedule(
     """
     learning_rate = _positive("learning_rate", learning_rate)
     _choice("schedule", schedule, SCHEDULES)
-    warmup_steps = _count("warmup_steps", warmup_steps, minimum=0)
+    warmup_steps = validate.integer("warmup_steps", warmup_steps, minimum=0)
     if total_steps is not None:
-        total_steps = _count("total_steps", total_steps, minimum=1)
+        total_steps = validate.integer("total_steps", total_steps, minimum=1, wording="an integer >= 1")
 
     if schedule == "constant":
         after_warmup = optax.constant_schedule(learning_rate)
@@ -126,9 +105,8 @@ def make_schedule(
     else:
         if decay_every is None:
             raise ValueError("schedule='step' needs decay_every, the number of steps between decays")
-        decay_every = _count("decay_every", decay_every, minimum=1)
-        if not (_is_real(decay_factor) and 0 < decay_factor <= 1):
-            raise ValueError(f"decay_factor must be a number in (0, 1], got {decay_factor!r}")
+        decay_every = validate.integer("decay_every", decay_every, minimum=1, wording="an integer >= 1")
+        validate.number("decay_factor", decay_factor, minimum=0, maximum=1, exclusive_minimum=True)
         after_warmup = optax.exponential_decay(
             learning_rate, transition_steps=decay_every, decay_rate=decay_factor, staircase=True
         )
@@ -160,11 +138,10 @@ def _checked_param_groups(param_groups: Mapping[str, float | str]) -> dict[str, 
     for pattern, setting in param_groups.items():
         if not isinstance(pattern, str):
             raise ValueError(f"param_groups keys must be path patterns (str), got {pattern!r}")
-        if setting != FROZEN and not (_is_real(setting) and setting >= 0):
-            raise ValueError(
-                f"param_groups[{pattern!r}] must be a learning-rate multiplier >= 0 or {FROZEN!r}, got {setting!r}"
-            )
-        checked[pattern] = setting if setting == FROZEN else float(setting)
+        checked[pattern] = setting if setting == FROZEN else validate.number(
+            f"param_groups[{pattern!r}]", setting, minimum=0, finite=False,
+            wording=f"a learning-rate multiplier >= 0 or {FROZEN!r}",
+        )
     return checked
 
 
@@ -269,8 +246,7 @@ def make_optimizer(
         raise ValueError(
             "'adamw' always decouples weight decay; for coupled L2 decay use 'adam' with weight_decay_mode='l2'"
         )
-    if not (_is_real(momentum) and 0 <= momentum < 1):
-        raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
+    validate.number("momentum", momentum, minimum=0, maximum=1, exclusive_maximum=True)
     weight_decay = _non_negative("weight_decay", weight_decay)
     if clip_norm is not None:
         clip_norm = _positive("clip_norm", clip_norm)

@@ -76,8 +76,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
@@ -87,7 +85,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lab import augment, losses, metrics, train
+from lab import augment, losses, metrics, train, validate
 
 __all__ = [
     "METHODS",
@@ -155,8 +153,7 @@ def check_hyperparameters(name: str, **hyperparameters: Any) -> None:
 
 
 def _method_class(name: str, hyperparameters: Mapping[str, Any]) -> type[Method]:
-    if name not in METHODS:
-        raise ValueError(f"unknown semi-supervised method {name!r}; choose one of: {', '.join(METHODS)}")
+    validate.choice("semi-supervised method", name, tuple(METHODS))
     cls = METHODS[name]
     accepted = hyperparameters_of(cls)
     unknown = sorted(set(hyperparameters) - set(accepted))
@@ -235,8 +232,7 @@ def ramp_up(step: jax.Array | int, rampup_steps: int, schedule: str = "sigmoid")
     ``exp(-5 (1 - t)²)`` (0.0067 at the start), ``"linear"`` is ``t``. With
     ``rampup_steps=0`` the factor is always 1.
     """
-    if schedule not in RAMP_UPS:
-        raise ValueError(f"unknown ramp-up schedule {schedule!r}; choose one of: {', '.join(RAMP_UPS)}")
+    validate.choice("ramp-up schedule", schedule, RAMP_UPS)
     if rampup_steps == 0:
         return jnp.ones((), jnp.float32)
     t = jnp.clip(jnp.asarray(step, jnp.float32) / rampup_steps, 0.0, 1.0)
@@ -254,41 +250,17 @@ class UnlabeledTerm(NamedTuple):
 # ------------------------------------------------------------------ argument checks
 
 
-def _check_number(
-    name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = False
-):
-    """Reject anything but a finite real number in the interval from ``low`` to ``high``."""
-    if high == math.inf:
-        allowed = f"a finite number {'>' if low_open else '>='} {low:g}"
-    else:
-        allowed = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    valid = (
-        not isinstance(value, bool)
-        and isinstance(value, numbers.Real)
-        and math.isfinite(value)
-        and (low < value if low_open else low <= value)
-        and (value < high if high_open else value <= high)
-    )
-    if not valid:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-
-
-def _check_integer(name: str, value: Any, minimum: int):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 # What every hyperparameter must be, by name: a name means the same thing in every method.
-_CHECKS: dict[str, Callable[[str, Any], None]] = {
+_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "flip": lambda name, value: augment.check_options(flip=value),
     "magnitude": lambda name, value: augment.check_options(magnitude=value),
-    "mu": functools.partial(_check_integer, minimum=1),
-    "rampup_steps": functools.partial(_check_integer, minimum=0),
+    "mu": functools.partial(validate.integer, minimum=1, wording="an integer >= 1"),
+    "rampup_steps": functools.partial(validate.integer, minimum=0),
     "rampup": lambda name, value: ramp_up(0, 1, value),  # refuses an unknown schedule
-    "unlabeled_weight": functools.partial(_check_number, low=0.0),
-    "fairness_weight": functools.partial(_check_number, low=0.0),
-    "threshold": functools.partial(_check_number, low=0.0, high=1.0, low_open=True),
-    "ema_decay": functools.partial(_check_number, low=0.0, high=1.0, high_open=True),
+    "unlabeled_weight": functools.partial(validate.number, minimum=0),
+    "fairness_weight": functools.partial(validate.number, minimum=0),
+    "threshold": functools.partial(validate.number, minimum=0, maximum=1, exclusive_minimum=True),
+    "ema_decay": functools.partial(validate.number, minimum=0, maximum=1, exclusive_maximum=True),
 }
 
 

@@ -77,6 +77,8 @@ from traitlets.config import Config
 import lab
 from lab import files, provenance, record, store
 from lab.store import RunRow
+# Imported by name: `validate` is also this module's name for a config validator.
+from lab.validate import coerce, from_text, integer, yaml_loader
 
 SEED_AXIS = "seed"
 SEEDS_PARAMETER = "seeds"
@@ -97,8 +99,6 @@ _SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _INTEGER_RANGE = re.compile(r"\s*(-?\d+)\s*:\s*(-?\d+)\s*\Z")
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _TYPES: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str, "list": list, "dict": dict}
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
 
 Validator = Callable[[dict[str, Any]], None]
 
@@ -159,19 +159,6 @@ def notebook_parameters(notebook: str | os.PathLike[str]) -> dict[str, NotebookP
 # --------------------------------------------------------------------------------------
 
 
-class _GridLoader(yaml.SafeLoader):
-    """YAML 1.1 without base-60 integers, so that ``seed: 1:5`` stays the range "1:5" (not 65)."""
-
-
-_GridLoader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:int"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_GridLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"), list("-+0123456789")
-)
-
-
 def parse_grid(
     options: Iterable[tuple[str, str]] = (),
     grid_file: str | os.PathLike[str] | None = None,
@@ -189,7 +176,7 @@ def parse_grid(
         if Path(grid_file).is_dir():
             raise GridError(f"grid file {grid_file} is a folder; expected a YAML file of parameter names and values")
         try:
-            loaded = yaml.load(Path(grid_file).read_text(encoding="utf-8"), Loader=_GridLoader)
+            loaded = yaml.load(Path(grid_file).read_text(encoding="utf-8"), Loader=yaml_loader())
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -337,43 +324,19 @@ def _convert(parameter: NotebookParameter, value: Any) -> Any:
     expected = parameter.type
     if expected is None:
         return value
-    converted = _converted_or_none(expected, value)
-    if converted is None:
+    try:
+        # A grid file gives typed values; the command line gives text.
+        if isinstance(value, str) and expected is not str:
+            return coerce(parameter.name, from_text(parameter.name, value, expected), expected)
+        return coerce(parameter.name, value, expected)
+    except ValueError:
         hint = {bool: " (true/false, yes/no, on/off or 1/0)", list: " (e.g. [1,2])", dict: " (e.g. {a: 1})"}.get(
             expected, ""
         )
         raise GridError(
             f"parameter {parameter.name!r} takes {expected.__name__} values{hint} "
             f"(its default is {parameter.default_source}); cannot use {value!r}"
-        )
-    return converted
-
-
-def _converted_or_none(expected: type, value: Any) -> Any:
-    if expected is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        return None
-    if isinstance(value, bool):  # bool is an int subclass; True is no valid int, float or str here
-        return None
-    if expected is int or expected is float:
-        if isinstance(value, str):
-            try:
-                return expected(value.strip())
-            except ValueError:
-                return None
-        if isinstance(value, int) or (expected is float and isinstance(value, float)):
-            return expected(value)
-        return None
-    if expected is str:
-        return value if isinstance(value, str) else None
-    # list or dict: YAML gives them directly; the command line gives their YAML text.
-    if isinstance(value, str):
-        with contextlib.suppress(yaml.YAMLError):
-            value = yaml.load(value, Loader=_GridLoader)
-    return value if isinstance(value, expected) else None
+        ) from None
 
 
 # --------------------------------------------------------------------------------------
@@ -650,8 +613,8 @@ def run_sweep(
         raise ValueError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
     if scheduler is not None and executor != "dask":
         raise ValueError(f"a scheduler address ({scheduler}) needs executor 'dask', not {executor!r}")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if workers is not None:
+        integer("workers", workers, minimum=1)
     notebook = Path(notebook)
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook {notebook} does not exist")

@@ -36,6 +36,8 @@ from flax import nnx
 from tqdm import tqdm as std_tqdm
 from tqdm.auto import tqdm
 
+from lab import validate
+
 
 PyTree = Any
 Pools = Mapping[str, Mapping[str, jax.Array]]
@@ -380,12 +382,12 @@ def fit(
     except their ``index`` arrays, which carry the seed axis. Evaluation values may
     then be per-seed arrays; history stores them as lists.
     """
-    _check_positive(steps=steps, batch_size=batch_size)
-    eval_every = eval_every or steps
-    _check_positive(eval_every=eval_every)
+    validate.integer("steps", steps, minimum=1)
+    validate.integer("batch_size", batch_size, minimum=1)
+    eval_every = validate.integer("eval_every", eval_every or steps, minimum=1)
     boundaries = [eval_every]  # chunks end where the host has work to do
     if checkpoint_every is not None:
-        _check_positive(checkpoint_every=checkpoint_every)
+        validate.integer("checkpoint_every", checkpoint_every, minimum=1)
         boundaries.append(checkpoint_every)
     if parallel is not None:
         for size in objective.batch_sizes(batch_size).values():
@@ -551,12 +553,6 @@ def _to_python(value) -> float | list | None:
     if array.ndim == 0:
         return None if np.isnan(array) else float(array)
     return [_to_python(item) for item in array]
-
-
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 # -------------------------------------------------------------------- checkpoints

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
-from lab import augment, cache, data, files, losses, models, optim, semisupervised, train
+from lab import augment, cache, data, files, losses, modality, models, optim, semisupervised, train, validate
 
 PRETRAIN_SOURCES = ("classes", "dataset", "simclr", "autoencoder")
 ADAPTATIONS = ("linear_probe", "finetune", "finetune_low_lr")
@@ -60,11 +60,6 @@ _TRANSFERRED = {
     "params": nnx.Param,
     "model_state": nnx.All(nnx.Not(nnx.Param), nnx.Not(nnx.RngState)),
 }
-
-
-def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
 
 
 # --------------------------------------------------------------------------- backbones
@@ -271,10 +266,10 @@ class PretrainConfig:
     magnitude: float = 0.5  # simclr
 
     def __post_init__(self) -> None:
-        _check_choice("pretraining source", self.source, PRETRAIN_SOURCES)
-        _check_choice("model", self.model, tuple(models.MODELS))
-        _check_choice("optimizer", self.optimizer, optim.OPTIMIZERS)
-        _check_choice("augmentation", self.augmentation, augment.STRENGTHS)
+        validate.choice("pretraining source", self.source, PRETRAIN_SOURCES)
+        validate.choice("model", self.model, tuple(models.MODELS))
+        validate.choice("optimizer", self.optimizer, optim.OPTIMIZERS)
+        validate.choice("augmentation", self.augmentation, augment.STRENGTHS)
         if self.source_classes is not None:
             if isinstance(self.source_classes, (str, bytes)) or not isinstance(self.source_classes, Sequence):
                 raise ValueError(
@@ -293,12 +288,9 @@ class PretrainConfig:
                 f"set source_dataset to its name (got {self.source_dataset!r})"
             )
         for name in ("steps", "batch_size", "head_width", "projection_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            validate.integer(name, getattr(self, name), minimum=1)
         for name in ("learning_rate", "temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+            validate.number(name, getattr(self, name), minimum=0, exclusive_minimum=True, finite=False, wording="> 0")
         # The cache key is made from the JSON form: fail now rather than after training.
         try:
             json.dumps(dataclasses.asdict(self))
@@ -355,15 +347,25 @@ def match_input_shape(x: np.ndarray, input_shape: Sequence[int]) -> np.ndarray:
     shape = x.shape[1:]
     if shape == input_shape:
         return x
-    if len(shape) != len(input_shape) or len(shape) not in (2, 3) or shape[-1] != input_shape[-1]:
+    kind = modality.of_shape(shape)
+    if len(shape) != len(input_shape) or kind is None or shape[-1] != input_shape[-1]:
         raise ValueError(
             f"cannot match inputs of shape {shape} to the target input shape {input_shape}: only the size of "
             "images (H, W, C) -> (H', W', C) or signals (L, C) -> (L', C) can be changed; rank and channels must agree"
         )
-    if len(shape) == 3:
-        return data.resize_images(x, input_shape[:2])
+    return _RESIZE[kind.name](x, input_shape[:-1])
+
+
+def _resize_signals(x: np.ndarray, length: tuple[int]) -> np.ndarray:
     # A signal is resized as a one-pixel-wide image.
-    return data.resize_images(x[:, :, None, :], (input_shape[0], 1))[:, :, 0, :]
+    return data.resize_images(x[:, :, None, :], (*length, 1))[:, :, 0, :]
+
+
+# How a batch of each modality is resized to new spatial sizes.
+_RESIZE: dict[str, Callable[[np.ndarray, tuple[int, ...]], np.ndarray]] = {
+    "image": data.resize_images,
+    "signal": _resize_signals,
+}
 
 
 def _train_backbone(config: PretrainConfig, load_dataset: Callable[[str], data.Dataset], progress: bool) -> Backbone:
@@ -475,7 +477,7 @@ def adaptation_param_groups(mode: str, backbone_lr_multiplier: float = 0.1) -> d
     learning rate, ``"finetune_low_lr"`` trains the backbone at ``backbone_lr_multiplier``
     times it. The head always trains at the full learning rate.
     """
-    _check_choice("adaptation", mode, ADAPTATIONS)
+    validate.choice("adaptation", mode, ADAPTATIONS)
     if mode == "linear_probe":
         return {"backbone/*": "frozen"}
     if mode == "finetune":

@@ -41,8 +41,8 @@ TRAIN_CASES: list = [
     # Refused by the argument parser, in one line like the others.
     (["train", "--warmup-steps", "-1"], "argument --warmup-steps: must be an integer >= 0, got -1"),
     (["train", "--steps", "0"], "argument --steps: must be a positive integer, got 0"),
-    (["train", "--steps", "ten"], "argument --steps: expected an integer, got 'ten'"),
-    (["train", "--learning-rate", "fast"], "argument --learning-rate: expected a number, got 'fast'"),
+    (["train", "--steps", "ten"], "argument --steps: must be of type int, got 'ten'"),
+    (["train", "--learning-rate", "fast"], "argument --learning-rate: must be of type float, got 'fast'"),
     (["train", "--learning-rate", "inf"], "argument --learning-rate: must be a finite number > 0, got inf"),
     (["train", "--seed", "-1"], "argument --seed: must be an integer in 0..2147483647, got -1"),
     (["train", "--dataset", "cifar"], "argument --dataset: invalid choice: 'cifar'"),

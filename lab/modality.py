@@ -1,0 +1,36 @@
+"""The kinds of input the lab knows ("modalities"), told apart by the rank of one example's shape.
+
+Datasets (:data:`lab.data.DATASET_ENTRIES`), models (``Classifier.modalities`` in
+:mod:`lab.models`) and augmentations (:mod:`lab.augment`) are registered per modality,
+and code that treats them differently looks the modality up here, so a new kind of
+input adds entries, not branches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Modality:
+    name: str
+    rank: int  # of one example's shape, channels included
+    example_shape: str  # one example's shape as messages write it
+    plural: str  # the examples as messages name them
+
+
+IMAGE = Modality("image", 3, "(H, W, C)", "images")
+SIGNAL = Modality("signal", 2, "(L, C)", "signals")
+MODALITIES: dict[str, Modality] = {modality.name: modality for modality in (IMAGE, SIGNAL)}
+_BY_RANK = {modality.rank: modality for modality in MODALITIES.values()}
+
+
+def of_shape(input_shape: Sequence[int]) -> Modality | None:
+    """The modality of examples shaped ``input_shape``, or None for a rank no modality has."""
+    return _BY_RANK.get(len(input_shape))
+
+
+def shapes(names: Sequence[str]) -> str:
+    """``"(L, C) signals or (H, W, C) images"``: what the modalities ``names`` look like, for messages."""
+    return " or ".join(f"{MODALITIES[name].example_shape} {MODALITIES[name].plural}" for name in names)
