@@ -14,7 +14,9 @@ is thrown away. The sources (:data:`PRETRAIN_SOURCES`):
   between projections of two augmented views of each unlabeled example;
 * ``"autoencoder"``: :class:`Reconstruction` of the input by a decoder head.
 
-Each is a :class:`lab.train.Objective` trained by :func:`lab.train.fit`.
+Each source is a :class:`PretrainingTask` in :data:`PRETRAIN_SOURCES` (its module, its
+:class:`lab.train.Objective` and its pools), trained by :func:`lab.train.fit`; a new
+source is a new entry.
 :func:`pretrain` caches its result on disk by a hash of its :class:`PretrainConfig`,
 so a sweep pretrains each backbone once.
 
@@ -49,10 +51,8 @@ from flax import nnx, traverse_util
 
 from lab import augment, cache, data, files, losses, modality, models, optim, semisupervised, train, validate
 
-PRETRAIN_SOURCES = ("classes", "dataset", "simclr", "autoencoder")
 ADAPTATIONS = ("linear_probe", "finetune", "finetune_low_lr")
 
-_SUPERVISED_SOURCES = ("classes", "dataset")
 
 # What a Backbone carries, by the variables of the module's `backbone` it is read from.
 # RNG streams (dropout keys) stay with the run: the adapted classifier draws its own from its seed.
@@ -376,45 +376,82 @@ def _train_backbone(config: PretrainConfig, load_dataset: Callable[[str], data.D
     # JSON types, as a backbone read back from the cache has them.
     architecture = Architecture(config.model, tuple(target.input_shape), config.to_dict()["model_kwargs"])
     x = jnp.asarray(match_input_shape(source.x_train, architecture.input_shape))
-    if config.source in _SUPERVISED_SOURCES:
-        module = architecture.build(source.num_classes, seed=config.seed)
-        # Pretraining has always seen the inputs as they are.
-        objective = semisupervised.Supervised(input_shape=architecture.input_shape, augmentation="none")
-        pools = {"labeled": {"x": x, "y": jnp.asarray(source.y_train)}}
-    else:
-        module = _with_pretraining_head(architecture, config)
-        objective = _self_supervised_objective(config, architecture.input_shape)
-        pools = {"unlabeled": {"x": x}}
+    task = PRETRAIN_SOURCES[config.source]
+    module = task.module(architecture, config, source)
+    objective = task.objective(config, architecture.input_shape)
     model, params, model_state = train.Graphs.split(module)
     tx = optim.make_optimizer(config.optimizer, config.learning_rate)
     state = train.create_train_state(params, model_state, tx, config.seed)
+    pools = task.pools(x, source)
     result = train.fit(
         model, state, tx, objective, pools, steps=config.steps, batch_size=config.batch_size, progress=progress
     )
     return Backbone.from_module(model.bind(result.state.params, result.state.model_state, train=False), architecture)
 
 
-def _with_pretraining_head(architecture: Architecture, config: PretrainConfig) -> nnx.Module:
-    """A classifier of ``architecture`` whose head is the SimCLR projector or the autoencoder's decoder."""
-    outputs = config.projection_dim if config.source == "simclr" else math.prod(architecture.input_shape)
-    module = architecture.build(outputs, seed=config.seed)
-    # Folding in keeps the head's initialisation independent of the backbone's, which used `seed` itself.
-    rngs = nnx.Rngs(jax.random.fold_in(jax.random.key(config.seed), 1))
-    module.head = nnx.Sequential(
-        nnx.Linear(module.feature_dim, config.head_width, rngs=rngs),
-        nnx.relu,
-        nnx.Linear(config.head_width, outputs, rngs=rngs),
-    )
+@dataclasses.dataclass(frozen=True)
+class PretrainingTask:
+    """How a pretraining source trains a backbone: the module (the backbone with the head its task
+    needs), the objective, and the pools it draws from (the source's inputs ``x``, already matched to
+    the target's input shape, and the source dataset)."""
+
+    module: Callable[[Architecture, PretrainConfig, data.Dataset], nnx.Module]
+    objective: Callable[[PretrainConfig, tuple[int, ...]], train.Objective]
+    pools: Callable[[jax.Array, data.Dataset], dict]
+
+
+def _with_pretraining_head(outputs: Callable[[PretrainConfig, Architecture], int]):
+    """A module factory: a classifier of the architecture whose head is a two-layer MLP with
+    ``outputs(config, architecture)`` outputs (the SimCLR projector, the autoencoder's decoder)."""
+
+    def module(architecture: Architecture, config: PretrainConfig, source: data.Dataset) -> nnx.Module:
+        width = outputs(config, architecture)
+        classifier = architecture.build(width, seed=config.seed)
+        # Folding in keeps the head's initialisation independent of the backbone's, which used `seed` itself.
+        rngs = nnx.Rngs(jax.random.fold_in(jax.random.key(config.seed), 1))
+        classifier.head = nnx.Sequential(
+            nnx.Linear(classifier.feature_dim, config.head_width, rngs=rngs),
+            nnx.relu,
+            nnx.Linear(config.head_width, width, rngs=rngs),
+        )
+        return classifier
+
     return module
 
 
-def _self_supervised_objective(config: PretrainConfig, input_shape: tuple[int, ...]) -> train.Objective:
-    if config.source == "autoencoder":
-        return Reconstruction()
+def _simclr(config: PretrainConfig, input_shape: tuple[int, ...]) -> SimCLR:
     augmentation = augment.make_augmentation(
         config.augmentation, input_shape, flip=config.flip, magnitude=config.magnitude
     )
     return SimCLR(augmentation, config.temperature)
+
+
+_SUPERVISED = PretrainingTask(
+    module=lambda architecture, config, source: architecture.build(source.num_classes, seed=config.seed),
+    # Pretraining has always seen the inputs as they are.
+    objective=lambda config, input_shape: semisupervised.Supervised(input_shape=input_shape, augmentation="none"),
+    pools=lambda x, source: {"labeled": {"x": x, "y": jnp.asarray(source.y_train)}},
+)
+
+
+def _unlabeled(x: jax.Array, source: data.Dataset) -> dict:
+    return {"unlabeled": {"x": x}}
+
+
+PRETRAIN_SOURCES: dict[str, PretrainingTask] = {
+    "classes": _SUPERVISED,
+    "dataset": _SUPERVISED,
+    "simclr": PretrainingTask(
+        module=_with_pretraining_head(lambda config, architecture: config.projection_dim),
+        objective=_simclr,
+        pools=_unlabeled,
+    ),
+    "autoencoder": PretrainingTask(
+        module=_with_pretraining_head(lambda config, architecture: math.prod(architecture.input_shape)),
+        objective=lambda config, input_shape: Reconstruction(),
+        pools=_unlabeled,
+    ),
+}
 
 
 # --------------------------------------------------------------------------- cache entries
