@@ -448,7 +448,11 @@ def write_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from lab import experiment
 
-    parser = Parser(prog="lab", description=__doc__)
+    parser = Parser(
+        prog="lab",
+        description="lab: label-efficient deep learning in JAX. Train, run experiments, sweep notebooks over "
+        "parameter grids, and report their results.",
+    )
     parser.add_argument(
         "--debug", action="store_true", help=f"show the Python traceback of an error (or set {DEBUG_VARIABLE}=1)"
     )
