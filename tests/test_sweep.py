@@ -521,6 +521,15 @@ def _still_running(processes):
     return alive
 
 
+def _wait_for_the_end_of(processes):
+    """Fail unless every one of ``processes`` ends (within a bound); kill those left, so none outlives the test."""
+    try:
+        _wait_until(lambda: _still_running(processes) == [], "the sweep's processes to end", bound_s=60)
+    finally:
+        for orphan in _still_running(processes):
+            orphan.kill()
+
+
 def _descendants_and_kernels(pid):
     descendants = psutil.Process(pid).children(recursive=True)
     kernels = [process for process in descendants if "ipykernel_launcher" in " ".join(process.cmdline())]
@@ -559,12 +568,8 @@ def test_ctrl_c_stops_a_sweep_at_once_and_gives_back_only_its_own_points(tmp_pat
     assert process.returncode == 130, err
     assert err.splitlines()[-1].startswith("lab sweep: interrupted;") and "Traceback" not in err, err
     assert hold.exists()  # the run in progress was stopped, not waited for
-    try:
-        # The pool's workers are terminated as the sweep exits; they and their kernels end just after it.
-        _wait_until(lambda: _still_running(descendants) == [], "the sweep's processes to end", bound_s=60)
-    finally:
-        for orphan in _still_running(descendants):
-            orphan.kill()
+    # The pool's workers are terminated as the sweep exits; they and their kernels end just after it.
+    _wait_for_the_end_of(descendants)
     rows = _rows(tmp_path, "ctrl-c")
     assert {point: row.status for point, row in rows.items() if point != elsewhere} == dict.fromkeys(
         set(rows) - {elsewhere}, "pending"
@@ -582,12 +587,7 @@ def test_a_killed_sweep_leaves_no_processes_and_its_next_run_redoes_its_points(t
     assert len(kernels) == 2
     process.kill()
     process.wait()
-    try:
-        # Workers, their kernels and multiprocessing's resource tracker end with the sweep.
-        _wait_until(lambda: _still_running(descendants) == [], "the sweep's processes to end", bound_s=60)
-    finally:
-        for orphan in _still_running(descendants):
-            orphan.kill()
+    _wait_for_the_end_of(descendants)  # workers, their kernels and multiprocessing's resource tracker
     rows = _rows(tmp_path, "killed")
     assert {row.current_status() for row in rows.values()} == {"interrupted"}
 
