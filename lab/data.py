@@ -45,7 +45,6 @@ __all__ = [
     "Dataset",
     "DatasetEntry",
     "IDXFormatError",
-    "cache_dir",
     "check_data_dir",
     "digits",
     "fashion_mnist",
