@@ -87,6 +87,7 @@ class Dataset:
     y_test: np.ndarray
     class_names: tuple[str, ...]
     source: str
+    vocab_size: int | None = None  # token sequences: ids are in 0..vocab_size-1; None for other inputs
 
     def __post_init__(self) -> None:
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
@@ -116,6 +117,11 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def model_inputs(self) -> dict[str, int]:
+        """What the data fixes in a model beyond its input shape: the vocabulary size of token sequences."""
+        return {} if self.vocab_size is None else {"vocab_size": self.vocab_size}
 
     def check_batch_size(self, batch_size: int) -> None:
         """Refuse batches drawn from the training set that are larger than it."""
@@ -154,6 +160,7 @@ class Dataset:
             y_test=y_test,
             class_names=tuple(self.class_names[c] for c in classes),
             source=self.source,
+            vocab_size=self.vocab_size,
         )
 
 

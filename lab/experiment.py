@@ -151,7 +151,8 @@ def _fresh_classifier(config, dataset: data.Dataset, backbone: None = None) -> M
 
     def make_module(seed: int) -> nnx.Module:
         return models.make_model(
-            config.model, dataset.input_shape, dataset.num_classes, seed=seed, **config.model_kwargs
+            config.model, dataset.input_shape, dataset.num_classes, seed=seed,
+            **dataset.model_inputs, **config.model_kwargs,
         )
 
     return make_module

@@ -22,7 +22,8 @@ class Modality:
 
 IMAGE = Modality("image", 3, "(H, W, C)", "images")
 SIGNAL = Modality("signal", 2, "(L, C)", "signals")
-MODALITIES: dict[str, Modality] = {modality.name: modality for modality in (IMAGE, SIGNAL)}
+TEXT = Modality("text", 1, "(L,)", "token sequences")  # int32 token ids, 0 = padding
+MODALITIES: dict[str, Modality] = {modality.name: modality for modality in (IMAGE, SIGNAL, TEXT)}
 _BY_RANK = {modality.rank: modality for modality in MODALITIES.values()}
 
 
