@@ -10,7 +10,8 @@ from lab import augment, data, experiment, modality, models
 def test_a_modality_is_looked_up_by_the_rank_of_one_example():
     assert modality.of_shape((8, 8, 1)) is modality.IMAGE
     assert modality.of_shape((40, 1)) is modality.SIGNAL
-    assert modality.of_shape((64,)) is None
+    assert modality.of_shape((64,)) is modality.TEXT
+    assert modality.of_shape((4, 4, 4, 1)) is None
     assert modality.shapes(("signal", "image")) == "(L, C) signals or (H, W, C) images"
 
 
