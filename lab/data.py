@@ -88,6 +88,9 @@ class Dataset:
     class_names: tuple[str, ...]
     source: str
     vocab_size: int | None = None  # token sequences: ids are in 0..vocab_size-1; None for other inputs
+    # Examples that come without labels besides the training split (STL-10's unlabeled split, a
+    # text corpus): pretraining and unlabeled pools may draw on them; never test examples.
+    x_unlabeled: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
@@ -161,6 +164,7 @@ class Dataset:
             class_names=tuple(self.class_names[c] for c in classes),
             source=self.source,
             vocab_size=self.vocab_size,
+            x_unlabeled=self.x_unlabeled,
         )
 
 
