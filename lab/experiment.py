@@ -127,6 +127,19 @@ class ExperimentConfig:
         values["seeds"] = list(self.seeds)
         return values
 
+    def replaced(self, **changes: Any) -> ExperimentConfig:
+        """This config with ``changes``, validated as :meth:`from_dict` validates."""
+        return ExperimentConfig.from_dict({**self.to_dict(), **changes})
+
+    def run_by(self, method_label: str) -> ExperimentConfig:
+        """The same experiment run by ``"supervised"`` or a semi-supervised method (with its
+        default hyperparameters); this config itself for its own :attr:`method_label`."""
+        if method_label == self.method_label:
+            return self
+        validate.choice("method", method_label, sorted(semisupervised.METHODS))
+        setup = "supervised" if method_label == "supervised" else "semi_supervised"
+        return self.replaced(setup=setup, method=method_label, method_kwargs={})
+
 
 def validate_parameters(parameters: Mapping[str, Any]) -> None:
     """Validate notebook/sweep parameters that are experiment fields (others pass)."""

@@ -41,6 +41,7 @@ __all__ = [
     "ExperimentRuns",
     "FigureSaver",
     "explorer_curves",
+    "explorer_runs",
     "list_parameter",
     "per_step",
     "project_path",
@@ -167,3 +168,14 @@ def explorer_curves(result: Any) -> dict[str, dict[str, Any]]:
             "accuracy": seed_mean(per_step(result, "test_accuracy")),
         }
     }
+
+
+def explorer_runs(runs: ExperimentRuns, config_of: Callable[[str], Any]) -> Callable[[int, str, float], dict]:
+    """An ``ExperimentExplorer``'s ``run_fn``: ``config_of(method)`` at the chosen label budget and
+    learning rate, run (once) through ``runs`` without a progress bar, as :func:`explorer_curves`."""
+
+    def run_fn(labels_per_class: int, method: str, learning_rate: float) -> dict:
+        config = config_of(method).replaced(labels_per_class=labels_per_class, learning_rate=learning_rate)
+        return explorer_curves(runs(config, quiet=True))
+
+    return run_fn

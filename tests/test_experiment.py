@@ -156,3 +156,25 @@ def test_lab_run_writes_the_record_to_output_and_store(tmp_path, capsys):
     assert row.point_id == sweep.point_id(saved["config"]) and row.versions == saved["environment"]["versions"]
     assert saved["record"]["seeds"] == [0, 1] and saved["record"]["metrics"]["accuracy"] == saved["metrics"]["accuracy"]
     assert f"saved as point {row.point_id} of sweep cli-runs" in capsys.readouterr().err
+
+
+def test_replaced_changes_fields_and_validates_them():
+    config = experiment.ExperimentConfig.from_dict({"model": "cnn", "seeds": [0, 1]})
+    changed = config.replaced(labels_per_class=10, learning_rate="0.01")  # text, as from a widget or papermill
+    assert (changed.labels_per_class, changed.learning_rate, changed.model, changed.seeds) == (10, 0.01, "cnn", (0, 1))
+    assert config.labels_per_class == 4  # unchanged
+    with pytest.raises(ValueError, match="labels_per_class"):
+        config.replaced(labels_per_class=0)
+
+
+def test_run_by_gives_the_same_experiment_run_by_another_method():
+    headline = experiment.ExperimentConfig.from_dict(
+        {"setup": "semi_supervised", "method": "fixmatch", "method_kwargs": {"threshold": 0.9}, "steps": 30}
+    )
+    assert headline.run_by("fixmatch") is headline  # its own label keeps its hyperparameters
+    supervised = headline.run_by("supervised")
+    assert (supervised.setup, supervised.method_label, supervised.steps) == ("supervised", "supervised", 30)
+    other = headline.run_by("pi_model")
+    assert (other.setup, other.method, dict(other.method_kwargs)) == ("semi_supervised", "pi_model", {})
+    with pytest.raises(ValueError, match="^unknown method 'simclr'; choose one of: fixmatch, .*, supervised$"):
+        headline.run_by("simclr")

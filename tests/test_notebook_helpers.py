@@ -166,3 +166,22 @@ def test_list_parameter_reads_lists_passed_as_text():
 def test_list_parameter_rejects_what_is_no_list_and_empty_lists(value):
     with pytest.raises(ValueError, match=r'^models must be a non-empty list such as \["mlp"\], got '):
         notebook.list_parameter("models", value, '["mlp"]')
+
+
+def test_explorer_runs_run_the_chosen_method_at_the_chosen_budget_and_rate_quietly():
+    from lab import experiment
+
+    headline = experiment.ExperimentConfig.from_dict({"setup": "semi_supervised", "method": "fixmatch", "steps": 20})
+    calls = []
+
+    def fake_run(config, progress):
+        calls.append((config, progress))
+        return result_with({"step": [20], "train_loss": [[1.0]], "test_accuracy": [[0.5]]})
+
+    run_fn = notebook.explorer_runs(notebook.ExperimentRuns(run_fn=fake_run), headline.run_by)
+    assert run_fn(10, "supervised", 0.01)["curves"]["accuracy"].tolist() == [0.5]
+    run_fn(10, "supervised", 0.01)  # memoised: trains once
+    ((config, progress),) = calls
+    assert progress is False
+    assert (config.setup, config.method, config.labels_per_class, config.learning_rate) == ("supervised", "supervised", 10, 0.01)
+    assert config.steps == 20
