@@ -1,7 +1,7 @@
 """Datasets as numpy arrays, and the label-efficient splits built on them.
 
 Every loader returns a :class:`Dataset` of float32 inputs and int32 labels:
-images are ``(N, H, W, 1)`` channels-last in ``[0, 1]``, 1-D signals ``(N, L, 1)``.
+images are ``(N, H, W, C)`` channels-last in ``[0, 1]``, 1-D signals ``(N, L, 1)``.
 Nothing here touches a device; the training code decides what to put where.
 
 - ``digits`` and ``mnist1d`` are built locally (scikit-learn, the ``mnist1d``
@@ -9,6 +9,9 @@ Nothing here touches a device; the training code decides what to put where.
 - ``fashion_mnist`` and ``mnist`` read the classic IDX files from disk
   (see :func:`fashion_mnist` for where they are looked for) and download them
   only when asked to with ``download=True``, checking SHA-256 digests.
+- ``cifar10``, ``cifar100``, ``svhn`` and ``stl10``, the standard semi-supervised
+  benchmarks (colour images), are read from their official files by
+  :mod:`lab.image_benchmarks`, found and downloaded the same way.
 """
 
 from __future__ import annotations
@@ -173,6 +176,19 @@ _FASHION_MNIST_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
+# The standard semi-supervised benchmarks' names, in label order, as their official meta files give them
+# (CIFAR-10's batches.meta, CIFAR-100's meta "fine_label_names", STL-10's class_names.txt; SVHN's digits).
+_CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_CIFAR100_NAMES = tuple("""
+    apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can castle
+    caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin elephant
+    flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree
+    motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate
+    poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake spider
+    squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle
+    wardrobe whale willow_tree wolf woman worm
+""".split())
+_STL10_NAMES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
 
 
 # --------------------------------------------------------------------------- small local datasets
@@ -589,11 +605,27 @@ class DatasetEntry:
     reads_files: bool = False  # takes a ``data_dir``; the others are made locally
 
 
+def _image_benchmark(name: str) -> Callable[..., Dataset]:
+    """The loader of a standard benchmark (see :mod:`lab.image_benchmarks`, which builds on this module)."""
+
+    def load(**kwargs: object) -> Dataset:
+        from lab import image_benchmarks
+
+        return getattr(image_benchmarks, name)(**kwargs)
+
+    load.__name__ = load.__qualname__ = name
+    return load
+
+
 DATASET_ENTRIES: dict[str, DatasetEntry] = {
     "digits": DatasetEntry(digits, "image", _DIGIT_NAMES),
     "mnist1d": DatasetEntry(mnist1d, "signal", _DIGIT_NAMES),
     "fashion_mnist": DatasetEntry(fashion_mnist, "image", _FASHION_MNIST_NAMES, reads_files=True),
     "mnist": DatasetEntry(mnist, "image", _DIGIT_NAMES, reads_files=True),
+    "cifar10": DatasetEntry(_image_benchmark("cifar10"), "image", _CIFAR10_NAMES, reads_files=True),
+    "cifar100": DatasetEntry(_image_benchmark("cifar100"), "image", _CIFAR100_NAMES, reads_files=True),
+    "svhn": DatasetEntry(_image_benchmark("svhn"), "image", _DIGIT_NAMES, reads_files=True),
+    "stl10": DatasetEntry(_image_benchmark("stl10"), "image", _STL10_NAMES, reads_files=True),
 }
 DATASETS = tuple(DATASET_ENTRIES)
 CLASS_NAMES: dict[str, tuple[str, ...]] = {name: entry.class_names for name, entry in DATASET_ENTRIES.items()}

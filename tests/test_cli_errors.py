@@ -26,7 +26,8 @@ RUN_CASES = [
     (["run", "learning_rate=.nan"], "learning_rate must be a finite number > 0, got nan"),
     (["run", "learning_rate=fast"], "learning_rate must be of type float, got 'fast'"),
     (["run", "lr=0.1"], "unknown experiment parameter(s) ['lr']"),
-    (["run", "data_dir=/x"], "data_dir='/x' is read only by fashion_mnist, mnist; digits does not read files"),
+    (["run", "data_dir=/x"], "data_dir='/x' is read only by fashion_mnist, mnist, cifar10, cifar100, svhn, "
+     "stl10; digits does not read files"),
     (["run", "seeds=[-1]"], "seeds must be integers in 0..2147483647, got [-1]"),
     (["run", "steps=0"], "steps must be >= 1, got 0"),
     (["run", "steps=ten"], "steps must be of type int, got 'ten'"),
@@ -54,8 +55,10 @@ TRAIN_CASES: list = [
 ]
 
 DATA_CASES: list = [
-    (["data", "info", "digits", "--data-dir", "/x"], "data_dir='/x' is read only by fashion_mnist, mnist; digits"),
-    (["data", "download", "mnist1d", "--data-dir", "/x"], "data_dir='/x' is read only by fashion_mnist, mnist"),
+    (["data", "info", "digits", "--data-dir", "/x"], "data_dir='/x' is read only by fashion_mnist, mnist, cifar10, "
+     "cifar100, svhn, stl10; digits"),
+    (["data", "download", "mnist1d", "--data-dir", "/x"], "data_dir='/x' is read only by fashion_mnist, mnist, "
+     "cifar10, cifar100, svhn, stl10"),
     (["data", "info", "mnist", "--data-dir", "{tmp}/nothing"], "MNIST not found"),
 ]
 

@@ -597,17 +597,19 @@ def test_resize_rejects_bad_arguments():
 
 
 def test_load_lists_the_datasets_on_an_unknown_name():
-    assert data.DATASETS == ("digits", "mnist1d", "fashion_mnist", "mnist")
-    message = "unknown dataset 'cifar10'; choose one of: digits, mnist1d, fashion_mnist, mnist"
+    assert data.DATASETS == ("digits", "mnist1d", "fashion_mnist", "mnist", "cifar10", "cifar100", "svhn", "stl10")
+    message = "unknown dataset 'imagenet'; choose one of: digits, mnist1d, fashion_mnist, mnist, "
+    message += "cifar10, cifar100, svhn, stl10"
     with pytest.raises(ValueError, match=message):
-        data.load("cifar10")
+        data.load("imagenet")
 
 
 def test_load_refuses_a_data_dir_for_datasets_that_do_not_read_one(tmp_path):
-    message = re.escape(f"data_dir={str(tmp_path)!r} is read only by fashion_mnist, mnist; digits does not read files")
+    readers = "fashion_mnist, mnist, cifar10, cifar100, svhn, stl10"
+    message = re.escape(f"data_dir={str(tmp_path)!r} is read only by {readers}; digits does not read files")
     with pytest.raises(ValueError, match=message):
         data.load("digits", data_dir=tmp_path)
-    with pytest.raises(ValueError, match="is read only by fashion_mnist, mnist; mnist1d"):
+    with pytest.raises(ValueError, match=f"is read only by {readers}; mnist1d"):
         data.check_data_dir("/x", "mnist1d")
     data.check_data_dir(None, "mnist1d")
     data.check_data_dir("/x", "mnist")
