@@ -446,7 +446,7 @@ def _not_found_message(benchmark: Benchmark, directories: list[Path], names: lis
         lines.append(f"  - {directory}  ({status})")
     loader = f"lab.data.load({benchmark.name!r}, {'data_dir=..., ' if explicit else ''}download=True)"
     if explicit:
-        lines.append(f"Put the files there, or download them into it: {loader}.")
+        lines.append(f"Put {wanted} there, or download into it: {loader}.")
         return "\n".join(lines)
     if not os.environ.get("LAB_DATA"):
         lines.append(f"  - $LAB_DATA/{benchmark.name}  (LAB_DATA is not set)")

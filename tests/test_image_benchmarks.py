@@ -40,17 +40,19 @@ _RECONSTRUCT = np.empty(0).__reduce__()[0]
 
 
 class _Python2Pickler(pickle._Pickler):
-    """Pickles as Python 2's cPickle wrote CIFAR (protocol 2): byte strings are Python 2 ``str``
-    (SHORT_BINSTRING / BINSTRING), and arrays name ``numpy.core.multiarray._reconstruct`` as numpy 1 did."""
+    """Pickles as Python 2's cPickle wrote CIFAR (protocol 2): every string, the arrays' raw data and
+    dtype codes included, is a Python 2 ``str`` (SHORT_BINSTRING / BINSTRING), and arrays name
+    ``numpy.core.multiarray._reconstruct`` as numpy 1 did."""
 
     dispatch = pickle._Pickler.dispatch.copy()
 
     def save_python2_str(self, obj):
-        header = b"U" + bytes([len(obj)]) if len(obj) < 256 else b"T" + struct.pack("<i", len(obj))
-        self.write(header + obj)
+        raw = obj.encode("latin-1") if isinstance(obj, str) else obj
+        header = b"U" + bytes([len(raw)]) if len(raw) < 256 else b"T" + struct.pack("<i", len(raw))
+        self.write(header + raw)
         self.memoize(obj)
 
-    dispatch[bytes] = save_python2_str
+    dispatch[bytes] = dispatch[str] = save_python2_str
 
     def save_global(self, obj, name=None):
         if obj is _RECONSTRUCT:
