@@ -177,10 +177,13 @@ def stl10(
     each time; extract it once (``tar xzf stl10_binary.tar.gz``) for faster loads.
     """
     limit = None if unlabeled == "all" else validate.integer("unlabeled", unlabeled, minimum=0, wording='>= 0 or "all"')
-    names = ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "class_names.txt"]
-    readers: dict[str, Reader] = {name: _read_stl10_images for name in names if name.endswith("_X.bin")}
-    readers |= {name: _read_stl10_labels for name in names if name.endswith("_y.bin")}
-    readers["class_names.txt"] = _read_text
+    readers: dict[str, Reader] = {
+        "train_X.bin": _read_stl10_images,
+        "train_y.bin": _read_stl10_labels,
+        "test_X.bin": _read_stl10_images,
+        "test_y.bin": _read_stl10_labels,
+        "class_names.txt": _read_text,
+    }
     if limit != 0:
         readers["unlabeled_X.bin"] = lambda stream, size, origin: _read_stl10_images(stream, size, origin, limit)
     source = _find(STL10, list(readers), data_dir, download, mirror)
@@ -201,29 +204,42 @@ def stl10(
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _CifarFiles:
+    """The files of a CIFAR python version and the keys of their dicts."""
+
+    batches: dict[str, tuple[str, ...]]  # by split
+    meta: str
+    names_key: bytes
+    labels_key: bytes
+
+
+_CIFAR_FILES = {
+    "cifar10": _CifarFiles(
+        {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
+        "batches.meta", b"label_names", b"labels"),
+    "cifar100": _CifarFiles({"train": ("train",), "test": ("test",)}, "meta", b"fine_label_names", b"fine_labels"),
+}  # fmt: skip
+
+
 def _load_cifar(benchmark: Benchmark, data_dir: PathLike | None, download: bool, mirror: str | None) -> data.Dataset:
-    if benchmark is CIFAR10:
-        splits = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-        meta, names_key, labels_key = "batches.meta", b"label_names", b"labels"
-    else:
-        splits = {"train": ["train"], "test": ["test"]}
-        meta, names_key, labels_key = "meta", b"fine_label_names", b"fine_labels"
+    layout = _CIFAR_FILES[benchmark.name]
     num_classes = len(data.CLASS_NAMES[benchmark.name])
 
     def read_batch(stream: IO[bytes], size: int, origin: str) -> tuple[np.ndarray, np.ndarray]:
-        return _read_cifar_batch(stream, origin, labels_key, num_classes)
+        return _read_cifar_batch(stream, origin, layout.labels_key, num_classes)
 
     def read_meta(stream: IO[bytes], size: int, origin: str) -> list[str]:
-        content = _unpickle(stream, origin, (names_key,))
-        return [name.decode() if isinstance(name, bytes) else str(name) for name in content[names_key]]
+        names = _unpickle(stream, origin, (layout.names_key,))[layout.names_key]
+        return [name.decode() if isinstance(name, bytes) else name for name in names]
 
-    readers: dict[str, Reader] = {name: read_batch for names in splits.values() for name in names}
-    readers[meta] = read_meta
+    readers: dict[str, Reader] = {name: read_batch for names in layout.batches.values() for name in names}
+    readers[layout.meta] = read_meta
     source = _find(benchmark, list(readers), data_dir, download, mirror)
     arrays = source.read(readers)
-    _check_class_names(arrays[meta], source.origin(meta), benchmark.name)
+    _check_class_names(arrays[layout.meta], source.origin(layout.meta), benchmark.name)
     split = {}
-    for name, batches in splits.items():
+    for name, batches in layout.batches.items():
         split[f"x_{name}"] = _to_float(np.concatenate([arrays[batch][0] for batch in batches]))
         split[f"y_{name}"] = np.concatenate([arrays[batch][1] for batch in batches])
     return data.Dataset(benchmark.name, **split, class_names=data.CLASS_NAMES[benchmark.name], source=str(source.path))
