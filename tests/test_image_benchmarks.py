@@ -475,7 +475,7 @@ def test_a_run_trains_on_a_cifar10_folder(tmp_path):
     rows = np.random.default_rng(9).integers(0, 256, (10, 3072), dtype=np.uint8)
     members["test_batch"] = python2_pickle({b"data": rows, b"labels": list(range(10))})  # every class, for ROC-AUC
     write_members(tmp_path, members, "folder", "", "cifar-10-batches-py")
-    config = {"dataset": "cifar10", "data_dir": str(tmp_path), "model": "cnn", "labels_per_class": 1,
-              "steps": 4, "eval_every": 2, "batch_size": 4, "model_kwargs": {"channels": [4], "hidden": 8}}
+    config = {"dataset": "cifar10", "data_dir": str(tmp_path), "model": "mlp", "labels_per_class": 1,
+              "steps": 4, "eval_every": 2, "batch_size": 4, "model_kwargs": {"hidden": [8]}}
     result = experiment.run(config, progress=False)
     assert result.curves["step"] == [2, 4] and 0 <= result.metrics["accuracy"][0] <= 1
