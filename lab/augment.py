@@ -22,6 +22,15 @@ and its successors build on:
     [0, 1]. For 1-D signals: a larger shift, a wider gain, Gaussian noise and
     Cutout, all growing with ``magnitude``.
 
+Token sequences ``(N, L)`` (int32 ids, :mod:`lab.text`: ``[CLS]`` first, ``[PAD]`` = 0
+at the end) are edited UDA/EDA style, only at their tokens: ``[CLS]`` at position 0 and
+the padding are never touched, and the length is kept. Weak replaces 10% of the tokens
+by ``[MASK]`` (token dropout). Strong, at magnitude ``m``, masks a span of ``m / 4`` of
+the tokens (cut-out), then masks each other token with probability ``0.1 + 0.2 m``,
+replaces it by a token drawn from the same sequence with probability ``0.2 m`` (no
+vocabulary needed), and deletes it with probability ``0.2 m``, shifting the rest left and
+padding the end. ``flip`` is refused: text has no mirror image.
+
 Images are ``(N, H, W, C)`` in [0, 1]; 1-D signals are ``(N, L, C)`` (their values
 are not assumed to lie in any range, so they are never clipped). Every dataset in
 :mod:`lab.data` has a dark background, so padding and geometric resampling fill
@@ -40,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lab import modality, validate
+from lab.text import CLS_ID, MASK_ID, PAD_ID
 
 __all__ = ["BY_MODALITY", "IMAGE_OPS", "STRENGTHS", "Augmentation", "check_options", "make_augmentation"]
 
@@ -70,6 +80,14 @@ _STRONG_GAIN = 0.5
 _STRONG_NOISE = 0.2
 _CUTOUT_FRACTION_SIGNAL = 0.25
 
+# Token sequences: the weak [MASK] rate; strong at magnitude 1: span cut-out (fraction of the
+# tokens), the [MASK] rate (besides the weak one), the replacement and the deletion rates.
+_WEAK_MASK = 0.1
+_STRONG_SPAN = 0.25
+_STRONG_MASK = 0.2
+_STRONG_REPLACE = 0.2
+_STRONG_DELETE = 0.2
+
 
 def make_augmentation(
     strength: str, input_shape: Sequence[int], *, flip: bool = False, magnitude: float = 0.5
@@ -77,7 +95,8 @@ def make_augmentation(
     """``augment(key, batch)`` for batches of examples shaped ``input_shape``.
 
     ``input_shape`` is one example's shape: ``(H, W, C)`` for images, ``(L, C)`` for
-    1-D signals. ``flip`` adds random mirroring along the width (time, for signals).
+    1-D signals, ``(L,)`` for token sequences. ``flip`` adds random mirroring along the
+    width (time, for signals; refused for token sequences).
     ``magnitude`` in [0, 1] scales the strong augmentation (unused by the others).
     """
     validate.choice("augmentation strength", strength, STRENGTHS)
@@ -288,6 +307,52 @@ def _strong_signal(key: jax.Array, signal: jax.Array, *, flip: bool, magnitude: 
     return signal
 
 
+# ------------------------------------------------------------------ token sequences (L,)
+
+
+def _editable(ids: jax.Array) -> jax.Array:
+    """Where an augmentation may edit: the tokens, not [CLS] at position 0 and not [PAD]."""
+    return (ids != PAD_ID) & (jnp.arange(ids.shape[0]) > 0)
+
+
+def _refuse_flip(flip: bool) -> None:
+    if flip:
+        raise ValueError("flip=True mirrors images and signals; token sequences have no mirror image")
+
+
+def _weak_text(key: jax.Array, ids: jax.Array, *, flip: bool) -> jax.Array:
+    _refuse_flip(flip)
+    u = _uniforms(key, mask=ids.shape)
+    return jnp.where(_editable(ids) & (u["mask"] < _WEAK_MASK), MASK_ID, ids)
+
+
+def _strong_text(key: jax.Array, ids: jax.Array, *, flip: bool, magnitude: float) -> jax.Array:
+    _refuse_flip(flip)
+    length = ids.shape[0]
+    u = _uniforms(key, span=(), mask=ids.shape, replace=ids.shape, source=ids.shape, delete=ids.shape)
+    editable = _editable(ids)
+    count = jnp.sum(editable)
+    position = jnp.arange(length)
+    # The editable positions first, in order: the k-th token of the sequence is at order[k].
+    order = jnp.argsort(~editable, stable=True)
+
+    # Cut-out: a span of round(magnitude * _STRONG_SPAN * count) tokens from a random token on.
+    span = jnp.round(magnitude * _STRONG_SPAN * count).astype(jnp.int32)
+    start = order[_integers(u["span"], 0, jnp.maximum(count - 1, 0))]
+    masked = editable & (position >= start) & (position < start + span)
+    masked |= editable & (u["mask"] < _WEAK_MASK + magnitude * _STRONG_MASK)
+    out = jnp.where(masked, MASK_ID, ids)
+
+    # Replacement by a token of the same sequence (its original id), among the unmasked ones.
+    drawn = ids[order[_integers(u["source"], 0, jnp.maximum(count - 1, 0))]]
+    out = jnp.where(editable & ~masked & (u["replace"] < magnitude * _STRONG_REPLACE), drawn, out)
+
+    # Deletion: kept positions move left in order ([CLS] and padding are kept), the end fills with [PAD].
+    kept = ~(editable & (u["delete"] < magnitude * _STRONG_DELETE))
+    out = out[jnp.argsort(~kept, stable=True)]
+    return jnp.where(position < jnp.sum(kept), out, PAD_ID)
+
+
 # ------------------------------------------------------------------ registry
 
 PerExample = Callable[..., jax.Array]
@@ -297,4 +362,5 @@ PerExample = Callable[..., jax.Array]
 BY_MODALITY: dict[str, tuple[PerExample, PerExample]] = {
     "image": (_weak_image, _strong_image),
     "signal": (_weak_signal, _strong_signal),
+    "text": (_weak_text, _strong_text),
 }

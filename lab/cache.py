@@ -20,7 +20,7 @@ from typing import Any
 from lab.provenance import package_versions
 
 # Libraries whose version can change what lab computes, in a cached entry too.
-LIBRARIES = ("jax", "jaxlib", "flax", "optax", "numpy", "orbax-checkpoint", "scikit-learn", "mnist1d")
+LIBRARIES = ("jax", "jaxlib", "flax", "optax", "numpy", "orbax-checkpoint", "scikit-learn", "mnist1d", "tokenizers")
 
 _PACKAGE = "lab"
 _PACKAGE_DIR = Path(__file__).resolve().parent

@@ -12,6 +12,9 @@ Nothing here touches a device; the training code decides what to put where.
 - ``cifar10``, ``cifar100``, ``svhn`` and ``stl10``, the standard semi-supervised
   benchmarks (colour images), are read from their official files by
   :mod:`lab.image_benchmarks`, found and downloaded the same way.
+- ``fortunes_topics`` and ``fortunes_language`` are text: fortune cookies from Debian's
+  fortune packages, as int32 token ids ``(N, L)`` (0 = padding) with a vocabulary size
+  and a pretraining corpus; :mod:`lab.text` reads, splits and tokenizes them.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ __all__ = [
     "DATASETS",
     "DATASET_ENTRIES",
     "DATA_DIR_DATASETS",
+    "FORTUNE_LANGUAGES",
+    "FORTUNE_TOPICS",
     "MIRRORS",
     "SHA256",
     "DataNotFoundError",
@@ -51,6 +56,8 @@ __all__ = [
     "check_data_dir",
     "digits",
     "fashion_mnist",
+    "fortunes_language",
+    "fortunes_topics",
     "labeled_split",
     "load",
     "mnist",
@@ -512,6 +519,46 @@ def _check_uint8(array: np.ndarray, ndim: int, what: str, path: Path) -> None:
         raise ValueError(f"{path}: expected {ndim}-D uint8 {what}, found {array.ndim}-D {array.dtype}")
 
 
+# --------------------------------------------------------------------------- fortune cookies (text)
+
+# The English files of Debian's `fortunes` package whose file is the label of fortunes_topics.
+FORTUNE_TOPICS = (
+    "computers", "politics", "startrek", "food", "sports", "medicine", "law", "love", "zippy", "science",
+)  # fmt: skip
+FORTUNE_LANGUAGES = ("English", "German", "Spanish", "Italian", "Portuguese", "Polish", "Czech", "Russian")
+
+
+def fortunes_topics(
+    *, vocab_size: int = 4000, max_length: int = 64, data_dir: PathLike | None = None, download: bool = False
+) -> Dataset:
+    """An English fortune cookie's topic, one of :data:`FORTUNE_TOPICS` (the file it comes from).
+
+    Token ids from a BPE tokenizer of ``vocab_size`` trained on the pretraining corpus
+    (``x_unlabeled``: every English fortune except the test texts), sequences of ``max_length``.
+    See :func:`lab.text.load_texts` for the texts, the split and where the files are looked for.
+    """
+    from lab import text  # imports `tokenizers`; only paid for by text datasets
+
+    return text.load_dataset(
+        "fortunes_topics", vocab_size=vocab_size, max_length=max_length, data_dir=data_dir, download=download
+    )
+
+
+def fortunes_language(
+    *, vocab_size: int = 4000, max_length: int = 64, data_dir: PathLike | None = None, download: bool = False
+) -> Dataset:
+    """A fortune cookie's language, one of :data:`FORTUNE_LANGUAGES`, balanced by subsampling.
+
+    Like :func:`fortunes_topics`; the pretraining corpus is every fortune read except the test
+    texts. Needs Debian's language packages (``download=True`` can fetch English only, and refuses).
+    """
+    from lab import text
+
+    return text.load_dataset(
+        "fortunes_language", vocab_size=vocab_size, max_length=max_length, data_dir=data_dir, download=download
+    )
+
+
 # --------------------------------------------------------------------------- splits and transforms
 
 
@@ -626,6 +673,8 @@ DATASET_ENTRIES: dict[str, DatasetEntry] = {
     "cifar100": DatasetEntry(_image_benchmark("cifar100"), "image", _CIFAR100_NAMES, reads_files=True),
     "svhn": DatasetEntry(_image_benchmark("svhn"), "image", _DIGIT_NAMES, reads_files=True),
     "stl10": DatasetEntry(_image_benchmark("stl10"), "image", _STL10_NAMES, reads_files=True),
+    "fortunes_topics": DatasetEntry(fortunes_topics, "text", FORTUNE_TOPICS, reads_files=True),
+    "fortunes_language": DatasetEntry(fortunes_language, "text", FORTUNE_LANGUAGES, reads_files=True),
 }
 DATASETS = tuple(DATASET_ENTRIES)
 CLASS_NAMES: dict[str, tuple[str, ...]] = {name: entry.class_names for name, entry in DATASET_ENTRIES.items()}

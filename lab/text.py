@@ -1,0 +1,568 @@
+"""Text: fortune-cookie datasets and a subword tokenizer (a thin layer over Hugging Face ``tokenizers``).
+
+**The files.** Debian's fortune packages install files of fortunes separated by lines
+holding ``%``. A fortune is read as UTF-8 (undecodable bytes become U+FFFD) with the
+backspace overstrikes of old files removed and its whitespace collapsed to single spaces
+(one line per fortune); empty ones are skipped. Two fortunes are *the same text* when
+their lower-cased words (``\\w+``) agree, so a quote with other spacing or punctuation
+counts as a repeat. The ROT13 ``off/`` folders are never read.
+
+**The tasks** (both split 25% stratified test, ``random_state=0``, as ``digits``):
+
+``fortunes_topics``
+    an English fortune's file, one of :data:`lab.data.FORTUNE_TOPICS` (3,929 fortunes in
+    Debian's ``fortunes`` 1:1.99.1). Repeats within a file are kept once; texts found under
+    more than one topic are dropped, all their copies (:attr:`Texts.counts` says how many).
+    The pretraining corpus is every distinct fortune of the English files
+    (:data:`ENGLISH_FILES`: those of Debian's ``fortunes`` and ``fortunes-min``, the ten
+    topics included) except the test texts.
+``fortunes_language``
+    a fortune's language, one of :data:`lab.data.FORTUNE_LANGUAGES` (:data:`LANGUAGE_SOURCES`
+    says from which files). Texts found under more than one language are dropped; then each
+    language is subsampled (seed 0) to the size of the smallest. The pretraining corpus is
+    every distinct fortune of those files except the test texts: the training texts and the
+    fortunes the subsampling left out.
+
+**Where the files are looked for**: in ``data_dir`` if given (only there), else the first
+of ``$LAB_DATA/fortunes``, ``/usr/share/games/fortunes`` (Debian's packages) and
+``cache_dir()/fortunes`` that holds them. ``download=True`` fetches fortune-mod's source
+release (:data:`FORTUNE_MOD_URL`, checked against :data:`FORTUNE_MOD_SHA256`) and keeps its
+English files in the last; it has no other language.
+
+**The tokenizer** (:func:`train_tokenizer`): byte-pair encoding (BPE) over words marked
+SentencePiece-style (``▁`` starts a word), trained on a pretraining corpus, never on test
+texts, with the special tokens :data:`SPECIAL_TOKENS` at ids 0..3 (``[PAD]`` = 0,
+``[CLS]`` = 1, ``[MASK]`` = 2, ``[UNK]`` = 3). Not WordPiece: its trainer gives another
+vocabulary from run to run (huggingface/tokenizers#1794), BPE's is the same every time.
+Text is NFKC-normalised and lower-cased (accents are kept: they tell languages apart);
+characters the corpus lacks become ``[UNK]``. Every encoded sequence
+starts with ``[CLS]`` and is cut or padded with ``[PAD]`` to ``max_length``; the
+attention mask is ``ids != PAD_ID``. The trained tokenizer is cached as JSON, keyed by
+the corpus, the vocabulary size and :func:`lab.cache.fingerprint` of this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tarfile
+import urllib.request
+import warnings
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from lab import cache, data, files, validate
+
+__all__ = [
+    "CLS_ID",
+    "ENGLISH_FILES",
+    "FORTUNE_MOD_SHA256",
+    "FORTUNE_MOD_URL",
+    "LANGUAGE_SOURCES",
+    "MASK_ID",
+    "PAD_ID",
+    "SPECIAL_TOKENS",
+    "SYSTEM_DIR",
+    "TEXT_DATASETS",
+    "UNKNOWN_POLICIES",
+    "UNK_ID",
+    "Texts",
+    "Tokenizer",
+    "download_fortune_mod",
+    "load_dataset",
+    "load_texts",
+    "parse_fortunes",
+    "tokenizer",
+    "train_tokenizer",
+]
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[MASK]", "[UNK]")
+PAD_ID, CLS_ID, MASK_ID, UNK_ID = range(len(SPECIAL_TOKENS))
+UNKNOWN_POLICIES = ("keep", "drop")  # what encoding does with [UNK]: keep it, or leave it out
+TEXT_DATASETS = ("fortunes_topics", "fortunes_language")
+
+# The English files of Debian's `fortunes` and `fortunes-min` packages (fortune-mod 1.99.1).
+ENGLISH_FILES = (
+    "art", "ascii-art", "computers", "cookie", "debian", "definitions", "disclaimer", "drugs", "education",
+    "ethnic", "food", "fortunes", "goedel", "humorists", "kids", "knghtbrd", "law", "linux", "linuxcookie",
+    "literature", "love", "magic", "medicine", "men-women", "miscellaneous", "news", "paradoxum", "people",
+    "perl", "pets", "platitudes", "politics", "pratchett", "riddles", "science", "songs-poems", "sports",
+    "startrek", "tao", "translate-me", "wisdom", "work", "zippy",
+)  # fmt: skip
+
+# Each language of fortunes_language: the files read (English: those of ENGLISH_FILES present),
+# a folder's files being all but the .dat indexes and .u8 links; its package; names left out.
+LANGUAGE_SOURCES = {
+    "English": ("", "fortunes", ()),
+    "German": ("de", "fortunes-de", ()),
+    "Spanish": ("es", "fortunes-es", ()),
+    "Italian": ("it", "fortunes-it", ()),
+    "Portuguese": ("brasil", "fortunes-br", ()),
+    "Polish": ("pl", "fortunes-pl", ()),
+    "Czech": ("cs", "fortunes-cs", ("klasik-sk",)),  # fortunes-cs ships Slovak classics too
+    "Russian": ("ru", "fortunes-ru", ()),
+}
+
+SYSTEM_DIR = Path("/usr/share/games/fortunes")
+
+# fortune-mod's source release; the digest is the one NixOS/nixpkgs (pkgs/by-name/fo/fortune/package.nix)
+# and the Maple Linux package of fortune-mod 3.26.0 both record.
+FORTUNE_MOD_URL = "https://github.com/shlomif/fortune-mod/releases/download/fortune-mod-3.26.0/fortune-mod-3.26.0.tar.xz"
+FORTUNE_MOD_SHA256 = "ac4d1486cac9b999049107136b94106fe98a4aeac00ec635b144c43764bffe4c"
+
+_SPLIT_SEED = 0
+_TEST_SIZE = 0.25
+_SEPARATOR = re.compile(r"^%[ \t\r]*$", flags=re.M)
+_OVERSTRIKE = re.compile(".\x08")  # "_\bx" (underlined) and "x\bx" (bold) print as x
+
+
+# --------------------------------------------------------------------------- reading fortunes
+
+
+def parse_fortunes(content: str) -> list[str]:
+    """The fortunes of one fortune file's text, in order, each on one line (see the module docstring)."""
+    content = _OVERSTRIKE.sub("", content)
+    return [" ".join(chunk.split()) for chunk in _SEPARATOR.split(content) if chunk.strip()]
+
+
+def _read(path: Path) -> list[str]:
+    return parse_fortunes(path.read_bytes().decode("utf-8", errors="replace"))
+
+
+def _same_text_key(text: str) -> str:
+    """Texts with equal keys are the same text: their lower-cased words agree (pictures: their characters)."""
+    return " ".join(re.findall(r"\w+", text.lower())) or text
+
+
+def _english_paths(directory: Path) -> list[Path]:
+    return [directory / name for name in ENGLISH_FILES if (directory / name).is_file()]
+
+
+def _language_paths(directory: Path, language: str) -> list[Path]:
+    where, _, left_out = LANGUAGE_SOURCES[language]
+    if not where:
+        return _english_paths(directory)
+    path = directory / where
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    return sorted(
+        p for p in path.iterdir() if p.is_file() and p.suffix not in (".dat", ".u8") and p.name not in left_out
+    )
+
+
+def _missing(name: str, directory: Path) -> list[str]:
+    """What ``directory`` lacks for dataset ``name`` (empty when it has everything)."""
+    if name == "fortunes_topics":
+        return [topic for topic in data.FORTUNE_TOPICS if not (directory / topic).is_file()]
+    return [
+        (LANGUAGE_SOURCES[language][0] or "English files such as computers")
+        for language in data.FORTUNE_LANGUAGES
+        if not _language_paths(directory, language)
+    ]
+
+
+# --------------------------------------------------------------------------- the datasets' texts
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Texts:
+    """A text dataset before tokenization: the same split as :func:`load_dataset`'s arrays."""
+
+    name: str
+    train: tuple[str, ...]
+    y_train: np.ndarray  # int32
+    test: tuple[str, ...]
+    y_test: np.ndarray  # int32
+    corpus: tuple[str, ...]  # the pretraining corpus: no test text is in it
+    class_names: tuple[str, ...]
+    source: str  # where the files were read, and the counts, in words
+    counts: dict[str, int]  # fortunes read, repeats merged, texts dropped, split and corpus sizes
+
+
+def load_texts(name: str, *, data_dir: str | os.PathLike[str] | None = None, download: bool = False) -> Texts:
+    """The texts, labels and pretraining corpus of text dataset ``name`` (one of :data:`TEXT_DATASETS`)."""
+    validate.choice("text dataset", name, TEXT_DATASETS)
+    if not isinstance(download, bool):
+        raise ValueError(f"download must be True or False, got {download!r}")
+    directory = _find_directory(name, data_dir, download)
+    if name == "fortunes_topics":
+        classes = data.FORTUNE_TOPICS
+        by_class = {topic: _read(directory / topic) for topic in classes}
+        everything = [text for path in _english_paths(directory) for text in _read(path)]
+    else:
+        classes = data.FORTUNE_LANGUAGES
+        by_class = {
+            language: [text for path in _language_paths(directory, language) for text in _read(path)]
+            for language in classes
+        }
+        everything = [text for texts in by_class.values() for text in texts]
+
+    texts, labels, counts = _distinct_texts(by_class)
+    if name == "fortunes_language":
+        texts, labels, counts["subsampled_to"] = _balanced(texts, labels, len(classes))
+    from sklearn.model_selection import train_test_split  # ~2 s to import: only for text datasets
+
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=_TEST_SIZE, random_state=_SPLIT_SEED, stratify=labels
+    )
+    test = tuple(texts[i] for i in test_idx)
+    test_keys = {_same_text_key(text) for text in test}
+    corpus = tuple(_first_of_each(text for text in everything if _same_text_key(text) not in test_keys))
+    counts |= {"train": len(train_idx), "test": len(test_idx), "corpus": len(corpus)}
+    source = _describe(name, directory, counts)
+    log.info("%s", source)
+    return Texts(
+        name=name,
+        train=tuple(texts[i] for i in train_idx),
+        y_train=labels[train_idx],
+        test=test,
+        y_test=labels[test_idx],
+        corpus=corpus,
+        class_names=classes,
+        source=source,
+        counts=counts,
+    )
+
+
+def _first_of_each(texts) -> list[str]:
+    """``texts`` without repeats (same-text keys), each at its first place."""
+    seen: set[str] = set()
+    kept = []
+    for text in texts:
+        key = _same_text_key(text)
+        if key not in seen:
+            seen.add(key)
+            kept.append(text)
+    return kept
+
+
+def _distinct_texts(by_class: dict[str, list[str]]) -> tuple[list[str], np.ndarray, dict[str, int]]:
+    """Each class's texts once, without the texts found under several classes; labels; counts."""
+    distinct = {name: _first_of_each(texts) for name, texts in by_class.items()}
+    classes_of: dict[str, set[str]] = {}
+    for name, texts in distinct.items():
+        for text in texts:
+            classes_of.setdefault(_same_text_key(text), set()).add(name)
+    shared = {key for key, names in classes_of.items() if len(names) > 1}
+    texts, labels = [], []
+    for label, class_texts in enumerate(distinct.values()):
+        kept = [text for text in class_texts if _same_text_key(text) not in shared]
+        texts += kept
+        labels += [label] * len(kept)
+        if not kept:
+            raise ValueError(f"no fortune of class {list(by_class)[label]!r} is left after dropping shared texts")
+    read = sum(map(len, by_class.values()))
+    counts = {
+        "read": read,
+        "repeats_merged": read - sum(map(len, distinct.values())),
+        "shared_texts": len(shared),
+        "shared_dropped": sum(map(len, distinct.values())) - len(texts),
+        "kept": len(texts),
+    }
+    counts |= {f"class:{name}": labels.count(label) for label, name in enumerate(by_class)}
+    return texts, np.asarray(labels, np.int32), counts
+
+
+def _balanced(texts: list[str], labels: np.ndarray, num_classes: int) -> tuple[list[str], np.ndarray, int]:
+    """Subsample every class (seeded) to the size of the smallest, keeping the file order."""
+    size = int(np.bincount(labels, minlength=num_classes).min())
+    rng = np.random.default_rng(_SPLIT_SEED)
+    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:size] for c in range(num_classes)]))
+    return [texts[i] for i in keep], labels[keep], size
+
+
+def _describe(name: str, directory: Path, counts: dict[str, int]) -> str:
+    what = "topic files" if name == "fortunes_topics" else "languages"
+    per_class = ", ".join(f"{key.split(':', 1)[1]} {n}" for key, n in counts.items() if key.startswith("class:"))
+    subsampled = f"; each class subsampled to {counts['subsampled_to']}" if "subsampled_to" in counts else ""
+    return (
+        f"{directory}: {counts['read']} fortunes of {sum(k.startswith('class:') for k in counts)} {what}, "
+        f"{counts['repeats_merged']} repeats merged, {counts['shared_texts']} texts under several classes "
+        f"dropped ({counts['shared_dropped']} fortunes), {counts['kept']} kept ({per_class}){subsampled}; "
+        f"{counts['train']} train / {counts['test']} test; pretraining corpus {counts['corpus']} texts "
+        "(every distinct fortune read except the test texts)"
+    )
+
+
+# --------------------------------------------------------------------------- finding and downloading
+
+
+def _find_directory(name: str, data_dir: str | os.PathLike[str] | None, download: bool) -> Path:
+    # An explicit data_dir is the only place looked at: silently reading another copy would hide a wrong path.
+    directories = [Path(data_dir).expanduser()] if data_dir is not None else _search_dirs()
+    for directory in directories:
+        if directory.is_dir() and not _missing(name, directory):
+            return directory
+    if not download:
+        raise data.DataNotFoundError(_not_found_message(name, directories))
+    if name != "fortunes_topics":
+        raise data.DataNotFoundError(
+            f"{name}: download=True can only fetch fortune-mod's English fortunes; the other languages come "
+            f"from Debian's packages: {_install_command(name)}"
+        )
+    target = directories[0] if data_dir is not None else cache.cache_dir() / "fortunes"
+    download_fortune_mod(target)
+    return target
+
+
+def _search_dirs() -> list[Path]:
+    lab_data = os.environ.get("LAB_DATA")
+    from_env = [Path(lab_data).expanduser() / "fortunes"] if lab_data else []
+    return [*from_env, SYSTEM_DIR, cache.cache_dir() / "fortunes"]
+
+
+def _install_command(name: str) -> str:
+    languages = data.FORTUNE_LANGUAGES if name == "fortunes_language" else ("English",)
+    return "apt-get install " + " ".join(LANGUAGE_SOURCES[language][1] for language in languages)
+
+
+def _not_found_message(name: str, directories: list[Path]) -> str:
+    looked = "; ".join(
+        f"{d} ({'missing ' + ', '.join(_missing(name, d)) if d.is_dir() else 'no such folder'})" for d in directories
+    )
+    download = (
+        f"or download fortune-mod's release: lab.data.load({name!r}, download=True)"
+        if name == "fortunes_topics"
+        else "(download=True fetches English only)"
+    )
+    return (
+        f"{name}: fortune files not found; looked in {looked}. Install them ({_install_command(name)}), "
+        f"put them in <dir>/fortunes with LAB_DATA=<dir>, {download}"
+    )
+
+
+def _fetch(url: str) -> bytes:
+    log.info("downloading %s", url)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.read()
+    except OSError as err:
+        raise data.DataNotFoundError(f"could not download {url}: {err}") from err
+
+
+def download_fortune_mod(target: str | os.PathLike[str]) -> Path:
+    """Fetch fortune-mod's source release, check its SHA-256, and write its English files into ``target``.
+
+    Nothing is written when the digest differs. Returns ``target``.
+    """
+    target = Path(target)
+    payload = _fetch(FORTUNE_MOD_URL)
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != FORTUNE_MOD_SHA256:
+        raise ValueError(
+            f"checksum mismatch for {FORTUNE_MOD_URL}: expected SHA-256 {FORTUNE_MOD_SHA256}, got {actual}; not saved"
+        )
+    with tarfile.open(fileobj=io.BytesIO(payload), mode="r:*") as archive:
+        for member in archive.getmembers():
+            parts = PurePosixPath(member.name).parts
+            if member.isfile() and parts[-2:-1] == ("datfiles",) and parts[-1] in ENGLISH_FILES:
+                files.write_atomic(target / parts[-1], archive.extractfile(member).read())
+    missing = _missing("fortunes_topics", target)
+    if missing:
+        raise data.DataNotFoundError(f"{FORTUNE_MOD_URL} has no datfiles/ for {', '.join(missing)}")
+    return target
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+class Tokenizer:
+    """A trained BPE tokenizer (``backend``, a ``tokenizers.Tokenizer``) with fixed-length encoding.
+
+    ``unknown`` is what encoding does with ``[UNK]`` tokens (pieces the vocabulary lacks):
+    ``"keep"`` them, or ``"drop"`` them.
+    """
+
+    def __init__(self, backend: tokenizers.Tokenizer, *, max_length: int = 64, unknown: str = "keep") -> None:
+        self.backend = backend
+        self.max_length = validate.integer("max_length", max_length, minimum=2)
+        self.unknown = validate.choice("unknown-token policy", unknown, UNKNOWN_POLICIES)
+        found = [backend.id_to_token(i) for i in range(len(SPECIAL_TOKENS))]
+        if tuple(found) != SPECIAL_TOKENS:
+            raise ValueError(f"the tokenizer's first ids are {found}; lab's text models need {list(SPECIAL_TOKENS)}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size()
+
+    def encode(self, texts: Sequence[str], *, what: str = "") -> np.ndarray:
+        """``(len(texts), max_length)`` int32 ids: ``[CLS]``, the text's tokens, ``[PAD]``s.
+
+        Longer texts are cut to ``max_length``, with one warning per call saying how many.
+        An empty text is refused. ``what`` names the texts in the warning.
+        """
+        ids, truncated = self._encode(texts)
+        _warn_truncated(what, truncated, len(ids), self.max_length)
+        return ids
+
+    def _encode(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        texts = _checked_texts(texts)
+        ids = np.full((len(texts), self.max_length), PAD_ID, np.int32)
+        truncated = 0
+        for row, encoding in enumerate(self.backend.encode_batch(texts)):
+            sequence = encoding.ids if self.unknown == "keep" else [i for i in encoding.ids if i != UNK_ID]
+            truncated += len(sequence) > self.max_length
+            sequence = sequence[: self.max_length]
+            ids[row, : len(sequence)] = sequence
+        return ids, truncated
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """The text of one sequence of ids, without ``[CLS]`` and ``[PAD]`` (``[MASK]`` and ``[UNK]`` show)."""
+        kept = [int(i) for i in np.asarray(ids).reshape(-1) if i not in (PAD_ID, CLS_ID)]
+        return self.backend.decode(kept, skip_special_tokens=False)
+
+    def tokenize(self, text: str) -> list[str]:
+        """The subwords of ``text`` (``▁`` marks the start of a word), without ``[CLS]`` or truncation."""
+        (text,) = _checked_texts([text])
+        return self.backend.encode(text, add_special_tokens=False).tokens
+
+    def id_to_token(self, token_id: int) -> str:
+        token = self.backend.id_to_token(int(token_id))
+        if token is None:
+            raise ValueError(f"token id {token_id} is not in 0..{self.vocab_size - 1}")
+        return token
+
+    def token_to_id(self, token: str) -> int:
+        """The id of ``token``, or ``UNK_ID`` if the vocabulary lacks it."""
+        found = self.backend.token_to_id(token)
+        return UNK_ID if found is None else found
+
+    @staticmethod
+    def attention_mask(ids: np.ndarray) -> np.ndarray:
+        """True where a token is, False at padding."""
+        return np.asarray(ids) != PAD_ID
+
+
+def _warn_truncated(what: str, truncated: int, total: int, max_length: int) -> None:
+    if truncated:
+        warnings.warn(
+            f"{what + ': ' if what else ''}{truncated} of {total} texts are longer than "
+            f"max_length={max_length} tokens ([CLS] included) and were truncated",
+            stacklevel=3,
+        )
+
+
+def _checked_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise ValueError("texts must be a sequence of strings, got one string; wrap it in a list")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"texts[{i}] must be a string, got {text!r}")
+        if not text.strip():
+            raise ValueError(f"texts[{i}] is empty ({text!r}); every text needs at least one token")
+    return texts
+
+
+def train_tokenizer(
+    corpus: Sequence[str], *, vocab_size: int = 4000, max_length: int = 64, unknown: str = "keep"
+) -> Tokenizer:
+    """A BPE tokenizer of at most ``vocab_size`` tokens trained on ``corpus`` (give it no test text).
+
+    Characters of the corpus are always in the vocabulary, so a tiny ``vocab_size`` may be
+    exceeded. Cached in ``cache_dir()/tokenizers``: the same corpus and size train once.
+    """
+    vocab_size = validate.integer("vocab_size", vocab_size, minimum=len(SPECIAL_TOKENS) + 1)
+    corpus = _checked_texts(corpus)
+    if not corpus:
+        raise ValueError("the corpus to train a tokenizer on is empty")
+    digest = hashlib.sha256(json.dumps(corpus).encode()).hexdigest()
+    settings = {"model": "bpe", "vocab_size": vocab_size}
+    path = cache.cache_dir() / "tokenizers" / f"bpe-{cache.key(digest, settings, cache.fingerprint(__name__))}.json"
+    if path.exists():
+        backend = tokenizers.Tokenizer.from_file(str(path))
+    else:
+        backend = _train(corpus, vocab_size)
+        files.write_atomic(path, backend.to_str())
+    return Tokenizer(backend, max_length=max_length, unknown=unknown)
+
+
+def _train(corpus: list[str], vocab_size: int) -> tokenizers.Tokenizer:
+    backend = tokenizers.Tokenizer(models.BPE(unk_token="[UNK]"))
+    backend.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    # The trainer gives the special tokens the first ids, in this order.
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    backend.train_from_iterator(corpus, trainer=trainer, length=len(corpus))
+    backend.post_processor = processors.TemplateProcessing(single="[CLS] $A", special_tokens=[("[CLS]", CLS_ID)])
+    return backend
+
+
+# --------------------------------------------------------------------------- token datasets
+
+
+def tokenizer(
+    name: str,
+    *,
+    vocab_size: int = 4000,
+    max_length: int = 64,
+    data_dir: str | os.PathLike[str] | None = None,
+    download: bool = False,
+) -> Tokenizer:
+    """The tokenizer of ``load_dataset(name)`` with the same arguments (trained on its pretraining corpus)."""
+    corpus = load_texts(name, data_dir=data_dir, download=download).corpus
+    return train_tokenizer(corpus, vocab_size=vocab_size, max_length=max_length)
+
+
+def load_dataset(
+    name: str,
+    *,
+    vocab_size: int = 4000,
+    max_length: int = 64,
+    data_dir: str | os.PathLike[str] | None = None,
+    download: bool = False,
+) -> data.Dataset:
+    """Text dataset ``name`` as token ids: ``x_train``, ``x_test`` and ``x_unlabeled`` (the pretraining
+    corpus) of shape ``(N, max_length)``, with the tokenizer trained on the corpus."""
+    vocab_size = validate.integer("vocab_size", vocab_size, minimum=len(SPECIAL_TOKENS) + 1)
+    max_length = validate.integer("max_length", max_length, minimum=2)
+    texts = load_texts(name, data_dir=data_dir, download=download)
+    encoder = train_tokenizer(texts.corpus, vocab_size=vocab_size, max_length=max_length)
+    ids = _cached_ids(name, encoder, [*texts.train, *texts.test, *texts.corpus])
+    x_train, x_test, x_unlabeled = np.split(ids, np.cumsum([len(texts.train), len(texts.test)]))
+    return data.Dataset(
+        name=name,
+        x_train=x_train,
+        y_train=texts.y_train,
+        x_test=x_test,
+        y_test=texts.y_test,
+        class_names=texts.class_names,
+        source=texts.source,
+        vocab_size=encoder.vocab_size,
+        x_unlabeled=x_unlabeled,
+    )
+
+
+def _cached_ids(name: str, encoder: Tokenizer, texts: list[str]) -> np.ndarray:
+    """``encoder.encode(texts)``, kept in ``cache_dir()/text`` (encoding ~10^5 texts takes seconds)."""
+    parts = (
+        hashlib.sha256(json.dumps(texts).encode()).hexdigest(),
+        hashlib.sha256(encoder.backend.to_str().encode()).hexdigest(),
+        {"max_length": encoder.max_length, "unknown": encoder.unknown},
+        cache.fingerprint(__name__),
+    )
+    path = cache.cache_dir() / "text" / f"{name}-{cache.key(*parts)}.npz"
+    if path.exists():
+        with np.load(path) as cached:
+            ids, truncated = cached["ids"], int(cached["truncated"])
+    else:
+        ids, truncated = encoder._encode(texts)
+        buffer = io.BytesIO()
+        np.savez(buffer, ids=ids, truncated=truncated)
+        files.write_atomic(path, buffer.getvalue())
+    _warn_truncated(name, truncated, len(ids), encoder.max_length)
+    return ids
