@@ -1,5 +1,5 @@
 """Augmentations: shapes, ranges, determinism, the size of the weak shift, no
-flipping unless asked, and errors for bad arguments."""
+flipping unless asked, the invariants of token-sequence edits, and errors for bad arguments."""
 
 import functools
 
@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lab import augment
+from lab import augment, semisupervised
+from lab.text import CLS_ID, MASK_ID, PAD_ID
 
 IMAGE = (8, 8, 1)
 SIGNAL = (40, 1)
@@ -167,3 +168,86 @@ def test_bad_arguments_are_named():
     fn = augment.make_augmentation("none", IMAGE)
     with pytest.raises(ValueError, match=r"made for examples of shape \(8, 8, 1\).*got a batch of shape \(4, 8, 8\)"):
         fn(jax.random.PRNGKey(0), jnp.zeros((4, 8, 8)))
+
+
+# ---------------------------------------------------------------- token sequences (L,)
+
+TEXT = (24,)
+VOCAB = 500
+
+
+def _token_batch(seed=0):
+    """Sequences as lab.text makes them: [CLS], 0..23 tokens (ids 4..499), then [PAD] to the end."""
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((BATCH, *TEXT), np.int32)
+    ids[:, 0] = CLS_ID
+    for row, count in enumerate(rng.integers(0, TEXT[0], BATCH)):
+        ids[row, 1 : 1 + count] = rng.integers(4, VOCAB, count)
+    return ids
+
+
+@pytest.mark.parametrize("strength", augment.STRENGTHS)
+def test_text_shape_dtype_and_determinism(strength):
+    x = jnp.asarray(_token_batch())
+    fn = _augment(strength, TEXT)
+    out = fn(jax.random.PRNGKey(1), x)
+    assert out.shape == x.shape and out.dtype == jnp.int32
+    np.testing.assert_array_equal(fn(jax.random.PRNGKey(1), x), out)
+    if strength == "none":
+        np.testing.assert_array_equal(out, x)
+    else:
+        assert not np.array_equal(out, x)
+        assert not np.array_equal(fn(jax.random.PRNGKey(2), x), out)
+
+
+@pytest.mark.parametrize("magnitude", [0.5, 1.0])
+def test_text_edits_keep_cls_padding_and_draw_no_new_token(magnitude):
+    x = _token_batch(3)
+    tokens = (x != PAD_ID) & (np.arange(TEXT[0]) > 0)
+    weak = np.asarray(_augment("weak", TEXT)(jax.random.PRNGKey(0), jnp.asarray(x)))
+    strong = np.asarray(_augment("strong", TEXT, magnitude=magnitude)(jax.random.PRNGKey(0), jnp.asarray(x)))
+    for out in (weak, strong):
+        assert np.all(out[:, 0] == CLS_ID)
+        assert np.all(out[x == PAD_ID] == PAD_ID)  # padding stays padding
+        lengths = np.sum(out != PAD_ID, axis=1)
+        assert np.all(out[np.arange(TEXT[0]) >= lengths[:, None]] == PAD_ID)  # tokens first, then padding
+        for row, original in zip(out, x):
+            # [MASK], or a token of the same sequence (replacement draws from it, deletion moves them).
+            assert set(row[1:][row[1:] != PAD_ID].tolist()) <= set(original[1:].tolist()) | {MASK_ID}
+    # Weak masks in place: a token is itself or [MASK], about 10% of them [MASK].
+    assert np.all((weak == x) | (tokens & (weak == MASK_ID)))
+    assert 0.05 < np.mean(weak[tokens] == MASK_ID) < 0.15
+    # Strong also deletes: sequences shrink, never grow.
+    kept = np.sum(strong != PAD_ID, axis=1)
+    assert np.all(kept <= np.sum(x != PAD_ID, axis=1)) and np.any(kept < np.sum(x != PAD_ID, axis=1))
+
+
+def test_strong_text_changes_more_tokens_than_weak():
+    x = jnp.asarray(_token_batch(5))
+    tokens = np.asarray((x != PAD_ID) & (jnp.arange(TEXT[0]) > 0))
+
+    def changed(fn):
+        return np.mean([np.mean(np.asarray(fn(jax.random.PRNGKey(k), x))[tokens] != np.asarray(x)[tokens])
+                        for k in range(4)])
+
+    weak = changed(_augment("weak", TEXT))
+    mild = changed(_augment("strong", TEXT, magnitude=0.0))  # nothing but the weak masking rate
+    strong = changed(_augment("strong", TEXT, magnitude=0.5))
+    assert abs(mild - weak) < 0.03 and strong > weak + 0.2
+
+
+def test_text_cannot_be_flipped():
+    fn = augment.make_augmentation("weak", TEXT, flip=True)
+    with pytest.raises(ValueError, match="token sequences have no mirror image"):
+        fn(jax.random.PRNGKey(0), jnp.asarray(_token_batch()))
+
+
+@pytest.mark.parametrize("name", ["supervised", "fixmatch", "mean_teacher"])
+def test_semi_supervised_methods_build_on_token_sequences(name):
+    method = semisupervised.make_method(name, input_shape=TEXT)
+    x = jnp.asarray(_token_batch())
+    assert set(method.augmentations) == ({"weak", "strong"} if name == "fixmatch" else {"weak"})
+    for strength, fn in method.augmentations.items():
+        out = np.asarray(jax.jit(fn)(jax.random.PRNGKey(0), x))
+        assert out.shape == x.shape and out.dtype == np.int32 and np.all(out[:, 0] == CLS_ID), strength
+        assert not np.array_equal(out, x), strength

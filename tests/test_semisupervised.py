@@ -222,8 +222,8 @@ def test_hyperparameters_are_checked_without_an_input_shape():
 
 
 def test_input_shape_is_checked():
-    with pytest.raises(ValueError, match=r"input_shape must be .* got \(32,\)"):
-        semisupervised.make_method("pi_model", input_shape=(32,))
+    with pytest.raises(ValueError, match=r"input_shape must be .* got \(1, 32, 32, 1\)"):
+        semisupervised.make_method("pi_model", input_shape=(1, 32, 32, 1))
 
 
 def test_register_refuses_a_taken_name():
