@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lab import modality, validate
-from lab.text import CLS_ID, MASK_ID, PAD_ID
+from lab.text import MASK_ID, PAD_ID
 
 __all__ = ["BY_MODALITY", "IMAGE_OPS", "STRENGTHS", "Augmentation", "check_options", "make_augmentation"]
 

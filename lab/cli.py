@@ -216,7 +216,9 @@ def add_data_command(subparsers) -> None:
     parser.add_argument("action", choices=("info", "download"))
     parser.add_argument("dataset", choices=data.DATASETS)
     parser.add_argument(
-        "--data-dir", default=None, help=f"folder with the IDX files ({', '.join(data.DATA_DIR_DATASETS)})"
+        "--data-dir",
+        default=None,
+        help=f"folder with the dataset's files, IDX or fortune files ({', '.join(data.DATA_DIR_DATASETS)})",
     )
     parser.set_defaults(handler=run_data)
 

@@ -118,7 +118,9 @@ SYSTEM_DIR = Path("/usr/share/games/fortunes")
 
 # fortune-mod's source release; the digest is the one NixOS/nixpkgs (pkgs/by-name/fo/fortune/package.nix)
 # and the Maple Linux package of fortune-mod 3.26.0 both record.
-FORTUNE_MOD_URL = "https://github.com/shlomif/fortune-mod/releases/download/fortune-mod-3.26.0/fortune-mod-3.26.0.tar.xz"
+FORTUNE_MOD_URL = (
+    "https://github.com/shlomif/fortune-mod/releases/download/fortune-mod-3.26.0/fortune-mod-3.26.0.tar.xz"
+)
 FORTUNE_MOD_SHA256 = "ac4d1486cac9b999049107136b94106fe98a4aeac00ec635b144c43764bffe4c"
 
 _SPLIT_SEED = 0

@@ -27,7 +27,7 @@ RUN_CASES = [
     (["run", "learning_rate=fast"], "learning_rate must be of type float, got 'fast'"),
     (["run", "lr=0.1"], "unknown experiment parameter(s) ['lr']"),
     (["run", "data_dir=/x"], "data_dir='/x' is read only by fashion_mnist, mnist, cifar10, cifar100, svhn, "
-     "stl10; digits does not read files"),
+     "stl10, fortunes_topics, fortunes_language; digits does not read files"),
     (["run", "seeds=[-1]"], "seeds must be integers in 0..2147483647, got [-1]"),
     (["run", "steps=0"], "steps must be >= 1, got 0"),
     (["run", "steps=ten"], "steps must be of type int, got 'ten'"),
@@ -56,9 +56,9 @@ TRAIN_CASES: list = [
 
 DATA_CASES: list = [
     (["data", "info", "digits", "--data-dir", "/x"], "data_dir='/x' is read only by fashion_mnist, mnist, cifar10, "
-     "cifar100, svhn, stl10; digits"),
+     "cifar100, svhn, stl10, fortunes_topics, fortunes_language; digits"),
     (["data", "download", "mnist1d", "--data-dir", "/x"], "data_dir='/x' is read only by fashion_mnist, mnist, "
-     "cifar10, cifar100, svhn, stl10"),
+     "cifar10, cifar100, svhn, stl10, fortunes_topics, fortunes_language"),
     (["data", "info", "mnist", "--data-dir", "{tmp}/nothing"], "MNIST not found"),
 ]
 

@@ -597,15 +597,18 @@ def test_resize_rejects_bad_arguments():
 
 
 def test_load_lists_the_datasets_on_an_unknown_name():
-    assert data.DATASETS == ("digits", "mnist1d", "fashion_mnist", "mnist", "cifar10", "cifar100", "svhn", "stl10")
+    assert data.DATASETS == (
+        "digits", "mnist1d", "fashion_mnist", "mnist", "cifar10", "cifar100", "svhn", "stl10",
+        "fortunes_topics", "fortunes_language",
+    )  # fmt: skip
     message = "unknown dataset 'imagenet'; choose one of: digits, mnist1d, fashion_mnist, mnist, "
-    message += "cifar10, cifar100, svhn, stl10"
+    message += "cifar10, cifar100, svhn, stl10, fortunes_topics, fortunes_language"
     with pytest.raises(ValueError, match=message):
         data.load("imagenet")
 
 
 def test_load_refuses_a_data_dir_for_datasets_that_do_not_read_one(tmp_path):
-    readers = "fashion_mnist, mnist, cifar10, cifar100, svhn, stl10"
+    readers = "fashion_mnist, mnist, cifar10, cifar100, svhn, stl10, fortunes_topics, fortunes_language"
     message = re.escape(f"data_dir={str(tmp_path)!r} is read only by {readers}; digits does not read files")
     with pytest.raises(ValueError, match=message):
         data.load("digits", data_dir=tmp_path)

@@ -35,8 +35,8 @@ def private_cache(tmp_path, monkeypatch):
         ({"model_kwargs": {"nope": 1}}, r"unknown model_kwargs \['nope'\] for model 'mlp'; allowed: \['dropout', 'hid"),
         ({"seeds": [0, -1]}, r"seeds must be integers in 0\.\.2147483647, got \[0, -1\]"),
         ({"seeds": [2**40]}, r"seeds must be integers in 0\.\.2147483647, got \[1099511627776\]"),
-        ({"data_dir": "/x"}, "data_dir='/x' is read only by fashion_mnist, mnist, cifar10, cifar100, svhn, stl10; "
-         "digits does not read files"),
+        ({"data_dir": "/x"}, "data_dir='/x' is read only by fashion_mnist, mnist, cifar10, cifar100, svhn, stl10, "
+         "fortunes_topics, fortunes_language; digits does not read files"),
         ({"setup": "transfer", "adaptation": "probe"}, "unknown adaptation 'probe'; choose one of: linear_probe"),
         ({"setup": "transfer", "pretrain": "classes"}, "pretrain='classes' pretrains on the classes outside"),
         ({"setup": "transfer", "pretrain_kwargs": {"epochs": 3}}, r"unknown pretrain_kwargs \['epochs'\]; allowed:"),

@@ -20,6 +20,7 @@ from sklearn.model_selection import train_test_split
 from lab import data, text
 
 DEBIAN_FORTUNES = Path("/usr/share/games/fortunes")
+LANGUAGE_FOLDERS = ("de", "es", "it", "brasil", "pl", "cs", "ru")
 
 # Ten fortunes per topic, each naming its topic; repeats and shared texts are added below.
 TOPIC_TEXTS = {
@@ -382,7 +383,7 @@ debian_fortunes = pytest.mark.skipif(
     reason=f"Debian's fortune packages are not installed ({DEBIAN_FORTUNES}); apt-get install fortunes",
 )
 debian_language_fortunes = pytest.mark.skipif(
-    not all((DEBIAN_FORTUNES / where).exists() for where in ("computers", "de", "es", "it", "brasil", "pl", "cs", "ru")),
+    not all((DEBIAN_FORTUNES / where).exists() for where in ("computers", *LANGUAGE_FOLDERS)),
     reason=f"Debian's language fortune packages are not installed in {DEBIAN_FORTUNES}; "
     "apt-get install fortunes fortunes-de fortunes-es fortunes-it fortunes-br fortunes-pl fortunes-cs fortunes-ru",
 )
@@ -399,7 +400,7 @@ def test_debian_topics(monkeypatch):
     monkeypatch.setattr(text, "SYSTEM_DIR", DEBIAN_FORTUNES)
     texts = text.load_texts("fortunes_topics")
     # Every fortune strfile indexed is read: 3,929 in Debian's fortunes 1:1.99.1.
-    per_topic = {topic: len(text.parse_fortunes((DEBIAN_FORTUNES / topic).read_text())) for topic in data.FORTUNE_TOPICS}
+    per_topic = {t: len(text.parse_fortunes((DEBIAN_FORTUNES / t).read_text())) for t in data.FORTUNE_TOPICS}
     assert per_topic == {topic: strfile_count(DEBIAN_FORTUNES / topic) for topic in data.FORTUNE_TOPICS}
     assert texts.counts["read"] == sum(per_topic.values()) == 3929
     assert texts.counts["kept"] == len(texts.train) + len(texts.test)
