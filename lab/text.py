@@ -53,7 +53,7 @@ import re
 import tarfile
 import urllib.request
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -212,7 +212,8 @@ def load_texts(name: str, *, data_dir: str | os.PathLike[str] | None = None, dow
         }
         everything = [text for texts in by_class.values() for text in texts]
 
-    texts, labels, counts = _distinct_texts(by_class)
+    key = {text: _same_text_key(text) for text in everything}.__getitem__  # every class text is in everything
+    texts, labels, counts = _distinct_texts(by_class, key)
     if name == "fortunes_language":
         texts, labels, counts["subsampled_to"] = _balanced(texts, labels, len(classes))
     from sklearn.model_selection import train_test_split  # ~2 s to import: only for text datasets
@@ -221,8 +222,8 @@ def load_texts(name: str, *, data_dir: str | os.PathLike[str] | None = None, dow
         np.arange(len(labels)), test_size=_TEST_SIZE, random_state=_SPLIT_SEED, stratify=labels
     )
     test = tuple(texts[i] for i in test_idx)
-    test_keys = {_same_text_key(text) for text in test}
-    corpus = tuple(_first_of_each(text for text in everything if _same_text_key(text) not in test_keys))
+    test_keys = {key(text) for text in test}
+    corpus = tuple(_first_of_each((text for text in everything if key(text) not in test_keys), key))
     counts |= {"train": len(train_idx), "test": len(test_idx), "corpus": len(corpus)}
     source = _describe(name, directory, counts)
     log.info("%s", source)
@@ -239,29 +240,31 @@ def load_texts(name: str, *, data_dir: str | os.PathLike[str] | None = None, dow
     )
 
 
-def _first_of_each(texts) -> list[str]:
-    """``texts`` without repeats (same-text keys), each at its first place."""
+def _first_of_each(texts: Iterable[str], key: Callable[[str], str]) -> list[str]:
+    """``texts`` without repeats (equal ``key``), each at its first place."""
     seen: set[str] = set()
     kept = []
     for text in texts:
-        key = _same_text_key(text)
-        if key not in seen:
-            seen.add(key)
+        if key(text) not in seen:
+            seen.add(key(text))
             kept.append(text)
     return kept
 
 
-def _distinct_texts(by_class: dict[str, list[str]]) -> tuple[list[str], np.ndarray, dict[str, int]]:
-    """Each class's texts once, without the texts found under several classes; labels; counts."""
-    distinct = {name: _first_of_each(texts) for name, texts in by_class.items()}
+def _distinct_texts(
+    by_class: dict[str, list[str]], key: Callable[[str], str]
+) -> tuple[list[str], np.ndarray, dict[str, int]]:
+    """Each class's texts once (equal ``key``, same text), without the texts found under several
+    classes; their labels; the counts."""
+    distinct = {name: _first_of_each(texts, key) for name, texts in by_class.items()}
     classes_of: dict[str, set[str]] = {}
     for name, texts in distinct.items():
         for text in texts:
-            classes_of.setdefault(_same_text_key(text), set()).add(name)
+            classes_of.setdefault(key(text), set()).add(name)
     shared = {key for key, names in classes_of.items() if len(names) > 1}
     texts, labels = [], []
     for label, class_texts in enumerate(distinct.values()):
-        kept = [text for text in class_texts if _same_text_key(text) not in shared]
+        kept = [text for text in class_texts if key(text) not in shared]
         texts += kept
         labels += [label] * len(kept)
         if not kept:
@@ -399,6 +402,11 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size()
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the vocabulary and settings: equal fingerprints, equal ids (e.g. to key a pretrained backbone)."""
+        return hashlib.sha256(self.backend.to_str().encode()).hexdigest()[:16]
 
     def encode(self, texts: Sequence[str], *, what: str = "") -> np.ndarray:
         """``(len(texts), max_length)`` int32 ids: ``[CLS]``, the text's tokens, ``[PAD]``s.
@@ -553,7 +561,7 @@ def _cached_ids(name: str, encoder: Tokenizer, texts: list[str]) -> np.ndarray:
     """``encoder.encode(texts)``, kept in ``cache_dir()/text`` (encoding ~10^5 texts takes seconds)."""
     parts = (
         hashlib.sha256(json.dumps(texts).encode()).hexdigest(),
-        hashlib.sha256(encoder.backend.to_str().encode()).hexdigest(),
+        encoder.fingerprint,
         {"max_length": encoder.max_length, "unknown": encoder.unknown},
         cache.fingerprint(__name__),
     )

@@ -368,10 +368,11 @@ def test_tokenizer_is_cached_by_corpus_and_settings(monkeypatch, tmp_path):
     first = text.train_tokenizer(CORPUS, vocab_size=120, max_length=8)
     again = text.train_tokenizer(CORPUS, vocab_size=120, max_length=16)  # max_length is not a training setting
     assert trained == [120] and again.backend.to_str() == first.backend.to_str()
+    assert again.fingerprint == first.fingerprint
     assert len(list((tmp_path / "cache" / "tokenizers").glob("bpe-*.json"))) == 1
-    text.train_tokenizer(CORPUS, vocab_size=100)
+    smaller = text.train_tokenizer(CORPUS, vocab_size=100)
     text.train_tokenizer(CORPUS[:-1], vocab_size=120)
-    assert trained == [120, 100, 120]
+    assert trained == [120, 100, 120] and smaller.fingerprint != first.fingerprint
     # Training is deterministic (WordPiece's is not): the cached entry is what training makes again.
     assert train(CORPUS, 120).to_str() == first.backend.to_str()
 
