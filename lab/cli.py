@@ -218,7 +218,7 @@ def add_data_command(subparsers) -> None:
     parser.add_argument(
         "--data-dir",
         default=None,
-        help=f"folder with the dataset's files, IDX or fortune files ({', '.join(data.DATA_DIR_DATASETS)})",
+        help=f"folder with the dataset's files (read by {', '.join(data.DATA_DIR_DATASETS)})",
     )
     parser.set_defaults(handler=run_data)
 
