@@ -22,7 +22,7 @@ and its successors build on:
     [0, 1]. For 1-D signals: a larger shift, a wider gain, Gaussian noise and
     Cutout, all growing with ``magnitude``.
 
-Token sequences ``(N, L)`` (int32 ids, :mod:`lab.text`: ``[CLS]`` first, ``[PAD]`` = 0
+Token sequences ``(N, L)`` (int32 ids, :data:`lab.modality.SPECIAL_TOKENS`: ``[CLS]`` first, ``[PAD]`` = 0
 at the end) are edited UDA/EDA style, only at their tokens: ``[CLS]`` at position 0 and
 the padding are never touched, and the length is kept. Weak replaces 10% of the tokens
 by ``[MASK]`` (token dropout). Strong, at magnitude ``m``, masks a span of ``m / 4`` of
@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lab import modality, validate
-from lab.text import MASK_ID, PAD_ID
+from lab.modality import MASK_ID, PAD_ID
 
 __all__ = ["BY_MODALITY", "IMAGE_OPS", "STRENGTHS", "Augmentation", "check_options", "make_augmentation"]
 

@@ -22,8 +22,12 @@ class Modality:
 
 IMAGE = Modality("image", 3, "(H, W, C)", "images")
 SIGNAL = Modality("signal", 2, "(L, C)", "signals")
-TEXT = Modality("text", 1, "(L,)", "token sequences")  # int32 token ids, 0 = padding
+TEXT = Modality("text", 1, "(L,)", "token sequences")  # int32 token ids; see SPECIAL_TOKENS
 MODALITIES: dict[str, Modality] = {modality.name: modality for modality in (IMAGE, SIGNAL, TEXT)}
+# Token sequences begin with [CLS] and are padded with [PAD] to a fixed length; the ids of
+# these tokens are fixed here so models, augmentations and tokenizers (lab.text) agree.
+SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[MASK]", "[UNK]")
+PAD_ID, CLS_ID, MASK_ID, UNK_ID = range(len(SPECIAL_TOKENS))
 _BY_RANK = {modality.rank: modality for modality in MODALITIES.values()}
 
 

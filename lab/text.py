@@ -61,6 +61,7 @@ import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from lab import cache, data, files, validate
+from lab.modality import CLS_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
 
 __all__ = [
     "CLS_ID",
@@ -87,8 +88,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[MASK]", "[UNK]")
-PAD_ID, CLS_ID, MASK_ID, UNK_ID = range(len(SPECIAL_TOKENS))
 UNKNOWN_POLICIES = ("keep", "drop")  # what encoding does with [UNK]: keep it, or leave it out
 TEXT_DATASETS = ("fortunes_topics", "fortunes_language")
 
