@@ -26,10 +26,12 @@ and the ``use_running_average`` attribute of ``nnx.BatchNorm``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import jax
@@ -102,6 +104,47 @@ def conv_by_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_
 
 
 _CHANNELS_LAST = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
+
+
+# ------------------------------------------------------------ convolution by platform
+
+# The implementations `conv_by_platform` chooses from, by name.
+CONVOLUTIONS: dict[str, Callable[..., jax.Array]] = {
+    "matmul": conv_by_matmul,
+    "xla": jax.lax.conv_general_dilated,
+}
+_forced_convolution: contextvars.ContextVar[str | None] = contextvars.ContextVar("forced_convolution", default=None)
+
+
+@contextlib.contextmanager
+def convolution(name: str):
+    """Within the block, every convolution traced uses ``CONVOLUTIONS[name]`` whatever the
+    platform. It acts when a function is traced: a jitted function already traced keeps
+    the implementation it was traced with."""
+    token = _forced_convolution.set(validate.choice("convolution", name, CONVOLUTIONS))
+    try:
+        yield
+    finally:
+        _forced_convolution.reset(token)
+
+
+def conv_by_platform(lhs, rhs, window_strides, padding, **kwargs) -> jax.Array:
+    """``lax.conv_general_dilated`` in the form that runs best where it runs:
+    :func:`conv_by_matmul` on CPU, XLA's own convolution (cuDNN on GPU) on GPU and TPU.
+
+    The choice is made for the platform the computation is lowered for
+    (``lax.platform_dependent``), not the machine's default backend, so a function
+    placed on the CPU of a GPU host gets the CPU form; only the chosen form is compiled.
+    :func:`convolution` forces one form (tests compare them).
+    """
+    forced = _forced_convolution.get()
+    if forced is not None:
+        return CONVOLUTIONS[forced](lhs, rhs, window_strides, padding, **kwargs)
+
+    def form(name):
+        return lambda lhs, rhs: CONVOLUTIONS[name](lhs, rhs, window_strides, padding, **kwargs)
+
+    return jax.lax.platform_dependent(lhs, rhs, cpu=form("matmul"), default=form("xla"))
 
 
 def _spatial_axes(x: jax.Array) -> tuple[int, ...]:
@@ -214,7 +257,7 @@ class CNN(Classifier):
         layers = []
         for width in channels:
             layers += [
-                nnx.Conv(in_channels, width, kernel_size, padding="SAME", conv_general_dilated=conv_by_matmul, rngs=rngs),
+                nnx.Conv(in_channels, width, kernel_size, padding="SAME", conv_general_dilated=conv_by_platform, rngs=rngs),
                 nnx.relu,
             ]
             if min(spatial) >= 2:
@@ -232,7 +275,7 @@ def _conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int, ndim
     # small-data runs take, so eval-mode accuracy is not hurt by stale statistics.
     conv = nnx.Conv(
         in_channels, out_channels, (kernel,) * ndim, strides=stride, padding="SAME", use_bias=False,
-        conv_general_dilated=conv_by_matmul, rngs=rngs,
+        conv_general_dilated=conv_by_platform, rngs=rngs,
     )
     return [conv, nnx.BatchNorm(out_channels, momentum=0.9, rngs=rngs)]
 
@@ -286,6 +329,85 @@ class ResNet(Classifier):
                 in_channels = width
         layers.append(global_average_pool)
         super().__init__(nnx.Sequential(*layers), widths[-1], num_classes, rngs=rngs)
+
+
+# ------------------------------------------------------------- wide residual network
+
+
+def _leaky_relu(x: jax.Array) -> jax.Array:
+    return nnx.leaky_relu(x, negative_slope=0.1)
+
+
+def _wrn_conv(in_channels: int, out_channels: int, kernel: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
+    # He-normal on the fan-out, with a bias, as in FixMatch's and USB's WRN.
+    return nnx.Conv(
+        in_channels, out_channels, (kernel, kernel), strides=stride, padding="SAME",
+        kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
+        conv_general_dilated=conv_by_platform, rngs=rngs,
+    )
+
+
+def _wrn_batch_norm(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    # PyTorch's momentum 0.001 (running = 0.999 * running + 0.001 * batch) is Flax's 0.999;
+    # epsilon 1e-3 as TensorFlow's default, which FixMatch used.
+    return nnx.BatchNorm(channels, momentum=0.999, epsilon=1e-3, rngs=rngs)
+
+
+class PreActivationBlock(nnx.Module):
+    """x' + F(x), F = BN-lrelu-conv3x3(stride)-BN-lrelu-conv3x3 (He et al., 2016b).
+
+    x' is x, or a strided 1x1 conv of it when F changes the shape. With
+    ``activate_shortcut`` the shortcut starts from BN-lrelu(x) as F does (FixMatch does
+    this in the network's first block only; USB's copy in every block that projects).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, activate_shortcut: bool, *, rngs: nnx.Rngs):
+        self.norm = _wrn_batch_norm(in_channels, rngs)
+        self.residual = nnx.Sequential(
+            _wrn_conv(in_channels, out_channels, 3, stride, rngs),
+            _wrn_batch_norm(out_channels, rngs),
+            _leaky_relu,
+            _wrn_conv(out_channels, out_channels, 3, 1, rngs),
+        )
+        reshapes = stride != 1 or in_channels != out_channels
+        self.shortcut = nnx.Sequential(*([_wrn_conv(in_channels, out_channels, 1, stride, rngs)] if reshapes else []))
+        self.activate_shortcut = activate_shortcut
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        activated = _leaky_relu(self.norm(x))
+        return self.shortcut(activated if self.activate_shortcut else x) + self.residual(activated)
+
+
+class WideResNet(Classifier):
+    """WRN-depth-widen (Zagoruyko & Komodakis, 2016) as the FixMatch code base builds it:
+    a 3x3 conv to 16 channels, three stages of (depth - 4) / 6 pre-activation blocks of
+    16, 32 and 64 times ``widen`` channels (strides 1, 2, 2), BN-lrelu, global average
+    pooling. Batch norm has PyTorch momentum 0.001, leaky ReLUs slope 0.1.
+
+    WRN-28-2 (the default) is the CIFAR-10 and SVHN network of FixMatch and USB, 1.47 M
+    parameters with 10 classes; WRN-28-8 (``widen=8``) the CIFAR-100 one, 23.4 M with
+    100 classes. The head keeps lab's default initialisation (LeCun normal, where FixMatch
+    draws Glorot normal).
+    """
+
+    modalities = ("image",)
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, rngs: nnx.Rngs, depth: int = 28, widen: int = 2):
+        _, _, in_channels = _split_shape(self, input_shape)
+        depth = validate.integer("depth", depth, minimum=10)
+        if (depth - 4) % 6:
+            raise ValueError(f"depth must be 6n + 4 (10, 16, 22, 28, ...), got {depth}")
+        widen = validate.integer("widen", widen, minimum=1)
+        layers = [_wrn_conv(in_channels, 16, 3, 1, rngs)]
+        in_channels = 16
+        for stage, width in enumerate((16 * widen, 32 * widen, 64 * widen)):
+            for block in range((depth - 4) // 6):
+                first = block == 0
+                stride = 2 if stage > 0 and first else 1
+                layers.append(PreActivationBlock(in_channels, width, stride, stage == 0 and first, rngs=rngs))
+                in_channels = width
+        layers += [_wrn_batch_norm(in_channels, rngs), _leaky_relu, global_average_pool]
+        super().__init__(nnx.Sequential(*layers), in_channels, num_classes, rngs=rngs)
 
 
 # -------------------------------------------------------------------- transformer
@@ -479,6 +601,7 @@ MODELS: dict[str, type[Classifier]] = {
     "cnn": CNN,
     "resnet": ResNet,
     "transformer": Transformer,
+    "wrn": WideResNet,
 }
 
 

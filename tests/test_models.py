@@ -5,7 +5,7 @@ import optax
 import pytest
 from flax import nnx
 
-from lab import models
+from lab import models, train
 
 # Building a model costs, on CPU, about one second per distinct parameter shape: the
 # XLA compilation of the random initialiser. So the networks below are tiny and share
@@ -19,7 +19,10 @@ SMALL = {
     "cnn": {"channels": (4, 4), "hidden": 4},
     "resnet": {"widths": (4, 4)},
     "transformer": {"dim": 4, "depth": 1, "heads": 2, "mlp_dim": 4},
+    "wrn": {"depth": 10, "widen": 1},
 }
+# Every model with every kind of input it takes.
+MODEL_INPUTS = [(name, kind) for name, cls in models.MODELS.items() for kind in INPUT_SHAPES if kind in cls.modalities]
 MODELS_WITH_DROPOUT = ["mlp", "cnn", "transformer"]
 
 
@@ -43,8 +46,7 @@ def params_of(model) -> list[np.ndarray]:
 # ------------------------------------------------------------- the classifier contract
 
 
-@pytest.mark.parametrize("input_kind", INPUT_SHAPES)
-@pytest.mark.parametrize("name", models.MODELS)
+@pytest.mark.parametrize(("name", "input_kind"), MODEL_INPUTS)
 def test_logits_features_and_parameter_paths(name, input_kind):
     model = small_model(name, input_kind)
     x = batch(INPUT_SHAPES[input_kind])
@@ -203,6 +205,10 @@ def test_default_hyperparameters():
         ("transformer", (8, 8, 1), {"dim": 30, "heads": 4}, "heads=4 must divide dim=30"),
         ("cnn", (64,), {}, r"CNN takes \(L, C\) signals or \(H, W, C\) images, got input_shape=\(64,\)"),
         ("resnet", (2, 8, 8, 1), {}, "ResNet takes"),
+        ("wrn", (8, 8, 1), {"depth": 27}, r"depth must be 6n \+ 4 \(10, 16, 22, 28, ...\), got 27"),
+        ("wrn", (8, 8, 1), {"depth": 4}, "depth must be an integer >= 10, got 4"),
+        ("wrn", (8, 8, 1), {"widen": 0}, "widen must be a positive integer, got 0"),
+        ("wrn", (40, 1), {}, r"WideResNet takes \(H, W, C\) images, got input_shape=\(40, 1\)"),
         ("logreg", (8, 0, 1), {}, r"input_shape\[1\] must be a positive integer, got 0"),
     ],
 )
@@ -275,6 +281,127 @@ def test_conv_by_matmul_hands_dilated_and_grouped_convolutions_to_xla():
             jax.lax.conv_general_dilated(*arguments, dimension_numbers=numbers, **options),
             rtol=1e-5, atol=1e-5,
         )
+
+
+def conv_loss(x, kernel, strides=(2, 1)):
+    numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(jnp.sin(models.conv_by_platform(x, kernel, strides, "SAME", dimension_numbers=numbers)))
+
+
+def conv_arguments():
+    return jax.random.normal(jax.random.PRNGKey(0), (2, 8, 6, 3)), jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4))
+
+
+def test_conv_by_platform_compiles_the_matmul_form_for_cpu_and_xla_convolutions_for_gpu_and_tpu():
+    from jax import export
+
+    gradient = jax.jit(jax.grad(conv_loss, (0, 1)))
+
+    def lowered(platform):
+        return export.export(gradient, platforms=[platform])(*conv_arguments()).mlir_module()
+
+    assert "stablehlo.convolution" not in lowered("cpu") and "stablehlo.dot_general" in lowered("cpu")
+    for platform in ("cuda", "rocm", "tpu"):
+        assert "stablehlo.convolution" in lowered(platform) and "stablehlo.dot_general" not in lowered(platform)
+    # What XLA:CPU compiles holds neither a convolution nor the platform switch.
+    compiled = gradient.lower(*conv_arguments()).compile().as_text()
+    assert "convolution(" not in compiled and "conditional(" not in compiled
+
+
+@pytest.mark.parametrize("name", ["matmul", "xla"])
+def test_a_forced_convolution_is_used_whatever_the_platform(name):
+    with models.convolution(name):
+        text = jax.jit(jax.grad(conv_loss, (0, 1))).lower(*conv_arguments()).as_text()
+    assert ("stablehlo.convolution" in text) == (name == "xla")
+    with pytest.raises(ValueError, match="unknown convolution 'cudnn'; choose one of: matmul, xla"):
+        with models.convolution("cudnn"):
+            pass
+
+
+@pytest.mark.parametrize(("name", "input_kind"), [("cnn", "signal"), ("resnet", "image"), ("wrn", "image")])
+def test_models_give_the_same_logits_and_gradients_with_either_convolution(name, input_kind):
+    x = 3.0 + batch(INPUT_SHAPES[input_kind])
+
+    def logits_and_gradients(convolution):
+        graphs, params, model_state = train.Graphs.split(small_model(name, input_kind))
+
+        def loss(params):
+            logits = graphs.bind(params, model_state, train=True)(x)  # batch norm on batch statistics
+            return jnp.sum(jnp.sin(logits)), logits
+
+        with models.convolution(convolution):
+            (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+        return logits, grads
+
+    logits, grads = logits_and_gradients("matmul")
+    expected_logits, expected_grads = logits_and_gradients("xla")
+    np.testing.assert_allclose(logits, expected_logits, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4), grads, expected_grads)
+
+
+# ------------------------------------------------------------------- wide resnet
+
+
+def wrn_parameter_count(depth, widen, num_classes, in_channels=3):
+    """By hand: convs have a bias, batch norms a scale and a bias (not their running statistics)."""
+
+    def conv(kernel, inputs, outputs):
+        return kernel * kernel * inputs * outputs + outputs
+
+    count, channels = conv(3, in_channels, 16), 16
+    for width in (16 * widen, 32 * widen, 64 * widen):
+        for _ in range((depth - 4) // 6):
+            count += 2 * channels + conv(3, channels, width) + 2 * width + conv(3, width, width)
+            count += conv(1, channels, width) if channels != width else 0
+            channels = width
+    return count + 2 * channels + channels * num_classes + num_classes
+
+
+@pytest.mark.parametrize(("widen", "num_classes", "count"), [(2, 10, 1_469_642), (8, 100, 23_409_092)])
+def test_wrn_has_the_published_parameter_count_and_shapes_on_32x32_images(widen, num_classes, count):
+    # Abstract: building WRN-28-2 for real takes half a minute on a CPU, and nothing here needs its values.
+    model = nnx.eval_shape(lambda: models.make_model("wrn", (32, 32, 3), num_classes, seed=0, widen=widen))
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+
+    features, logits = nnx.eval_shape(lambda model, x: (model.features(x), model(x)), model, x)
+
+    params = sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert params == count == wrn_parameter_count(28, widen, num_classes)
+    # FixMatch: WRN-28-2 1.5 M, WRN-28-8 23.4 M parameters; USB: 1.47 M and 23.4 M.
+    assert round(params / 1e6, 2 if widen == 2 else 1) == (1.47 if widen == 2 else 23.4)
+    assert features.shape == (2, 64 * widen) and logits.shape == (2, num_classes)
+    assert model.feature_dim == 64 * widen
+
+
+def test_wrn_blocks_stride_and_widen_as_specified():
+    model = nnx.eval_shape(lambda: models.make_model("wrn", (32, 32, 3), 10, seed=0, depth=16, widen=3))
+    stem, *blocks, norm, _, _ = model.backbone.layers
+    x = nnx.eval_shape(lambda stem, x: stem(x), stem, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
+
+    shapes = []
+    for block in blocks:
+        x = nnx.eval_shape(lambda block, x: block(x), block, x)
+        shapes.append(x.shape[1:])
+
+    assert isinstance(stem, nnx.Conv) and stem.out_features == 16
+    assert shapes == [(32, 32, 48)] * 2 + [(16, 16, 96)] * 2 + [(8, 8, 192)] * 2
+    assert [block.activate_shortcut for block in blocks] == [True] + [False] * 5
+    assert [len(block.shortcut.layers) for block in blocks] == [1, 0, 1, 0, 1, 0]
+    assert norm.num_features == 192
+
+
+def test_wrn_batch_norm_momentum_is_pytorchs_0_001_and_activations_leak_0_1():
+    model = small_model("wrn", "image")
+    x = 3.0 + 2.0 * batch(INPUT_SHAPES["image"])
+    stem, first_block = model.backbone.layers[0], model.backbone.layers[1]
+    h = stem(x)
+    batch_mean = h.mean(axis=(0, 1, 2))
+
+    model(x)
+
+    # running = 0.999 * running + 0.001 * batch, from a running mean of 0.
+    np.testing.assert_allclose(first_block.norm.mean[...], 0.001 * batch_mean, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(models._leaky_relu(jnp.array([-2.0, 3.0])), [-0.2, 3.0])
 
 
 def test_scaled_dot_product_attention_matches_numpy():
