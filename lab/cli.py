@@ -45,7 +45,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_train_command(subparsers) -> None:
-    from lab import data, models, optim
+    from lab import data, models, optim, train
 
     parser = subparsers.add_parser(
         "train", help="supervised training on a whole dataset; prints final test metrics as JSON"
@@ -64,6 +64,9 @@ def add_train_command(subparsers) -> None:
     parser.add_argument("--eval-every", type=positive_int, default=500)
     parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--data-parallel", action="store_true", help="shard each batch over all local devices")
+    parser.add_argument(
+        "--precision", default="float32", choices=train.PRECISIONS, help="what training steps compute in (mixed precision)"
+    )
     parser.add_argument(
         "--workdir", default=None, help="record the config and checkpoint here; resume from the latest checkpoint"
     )
@@ -92,6 +95,7 @@ def run_train(args: argparse.Namespace) -> int:
         eval_every=min(args.eval_every, args.steps),
         seed=args.seed,
         data_parallel=args.data_parallel,
+        precision=args.precision,
     )
     result = experiment.train_and_evaluate(
         config, args.workdir, checkpoint_every=args.checkpoint_every, progress=not args.no_progress

@@ -60,6 +60,7 @@ class ExperimentConfig:
     steps: int = 1000
     batch_size: int = 32
     eval_every: int = 250
+    precision: str = "float32"  # what training steps compute in: float32 or bfloat16 (mixed precision)
     # semi-supervised (setup == "semi_supervised")
     method: str = "fixmatch"
     method_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -93,6 +94,7 @@ class ExperimentConfig:
         validate.choice("method", self.method, sorted(semisupervised.METHODS))
         validate.choice("pretrain", self.pretrain, transfer.PRETRAIN_SOURCES)
         validate.choice("adaptation", self.adaptation, transfer.ADAPTATIONS)
+        validate.choice("precision", self.precision, train.PRECISIONS)
         models.check_takes(self.model, data.DATASET_ENTRIES[self.dataset].modality)
         for name in ("labels_per_class", "steps", "batch_size", "eval_every"):
             validate.integer(name, getattr(self, name), minimum=1, wording=">= 1")  # from_dict checked the type
@@ -354,6 +356,7 @@ def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) 
             eval_every=min(config.eval_every, config.steps),
             evaluate=evaluate,
             seed_axis=True,
+            precision=config.precision,
             progress=progress,
         )
     except train.NonFiniteLossError as error:
@@ -394,6 +397,7 @@ class TrainConfig:
     eval_every: int = 500
     seed: int = 0
     data_parallel: bool = False
+    precision: str = "float32"
 
 
 def train_and_evaluate(
@@ -457,6 +461,7 @@ def train_and_evaluate(
             checkpoints=checkpoints,
             checkpoint_every=None if checkpoints is None else checkpoint_every,
             parallel=parallel.DataParallel() if config.data_parallel else None,
+            precision=config.precision,
             progress=progress,
         )
     except train.NonFiniteLossError as error:
@@ -505,7 +510,8 @@ def _claim_workdir(workdir: Path, config: TrainConfig) -> Path:
             )
         files.write_atomic(record, json.dumps(current, indent=2))
         return workdir
-    recorded = json.loads(record.read_text())
+    # A field added since the record was written stands at its default there.
+    recorded = {**json.loads(json.dumps(dataclasses.asdict(TrainConfig()))), **json.loads(record.read_text())}
     differences = [
         f"{name}: {recorded.get(name)!r} -> {value!r}"
         for name, value in current.items()

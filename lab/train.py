@@ -99,6 +99,33 @@ def create_train_state(
     )
 
 
+# ------------------------------------------------------------------ mixed precision
+
+# The dtype a training step's forward pass computes in, by ``precision`` name (None: as stored).
+PRECISIONS: dict[str, Any] = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+def in_precision(module: nnx.Module, precision: str) -> nnx.Module:
+    """``module``, a :class:`lab.models.Classifier`, with its backbone computing in ``precision``.
+
+    Mixed precision the Flax way: a layer computes in its ``dtype`` attribute, to which it
+    casts its float inputs and parameters (integer token ids stay ids), while its
+    parameters are stored in ``param_dtype``, float32. Gradients, optimizer state and
+    updates therefore stay float32, and batch norm computes its statistics and running
+    averages in float32 whatever its dtype. The head is left alone: it turns the bfloat16
+    features into float32 logits, so softmaxes and losses are float32.
+    """
+    dtype = PRECISIONS[precision]
+    if dtype is not None:
+        module.backbone.set_attributes(dtype=dtype, raise_if_not_found=False)
+    return module
+
+
+def _with_dtypes_of(reference: PyTree, tree: PyTree) -> PyTree:
+    """``tree`` cast leaf by leaf to the dtypes of ``reference`` (a no-op where they agree)."""
+    return jax.tree.map(lambda old, new: new if new.dtype == old.dtype else new.astype(old.dtype), reference, tree)
+
+
 # ---------------------------------------------------------------------- objectives
 
 
@@ -219,16 +246,19 @@ def train_step(
     tx: optax.GradientTransformation,
     objective: Objective,
     axis_name: str | None = None,
+    precision: str = "float32",
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step. With ``axis_name`` (inside ``shard_map``), gradients,
-    metrics and BatchNorm statistics are averaged over that axis like ``pmap`` did."""
+    metrics and BatchNorm statistics are averaged over that axis like ``pmap`` did.
+    The forward pass computes in ``precision`` (see :func:`in_precision`)."""
     key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.step)
 
     def loss_fn(params):
-        module = model.bind(params, state.model_state, train=True)
+        module = in_precision(model.bind(params, state.model_state, train=True), precision)
         loss, step_metrics, objective_state = objective.loss(module, batch, key, state.objective_state, state.step)
         _, _, model_state = nnx.split(module, nnx.Param, ...)
-        return loss, (step_metrics, objective_state, model_state)
+        # The state keeps its dtypes whatever a layer computed its update in.
+        return loss, (step_metrics, objective_state, _with_dtypes_of(state.model_state, model_state))
 
     grads, (step_metrics, objective_state, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
     if axis_name is not None:
@@ -260,6 +290,7 @@ def make_train_chunk(
     num_steps: int,
     *,
     axis_name: str | None = None,
+    precision: str = "float32",
 ) -> Callable[[TrainState, Pools], tuple[TrainState, dict[str, jax.Array]]]:
     """``chunk(state, pools) -> (state, per-step metrics)``: ``num_steps`` fused steps."""
     batch_sizes = objective.batch_sizes(batch_size)
@@ -270,7 +301,9 @@ def make_train_chunk(
             batch, orders = draw_batch(pools, batch_sizes, state.key, state.step, orders)
             if axis_name is not None:
                 batch = shard_batch(batch, axis_name)
-            state, step_metrics = train_step(state, batch, model=model, tx=tx, objective=objective, axis_name=axis_name)
+            state, step_metrics = train_step(
+                state, batch, model=model, tx=tx, objective=objective, axis_name=axis_name, precision=precision
+            )
             return (state, orders), step_metrics
 
         orders = epoch_orders(pools, batch_sizes, state.key, state.step)
@@ -366,6 +399,7 @@ def fit(
     checkpoint_every: int | None = None,
     parallel: Callable | None = None,
     seed_axis: bool = False,
+    precision: str = "float32",
     progress: bool = True,
 ) -> FitResult:
     """Train ``state`` until ``steps`` optimizer steps have been taken.
@@ -381,8 +415,12 @@ def fit(
     axis (one per seed) and they train together under ``jax.vmap``; pools are shared
     except their ``index`` arrays, which carry the seed axis. Evaluation values may
     then be per-seed arrays; history stores them as lists.
+
+    ``precision`` (a key of :data:`PRECISIONS`) is what training steps compute in; the
+    train state stays float32 (see :func:`in_precision`), and ``evaluate`` sees it as such.
     """
     validate.integer("steps", steps, minimum=1)
+    validate.choice("precision", precision, PRECISIONS)
     validate.integer("batch_size", batch_size, minimum=1)
     eval_every = validate.integer("eval_every", eval_every or steps, minimum=1)
     boundaries = [eval_every]  # chunks end where the host has work to do
@@ -399,7 +437,7 @@ def fit(
     state = jax.tree.map(jnp.copy, state)
     seed_axes = _seed_axes(pools) if seed_axis else None
     wall = {"compile": 0.0, "train": 0.0}
-    build = functools.partial(_compiled_chunk, model, tx, objective, batch_size, parallel, _freeze(seed_axes))
+    build = functools.partial(_compiled_chunk, model, tx, objective, batch_size, parallel, _freeze(seed_axes), precision)
     executables = {}  # chunk length -> compiled executable; the last chunk may be shorter
 
     def executable(length, state):
@@ -465,12 +503,12 @@ def fit(
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_chunk(model, tx, objective, batch_size, parallel, seed_axes, length):
+def _compiled_chunk(model, tx, objective, batch_size, parallel, seed_axes, precision, length):
     """One jitted chunk function per configuration and length, shared by every
     ``fit`` call so that calling ``fit`` again (resuming, benchmarking) does not
     recompile."""
     axis = None if parallel is None else parallel.axis_name
-    fn = make_train_chunk(model, tx, objective, batch_size, length, axis_name=axis)
+    fn = make_train_chunk(model, tx, objective, batch_size, length, axis_name=axis, precision=precision)
     fn = fn if parallel is None else parallel(fn)
     if seed_axes is not None:
         fn = jax.vmap(fn, in_axes=(0, _thaw(seed_axes)))

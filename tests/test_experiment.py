@@ -41,6 +41,7 @@ def private_cache(tmp_path, monkeypatch):
         ({"setup": "transfer", "pretrain": "classes"}, "pretrain='classes' pretrains on the classes outside"),
         ({"setup": "transfer", "pretrain_kwargs": {"epochs": 3}}, r"unknown pretrain_kwargs \['epochs'\]; allowed:"),
         ({"classes": [3, 12]}, r"classes must list at least 2 labels of digits in 0..9, got \[3, 12\]"),
+        ({"precision": "float16"}, "unknown precision 'float16'; choose one of: float32, bfloat16"),
     ],
 )
 def test_bad_configs_fail_before_training_with_the_allowed_values(values, message):
@@ -85,7 +86,8 @@ def test_validate_parameters_checks_experiment_fields_and_passes_others():
     "setup_values",
     [
         {"setup": "supervised"},
-        {"setup": "semi_supervised", "method": "fixmatch", "method_kwargs": {"mu": 2}},
+        # in mixed precision: vmapped seeds, two unlabeled views and an objective state in bfloat16
+        {"setup": "semi_supervised", "method": "fixmatch", "method_kwargs": {"mu": 2}, "precision": "bfloat16"},
         {"setup": "transfer", "pretrain": "autoencoder", "adaptation": "linear_probe", "pretrain_kwargs": {"steps": 20}},
     ],
 )
@@ -101,6 +103,7 @@ def test_every_setup_runs_and_reports_per_seed_results(setup_values):
     assert result.environment["versions"]["jax"]
     payload = result.record().to_dict()
     assert payload["setup"] == setup_values["setup"] and payload["labels_per_class"] == 2
+    assert result.config["precision"] == setup_values.get("precision", "float32")
     json.dumps(result.to_dict())  # JSON-ready
     summary = result.summary()["accuracy"]
     assert summary["mean"] == pytest.approx(np.mean(result.metrics["accuracy"]))

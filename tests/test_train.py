@@ -304,6 +304,7 @@ def test_a_workdir_refuses_another_config_and_resumes_its_own(tmp_path, capsys, 
         (["--seed", "1"], "seed: 0 -> 1"),
         (["--learning-rate", "0.01"], "learning_rate: 0.001 -> 0.01"),
         (["--model", "logreg"], "model: 'mlp' -> 'logreg'"),
+        (["--precision", "bfloat16"], "precision: 'float32' -> 'bfloat16'"),
     ]:
         status, result, err = train_cli(capsys, *base, *changed)
         assert status == 2 and result is None, err
@@ -314,6 +315,10 @@ def test_a_workdir_refuses_another_config_and_resumes_its_own(tmp_path, capsys, 
     resumed = experiment.train_and_evaluate(config, workdir, progress=False)
     assert resumed["history"] == [] and resumed["test"] == first["test"]
     assert json.loads((workdir / "config.json").read_text()) == first["config"]  # the record is not rewritten
+    # A record from before a field existed holds its default: precision came later, float32 before it.
+    older = {name: value for name, value in first["config"].items() if name != "precision"}
+    (workdir / "config.json").write_text(json.dumps(older))
+    assert experiment.train_and_evaluate(config, workdir, progress=False)["test"] == first["test"]
 
 
 def test_a_workdir_from_before_config_records_is_refused(tmp_path):
@@ -420,3 +425,122 @@ def test_train_and_evaluate_refuses_a_batch_larger_than_the_training_set(tmp_pat
 def test_train_option_values_must_be_finite(parse, text, message):
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         parse(text)
+
+
+# ------------------------------------------------------------------ mixed precision
+
+
+def _resnet(digits, seed=0):
+    return models.make_model("resnet", digits.input_shape, digits.num_classes, seed=seed, widths=(8, 16))
+
+
+def _resnet_setup(digits, seed=0):
+    model, params, model_state = train.Graphs.split(_resnet(digits, seed))
+    tx = optim.make_optimizer("adam", 3e-3)
+    pools = {"labeled": {"x": jnp.asarray(digits.x_train), "y": jnp.asarray(digits.y_train)}}
+    return model, tx, train.create_train_state(params, model_state, tx, seed), pools
+
+
+def test_bfloat16_computes_the_backbone_in_bfloat16_and_the_head_in_float32(digits):
+    model, params, model_state = train.Graphs.split(nnx.eval_shape(lambda: _resnet(digits)))
+
+    def dtypes(params, model_state, x):
+        module = train.in_precision(model.bind(params, model_state, train=True), "bfloat16")
+        return module.backbone.layers[0](x), module.features(x), module(x), nnx.state(module, nnx.Param)
+
+    # Types only: an abstract evaluation, nothing is computed.
+    stem, features, logits, params = jax.eval_shape(dtypes, params, model_state, digits.x_train[:8])
+
+    assert (stem.dtype, features.dtype, logits.dtype) == (jnp.bfloat16, jnp.bfloat16, jnp.float32)  # stem: a conv
+    assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype("float32")}  # stored as they were
+
+
+def test_bfloat16_training_tracks_float32_and_keeps_the_state_float32(digits):
+    model, tx, state, pools = _resnet_setup(digits)
+    results = {
+        precision: train.fit(model, state, tx, SUPERVISED, pools, steps=100, batch_size=32, precision=precision, progress=False)
+        for precision in ("float32", "bfloat16")
+    }
+    exact, mixed = (results[precision].log["loss"] for precision in ("float32", "bfloat16"))
+
+    # bfloat16 keeps 8 significant bits: each rounding is off by at most 2^-9 (0.2%), so the
+    # first loss, from the same parameters and batch, is within 1% after a dozen layers; yet
+    # it does differ, so the steps did compute in bfloat16.
+    assert exact[0] != mixed[0] and mixed[0] == pytest.approx(exact[0], rel=0.01)
+    # Then the two runs drift apart as different roundings compound (single steps, some
+    # 6% apart on the last batches); the loss averaged over every 10 steps stays within 5%.
+    np.testing.assert_allclose(mixed.reshape(10, 10).mean(1), exact.reshape(10, 10).mean(1), rtol=0.05)
+    assert exact[-10:].mean() < 0.5 * exact[:10].mean()  # it did learn: the comparison is not of two flat curves
+    # The state stays float32: parameters, optimizer moments, batch norm statistics, losses.
+    float_dtypes = {
+        leaf.dtype
+        for leaf in jax.tree.leaves((results["bfloat16"].state.params, results["bfloat16"].state.opt_state,
+                                     results["bfloat16"].state.model_state))
+        if jnp.issubdtype(leaf.dtype, jnp.floating)
+    }
+    assert float_dtypes == {jnp.dtype("float32")} and mixed.dtype == np.float32
+
+
+def test_a_bfloat16_step_moves_the_batch_norm_statistics_as_float32_does(digits):
+    model, tx, state, pools = _resnet_setup(digits)
+    batch = train.draw_batch(pools, {"labeled": 32}, state.key, state.step)[0]
+
+    def statistics(precision):
+        step = jax.jit(lambda state: train.train_step(state, batch, model=model, tx=tx, objective=SUPERVISED,
+                                                      precision=precision))
+        return jax.tree.leaves(nnx.state(step(state)[0].model_state, nnx.BatchStat))
+
+    for exact, mixed in zip(statistics("float32"), statistics("bfloat16"), strict=True):
+        assert mixed.dtype == jnp.float32
+        # From bfloat16 activations: a few roundings of 2^-9 apart, relative to the statistics' scale.
+        np.testing.assert_allclose(mixed, exact, rtol=0.02, atol=0.02 * float(np.abs(exact).max()))
+
+
+def test_float32_precision_is_the_step_without_mixed_precision(digits, monkeypatch):
+    model, tx, state, pools = _resnet_setup(digits)
+    batch = train.draw_batch(pools, {"labeled": 16}, state.key, state.step)[0]
+
+    def lowered():
+        step = jax.jit(lambda state, batch: train.train_step(state, batch, model=model, tx=tx, objective=SUPERVISED))
+        return step.lower(state, batch).as_text()
+
+    with_precision = lowered()
+    monkeypatch.setattr(train, "in_precision", lambda module, precision: module)
+    monkeypatch.setattr(train, "_with_dtypes_of", lambda reference, tree: tree)
+    assert with_precision == lowered()
+
+
+def test_the_model_state_keeps_its_dtypes_whatever_a_layer_writes(digits):
+    """A layer that stores a statistic in its compute dtype does not turn the state to bfloat16."""
+
+    class LastMean(nnx.Module):
+        def __init__(self):
+            self.dtype = None
+            self.mean = nnx.BatchStat(jnp.zeros(()))
+
+        def __call__(self, x):
+            x = x.astype(self.dtype or x.dtype)
+            self.mean[...] = x.mean()
+            return x
+
+    class Probe(models.Classifier):
+        def __init__(self):
+            super().__init__(nnx.Sequential(models.flatten, LastMean()), 64, 10, rngs=nnx.Rngs(0))
+
+    model, params, model_state = train.Graphs.split(Probe())
+    tx = optim.make_optimizer("adam", 1e-3)
+    state = train.create_train_state(params, model_state, tx, 0)
+    batch = train.draw_batch({"labeled": {"x": jnp.asarray(digits.x_train), "y": jnp.asarray(digits.y_train)}},
+                             {"labeled": 8}, state.key, state.step)[0]
+
+    new_state, _ = train.train_step(state, batch, model=model, tx=tx, objective=SUPERVISED, precision="bfloat16")
+
+    written = nnx.state(new_state.model_state, nnx.BatchStat)
+    assert [leaf.dtype for leaf in jax.tree.leaves(written)] == [jnp.float32]
+    assert float(jax.tree.leaves(written)[0]) == pytest.approx(float(batch["labeled"]["x"].mean()), rel=0.01)
+
+
+def test_unknown_precision_is_named(digits):
+    model, tx, state, pools = _setup(digits)
+    with pytest.raises(ValueError, match="unknown precision 'float16'; choose one of: float32, bfloat16"):
+        train.fit(model, state, tx, SUPERVISED, pools, steps=5, batch_size=8, precision="float16", progress=False)
