@@ -38,13 +38,14 @@ import functools
 from collections.abc import Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from lab import validate
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("constant", "cosine", "fixmatch_cosine", "step")
 WEIGHT_DECAY_MODES = ("decoupled", "l2")
 FROZEN = "frozen"
 
@@ -86,6 +87,9 @@ def make_schedule(
     * ``"constant"``: stays there;
     * ``"cosine"``: follows half a cosine down to 0 at step `total_steps` (warmup
       included, as in ``optax.warmup_cosine_decay_schedule``);
+    * ``"fixmatch_cosine"``: FixMatch's (and USB's) ``learning_rate * cos(7πk / 16K)``
+      at step ``k`` of ``K = total_steps`` (less warmup), which ends at
+      ``cos(7π/16) ≈ 0.195`` of the rate instead of 0, and stays there after ``K``;
     * ``"step"``: is multiplied by `decay_factor` every `decay_every` steps.
     """
     learning_rate = _positive("learning_rate", learning_rate)
@@ -96,12 +100,13 @@ def make_schedule(
 
     if schedule == "constant":
         after_warmup = optax.constant_schedule(learning_rate)
-    elif schedule == "cosine":
+    elif schedule in ("cosine", "fixmatch_cosine"):
         if total_steps is None:
-            raise ValueError("schedule='cosine' needs total_steps, the step at which the rate reaches 0")
+            raise ValueError(f"schedule={schedule!r} needs total_steps, the step at which the decay ends")
         if warmup_steps >= total_steps:
             raise ValueError(f"warmup_steps={warmup_steps} must be smaller than total_steps={total_steps}")
-        after_warmup = optax.cosine_decay_schedule(learning_rate, decay_steps=total_steps - warmup_steps)
+        decay = optax.cosine_decay_schedule if schedule == "cosine" else _fixmatch_cosine
+        after_warmup = decay(learning_rate, decay_steps=total_steps - warmup_steps)
     else:
         if decay_every is None:
             raise ValueError("schedule='step' needs decay_every, the number of steps between decays")
@@ -117,6 +122,17 @@ def make_schedule(
     # and erratic, and Adam's second-moment estimate is still based on few samples.
     warmup = optax.linear_schedule(0.0, learning_rate, transition_steps=warmup_steps)
     return optax.join_schedules([warmup, after_warmup], boundaries=[warmup_steps])
+
+
+def _fixmatch_cosine(learning_rate: float, decay_steps: int) -> optax.Schedule:
+    """``learning_rate * cos(7π/16 * min(k, K) / K)``: USB's ``get_cosine_schedule_with_warmup``
+    with ``num_cycles=7/16``, the schedule of the FixMatch paper."""
+
+    def schedule(count):
+        progress = jnp.minimum(count, decay_steps) / decay_steps
+        return learning_rate * jnp.cos(7.0 * jnp.pi / 16.0 * progress)
+
+    return schedule
 
 
 # ---------------------------------------------------------------- parameter groups

@@ -256,6 +256,45 @@ def test_cosine_schedule_with_warmup_is_optax_warmup_cosine_decay():
     np.testing.assert_allclose(values, [float(expected(step)) for step in steps], rtol=1e-6, atol=1e-7)
 
 
+def test_fixmatch_cosine_schedule_by_hand():
+    # lr * cos(7 pi k / (16 K)), K = 1000: 1 at the start, cos(7 pi / 32) half way, cos(7 pi / 16) at the end.
+    values = schedule_values([0, 500, 1000, 2000], schedule="fixmatch_cosine", total_steps=1000)
+
+    expected = [1.0, math.cos(7 * math.pi / 32), math.cos(7 * math.pi / 16), math.cos(7 * math.pi / 16)]
+    assert values == pytest.approx(expected, abs=1e-6)
+    assert values[2] == pytest.approx(0.19509, abs=1e-5)  # it does not decay to 0
+
+
+def test_fixmatch_cosine_schedule_starts_after_warmup():
+    values = schedule_values([5, 10, 510, 1010], schedule="fixmatch_cosine", total_steps=1010, warmup_steps=10)
+
+    assert values == pytest.approx([0.5, 1.0, math.cos(7 * math.pi / 32), math.cos(7 * math.pi / 16)], abs=1e-6)
+
+
+def test_fixmatch_sgd_matches_torch_style_nesterov_with_l2_decay_by_hand():
+    """FixMatch's optimizer as USB builds it (torch.optim.SGD, nesterov, weight decay on
+    all but biases and BatchNorm): d = g + wd p (kernels only); b = m b + d; p -= lr (d + m b)."""
+    lr, momentum, wd = 0.03, 0.9, 5e-4
+    params = {"kernel": np.array([[1.0, -2.0]], np.float32), "bias": np.array([0.5], np.float32)}
+    grads = [
+        {"kernel": np.array([[0.1, 0.2]], np.float32), "bias": np.array([0.3], np.float32)},
+        {"kernel": np.array([[-0.4, 0.0]], np.float32), "bias": np.array([-0.1], np.float32)},
+    ]
+    tx = optim.make_optimizer("nesterov", lr, momentum=momentum, weight_decay=wd, weight_decay_mode="l2")
+
+    history = run(tx, params, grads)
+
+    expected, buffers = {k: v.astype(np.float64) for k, v in params.items()}, {}
+    for g in grads:
+        for name in expected:
+            d = g[name] + (wd * expected[name] if name == "kernel" else 0.0)
+            buffers[name] = momentum * buffers.get(name, 0.0) + d
+            expected[name] = expected[name] - lr * (d + momentum * buffers[name])
+    assert_trees_close(history[-1], expected, **FLOAT32)
+    # One step by hand, written out: kernel[0, 0] = 1 - 0.03 * 1.9 * (0.1 + 5e-4 * 1).
+    np.testing.assert_allclose(history[0]["kernel"][0, 0], 1.0 - 0.03 * 1.9 * 0.1005, rtol=1e-6)
+
+
 def test_step_schedule():
     values = schedule_values([0, 29, 30, 59, 60, 95], schedule="step", decay_every=30, decay_factor=0.5)
 
@@ -412,7 +451,7 @@ def test_invalid_param_group_setting(setting):
     ("kwargs", "message"),
     [
         ({"name": "rmsprop"}, r"unknown optimizer 'rmsprop'; choose one of \['sgd', 'momentum', 'nesterov', 'adam'"),
-        ({"schedule": "linear"}, r"unknown schedule 'linear'; choose one of \['constant', 'cosine', 'step'\]"),
+        ({"schedule": "linear"}, r"unknown schedule 'linear'; choose one of \['constant', 'cosine', 'fixmatch_cosine', 'step'\]"),
         ({"weight_decay_mode": "l1"}, r"unknown weight_decay_mode 'l1'; choose one of \['decoupled', 'l2'\]"),
         ({"name": "adamw", "weight_decay_mode": "l2"}, "'adamw' always decouples weight decay"),
         ({"learning_rate": 0.0}, "learning_rate must be a number > 0, got 0.0"),
@@ -422,6 +461,7 @@ def test_invalid_param_group_setting(setting):
         ({"momentum": -0.5}, r"momentum must be a number in \[0, 1\)"),
         ({"clip_norm": 0.0}, "clip_norm must be a number > 0, got 0.0"),
         ({"schedule": "cosine"}, "schedule='cosine' needs total_steps"),
+        ({"schedule": "fixmatch_cosine"}, "schedule='fixmatch_cosine' needs total_steps"),
         ({"schedule": "cosine", "total_steps": 10, "warmup_steps": 10}, "warmup_steps=10 must be smaller than"),
         ({"schedule": "step"}, "schedule='step' needs decay_every"),
         ({"schedule": "step", "decay_every": 0}, "decay_every must be an integer >= 1, got 0"),
