@@ -251,3 +251,150 @@ def test_semi_supervised_methods_build_on_token_sequences(name):
         out = np.asarray(jax.jit(fn)(jax.random.PRNGKey(0), x))
         assert out.shape == x.shape and out.dtype == np.int32 and np.all(out[:, 0] == CLS_ID), strength
         assert not np.array_equal(out, x), strength
+
+# ------------------------------------------------------------- the "randaugment" policy (FixMatch)
+
+COLOUR = (8, 8, 3)
+
+
+def _pil_image(seed=0, shape=COLOUR, low=30, high=220):
+    """A random RGB image as uint8 levels; not spanning 0..255, so AutoContrast has work to do."""
+    return np.random.default_rng(seed).integers(low, high, size=shape, dtype=np.uint8)
+
+
+def _apply(name, levels, value):
+    out = augment.RANDAUGMENT_OPS[name](jnp.asarray(levels, jnp.float32) / 255.0, value)
+    return np.asarray(out) * 255.0
+
+
+def _pil(levels, operation):
+    from PIL import Image
+
+    return np.asarray(operation(Image.fromarray(levels)), np.float64)
+
+
+def _enhance(kind):
+    from PIL import ImageEnhance
+
+    return lambda value: lambda image: getattr(ImageEnhance, kind)(image).enhance(value)
+
+
+def _image_ops(kind):
+    from PIL import ImageOps
+
+    return lambda *args: lambda image: getattr(ImageOps, kind)(image, *args)
+
+
+# (operation, its value, PIL's operation as USB calls it, tolerance in levels): operations defined on
+# levels agree exactly; PIL truncates blends and the stretch to whole levels (up to 1 level) and
+# rounds its grey and smoothed images to a level (half a level more for Color and Sharpness).
+PIL_REFERENCES = [
+    ("auto_contrast", 0.0, lambda: _image_ops("autocontrast")(), 1.0),
+    ("brightness", 0.3, lambda: _enhance("Brightness")(0.3), 1.0),
+    ("color", 0.4, lambda: _enhance("Color")(0.4), 1.5),
+    ("contrast", 0.6, lambda: _enhance("Contrast")(0.6), 1.0),
+    ("identity", 0.0, lambda: (lambda image: image), 0.0),
+    ("posterize", 5.7, lambda: _image_ops("posterize")(5), 0.0),  # USB keeps int(v) bits
+    ("sharpness", 0.2, lambda: _enhance("Sharpness")(0.2), 1.5),  # PIL rounds the smoothed image too
+    ("solarize", 100.0, lambda: _image_ops("solarize")(100.0), 0.0),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "reference", "levels"), PIL_REFERENCES, ids=[r[0] for r in PIL_REFERENCES])
+def test_randaugment_colour_operations_match_pil(name, value, reference, levels):
+    pytest.importorskip("PIL")
+    image = _pil_image(seed=len(name))
+    expected = _pil(image, reference())
+
+    np.testing.assert_allclose(_apply(name, image, value), expected, atol=levels + 1e-3)
+    assert not np.array_equal(expected, image) or name == "identity"  # the case exercises the operation
+
+
+@pytest.mark.parametrize("side", [8, 48])
+def test_equalize_matches_pil_on_a_skewed_histogram(side):
+    pytest.importorskip("PIL")
+    from PIL import ImageOps
+
+    image = (np.random.default_rng(3).beta(0.5, 4.0, size=(side, side, 3)) * 255).astype(np.uint8)
+    expected = _pil(image, ImageOps.equalize)
+
+    np.testing.assert_array_equal(np.round(_apply("equalize", image, 0.0)), expected)
+    # Below 255 pixels per channel PIL's table step is 0 and the image stays as it is; above, it spreads.
+    assert np.array_equal(expected, image) == (side * side < 255)
+
+
+# Geometric operations at values where PIL's nearest pixel and bilinear resampling read the same
+# (whole-pixel positions): the map from output to input pixel is then exactly PIL's.
+PIL_GEOMETRY = [
+    ("rotate", 90.0, lambda image: image.rotate(90)),
+    ("rotate", -90.0, lambda image: image.rotate(-90)),
+    ("shear_x", 2.0, lambda image: image.transform(image.size, 0, (1, 2.0, 0, 0, 1, 0))),
+    ("shear_y", -2.0, lambda image: image.transform(image.size, 0, (1, 0, 0, -2.0, 1, 0))),
+    ("translate_x", 0.25, lambda image: image.transform(image.size, 0, (1, 0, 0.25 * 8, 0, 1, 0))),
+    ("translate_y", -0.375, lambda image: image.transform(image.size, 0, (1, 0, 0, 0, 1, -0.375 * 8))),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "reference"), PIL_GEOMETRY, ids=[f"{r[0]}{r[1]}" for r in PIL_GEOMETRY])
+def test_randaugment_geometric_operations_match_pil(name, value, reference):
+    pytest.importorskip("PIL")  # 0 in transform() is Image.AFFINE; PIL fills with black, as here
+    image = _pil_image(seed=7)
+    expected = _pil(image, reference)
+
+    np.testing.assert_allclose(_apply(name, image, value), expected, atol=1e-3)
+    assert not np.array_equal(expected, image)
+
+
+def test_randaugment_ranges_are_the_papers_at_magnitude_one_and_shrink_to_the_mildest_value():
+    papers = {
+        "auto_contrast": (0.0, 1.0), "brightness": (0.05, 0.95), "color": (0.05, 0.95),
+        "contrast": (0.05, 0.95), "equalize": (0.0, 1.0), "identity": (0.0, 1.0), "posterize": (4.0, 8.0),
+        "rotate": (-30.0, 30.0), "sharpness": (0.05, 0.95), "shear_x": (-0.3, 0.3), "shear_y": (-0.3, 0.3),
+        "solarize": (0.0, 256.0), "translate_x": (-0.3, 0.3), "translate_y": (-0.3, 0.3),
+    }  # fmt: skip
+    assert list(augment.RANDAUGMENT_OPS) == list(papers)
+    np.testing.assert_allclose([op.range_at(1.0) for op in augment.RANDAUGMENT_OPS.values()], list(papers.values()))
+    assert augment.RANDAUGMENT_OPS["rotate"].range_at(0.5) == (-15.0, 15.0)
+    assert augment.RANDAUGMENT_OPS["solarize"].range_at(0.5) == (128.0, 256.0)
+
+
+@pytest.mark.parametrize("strength", ["weak", "strong"])
+def test_randaugment_policy_keeps_shape_dtype_range_and_is_a_function_of_the_key(strength):
+    x = _images(shape=COLOUR)
+    fn = _augment(strength, COLOUR, flip=True, magnitude=1.0, policy="randaugment")
+    key = jax.random.PRNGKey(1)
+
+    out = fn(key, x)
+
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    np.testing.assert_array_equal(fn(key, x), out)
+    assert not np.allclose(fn(jax.random.PRNGKey(2), x), out)
+    assert not np.allclose(out, x)
+
+
+def test_randaugment_weak_view_is_a_flip_and_a_reflect_padded_crop():
+    x = np.asarray(_images(shape=COLOUR))
+    out = np.asarray(_augment("weak", COLOUR, flip=True, policy="randaugment")(jax.random.PRNGKey(3), jnp.asarray(x)))
+
+    def views(image):  # every crop after reflect-padding one pixel (12.5% of 8), of the image and its mirror
+        for candidate in (image, image[:, ::-1]):
+            padded = np.pad(candidate, [(1, 1), (1, 1), (0, 0)], mode="reflect")
+            yield from (padded[i : i + 8, j : j + 8] for i in range(3) for j in range(3))
+
+    matched = [next(k for k, view in enumerate(views(image)) if np.array_equal(view, result)) for image, result in zip(x, out)]
+    assert len(set(matched)) > 9  # flips and several offsets occur
+
+
+def test_randaugment_strong_view_applies_operations_and_cutout():
+    x = jnp.full((BATCH, *COLOUR), 0.2)  # a flat image: only Cutout (grey 0.5) and colour operations change it
+    out = np.asarray(_augment("strong", COLOUR, magnitude=1.0, policy="randaugment")(jax.random.PRNGKey(4), x))
+    assert np.any(np.isclose(out, 0.5).all(axis=-1))  # Cutout's grey
+    assert len(np.unique(np.round(out, 4))) > 5  # brightness, solarize, ... gave other values
+
+
+def test_policies_are_named_and_cover_only_their_modalities():
+    with pytest.raises(ValueError, match="unknown augmentation policy 'autoaugment'; choose one of: default, randaugment"):
+        augment.make_augmentation("weak", COLOUR, policy="autoaugment")
+    with pytest.raises(ValueError, match="augmentation policy 'randaugment' has no augmentations for signals; it augments images"):
+        augment.make_augmentation("weak", SIGNAL, policy="randaugment")
