@@ -46,6 +46,38 @@ Pools = Mapping[str, Mapping[str, jax.Array]]
 # --------------------------------------------------------------------------- state
 
 
+def ema_update(ema_tree: PyTree, new_tree: PyTree, decay: float | jax.Array) -> PyTree:
+    """Exponential moving average, leaf by leaf: ``decay * ema + (1 - decay) * new``.
+
+    The one EMA recursion of :mod:`lab`: the evaluation model (:class:`ParameterEMA`),
+    Mean Teacher's teacher and the running statistics of FlexMatch and FreeMatch use it.
+    """
+    return jax.tree.map(lambda old, new: decay * old + (1.0 - decay) * new, ema_tree, new_tree)
+
+
+@flax.struct.dataclass
+class ParameterEMA:
+    """An exponential moving average of the parameters, to evaluate with (USB's and FixMatch's EMA model).
+
+    It starts at the initial parameters and moves after every optimizer step with a
+    constant ``decay``, as USB's ``EMA`` does. Only parameters are averaged: USB copies
+    the live model's buffers into its EMA model, so evaluation pairs these weights with
+    the trained model's own BatchNorm statistics (``TrainState.model_state``), as here.
+    """
+
+    params: nnx.State
+    decay: float = flax.struct.field(pytree_node=False)  # static: part of the compiled program
+
+    @classmethod
+    def start(cls, params: nnx.State, decay: float) -> ParameterEMA:
+        validate.number("ema_decay", decay, minimum=0, maximum=1, exclusive_maximum=True)
+        # A copy, so that the average never aliases (or gets donated with) the trained parameters.
+        return cls(jax.tree.map(jnp.copy, params), float(decay))
+
+    def update(self, params: nnx.State) -> ParameterEMA:
+        return self.replace(params=ema_update(self.params, params, self.decay))
+
+
 @flax.struct.dataclass
 class TrainState:
     """Everything that changes during training, as one pytree."""
@@ -56,6 +88,12 @@ class TrainState:
     opt_state: optax.OptState
     key: jax.Array  # raw uint32 PRNG key; batch draws and objective noise fold in the step
     objective_state: PyTree = None  # objective-specific state, e.g. an EMA teacher
+    ema: ParameterEMA | None = None  # the evaluation model's weights, if evaluation uses an EMA
+
+    @property
+    def eval_params(self) -> nnx.State:
+        """The parameters to evaluate: the EMA's when there is one, else the trained ones."""
+        return self.params if self.ema is None else self.ema.params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +126,10 @@ def create_train_state(
     tx: optax.GradientTransformation,
     seed: int,
     objective_state: PyTree = None,
+    ema_decay: float = 0.0,
 ) -> TrainState:
+    """A fresh train state. ``ema_decay`` > 0 keeps a :class:`ParameterEMA` with that
+    decay, updated after every step and used for evaluation; 0 keeps none."""
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -96,6 +137,7 @@ def create_train_state(
         opt_state=tx.init(params),
         key=jax.random.PRNGKey(seed),
         objective_state=objective_state,
+        ema=ParameterEMA.start(params, ema_decay) if ema_decay else None,
     )
 
 
@@ -278,6 +320,7 @@ def train_step(
         model_state=model_state,
         opt_state=opt_state,
         objective_state=objective_state,
+        ema=None if state.ema is None else state.ema.update(params),
     )
     return new_state, step_metrics
 

@@ -92,6 +92,52 @@ def test_train_step_matches_hand_written_update(digits):
     assert int(new_state.step) == 1
 
 
+def _three_steps(digits, ema_decay):
+    model, tx, state, pools = _setup(digits)
+    state = train.create_train_state(state.params, state.model_state, tx, 0, ema_decay=ema_decay)
+    step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, objective=SUPERVISED)[0])
+    states = [state]
+    for _ in range(3):
+        batch = train.draw_batch(pools, {"labeled": 16}, state.key, state.step)[0]
+        state = step(state, batch)
+        states.append(state)
+    return states
+
+
+def test_ema_of_the_weights_follows_its_recursion_by_hand(digits):
+    decay = 0.75
+    states = _three_steps(digits, ema_decay=decay)
+
+    # ema_0 = params_0; ema_k = d ema_(k-1) + (1 - d) params_k, after each optimizer step.
+    expected = _leaves(states[0].params)
+    for state in states[1:]:
+        expected = [decay * e + (1 - decay) * p for e, p in zip(expected, _leaves(state.params))]
+        for actual, wanted in zip(_leaves(state.ema.params), expected, strict=True):
+            np.testing.assert_allclose(actual, wanted, rtol=1e-6, atol=1e-7)
+    assert states[-1].eval_params is states[-1].ema.params  # evaluation reads the average
+    assert not np.allclose(_leaves(states[-1].ema.params)[0], _leaves(states[-1].params)[0])
+
+
+def test_without_ema_the_state_and_the_training_are_as_before(digits):
+    off, on = _three_steps(digits, ema_decay=0.0), _three_steps(digits, ema_decay=0.9)
+
+    assert off[-1].ema is None and off[-1].eval_params is off[-1].params
+    # No EMA adds no leaf: the state has the structure (and checkpoints) it had before the option.
+    fields = [f.name for f in dataclasses.fields(train.TrainState) if f.name != "ema"]
+    assert jax.tree.structure(off[-1]) == jax.tree.structure(
+        train.TrainState(**{name: getattr(off[-1], name) for name in fields})
+    )
+    # The average only watches: training with it is bit-identical to training without it.
+    for a, b in zip(_leaves(off[-1].params), _leaves(on[-1].params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_ema_decay_must_be_below_one(digits):
+    model, tx, state, pools = _setup(digits)
+    with pytest.raises(ValueError, match=r"ema_decay must be a number in \[0, 1\), got 1.0"):
+        train.create_train_state(state.params, state.model_state, tx, 0, ema_decay=1.0)
+
+
 def test_draw_batch_is_an_epoch_permutation():
     pool = {"x": jnp.arange(12.0)[:, None], "y": jnp.arange(12)}
     key = jax.random.PRNGKey(3)
