@@ -29,7 +29,8 @@ Methods (:data:`METHODS`, built with :func:`make_method`):
 
 Each method's hyperparameters are the fields of its class (:func:`hyperparameters_of`),
 with defaults chosen for small data and runs of a few thousand steps; every method
-also takes ``flip`` (default False):
+also takes ``flip`` (default False) and ``policy`` (the augmentation policy, default
+``"default"``):
 
 ================  ====  ======  ======  =================================================
 method            mu    weight  ramp-up others
@@ -179,9 +180,7 @@ def _setting(**field_options: Any) -> Any:
 # ------------------------------------------------------------------ shared mechanics
 
 
-def ema_update(ema_tree: PyTree, new_tree: PyTree, decay: float | jax.Array) -> PyTree:
-    """Exponential moving average, leaf by leaf: ``decay * ema + (1 - decay) * new``."""
-    return jax.tree.map(lambda old, new: decay * old + (1.0 - decay) * new, ema_tree, new_tree)
+ema_update = train.ema_update  # the one EMA recursion, shared with the evaluation model
 
 
 def pseudo_labels(probs: jax.Array) -> jax.Array:
@@ -253,6 +252,7 @@ class UnlabeledTerm(NamedTuple):
 # What every hyperparameter must be, by name: a name means the same thing in every method.
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "flip": lambda name, value: augment.check_options(flip=value),
+    "policy": lambda name, value: augment.check_options(policy=value),
     "magnitude": lambda name, value: augment.check_options(magnitude=value),
     "mu": functools.partial(validate.integer, minimum=1, wording="an integer >= 1"),
     "rampup_steps": functools.partial(validate.integer, minimum=0),
@@ -289,17 +289,20 @@ class Method(train.Objective):
     """What every method shares: the weak-augmented labeled cross-entropy and the metrics.
 
     ``flip``: whether weak (and strong) augmentations may mirror examples; off by
-    default, since a mirrored digit is a different symbol or none.
+    default, since a mirrored digit is a different symbol or none. ``policy``: the
+    :data:`lab.augment.POLICIES` entry the views come from (``"randaugment"`` is
+    FixMatch's, for natural images).
     """
 
     name: ClassVar[str]
     input_shape: tuple[int, ...] = _setting()
     flip: bool = False
+    policy: str = "default"
     augmentations: dict[str, augment.Augmentation] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         _check_values({name: getattr(self, name) for name in hyperparameters_of(type(self))})
-        weak = augment.make_augmentation("weak", self.input_shape, flip=self.flip)  # checks input_shape
+        weak = augment.make_augmentation("weak", self.input_shape, flip=self.flip, policy=self.policy)  # checks input_shape
         object.__setattr__(self, "input_shape", tuple(int(n) for n in self.input_shape))  # hashable, for jit caches
         object.__setattr__(self, "augmentations", {"weak": weak})
 
@@ -366,7 +369,7 @@ class Supervised(Method):
         super().__post_init__()
         if self.augmentation not in self.augmentations:
             self.augmentations[self.augmentation] = augment.make_augmentation(
-                self.augmentation, self.input_shape, flip=self.flip
+                self.augmentation, self.input_shape, flip=self.flip, policy=self.policy
             )
 
     def loss(self, model, batch, key, objective_state, step):
@@ -575,7 +578,7 @@ class WeakToStrong(SemiSupervised):
     def __post_init__(self):
         super().__post_init__()
         self.augmentations["strong"] = augment.make_augmentation(
-            "strong", self.input_shape, flip=self.flip, magnitude=self.magnitude
+            "strong", self.input_shape, flip=self.flip, magnitude=self.magnitude, policy=self.policy
         )
 
     def thresholds(self, probs: jax.Array, objective_state: PyTree) -> tuple[jax.Array | float, PyTree]:

@@ -177,9 +177,9 @@ def test_make_method_names_what_is_allowed():
     every_name = ", ".join(semisupervised.METHODS)
     with pytest.raises(ValueError, match=f"unknown semi-supervised method 'mixmatch'; choose one of: {every_name}$"):
         semisupervised.make_method("mixmatch", input_shape=INPUT_SHAPE)
-    with pytest.raises(ValueError, match=r"fixmatch has no hyperparameter 'tau'; it accepts: flip, mu, .*threshold"):
+    with pytest.raises(ValueError, match=r"fixmatch has no hyperparameter 'tau'; it accepts: flip, policy, mu, .*threshold"):
         semisupervised.make_method("fixmatch", input_shape=INPUT_SHAPE, tau=0.9)
-    with pytest.raises(ValueError, match="supervised has no hyperparameter 'mu'; it accepts: flip$"):
+    with pytest.raises(ValueError, match="supervised has no hyperparameter 'mu'; it accepts: flip, policy$"):
         semisupervised.make_method("supervised", input_shape=INPUT_SHAPE, mu=2)
     assert semisupervised.hyperparameters_of(semisupervised.FixMatch)["threshold"] == 0.95
     method = semisupervised.make_method("fixmatch", input_shape=INPUT_SHAPE, threshold=1.0, mu=2)
@@ -202,11 +202,25 @@ def test_make_method_names_what_is_allowed():
         ("mean_teacher", {"rampup_steps": -5}, "rampup_steps must be an integer >= 0, got -5"),
         ("pi_model", {"rampup": "cosine"}, "unknown ramp-up schedule 'cosine'; choose one of: sigmoid, linear"),
         ("fixmatch", {"magnitude": 2.0}, r"magnitude must be a number in \[0, 1\], got 2.0"),
+        ("fixmatch", {"policy": "autoaugment"}, "unknown augmentation policy 'autoaugment'; choose one of: default, rand"),
     ],
 )
 def test_out_of_range_hyperparameters_are_refused(name, hyper, message):
     with pytest.raises(ValueError, match=message):
         semisupervised.make_method(name, input_shape=INPUT_SHAPE, **hyper)
+
+
+def test_the_augmentation_policy_gives_the_methods_views():
+    from lab import augment
+
+    shape, key = (8, 8, 3), jax.random.PRNGKey(0)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, *shape))
+    method = semisupervised.make_method("fixmatch", input_shape=shape, policy="randaugment", flip=True, magnitude=1.0)
+    for strength in ("weak", "strong"):
+        expected = augment.make_augmentation(strength, shape, flip=True, magnitude=1.0, policy="randaugment")(key, x)
+        np.testing.assert_array_equal(method.augmentations[strength](key, x), expected)
+    with pytest.raises(ValueError, match="policy 'randaugment' has no augmentations for signals"):
+        semisupervised.make_method("fixmatch", input_shape=(40, 1), policy="randaugment")
 
 
 def test_hyperparameters_are_checked_without_an_input_shape():
