@@ -114,7 +114,8 @@ def add_run_command(subparsers) -> None:
         help="one experiment (supervised, semi_supervised or transfer); prints per-seed metrics as JSON",
         description="Run lab.experiment.run with the given config fields, e.g. "
         "`lab run setup=semi_supervised method=fixmatch labels_per_class=4 seeds=[0,1,2]`. "
-        "Values are read as YAML (numbers, lists, mappings); a --config YAML file gives defaults.",
+        "Values are read as YAML (numbers, lists, mappings); a --config YAML file gives defaults. "
+        "preset=NAME starts from a named config (e.g. fixmatch_cifar10) that the other fields override.",
     )
     parser.add_argument("fields", nargs="*", metavar="FIELD=VALUE", help="experiment config fields")
     parser.add_argument("--config", default=None, help="YAML file with config fields")
@@ -130,6 +131,9 @@ def add_run_command(subparsers) -> None:
         "--sweep", default=RUNS_SWEEP, help=f"the sweep the point is saved under with --store (default: {RUNS_SWEEP})"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--show-config", action="store_true", help="print the resolved, validated config as JSON and run nothing"
+    )
     parser.set_defaults(handler=run_experiment)
 
 
@@ -177,6 +181,9 @@ def run_experiment(args: argparse.Namespace) -> int:
 
     fields = read_config_file(args.config) if args.config else {}
     fields.update(parse_fields(args.fields))
+    if args.show_config:
+        print(json.dumps(experiment.ExperimentConfig.from_dict(fields).to_dict(), indent=2))
+        return 0
     # Checked before the run, so that an output that cannot be written fails before any training.
     if args.output:
         files.check_output_path(args.output, "--output")

@@ -14,6 +14,10 @@ with the same objective on a whole dataset, with checkpoints in a workdir.
 Several seeds train together: each seed draws its own labeled set and its own
 initialisation, and the runs are stacked on a leading axis and trained under one
 ``jax.vmap``-ed compiled program. The results equal separate single-seed runs.
+
+A *preset* (:data:`PRESETS`) is a named, ordinary config: ``from_dict({"preset":
+"fixmatch_cifar10", **overrides})`` starts from its fields and applies the overrides
+on top (see :func:`resolve_preset`).
 """
 
 from __future__ import annotations
@@ -69,11 +73,17 @@ class ExperimentConfig:
     pretrain_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     adaptation: str = "finetune"
     backbone_lr_multiplier: float = 0.1
+    # the FixMatch protocol's pieces (see PRESETS), open to every setup; the defaults change nothing
+    weight_decay_mode: str = "decoupled"  # or "l2": added to the gradient, as torch's SGD (and USB) do
+    ema_decay: float = 0.0  # > 0: evaluate an EMA of the weights with this decay (USB, FixMatch: 0.999)
+    download: bool = False  # fetch missing dataset files from their official host (datasets that read files)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ExperimentConfig:
         """Build and validate a config; unknown keys, wrong types and out-of-range
-        values fail with a message that lists what is allowed."""
+        values fail with a message that lists what is allowed. A ``"preset"`` key
+        starts from that preset's fields (see :func:`resolve_preset`)."""
+        values = resolve_preset(values)
         known = {field.name: field for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
@@ -106,8 +116,16 @@ class ExperimentConfig:
         validate.number("learning_rate", self.learning_rate, minimum=0, exclusive_minimum=True)
         for name in ("weight_decay", "backbone_lr_multiplier"):
             validate.number(name, getattr(self, name), minimum=0)
-        # data_dir also serves the datasets a setup loads besides this one (see _load_named).
-        data.check_data_dir(self.data_dir, self.dataset, *SETUPS[self.setup].other_datasets(self))
+        validate.choice("weight_decay_mode", self.weight_decay_mode, optim.WEIGHT_DECAY_MODES)
+        validate.number("ema_decay", self.ema_decay, minimum=0, maximum=1, exclusive_maximum=True)
+        # data_dir and download also serve the datasets a setup loads besides this one (see _load_named).
+        loaded = (self.dataset, *SETUPS[self.setup].other_datasets(self))
+        data.check_data_dir(self.data_dir, *loaded)
+        if self.download and not set(loaded) & set(data.DATA_DIR_DATASETS):
+            raise ValueError(
+                f"download=True fetches only {', '.join(data.DATA_DIR_DATASETS)}; {' and '.join(loaded)} "
+                f"{'is' if len(loaded) == 1 else 'are'} made locally"
+            )
         allowed = models.default_hyperparameters(self.model)
         unknown = sorted(set(self.model_kwargs) - set(allowed))
         if unknown:
@@ -141,6 +159,78 @@ class ExperimentConfig:
         validate.choice("method", method_label, sorted(semisupervised.METHODS))
         setup = "supervised" if method_label == "supervised" else "semi_supervised"
         return self.replaced(setup=setup, method=method_label, method_kwargs={})
+
+
+# ------------------------------------------------------------------------ presets
+
+_FIXMATCH_PROTOCOL: dict[str, Any] = {
+    # USB's classic FixMatch configuration (config/classic_cv/fixmatch/*.yaml in
+    # microsoft/Semi-supervised-learning), after Sohn et al. (2020).
+    "setup": "semi_supervised",
+    "method": "fixmatch",  # τ = 0.95 is FixMatch's default threshold
+    # μ = 7 unlabeled per labeled example, λ_u = 1; flip + reflect-padded crop (weak) and
+    # RandAugment over the paper's full ranges, then Cutout (strong)
+    "method_kwargs": {"mu": 7, "unlabeled_weight": 1.0, "flip": True, "policy": "randaugment", "magnitude": 1.0},
+    "model": "wrn",
+    "model_kwargs": {"depth": 28, "widen": 2},
+    "optimizer": "nesterov",  # momentum 0.9 (optim's default)
+    "learning_rate": 0.03,
+    "schedule": "fixmatch_cosine",  # lr * cos(7πk / 16K)
+    "weight_decay": 5e-4,  # on kernels only: USB exempts biases and BatchNorm
+    "weight_decay_mode": "l2",
+    "batch_size": 64,
+    "steps": 2**20,
+    "eval_every": 5120,
+    "ema_decay": 0.999,
+    "labels_per_class": 4,
+    "seeds": [0, 1, 2],  # USB reports mean ± std over three seeds
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Label splits of the papers, as labels_per_class: CIFAR-10 4 / 25 / 400 (40 / 250 / 4000 labels);
+    # CIFAR-100 4 / 25 / 100 (400 / 2500 / 10000); SVHN 4 / 25 / 100 (40 / 250 / 1000); STL-10 4 / 25 / 100
+    # (40 / 250 / 1000, USB; the FixMatch paper reports 1000 only).
+    "fixmatch_cifar10": {**_FIXMATCH_PROTOCOL, "dataset": "cifar10"},
+    # WRN-28-8 and weight decay 1e-3 for CIFAR-100, as in the FixMatch paper.
+    "fixmatch_cifar100": {
+        **_FIXMATCH_PROTOCOL, "dataset": "cifar100", "model_kwargs": {"depth": 28, "widen": 8}, "weight_decay": 1e-3,
+    },  # fmt: skip
+    # USB also adds SVHN's 531k `extra` images to the unlabeled pool; this preset uses the training set.
+    "fixmatch_svhn": {**_FIXMATCH_PROTOCOL, "dataset": "svhn"},
+    # USB trains STL-10 (96x96) with a WRN-37-2 variant and the 100k unlabeled images; this preset
+    # keeps WRN-28-2, and its unlabeled pool is what lab.experiment.run draws it from.
+    "fixmatch_stl10": {**_FIXMATCH_PROTOCOL, "dataset": "stl10"},
+}
+
+
+# The settings of a model, method or pretraining source belong to it: a preset's are kept
+# only while the override leaves the model (method, source) as the preset has it.
+_SETTINGS_OF = {"model_kwargs": "model", "method_kwargs": "method", "pretrain_kwargs": "pretrain"}
+
+
+def resolve_preset(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with its ``"preset"`` key replaced by that preset's fields, ``values`` winning.
+
+    ``model_kwargs``, ``method_kwargs`` and ``pretrain_kwargs`` given with a preset are
+    merged into the preset's key by key, so ``method_kwargs={"threshold": 0.9}`` changes the
+    threshold and keeps the preset's augmentations; if ``values`` choose another model
+    (method, pretraining source), the preset's settings for the old one are dropped.
+    Without a ``"preset"`` key, ``values`` as they are.
+    """
+    values = dict(values)
+    if "preset" not in values:
+        return values
+    name = values.pop("preset")
+    validate.choice("preset", name, tuple(PRESETS))
+    resolved = json.loads(json.dumps(PRESETS[name]))  # a deep copy: the table is never changed
+    for settings, owner in _SETTINGS_OF.items():
+        if settings in resolved and values.get(owner, resolved.get(owner)) != resolved.get(owner):
+            del resolved[settings]
+    for field, value in values.items():
+        if field in _SETTINGS_OF and field in resolved:
+            value = {**resolved[field], **validate.coerce(field, value, dict)}
+        resolved[field] = value
+    return resolved
 
 
 def validate_parameters(parameters: Mapping[str, Any]) -> None:
@@ -319,13 +409,16 @@ def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) 
         schedule=config.schedule,
         total_steps=config.steps,
         weight_decay=config.weight_decay,
+        weight_decay_mode=config.weight_decay_mode,
         param_groups=plan.param_groups(config),
     )
 
     def initial_state(seed: jax.Array) -> train.TrainState:
         _, params, model_state = nnx.split(make_module(seed), nnx.Param, ...)
         objective_state = objective.init_objective_state(params, model_state)
-        return train.create_train_state(params, model_state, tx, seed, objective_state=objective_state)
+        return train.create_train_state(
+            params, model_state, tx, seed, objective_state=objective_state, ema_decay=config.ema_decay
+        )
 
     # One compiled, vmapped initialisation for all seeds: built eagerly, every
     # initializer would compile on its own, which costs more than the training.
@@ -341,7 +434,7 @@ def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) 
     test_logits = jax.jit(jax.vmap(lambda params, model_state: train.predict(model, params, model_state, x_test)))
 
     def evaluate(state: train.TrainState) -> dict[str, np.ndarray]:
-        logits = np.asarray(test_logits(state.params, state.model_state))
+        logits = np.asarray(test_logits(state.eval_params, state.model_state))
         return {"test_accuracy": np.array([metrics.accuracy(seed_logits, dataset.y_test) for seed_logits in logits])}
 
     try:
@@ -363,7 +456,7 @@ def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) 
         # A run keeps no checkpoints: its last finite state ends with the process.
         raise train.NonFiniteLossError(error.step, error.last_finite_loss, error.state, "Nothing was saved") from None
     wall.update(fit.wall_time_s)
-    logits = np.asarray(test_logits(fit.state.params, fit.state.model_state))
+    logits = np.asarray(test_logits(fit.state.eval_params, fit.state.model_state))
     per_seed = [metrics.classification_metrics(seed_logits, dataset.y_test) for seed_logits in logits]
     return Result(
         config=config.to_dict(),
@@ -541,7 +634,7 @@ def _load(config: ExperimentConfig) -> data.Dataset:
 
 
 def _load_named(config: ExperimentConfig, name: str) -> data.Dataset:
-    kwargs = {"data_dir": config.data_dir} if name in data.DATA_DIR_DATASETS else {}
+    kwargs = {"data_dir": config.data_dir, "download": config.download} if name in data.DATA_DIR_DATASETS else {}
     return data.load(name, **kwargs)
 
 
