@@ -27,7 +27,7 @@ import functools
 import json
 import time
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,18 +203,29 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-# The settings of a model, method or pretraining source belong to it: a preset's are kept
-# only while the override leaves the model (method, source) as the preset has it.
-_SETTINGS_OF = {"model_kwargs": "model", "method_kwargs": "method", "pretrain_kwargs": "pretrain"}
+def _method_settings(name: str) -> Collection[str]:
+    return semisupervised.hyperparameters_of(semisupervised.METHODS[name]) if name in semisupervised.METHODS else ()
+
+
+def _model_settings(name: str) -> Collection[str]:
+    return models.default_hyperparameters(name) if name in models.MODELS else ()
+
+
+# Settings fields, the field naming what they configure, and the settings that thing accepts.
+_SETTINGS_OF: dict[str, tuple[str, Callable[[str], Collection[str]]]] = {
+    "method_kwargs": ("method", _method_settings),
+    "model_kwargs": ("model", _model_settings),
+}
 
 
 def resolve_preset(values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` with its ``"preset"`` key replaced by that preset's fields, ``values`` winning.
 
-    ``model_kwargs``, ``method_kwargs`` and ``pretrain_kwargs`` given with a preset are
-    merged into the preset's key by key, so ``method_kwargs={"threshold": 0.9}`` changes the
-    threshold and keeps the preset's augmentations; if ``values`` choose another model
-    (method, pretraining source), the preset's settings for the old one are dropped.
+    ``method_kwargs`` and ``model_kwargs`` given with a preset are merged into the
+    preset's key by key: ``method_kwargs={"threshold": 0.9}`` changes the threshold and
+    keeps the preset's augmentations. If ``values`` choose another method (model), the
+    preset's settings that it does not accept are dropped: ``method=freematch`` keeps
+    FixMatch's augmentations and μ, ``model=logreg`` drops the WRN's depth and width.
     Without a ``"preset"`` key, ``values`` as they are.
     """
     values = dict(values)
@@ -223,9 +234,10 @@ def resolve_preset(values: Mapping[str, Any]) -> dict[str, Any]:
     name = values.pop("preset")
     validate.choice("preset", name, tuple(PRESETS))
     resolved = json.loads(json.dumps(PRESETS[name]))  # a deep copy: the table is never changed
-    for settings, owner in _SETTINGS_OF.items():
-        if settings in resolved and values.get(owner, resolved.get(owner)) != resolved.get(owner):
-            del resolved[settings]
+    for settings, (owner, accepted_by) in _SETTINGS_OF.items():
+        if settings in resolved and owner in values and values[owner] != resolved.get(owner):
+            accepted = accepted_by(values[owner])
+            resolved[settings] = {key: value for key, value in resolved[settings].items() if key in accepted}
     for field, value in values.items():
         if field in _SETTINGS_OF and field in resolved:
             value = {**resolved[field], **validate.coerce(field, value, dict)}

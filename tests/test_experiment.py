@@ -216,7 +216,7 @@ def benchmark_registries(monkeypatch):
 @pytest.fixture
 def tiny_preset(monkeypatch):
     preset = {**SMALL, "setup": "semi_supervised", "method": "fixmatch", "model": "mlp",
-              "method_kwargs": {"mu": 2, "flip": False}, "seeds": [0, 1]}  # fmt: skip
+              "method_kwargs": {"mu": 2, "flip": False, "magnitude": 0.5}, "seeds": [0, 1]}  # fmt: skip
     monkeypatch.setitem(experiment.PRESETS, "tiny", preset)
     return preset
 
@@ -248,10 +248,12 @@ def test_overrides_win_over_the_preset_and_settings_merge(tiny_preset):
 
     assert config.steps == 7 and config.seeds == (4,)  # overridden
     assert config.learning_rate == tiny_preset["learning_rate"] and config.setup == "semi_supervised"  # kept
-    assert dict(config.method_kwargs) == {"mu": 2, "flip": False, "threshold": 0.9}  # merged key by key
-    # Another method drops the preset's settings of the old one; the override's own are kept.
+    assert dict(config.method_kwargs) == {"mu": 2, "flip": False, "magnitude": 0.5, "threshold": 0.9}  # merged
+    # Another method keeps the preset's settings it accepts (the Π-model has no strong view to scale).
     other = experiment.ExperimentConfig.from_dict({"preset": "tiny", "method": "pi_model", "method_kwargs": {"mu": 3}})
-    assert other.method == "pi_model" and dict(other.method_kwargs) == {"mu": 3}
+    assert other.method == "pi_model" and dict(other.method_kwargs) == {"mu": 3, "flip": False}
+    # Another model drops the settings of the preset's model that it does not take.
+    assert dict(experiment.ExperimentConfig.from_dict({"preset": "tiny", "model": "logreg"}).model_kwargs) == {}
     # Text (papermill, a YAML file) is read as for any other field.
     assert dict(experiment.ExperimentConfig.from_dict({"preset": "tiny", "method_kwargs": "{mu: 5}"}).method_kwargs)[
         "mu"
