@@ -188,18 +188,16 @@ _FIXMATCH_PROTOCOL: dict[str, Any] = {
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Label splits of the papers, as labels_per_class: CIFAR-10 4 / 25 / 400 (40 / 250 / 4000 labels);
-    # CIFAR-100 4 / 25 / 100 (400 / 2500 / 10000); SVHN 4 / 25 / 100 (40 / 250 / 1000); STL-10 4 / 25 / 100
-    # (40 / 250 / 1000, USB; the FixMatch paper reports 1000 only).
+    # CIFAR-100 4 / 25 / 100 (400 / 2500 / 10000); SVHN 4 / 25 / 100 (40 / 250 / 1000). No STL-10 preset
+    # yet: its protocol draws the unlabeled batches from the 100k unlabeled images (Dataset.x_unlabeled),
+    # which run() does not use, with a WRN-37-2 variant.
     "fixmatch_cifar10": {**_FIXMATCH_PROTOCOL, "dataset": "cifar10"},
     # WRN-28-8 and weight decay 1e-3 for CIFAR-100, as in the FixMatch paper.
     "fixmatch_cifar100": {
         **_FIXMATCH_PROTOCOL, "dataset": "cifar100", "model_kwargs": {"depth": 28, "widen": 8}, "weight_decay": 1e-3,
     },  # fmt: skip
-    # USB also adds SVHN's 531k `extra` images to the unlabeled pool; this preset uses the training set.
+    # USB also adds SVHN's 531k `extra` images (svhn(extra=True)); this preset uses the training set.
     "fixmatch_svhn": {**_FIXMATCH_PROTOCOL, "dataset": "svhn"},
-    # USB trains STL-10 (96x96) with a WRN-37-2 variant and the 100k unlabeled images; this preset
-    # keeps WRN-28-2, and its unlabeled pool is what lab.experiment.run draws it from.
-    "fixmatch_stl10": {**_FIXMATCH_PROTOCOL, "dataset": "stl10"},
 }
 
 
