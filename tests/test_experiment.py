@@ -190,30 +190,6 @@ FIXMATCH_PRESETS = ("fixmatch_cifar10", "fixmatch_cifar100", "fixmatch_svhn")
 
 
 @pytest.fixture
-def benchmark_registries(monkeypatch):
-    """A stand-in for the WRN, for validation only (nothing is built), while lab has no "wrn" model yet
-    (and for the datasets, should they be missing); once it has, the real entries are used."""
-    from lab import data, models
-
-    entries = dict(data.DATASET_ENTRIES)
-    for name, classes in (("cifar10", 10), ("cifar100", 100), ("svhn", 10), ("stl10", 10)):
-        entries.setdefault(name, data.DatasetEntry(data.digits, "image", tuple(map(str, range(classes))), True))
-    monkeypatch.setattr(data, "DATASET_ENTRIES", entries)
-    monkeypatch.setattr(data, "DATASETS", tuple(entries))
-    monkeypatch.setattr(data, "CLASS_NAMES", {name: entry.class_names for name, entry in entries.items()})
-    monkeypatch.setattr(data, "DATA_DIR_DATASETS", tuple(name for name, entry in entries.items() if entry.reads_files))
-    if "wrn" not in models.MODELS:
-
-        class WideResNet:  # only its name, modalities and hyperparameters are read
-            modalities = ("image",)
-
-            def __init__(self, input_shape, num_classes, *, depth: int = 28, widen: int = 2, rngs=None):
-                raise AssertionError("validation must not build the model")
-
-        monkeypatch.setitem(models.MODELS, "wrn", WideResNet)
-
-
-@pytest.fixture
 def tiny_preset(monkeypatch):
     preset = {**SMALL, "setup": "semi_supervised", "method": "fixmatch", "model": "mlp",
               "method_kwargs": {"mu": 2, "flip": False, "magnitude": 0.5}, "seeds": [0, 1]}  # fmt: skip
@@ -221,7 +197,7 @@ def tiny_preset(monkeypatch):
     return preset
 
 
-def test_the_fixmatch_preset_is_usbs_classic_configuration(benchmark_registries):
+def test_the_fixmatch_preset_is_usbs_classic_configuration():
     config = experiment.ExperimentConfig.from_dict({"preset": "fixmatch_cifar10"})
 
     assert (config.setup, config.method, config.dataset, config.model) == ("semi_supervised", "fixmatch", "cifar10", "wrn")
@@ -282,7 +258,7 @@ def test_preset_and_protocol_fields_are_validated(tiny_preset, values, message):
         experiment.ExperimentConfig.from_dict(values)
 
 
-def test_show_config_prints_the_resolved_config_and_runs_nothing(benchmark_registries, capsys, monkeypatch):
+def test_show_config_prints_the_resolved_config_and_runs_nothing(capsys, monkeypatch):
     from lab import cli
 
     monkeypatch.setattr(experiment, "run", lambda *args, **kwargs: pytest.fail("--show-config must not run"))
