@@ -1,10 +1,12 @@
 # Two entry points on a fresh machine with Python 3.11+:
 #   make demo   set up .venv and run the main job on the embedded digits data
 #   make test   set up .venv and run the whole test suite (unit tests + notebooks)
+# Runs use the accelerator when JAX sees one (pip install -e '.[cuda12]', see the README's
+# "GPUs and TPUs"); the test suite (conftest.py) and `make notebooks` (notebooks/execute.py) pin
+# the CPU, whose numbers the committed outputs and expected values reproduce bit for bit.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-export JAX_PLATFORMS ?= cpu
 
 .PHONY: setup demo test bench notebooks clean
 

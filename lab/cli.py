@@ -45,7 +45,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_train_command(subparsers) -> None:
-    from lab import data, models, optim, train
+    from lab import data, devices, models, optim, train
 
     parser = subparsers.add_parser(
         "train", help="supervised training on a whole dataset; prints final test metrics as JSON"
@@ -67,6 +67,10 @@ def add_train_command(subparsers) -> None:
     parser.add_argument(
         "--precision", default="float32", choices=train.PRECISIONS, help="what training steps compute in (mixed precision)"
     )
+    parser.add_argument(
+        "--platform", default="auto", choices=devices.PLATFORMS,
+        help="where to compute (default: auto, the accelerator when JAX sees one, else the CPU)",
+    )  # fmt: skip
     parser.add_argument(
         "--workdir", default=None, help="record the config and checkpoint here; resume from the latest checkpoint"
     )
@@ -96,6 +100,7 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         data_parallel=args.data_parallel,
         precision=args.precision,
+        platform=args.platform,
     )
     result = experiment.train_and_evaluate(
         config, args.workdir, checkpoint_every=args.checkpoint_every, progress=not args.no_progress

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lab import data, files, metrics, models, optim, provenance, semisupervised, train, transfer, validate
+from lab import data, devices, files, metrics, models, optim, provenance, semisupervised, train, transfer, validate
 from lab.record import Record
 
 # Results name the git commit of lab's own source, wherever the run is started from.
@@ -77,6 +77,8 @@ class ExperimentConfig:
     weight_decay_mode: str = "decoupled"  # or "l2": added to the gradient, as torch's SGD (and USB) do
     ema_decay: float = 0.0  # > 0: evaluate an EMA of the weights with this decay (USB, FixMatch: 0.999)
     download: bool = False  # fetch missing dataset files from their official host (datasets that read files)
+    # where it computes (lab.devices): auto is the accelerator when JAX sees one, else the CPU
+    platform: str = "auto"
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ExperimentConfig:
@@ -105,6 +107,7 @@ class ExperimentConfig:
         validate.choice("pretrain", self.pretrain, transfer.PRETRAIN_SOURCES)
         validate.choice("adaptation", self.adaptation, transfer.ADAPTATIONS)
         validate.choice("precision", self.precision, train.PRECISIONS)
+        devices.check(self.platform)
         models.check_takes(self.model, data.DATASET_ENTRIES[self.dataset].modality)
         for name in ("labels_per_class", "steps", "batch_size", "eval_every"):
             validate.integer(name, getattr(self, name), minimum=1, wording=">= 1")  # from_dict checked the type
@@ -398,10 +401,15 @@ class Result:
 
 
 def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) -> Result:
-    """Train and evaluate ``config`` for every seed in ``config.seeds``, side by side."""
+    """Train and evaluate ``config`` for every seed in ``config.seeds``, side by side, on ``config.platform``."""
     if not isinstance(config, ExperimentConfig):
         config = ExperimentConfig.from_dict(config)
     config.validate()
+    with devices.use(config.platform):
+        return _run(config, progress)
+
+
+def _run(config: ExperimentConfig, progress: bool) -> Result:
     train.enable_compilation_cache()
     plan = SETUPS[config.setup]
     dataset = _load(config)
@@ -501,6 +509,7 @@ class TrainConfig:
     seed: int = 0
     data_parallel: bool = False
     precision: str = "float32"
+    platform: str = "auto"  # lab.devices: data parallelism spans this platform's devices
 
 
 def train_and_evaluate(
@@ -520,6 +529,13 @@ def train_and_evaluate(
     resumes from the latest one, and a workdir refuses a run of another config. If
     the loss turns NaN/Inf, the last finite state is saved there as a checkpoint.
     """
+    with devices.use(config.platform) as platform_devices:
+        return _train_and_evaluate(config, workdir, checkpoint_every, progress, platform_devices)
+
+
+def _train_and_evaluate(
+    config: TrainConfig, workdir: str | Path | None, checkpoint_every: int, progress: bool, platform_devices: list
+) -> dict:
     from lab import parallel
 
     train.enable_compilation_cache()
@@ -563,7 +579,7 @@ def train_and_evaluate(
             evaluate=evaluate,
             checkpoints=checkpoints,
             checkpoint_every=None if checkpoints is None else checkpoint_every,
-            parallel=parallel.DataParallel() if config.data_parallel else None,
+            parallel=parallel.DataParallel(parallel.data_mesh(platform_devices)) if config.data_parallel else None,
             precision=config.precision,
             progress=progress,
         )
@@ -585,13 +601,15 @@ def train_and_evaluate(
         "test": final,
         "history": result.history,
         "wall_time_s": result.wall_time_s,
-        "devices": jax.device_count() if config.data_parallel else 1,
+        "devices": len(platform_devices) if config.data_parallel else 1,
     }
 
 
 # Fields that do not change what is trained, so a workdir resumes across them: eval_every
-# only moves where evaluations (and chunk ends) fall, and chunking does not change the numbers.
-_RESUMABLE_ACROSS = ("eval_every",)
+# only moves where evaluations (and chunk ends) fall, and chunking does not change the numbers;
+# platform moves the same training to another device (to float tolerance), e.g. a checkpoint
+# taken on a laptop's CPU resumes on a GPU.
+_RESUMABLE_ACROSS = ("eval_every", "platform")
 
 
 def _claim_workdir(workdir: Path, config: TrainConfig) -> Path:

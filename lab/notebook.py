@@ -40,6 +40,7 @@ __all__ = [
     "ROOT_VARIABLE",
     "ExperimentRuns",
     "FigureSaver",
+    "device_summary",
     "explorer_curves",
     "explorer_runs",
     "list_parameter",
@@ -65,6 +66,14 @@ def project_path(path: str | os.PathLike) -> Path:
     """``path`` under :func:`project_root` when it is relative; as it is when absolute."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else project_root() / path
+
+
+def device_summary(platform: str = "auto") -> str:
+    """What this kernel computes on, e.g. ``"cpu (1 device)"`` or ``"NVIDIA H200 x1"``: the devices of
+    ``platform`` (``lab.devices``; ``"auto"``, the default, is the accelerator when JAX sees one)."""
+    from lab import devices  # imported when used: this module does not load JAX
+
+    return devices.describe(platform)
 
 
 def list_parameter(name: str, value: Any, example: str = "[0, 1]", *, empty_ok: bool = False) -> list:

@@ -349,7 +349,10 @@ def _kernel_environment() -> dict[str, str]:
     # the code that reads them), even when lab is not installed, e.g. in a checkout.
     lab_root = str(Path(lab.__file__).resolve().parent.parent)
     python_path = [lab_root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {"PYTHONPATH": os.pathsep.join(python_path)}
+    # Several workers' kernels may share one GPU: JAX would otherwise reserve 75% of its
+    # memory for the first kernel (a user's own setting wins).
+    preallocate = os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    return {"PYTHONPATH": os.pathsep.join(python_path), "XLA_PYTHON_CLIENT_PREALLOCATE": preallocate}
 
 
 class CurrentPythonKernelSpecManager(KernelSpecManager):

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
-from lab import augment, cache, data, files, losses, modality, models, optim, semisupervised, train, validate
+from lab import augment, cache, data, devices, files, losses, modality, models, optim, semisupervised, train, validate
 
 ADAPTATIONS = ("linear_probe", "finetune", "finetune_low_lr")
 
@@ -310,7 +310,7 @@ class PretrainConfig:
 
 def producer() -> dict[str, str]:
     """What makes a pretrained backbone besides its config: the fingerprint of the code and the JAX backend."""
-    return {"code": cache.fingerprint(__name__), "backend": jax.default_backend()}
+    return {"code": cache.fingerprint(__name__), "backend": devices.current_platform()}
 
 
 def pretrain(

@@ -2,8 +2,9 @@
 
     python notebooks/execute.py notebooks/0*.ipynb
 
-Each notebook runs from the repository root with papermill, on a fresh empty
-``LAB_CACHE`` shared by this batch (the committed outputs never come from a backbone
+Each notebook runs from the repository root with papermill, on the CPU (``JAX_PLATFORMS=cpu``:
+nbval compares the committed outputs bit for bit, and only the CPU reproduces them; users'
+runs take the accelerator), on a fresh empty ``LAB_CACHE`` shared by this batch (the committed outputs never come from a backbone
 or dataset cached by older code; nbval's sanitizer recognises its ``lab-cache-*``
 name in printed paths), then the volatile
 execution metadata (timings, papermill's bookkeeping, saved widget state) is
@@ -45,6 +46,7 @@ def clean(path: str) -> None:
 def main(paths: list[str]) -> None:
     cache = tempfile.mkdtemp(prefix="lab-cache-")
     os.environ["LAB_CACHE"] = cache  # the kernels inherit it
+    os.environ["JAX_PLATFORMS"] = "cpu"  # likewise: the outputs nbval compares are the CPU's (see above)
     try:
         for path in paths:
             print(f"executing {path}", flush=True)
