@@ -17,18 +17,37 @@ SCRIPT = textwrap.dedent(
     """
     import json
     import jax, jax.numpy as jnp, numpy as np
-    from lab import data, models, optim, parallel, semisupervised, train
+    from lab import data, devices, experiment, models, optim, parallel, semisupervised, train
 
     assert jax.device_count() == 4, jax.devices()
     digits = data.digits()
     pools = {"labeled": {"x": jnp.asarray(digits.x_train), "y": jnp.asarray(digits.y_train)}}
 
-    def run(model_name, steps, dp, batch_size=64, **hyper):
+    first_batch = {}  # device index -> the labels of the first step's batch that device saw
+
+    def record(step, device, y):
+        if int(step) == 0:
+            first_batch[int(device)] = np.asarray(y).tolist()
+
+    class Recording(semisupervised.Supervised):
+        # The supervised objective, reporting (through the host) the rows each device trains on.
+
+        sharded = False
+
+        def loss(self, model, batch, key, objective_state, step):
+            device = jax.lax.axis_index(parallel.AXIS) if self.sharded else 0
+            jax.debug.callback(record, step, device, batch["labeled"]["y"])
+            return super().loss(model, batch, key, objective_state, step)
+
+    class ShardedRecording(Recording):
+        sharded = True
+
+    def run(model_name, steps, dp, batch_size=64, objective_type=semisupervised.Supervised, **hyper):
         module = models.make_model(model_name, digits.input_shape, digits.num_classes, seed=0, **hyper)
         model, params, model_state = train.Graphs.split(module)
         tx = optim.make_optimizer("momentum", 0.05)
         state = train.create_train_state(params, model_state, tx, 0)
-        objective = semisupervised.Supervised(input_shape=digits.input_shape, augmentation="none")
+        objective = objective_type(input_shape=digits.input_shape, augmentation="none")
         result = train.fit(model, state, tx, objective, pools, steps=steps, batch_size=batch_size,
                            eval_every=steps, parallel=parallel.DataParallel() if dp else None, progress=False)
         return result
@@ -43,6 +62,13 @@ SCRIPT = textwrap.dedent(
         single, multi = runs[steps, False], runs[steps, True]
         out[f"params_{steps}"] = max_diff(single.state.params, multi.state.params)
         out[f"loss_{steps}"] = abs(single.history[-1]["train_loss"] - multi.history[-1]["train_loss"])
+    run("mlp", 1, False, objective_type=Recording, hidden=(64,))
+    out["global_batch"] = first_batch.pop(0)
+    run("mlp", 1, True, objective_type=ShardedRecording, hidden=(64,))
+    out["device_batches"] = [first_batch[device] for device in sorted(first_batch)]
+    out["described"] = devices.describe()
+    config = experiment.TrainConfig(steps=2, eval_every=2, data_parallel=True, platform="cpu")
+    out["lab_train_devices"] = experiment.train_and_evaluate(config, progress=False)["devices"]
     try:
         run("mlp", 1, True, hidden=(64,), batch_size=30)
         out["error"] = None
@@ -71,6 +97,16 @@ def test_many_data_parallel_steps_track_the_single_device_run(four_device_run):
     assert four_device_run["moved"] > 1e-2  # training really moved the parameters ...
     assert four_device_run["params_25"] < 1e-4  # ... and both runs moved them the same way
     assert four_device_run["loss_25"] < 1e-5
+
+
+def test_a_global_batch_is_split_over_all_devices(four_device_run):
+    """Batch 64 on 4 devices: device i trains on rows 16i..16i+15 of the batch one device would draw."""
+    whole, parts = four_device_run["global_batch"], four_device_run["device_batches"]
+    assert len(whole) == 64 and [len(part) for part in parts] == [16, 16, 16, 16]
+    assert sum(parts, []) == whole
+    assert len(set(map(tuple, parts))) == 4  # really different rows on each device
+    assert four_device_run["described"] == "cpu (4 devices)"
+    assert four_device_run["lab_train_devices"] == 4  # `lab train --data-parallel --platform cpu`
 
 
 def test_batch_size_must_divide_over_devices(four_device_run):
