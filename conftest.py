@@ -11,7 +11,7 @@ the environment):
   accelerator when JAX sees one). ``LAB_TEST_PLATFORM=cuda`` (any ``JAX_PLATFORMS``
   value) runs the suite on that platform instead, as ``benchmarks/device_check.py``
   does without the notebooks: tests that compare against CPU-made references then agree
-  to float tolerance only (TF32 matmuls unless ``JAX_DEFAULT_MATMUL_PRECISION=highest``,
+  to float tolerance only (a GPU may compute float32 matmuls in TF32 at JAX's default precision,
   other reduction orders), and the notebooks' committed outputs do not reproduce.
 """
 

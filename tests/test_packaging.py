@@ -20,6 +20,18 @@ def test_environment_yml_follows_pyproject():
     assert pip == ["-e .[dev]"]  # dependencies are declared once, in pyproject.toml
 
 
+def test_accelerator_extras_install_jax_builds_and_are_documented():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    readme = (ROOT / "README.md").read_text()
+    environment = (ROOT / "environment.yml").read_text()
+    for extra in ("cuda12", "cuda13", "tpu"):
+        (requirement,) = extras[extra]
+        assert re.fullmatch(rf"jax\[{extra}\]>=[0-9.]+", requirement)
+        assert f"pip install -e '.[dev,{extra}]'" in readme
+    for extra in ("cuda12", "cuda13", "tpu"):
+        assert extra in environment  # its comment says how a conda environment gets them
+
+
 def test_readme_quickstart_is_the_make_targets_ci_runs():
     readme = (ROOT / "README.md").read_text()
     quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
