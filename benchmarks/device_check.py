@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import inspect
 import json
 import os
@@ -397,13 +398,8 @@ def part_tests(sizes: dict, report: dict, out: Path, seconds: float) -> dict:
     command = [sys.executable, "-m", "pytest", *sizes["tests"], "-p", "no:cacheprovider", "-q", "-rfE",
                "-o", "addopts=", "--ignore=tests/data", "--ignore=tests/test_notebooks.py",
                "--continue-on-collection-errors", f"--junitxml={junit}"]
-    try:
-        import xdist  # noqa: F401  (pytest-xdist: the device image has it)
-
-        if sizes is FULL:
-            command += ["-n", "4"]
-    except ImportError:
-        pass
+    if sizes is FULL and importlib.util.find_spec("xdist"):  # pytest-xdist: the device image has it
+        command += ["-n", "4"]
     # A JAX_PLATFORMS value: "gpu" would also ask for ROCm's backend and fail, so an NVIDIA GPU is "cuda".
     platform_name = os.environ.get("LAB_TEST_PLATFORM") or {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
     environment = dict(os.environ, LAB_TEST_PLATFORM=platform_name, JAX_DEFAULT_MATMUL_PRECISION="highest",
