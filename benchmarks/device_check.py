@@ -36,7 +36,7 @@ in an ignored folder named in ``carry``). Once, here, in the repository root::
     for f in ../shared/datasets/mnist/*.gz; do n=$(basename $f); cp $f .device_data/mnist/${n/./-}; done
     cp /usr/share/datasets/fashion-mnist/*.gz .device_data/fashion-mnist/   # optional: part 5
 
-then one call of the device tool's ``run``, with ``carry: [".device_data"]``, ``timeout_s: 560`` and
+then one call of the device tool's ``run``, with ``carry: [".device_data"]``, ``timeout_s: 540`` and
 ``command``::
 
     set -o pipefail; PYTHONUNBUFFERED=1 python3 benchmarks/device_check.py --data .device_data 2>&1 | tee $OUT/device_check.log
@@ -408,7 +408,7 @@ def part_tests(sizes: dict, report: dict, out: Path, seconds: float) -> dict:
                "-o", "addopts=", "--ignore=tests/data", "--ignore=tests/test_notebooks.py",
                "--continue-on-collection-errors", f"--junitxml={junit}"]
     if sizes is FULL and importlib.util.find_spec("xdist"):  # pytest-xdist: the device image has it
-        command += ["-n", "4"]
+        command += ["-n", "8"]
     # A JAX_PLATFORMS value: "gpu" would also ask for ROCm's backend and fail, so an NVIDIA GPU is "cuda".
     platform_name = os.environ.get("LAB_TEST_PLATFORM") or {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
     environment = dict(os.environ, LAB_TEST_PLATFORM=platform_name, JAX_DEFAULT_MATMUL_PRECISION="highest",
