@@ -192,12 +192,13 @@ def part_steps(sizes: dict, report: dict) -> dict:
 
 
 def torch_wide_resnet(depth: int, widen: int, num_classes: int = 10):
-    """USB's ``wrn.py`` (after FixMatch's): pre-activation blocks, BatchNorm momentum 0.001, leaky ReLU 0.1."""
+    """USB's ``semilearn/nets/wrn/wrn.py`` (after FixMatch's): pre-activation blocks, BatchNorm momentum 0.001,
+    leaky ReLU 0.1, biased convolutions; 1.47 M parameters for WRN-28-2 with 10 classes."""
     import torch
     from torch import nn
 
     class BasicBlock(nn.Module):
-        def __init__(self, in_planes, out_planes, stride, activate_before_residual=False):
+        def __init__(self, in_planes, out_planes, stride):
             super().__init__()
             self.bn1 = nn.BatchNorm2d(in_planes, momentum=0.001, eps=0.001)
             self.relu1 = nn.LeakyReLU(negative_slope=0.1)
@@ -207,10 +208,9 @@ def torch_wide_resnet(depth: int, widen: int, num_classes: int = 10):
             self.conv2 = nn.Conv2d(out_planes, out_planes, 3, stride=1, padding=1, bias=True)
             self.equal_in_out = in_planes == out_planes
             self.shortcut = None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=True)
-            self.activate_before_residual = activate_before_residual
 
         def forward(self, x):
-            if not self.equal_in_out and self.activate_before_residual:
+            if not self.equal_in_out:  # the first block of a stage: its shortcut sees the activated input
                 x = self.relu1(self.bn1(x))
             else:
                 out = self.relu1(self.bn1(x))
@@ -218,10 +218,9 @@ def torch_wide_resnet(depth: int, widen: int, num_classes: int = 10):
             out = self.conv2(out)
             return torch.add(x if self.equal_in_out else self.shortcut(x), out)
 
-    def group(n, in_planes, out_planes, stride, activate_before_residual=False):
+    def group(n, in_planes, out_planes, stride):
         return nn.Sequential(*[
-            BasicBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, activate_before_residual)
-            for i in range(n)
+            BasicBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1) for i in range(n)
         ])
 
     class WideResNet(nn.Module):
@@ -230,7 +229,7 @@ def torch_wide_resnet(depth: int, widen: int, num_classes: int = 10):
             channels = [16, 16 * widen, 32 * widen, 64 * widen]
             n = (depth - 4) // 6
             self.conv1 = nn.Conv2d(3, channels[0], 3, stride=1, padding=1, bias=True)
-            self.block1 = group(n, channels[0], channels[1], 1, activate_before_residual=True)
+            self.block1 = group(n, channels[0], channels[1], 1)
             self.block2 = group(n, channels[1], channels[2], 2)
             self.block3 = group(n, channels[2], channels[3], 2)
             self.bn1 = nn.BatchNorm2d(channels[3], momentum=0.001, eps=0.001)
