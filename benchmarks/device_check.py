@@ -103,8 +103,18 @@ def precision_arguments(precision: str) -> tuple[dict, dict]:
     raise Skip("lab has no precision setting yet (neither train.fit nor models.make_model takes `precision`)")
 
 
+def protocol_views() -> dict[str, Any]:
+    """FixMatch's views of 32x32 colour images, as far as this lab offers them: flips, and RandAugment's
+    strong views (``policy="randaugment"``)."""
+    from lab import semisupervised
+
+    accepted = semisupervised.hyperparameters_of(semisupervised.METHODS["fixmatch"])
+    wanted = {"flip": True, "policy": "randaugment"}
+    return {name: value for name, value in wanted.items() if name in accepted}
+
+
 def fixmatch_rate(model_name: str, model_kwargs: dict, x, y, num_labeled: int, *, seeds: int, steps: int,
-                  batch: int, mu: int, precision: str = "float32") -> dict[str, Any]:
+                  batch: int, mu: int, precision: str = "float32", views: dict | None = None) -> dict[str, Any]:
     """Steps/s of lab's FixMatch step on ``x``/``y`` (the first ``num_labeled`` rows labeled), ``seeds``
     runs vmapped as ``experiment.run`` trains them. One ``fit`` compiles and warms up; a second, from
     its state, is timed (compilation excluded, as ``fit`` reports it apart)."""
@@ -118,7 +128,7 @@ def fixmatch_rate(model_name: str, model_kwargs: dict, x, y, num_labeled: int, *
     train.enable_compilation_cache()  # the timed fit compiles the same program again: a cache hit
     extra_model, extra_fit = precision_arguments(precision)
     input_shape, num_classes = tuple(x.shape[1:]), int(y.max()) + 1
-    objective = semisupervised.make_method("fixmatch", input_shape=input_shape, mu=mu)
+    objective = semisupervised.make_method("fixmatch", input_shape=input_shape, mu=mu, **(views or {}))
     # The FixMatch protocol's optimizer: SGD, Nesterov momentum 0.9, lr 0.03 with cosine decay over 2^20 steps,
     # L2 weight decay 5e-4; and USB's EMA of the weights (0.999) once lab keeps one.
     tx = optim.make_optimizer("nesterov", 0.03, schedule="cosine", total_steps=2**20, weight_decay=5e-4,
@@ -148,6 +158,7 @@ def fixmatch_rate(model_name: str, model_kwargs: dict, x, y, num_labeled: int, *
         "steps_per_s": round(steps / timed.wall_time_s["train"], 2),
         "compile_s": round(warm.wall_time_s["compile"], 1),
         "seeds": seeds, "batch": f"{batch} + {mu} x {batch}", "steps_timed": steps, "weight_ema": bool(ema),
+        "views": views or {},
         "final_loss": round(float(np.mean(timed.history[-1]["train_loss"])), 4),
     }
 
@@ -171,6 +182,9 @@ def part_steps(sizes: dict, report: dict) -> dict:
     if not set(sizes["wrn"]) <= set(allowed):
         notes[wrn] = f"skipped: the wrn model takes {sorted(allowed)}, not depth/widen"
         return {"rows": rows, "notes": notes}
+    views = protocol_views()
+    notes[f"{wrn} views"] = ", ".join(f"{name}={value}" for name, value in views.items()) + (
+        "" if "policy" in views else " (this lab has no RandAugment policy: its default strong views)")
     rng = np.random.default_rng(0)
     labeled, pool = sizes["wrn_pool"]
     x = rng.random((pool, 32, 32, 3), dtype=np.float32)
@@ -182,7 +196,7 @@ def part_steps(sizes: dict, report: dict) -> dict:
         try:
             rows[f"{wrn}, 1 seed, {precision}"] = fixmatch_rate(
                 "wrn", sizes["wrn"], x, y, labeled, seeds=1, steps=sizes["wrn_steps"], batch=sizes["batch"],
-                mu=sizes["mu"], precision=precision)
+                mu=sizes["mu"], precision=precision, views=views)
         except Skip as why:
             notes[f"{wrn} {precision}"] = f"skipped: {why}"
     return {"rows": rows, "notes": notes}
