@@ -55,6 +55,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -427,16 +428,21 @@ def part_tests(sizes: dict, report: dict, out: Path, seconds: float) -> dict:
     environment = dict(os.environ, LAB_TEST_PLATFORM=platform_name, JAX_DEFAULT_MATMUL_PRECISION="highest",
                        XLA_PYTHON_CLIENT_PREALLOCATE="false", LAB_PROGRESS="off")
     tic = time.perf_counter()
-    try:
-        done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=seconds)
-        output, timed_out = done.stdout + done.stderr, False
-    except subprocess.TimeoutExpired as error:
-        output = (error.stdout or b"").decode(errors="replace") if isinstance(error.stdout, bytes) else (error.stdout or "")
-        timed_out = True
+    # A session of its own, so that a timeout stops pytest's workers too (they hold the GPU).
+    with subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, start_new_session=True) as process:
+        try:
+            output, _ = process.communicate(timeout=seconds)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
+            timed_out = True
     result = {"platform": platform_name, "command": " ".join(command[1:]), "wall_s": round(time.perf_counter() - tic, 1),
               "timed_out": timed_out, "notes": {}}
     if timed_out or not junit.exists():
-        result["notes"]["tests"] = f"stopped after {seconds:.0f} s; the output's end: {output[-1500:]}"
+        what = f"stopped after {seconds:.0f} s" if timed_out else f"pytest wrote no report (exit status {process.returncode})"
+        result["notes"]["tests"] = f"{what}; the end of its output: {output[-1500:]}"
         return result
     suite = ElementTree.parse(junit).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
