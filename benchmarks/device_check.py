@@ -5,8 +5,10 @@ start-up included), so every part has a time budget and a part that does not fit
 with its reason. Parts, in the order they run:
 
 1. ``steps``: steps/s of lab's FixMatch step (``train.fit``, seeds vmapped as ``experiment.run``
-   trains them): the digits CNN with 1 seed and 8 seeds; WRN-28-2 at the FixMatch protocol's
-   batch (64 labeled + 7 x 64 unlabeled, 32x32x3 random data) in float32 and bfloat16;
+   trains them, with the FixMatch protocol's optimizer and EMA of the weights from
+   ``preset=fixmatch_cifar10``): the digits CNN with 1 seed and 8 seeds; WRN-28-2 at the protocol's
+   batch (64 labeled + 7 x 64 unlabeled, 32x32x3 random data) and views (flips, RandAugment) in
+   float32 and bfloat16;
 2. ``torch``: the same WRN-28-2 FixMatch step in PyTorch, written the way USB writes it (one
    forward pass over the concatenated batch, SGD with Nesterov momentum and its weight-decay
    groups, an EMA of the weights), in the same process; reported as the ratio lab / PyTorch.
@@ -50,7 +52,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
-import inspect
 import json
 import os
 import platform
@@ -91,34 +92,19 @@ class Skip(Exception):
 # --------------------------------------------------------------------------- lab's step
 
 
-def precision_arguments(precision: str) -> tuple[dict, dict]:
-    """(model kwargs, fit kwargs) that make lab compute in ``precision``, wherever lab takes it."""
-    from lab import models, train
+def protocol() -> dict[str, Any]:
+    """The FixMatch protocol's fields (``preset=fixmatch_cifar10``): optimizer, schedule, weight decay, EMA,
+    μ and the views, WRN-28-2; the sizes of ``--smoke`` override some."""
+    from lab import experiment
 
-    if precision == "float32":
-        return {}, {}
-    if "precision" in inspect.signature(train.fit).parameters:
-        return {}, {"precision": precision}
-    if "precision" in inspect.signature(models.make_model).parameters:
-        return {"precision": precision}, {}
-    raise Skip("lab has no precision setting yet (neither train.fit nor models.make_model takes `precision`)")
+    return experiment.PRESETS["fixmatch_cifar10"]
 
 
-def protocol_views() -> dict[str, Any]:
-    """FixMatch's views of 32x32 colour images, as far as this lab offers them: flips, and RandAugment's
-    strong views (``policy="randaugment"``)."""
-    from lab import semisupervised
-
-    accepted = semisupervised.hyperparameters_of(semisupervised.METHODS["fixmatch"])
-    wanted = {"flip": True, "policy": "randaugment"}
-    return {name: value for name, value in wanted.items() if name in accepted}
-
-
-def fixmatch_rate(model_name: str, model_kwargs: dict, x, y, num_labeled: int, *, seeds: int, steps: int,
-                  batch: int, mu: int, precision: str = "float32", views: dict | None = None) -> dict[str, Any]:
-    """Steps/s of lab's FixMatch step on ``x``/``y`` (the first ``num_labeled`` rows labeled), ``seeds``
-    runs vmapped as ``experiment.run`` trains them. One ``fit`` compiles and warms up; a second, from
-    its state, is timed (compilation excluded, as ``fit`` reports it apart)."""
+def fixmatch_rate(model_name: str, model_kwargs: dict, method_kwargs: dict, x, y, num_labeled: int, *, seeds: int,
+                  steps: int, batch: int, precision: str = "float32") -> dict[str, Any]:
+    """Steps/s of lab's FixMatch step on ``x``/``y`` (the first ``num_labeled`` rows labeled) with the
+    protocol's optimizer and weight EMA, ``seeds`` runs vmapped as ``experiment.run`` trains them. One ``fit``
+    compiles and warms up; a second, from its state, is timed (``fit`` reports compilation apart)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -127,22 +113,21 @@ def fixmatch_rate(model_name: str, model_kwargs: dict, x, y, num_labeled: int, *
     from lab import models, optim, semisupervised, train
 
     train.enable_compilation_cache()  # the timed fit compiles the same program again: a cache hit
-    extra_model, extra_fit = precision_arguments(precision)
+    fields = protocol()
     input_shape, num_classes = tuple(x.shape[1:]), int(y.max()) + 1
-    objective = semisupervised.make_method("fixmatch", input_shape=input_shape, mu=mu, **(views or {}))
-    # The FixMatch protocol's optimizer: SGD, Nesterov momentum 0.9, lr 0.03 with cosine decay over 2^20 steps,
-    # L2 weight decay 5e-4; and USB's EMA of the weights (0.999) once lab keeps one.
-    tx = optim.make_optimizer("nesterov", 0.03, schedule="cosine", total_steps=2**20, weight_decay=5e-4,
-                              weight_decay_mode="l2")
-    ema = {"ema_decay": 0.999} if "ema_decay" in inspect.signature(train.create_train_state).parameters else {}
+    objective = semisupervised.make_method("fixmatch", input_shape=input_shape, **method_kwargs)
+    tx = optim.make_optimizer(fields["optimizer"], fields["learning_rate"], schedule=fields["schedule"],
+                              total_steps=fields["steps"], weight_decay=fields["weight_decay"],
+                              weight_decay_mode=fields["weight_decay_mode"])
 
     def make_module(seed):
-        return models.make_model(model_name, input_shape, num_classes, seed=seed, **model_kwargs, **extra_model)
+        return models.make_model(model_name, input_shape, num_classes, seed=seed, **model_kwargs)
 
     def initial_state(seed):
         _, params, model_state = nnx.split(make_module(seed), nnx.Param, ...)
         objective_state = objective.init_objective_state(params, model_state)
-        return train.create_train_state(params, model_state, tx, seed, objective_state=objective_state, **ema)
+        return train.create_train_state(params, model_state, tx, seed, objective_state=objective_state,
+                                        ema_decay=fields["ema_decay"])
 
     model, _, _ = train.Graphs.split(nnx.eval_shape(lambda: make_module(0)))
     state = jax.jit(jax.vmap(initial_state))(jnp.arange(seeds))
@@ -151,15 +136,14 @@ def fixmatch_rate(model_name: str, model_kwargs: dict, x, y, num_labeled: int, *
 
     def fit(state, until):
         return train.fit(model, state, tx, objective, pools, steps=until, batch_size=batch, eval_every=steps,
-                         seed_axis=True, progress=False, **extra_fit)
+                         seed_axis=True, precision=precision, progress=False)
 
     warm = fit(state, steps)
     timed = fit(warm.state, 2 * steps)
     return {
         "steps_per_s": round(steps / timed.wall_time_s["train"], 2),
         "compile_s": round(warm.wall_time_s["compile"], 1),
-        "seeds": seeds, "batch": f"{batch} + {mu} x {batch}", "steps_timed": steps, "weight_ema": bool(ema),
-        "views": views or {},
+        "seeds": seeds, "batch": f"{batch} + {objective.mu} x {batch}", "steps_timed": steps,
         "final_loss": round(float(np.mean(timed.history[-1]["train_loss"])), 4),
     }
 
@@ -167,25 +151,19 @@ def fixmatch_rate(model_name: str, model_kwargs: dict, x, y, num_labeled: int, *
 def part_steps(sizes: dict, report: dict) -> dict:
     import numpy as np
 
-    from lab import data, models
+    from lab import data
 
     rows, notes = {}, {}
     digits = data.digits()
-    for seeds in (1, sizes["seeds"]):
+    for seeds in (1, sizes["seeds"]):  # digits: FixMatch's default views (no flips for digits)
         rows[f"digits {sizes['digits_model']}, {seeds} seed{'s' if seeds > 1 else ''}"] = fixmatch_rate(
-            sizes["digits_model"], {}, digits.x_train, digits.y_train, 40, seeds=seeds, steps=sizes["digits_steps"],
-            batch=sizes["batch"], mu=sizes["mu"])
+            sizes["digits_model"], {}, {"mu": sizes["mu"]}, digits.x_train, digits.y_train, 40, seeds=seeds,
+            steps=sizes["digits_steps"], batch=sizes["batch"])
     wrn = "wrn-{depth}-{widen}".format(**sizes["wrn"])
-    if "wrn" not in models.MODELS:
-        notes[wrn] = "skipped: lab has no `wrn` model yet"
-        return {"rows": rows, "notes": notes}
-    allowed = models.default_hyperparameters("wrn")
-    if not set(sizes["wrn"]) <= set(allowed):
-        notes[wrn] = f"skipped: the wrn model takes {sorted(allowed)}, not depth/widen"
-        return {"rows": rows, "notes": notes}
-    views = protocol_views()
-    notes[f"{wrn} views"] = ", ".join(f"{name}={value}" for name, value in views.items()) + (
-        "" if "policy" in views else " (this lab has no RandAugment policy: its default strong views)")
+    method_kwargs = {**protocol()["method_kwargs"], "mu": sizes["mu"]}
+    notes[f"{wrn} step"] = ("the FixMatch protocol's (preset=fixmatch_cifar10): "
+                            + ", ".join(f"{name}={value}" for name, value in method_kwargs.items())
+                            + ", SGD-Nesterov with L2 decay, EMA of the weights")
     rng = np.random.default_rng(0)
     labeled, pool = sizes["wrn_pool"]
     x = rng.random((pool, 32, 32, 3), dtype=np.float32)
@@ -194,12 +172,9 @@ def part_steps(sizes: dict, report: dict) -> dict:
         if precision not in sizes["wrn_precisions"]:
             notes[f"{wrn} {precision}"] = "skipped: --smoke compiles one WRN step only (a minute on a CPU)"
             continue
-        try:
-            rows[f"{wrn}, 1 seed, {precision}"] = fixmatch_rate(
-                "wrn", sizes["wrn"], x, y, labeled, seeds=1, steps=sizes["wrn_steps"], batch=sizes["batch"],
-                mu=sizes["mu"], precision=precision, views=views)
-        except Skip as why:
-            notes[f"{wrn} {precision}"] = f"skipped: {why}"
+        rows[f"{wrn}, 1 seed, {precision}"] = fixmatch_rate(
+            "wrn", sizes["wrn"], method_kwargs, x, y, labeled, seeds=1, steps=sizes["wrn_steps"],
+            batch=sizes["batch"], precision=precision)
     return {"rows": rows, "notes": notes}
 
 
@@ -342,8 +317,6 @@ def part_torch(sizes: dict, report: dict) -> dict:
         result["notes"]["ratio"] = f"no lab / PyTorch ratio: lab's {wrn} float32 row was not measured (see part steps)"
     else:
         result["lab_over_pytorch"] = round(lab_row["steps_per_s"] / torch_rate, 3)
-        if not lab_row["weight_ema"]:
-            result["notes"]["ema"] = "lab's step kept no EMA of the weights (this lab has none); USB's updates one every step"
     return result
 
 
