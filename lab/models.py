@@ -65,10 +65,49 @@ def flatten(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1)
 
 
+@jax.custom_vjp
 def halve_spatial(x: jax.Array) -> jax.Array:
-    """2x max pooling over every spatial axis of a channels-last batch."""
-    window = (2,) * (x.ndim - 2)
-    return nnx.max_pool(x, window_shape=window, strides=window)
+    """2x max pooling over every spatial axis of a channels-last batch (an odd last row
+    or column is dropped), with the values and gradients of ``nnx.max_pool``.
+
+    Computed as a max over the window axes of a reshape. ``nnx.max_pool``'s gradient
+    (XLA's select-and-scatter) was the slowest part of the CNN's training step on CPU
+    (about a third of it on 28x28 images); this one is a few elementwise operations.
+    """
+    return _pool_windows(x).max(axis=_window_axes(x))
+
+
+def _pool_windows(x: jax.Array) -> jax.Array:
+    """(N, *spatial, C) -> (N, s1 // 2, 2, s2 // 2, 2, ..., C), odd remainders cropped."""
+    n, *spatial, channels = x.shape
+    x = x[(slice(None), *(slice(0, size // 2 * 2) for size in spatial))]
+    return x.reshape(n, *(d for size in spatial for d in (size // 2, 2)), channels)
+
+
+def _window_axes(x: jax.Array) -> tuple[int, ...]:
+    return tuple(range(2, 2 * (x.ndim - 2) + 1, 2))
+
+
+def _halve_spatial_forward(x):
+    return halve_spatial(x), x
+
+
+def _halve_spatial_backward(x, grad):
+    # Like select-and-scatter, the whole gradient of a window goes to its first maximum
+    # in row-major window order, also when several elements tie (ReLU zeros often do).
+    windows = _pool_windows(x)
+    axes = _window_axes(x)
+    position = sum(  # each element's place in its window, in row-major order
+        jax.lax.broadcasted_iota(jnp.int32, windows.shape, axis) * 2 ** (len(axes) - 1 - k) for k, axis in enumerate(axes)
+    )
+    is_max = windows == jnp.expand_dims(windows.max(axis=axes), axes)
+    first = jnp.expand_dims(jnp.where(is_max, position, 2 ** len(axes)).min(axis=axes), axes)
+    windows_grad = jnp.where(position == first, jnp.expand_dims(grad, axes), 0).astype(grad.dtype)
+    cropped = windows_grad.reshape(x.shape[0], *(2 * size for size in grad.shape[1:-1]), x.shape[-1])
+    return (jnp.pad(cropped, [(0, full - part) for full, part in zip(x.shape, cropped.shape)]),)
+
+
+halve_spatial.defvjp(_halve_spatial_forward, _halve_spatial_backward)
 
 
 def conv_by_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,

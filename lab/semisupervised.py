@@ -281,6 +281,17 @@ def _num_classes(params: nnx.State) -> int:
         ) from error
 
 
+def _rows_independent(model: nnx.Module) -> bool:
+    """Whether ``model`` maps every example on its own, and two calls on parts of a batch
+    give what one call on the whole gives: no BatchNorm on batch statistics, no active dropout."""
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.BatchNorm) and not node.use_running_average:
+            return False
+        if isinstance(node, nnx.Dropout) and node.rate > 0 and not node.deterministic:
+            return False
+    return True
+
+
 # ------------------------------------------------------------------ base classes
 
 
@@ -393,6 +404,9 @@ class SemiSupervised(Method):
     """
 
     unlabeled_views: ClassVar[tuple[str, ...]]  # augmentation strengths of the unlabeled batch the model sees
+    # Positions in unlabeled_views of the views whose logits the unlabeled term reads only
+    # under stop_gradient (targets): no gradient flows through them.
+    target_views: ClassVar[tuple[int, ...]] = ()
 
     mu: int = 1
     unlabeled_weight: float = 1.0
@@ -409,7 +423,10 @@ class SemiSupervised(Method):
         labeled, unlabeled = batch["labeled"], batch["unlabeled"]
         augment_key, term_key = jax.random.split(key)
         labeled_logits, *unlabeled_logits = self._forward_views(
-            model, augment_key, [("weak", labeled["x"])] + [(view, unlabeled["x"]) for view in self.unlabeled_views]
+            model,
+            augment_key,
+            [("weak", labeled["x"])] + [(view, unlabeled["x"]) for view in self.unlabeled_views],
+            targets={1 + view for view in self.target_views},
         )
         term, objective_state = self.unlabeled_term(
             model, unlabeled["x"], tuple(unlabeled_logits), term_key, objective_state, step
@@ -422,13 +439,17 @@ class SemiSupervised(Method):
         )
         return loss, step_metrics, objective_state
 
-    def _forward_views(self, model, key, views: list[tuple[str, jax.Array]]) -> list[jax.Array]:
+    def _forward_views(self, model, key, views: list[tuple[str, jax.Array]], targets=frozenset()) -> list[jax.Array]:
         """Logits of each (strength, batch) view, in order, from one call of the model.
 
         All views of one strength are augmented in one call, as a single batch: each
         call is a sizeable piece of compiled code, so this keeps compilation fast. One
         model call on everything lets batch statistics (BatchNorm) see all the views,
-        as in USB.
+        as in USB. The exception: when the model treats every example on its own
+        (:func:`_rows_independent`), the ``targets`` views (positions in ``views``) go
+        through a second call under ``stop_gradient``, which gives the same logits but
+        spares the backward pass their rows (with BatchNorm it could not: the batch
+        statistics carry gradients through every row).
         """
         strengths = list(dict.fromkeys(strength for strength, _ in views))
         order = [i for strength in strengths for i, (s, _) in enumerate(views) if s == strength]
@@ -437,10 +458,16 @@ class SemiSupervised(Method):
             for strength, k in zip(strengths, jax.random.split(key, len(strengths)))
         ]
         sizes = [len(views[i][1]) for i in order]
-        pieces = jnp.split(model(jnp.concatenate(augmented)), np.cumsum(sizes)[:-1])
+        inputs = dict(zip(order, jnp.split(jnp.concatenate(augmented), np.cumsum(sizes)[:-1])))
+        calls = [order]
+        if targets and _rows_independent(model):
+            calls = [[i for i in order if i not in targets], [i for i in order if i in targets]]
         logits = [None] * len(views)
-        for i, piece in zip(order, pieces):
-            logits[i] = piece
+        for call, blocked in zip(calls, (False, True)):
+            out = model(jnp.concatenate([inputs[i] for i in call]))
+            out = jax.lax.stop_gradient(out) if blocked else out
+            for i, piece in zip(call, jnp.split(out, np.cumsum([len(inputs[i]) for i in call])[:-1])):
+                logits[i] = piece
         return logits
 
     def unlabeled_term(
@@ -502,6 +529,7 @@ class PiModel(SemiSupervised):
     """
 
     unlabeled_views = ("weak", "weak")
+    target_views = (1,)
 
     unlabeled_weight: float = 10.0
     rampup_steps: int = 1000
@@ -571,6 +599,7 @@ class WeakToStrong(SemiSupervised):
     """
 
     unlabeled_views = ("weak", "strong")
+    target_views = (0,)
 
     mu: int = 7
     magnitude: float = 0.5

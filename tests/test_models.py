@@ -404,6 +404,18 @@ def test_wrn_batch_norm_momentum_is_pytorchs_0_001_and_activations_leak_0_1():
     np.testing.assert_allclose(models._leaky_relu(jnp.array([-2.0, 3.0])), [-0.2, 3.0])
 
 
+@pytest.mark.parametrize("shape", [(3, 8, 8, 4), (2, 7, 9, 3), (2, 41, 5)])
+def test_halve_spatial_equals_nnx_max_pool_and_its_gradient_even_with_ties(shape):
+    # Small integers after a ReLU: many windows hold several equal maxima (zeros above all).
+    x = jax.nn.relu(jax.random.randint(jax.random.PRNGKey(0), shape, -2, 3).astype(jnp.float32))
+    window = (2,) * (len(shape) - 2)
+    expected, expected_vjp = jax.vjp(lambda x: nnx.max_pool(x, window_shape=window, strides=window), x)
+    got, got_vjp = jax.vjp(models.halve_spatial, x)
+    cotangent = jax.random.normal(jax.random.PRNGKey(1), expected.shape)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got_vjp(cotangent)[0], expected_vjp(cotangent)[0])
+
+
 def test_scaled_dot_product_attention_matches_numpy():
     q, k, v = qkv()
     expected_output, expected_weights = numpy_attention(q, k, v)

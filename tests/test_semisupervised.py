@@ -366,3 +366,36 @@ def test_unlabeled_data_beats_the_supervised_baseline(accuracy, name, margin):
     baseline, achieved = accuracy("supervised"), accuracy(name)
     print(f"{name} {achieved:.3f} vs supervised {baseline:.3f}")
     assert achieved >= baseline + margin, f"{name} reached {achieved:.3f}, supervised {baseline:.3f}"
+
+
+def test_rows_independent_models_are_those_without_batch_statistics_or_active_dropout():
+    assert semisupervised._rows_independent(models.make_model("cnn", INPUT_SHAPE, NUM_CLASSES, seed=0))
+    assert not semisupervised._rows_independent(models.make_model("resnet", INPUT_SHAPE, NUM_CLASSES, seed=0))
+    dropout = models.make_model("cnn", INPUT_SHAPE, NUM_CLASSES, seed=0, dropout=0.5)
+    assert not semisupervised._rows_independent(dropout)
+    dropout.eval()
+    assert semisupervised._rows_independent(dropout)
+
+
+@pytest.mark.parametrize("name", ["fixmatch", "pi_model"])
+def test_targets_in_a_separate_call_train_like_the_shared_call(problem, name, monkeypatch):
+    # Targets (weak views under stop_gradient) skip the backward pass in a second model
+    # call; training must follow the single shared call of USB to float tolerance.
+    options = {"threshold": 0.5} if name == "fixmatch" else {}  # let some pseudo-labels through at once
+    objective = semisupervised.make_method(name, input_shape=INPUT_SHAPE, **options)
+    pools = {pool: problem[pool] for pool in ("labeled", "unlabeled")}
+
+    def train_a_few_steps():
+        model, params, model_state = train.Graphs.split(models.make_model("cnn", INPUT_SHAPE, NUM_CLASSES, seed=0))
+        tx = optim.make_optimizer("adam", 3e-3)
+        state = train.create_train_state(params, model_state, tx, 0,
+                                         objective_state=objective.init_objective_state(params, model_state))
+        result = train.fit(model, state, tx, objective, pools, steps=5, batch_size=8, progress=False)
+        return result.log, result.state.params
+
+    separate = train_a_few_steps()
+    monkeypatch.setattr(semisupervised, "_rows_independent", lambda model: False)
+    train._compiled_chunk.cache_clear()  # compile the shared call anew
+    shared = train_a_few_steps()
+    assert float(np.max(separate[0]["mask_rate"])) > 0  # the unlabeled term took part
+    assert_trees_close(separate, shared, rtol=1e-5, atol=1e-6)
