@@ -7,7 +7,9 @@ they share is written once, here:
 * :class:`SemiSupervised` draws a labeled batch of ``B`` and an unlabeled batch of
   ``mu * B``, feeds the weak view of the labeled batch and the views of the
   unlabeled batch a method asks for through the model in a single call (as USB does,
-  so that batch statistics see them all), and minimises::
+  so that batch statistics see them all; a model without batch statistics gets the
+  views used only as stop-gradient targets in a second call, which spares their
+  backward pass), and minimises::
 
       loss = CE(labeled, weak view) + unlabeled_weight * ramp_up(step) * unlabeled term
 
