@@ -631,16 +631,14 @@ def _encoder_sizes(dim, depth, heads, mlp_dim, dropout) -> dict[str, int | float
 
 # --------------------------------------------------------------------------- text
 
-# The special token ids of every text dataset (lab.modality.TEXT): [PAD] fills a sequence
-# after its end, [CLS] opens every sequence, [MASK] hides a token from a masked language
-# model, [UNK] stands for what the tokenizer cannot spell. Ordinary tokens come after them.
-PAD, CLS, MASK, UNK = 0, 1, 2, 3
-NUM_SPECIAL_TOKENS = 4
+# Token ids below this are special (lab.modality.SPECIAL_TOKENS: [PAD], [CLS], [MASK], [UNK]);
+# the ordinary tokens come after them.
+NUM_SPECIAL_TOKENS = len(modality.SPECIAL_TOKENS)
 
 
 def padding_mask(x: jax.Array) -> jax.Array:
     """(N, L) token ids -> (N, L) booleans, True for the tokens of the text and False for padding."""
-    return x != PAD
+    return x != modality.PAD_ID
 
 
 def masked_mean(features: jax.Array, mask: jax.Array) -> jax.Array:

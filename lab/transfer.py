@@ -288,7 +288,7 @@ def mask_tokens(key: jax.Array, x: jax.Array, vocab_size: int, *, rate: float = 
     selected = (x >= models.NUM_SPECIAL_TOKENS) & (jax.random.uniform(select_key, x.shape) < rate)
     action = jax.random.uniform(action_key, x.shape)
     random_tokens = jax.random.randint(token_key, x.shape, models.NUM_SPECIAL_TOKENS, vocab_size, dtype=x.dtype)
-    inputs = jnp.where(selected & (action < MASKED_SHARE), jnp.asarray(models.MASK, x.dtype), x)
+    inputs = jnp.where(selected & (action < MASKED_SHARE), jnp.asarray(modality.MASK_ID, x.dtype), x)
     replaced = selected & (action >= MASKED_SHARE) & (action < MASKED_SHARE + RANDOM_SHARE)
     return jnp.where(replaced, random_tokens, inputs), selected
 
