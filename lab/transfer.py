@@ -605,7 +605,7 @@ PRETRAIN_SOURCES: dict[str, PretrainingTask] = {
         module=_with_pretraining_head(lambda config, architecture: config.projection_dim),
         objective=_simclr,
         pools=_unlabeled,
-        modalities=("image", "signal"),
+        modalities=("image", "signal", "text"),  # the views of a text: lab.augment's strong token edits
     ),
     "autoencoder": PretrainingTask(
         module=_with_pretraining_head(lambda config, architecture: math.prod(architecture.input_shape)),

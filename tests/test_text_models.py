@@ -273,16 +273,25 @@ def test_pretraining_sources_refuse_modalities_they_make_no_sense_for(registered
         "for image inputs choose one of: classes, dataset, simclr, autoencoder$"
     )):
         transfer.PretrainConfig("mlm", "digits")
-    text_sources = "for text inputs choose one of: classes, dataset, mlm$"
+    text_sources = "for text inputs choose one of: classes, dataset, simclr, mlm$"
     with pytest.raises(ValueError, match=f"^pretraining source 'autoencoder' does not make sense for text inputs; {text_sources}"):
         experiment.ExperimentConfig.from_dict(
             {"setup": "transfer", "dataset": TEXT_DATASET, "model": "bag", "pretrain": "autoencoder"}
         )
     # A dataset the registry does not know is checked once loaded, before training.
-    with pytest.raises(ValueError, match=f"^pretraining source 'simclr' does not make sense for text inputs; {text_sources}"):
+    with pytest.raises(ValueError, match=f"^pretraining source 'autoencoder' does not make sense for text inputs; {text_sources}"):
         transfer.pretrain(
-            transfer.PretrainConfig("simclr", "unregistered", model="bag"), load_dataset=lambda name: text_dataset()
+            transfer.PretrainConfig("autoencoder", "unregistered", model="bag"), load_dataset=lambda name: text_dataset()
         )
+
+
+def test_simclr_pretrains_a_text_backbone_on_augmented_views(tmp_path):
+    config = transfer.PretrainConfig("simclr", "toy", model="bag", model_kwargs=TINY["bag"], steps=60, batch_size=32)
+
+    backbone = transfer.pretrain(config, cache_dir=tmp_path, load_dataset=lambda name: text_dataset())
+
+    loss = np.asarray(backbone.log["loss"])
+    assert np.mean(loss[-10:]) < 0.9 * np.mean(loss[:10])
 
 
 def test_a_backbone_of_another_vocabulary_is_refused_before_training(registered, monkeypatch, tmp_path, fit_calls):
