@@ -208,7 +208,7 @@ def test_default_hyperparameters():
         ("wrn", (8, 8, 1), {"depth": 27}, r"depth must be 6n \+ 4 \(10, 16, 22, 28, ...\), got 27"),
         ("wrn", (8, 8, 1), {"depth": 4}, "depth must be an integer >= 10, got 4"),
         ("wrn", (8, 8, 1), {"widen": 0}, "widen must be a positive integer, got 0"),
-        ("wrn", (40, 1), {}, r"WideResNet takes \(H, W, C\) images, got input_shape=\(40, 1\)"),
+        ("wrn", (40, 1), {}, "^model 'wrn' does not take signal inputs; choose one of: logreg, mlp, cnn, resnet, transformer$"),
         ("logreg", (8, 0, 1), {}, r"input_shape\[1\] must be a positive integer, got 0"),
     ],
 )
