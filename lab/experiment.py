@@ -310,7 +310,7 @@ def _pretrained(config: ExperimentConfig) -> transfer.Backbone:
 
 
 def _adapted_classifier(config: ExperimentConfig, dataset: data.Dataset, backbone: transfer.Backbone) -> ModuleFactory:
-    return lambda seed: backbone.classifier(dataset.num_classes, seed=seed)
+    return lambda seed: backbone.classifier(dataset.num_classes, seed=seed, model_inputs=dataset.model_inputs)
 
 
 def _adaptation_param_groups(config: ExperimentConfig) -> dict[str, str | float]:

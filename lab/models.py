@@ -1,4 +1,5 @@
-"""Classifiers for channels-last images ``(N, H, W, C)`` and 1-D signals ``(N, L, C)``.
+"""Classifiers for channels-last images ``(N, H, W, C)``, 1-D signals ``(N, L, C)`` and
+token sequences ``(N, L)`` (int32 ids, see :data:`lab.modality.TEXT`).
 
 Every classifier is a ``backbone`` that maps a batch of inputs to ``(N, feature_dim)``
 features, followed by a linear ``head`` from features to ``(N, num_classes)`` logits.
@@ -47,14 +48,21 @@ def _dropout_rate(value) -> float:
     return validate.number("dropout", value, minimum=0, maximum=1, exclusive_maximum=True)
 
 
-def _split_shape(model: Classifier, input_shape) -> tuple[str, list[int], int]:
-    """One example's modality, spatial axes and channels, if ``model`` takes that modality."""
-    *spatial, channels = validate.integers("input_shape", input_shape, minimum=1)
+def _modality_of(model: Classifier, input_shape) -> str:
+    """One example's modality, if ``model`` takes that modality."""
+    validate.integers("input_shape", input_shape, minimum=1)
     kind = modality.of_shape(input_shape)
     if kind is None or kind.name not in model.modalities:
         takes = modality.shapes(model.modalities)
         raise ValueError(f"{type(model).__name__} takes {takes}, got input_shape={tuple(input_shape)!r}")
-    return kind.name, spatial, channels
+    return kind.name
+
+
+def _split_shape(model: Classifier, input_shape) -> tuple[str, list[int], int]:
+    """One example's modality, spatial axes and channels, if ``model`` takes that modality."""
+    kind = _modality_of(model, input_shape)
+    *spatial, channels = input_shape
+    return kind, spatial, channels
 
 
 # ------------------------------------------------- parameter-free layers (plain functions)
@@ -207,7 +215,9 @@ class Classifier(nnx.Module):
     """A `backbone` producing `feature_dim` features and a linear `head` on top.
 
     ``modalities`` names the kinds of input (:mod:`lab.modality`) the model takes, in the
-    order its messages list them.
+    order its messages list them. The backbone of a text classifier also has
+    ``token_features(x)``: ``(N, L, feature_dim)`` features of every position, which
+    masked-language-model pretraining (:mod:`lab.transfer`) predicts tokens from.
     """
 
     modalities: ClassVar[tuple[str, ...]]
@@ -495,12 +505,16 @@ class MultiHeadSelfAttention(nnx.Module):
         self.qkv = nnx.Linear(dim, 3 * dim, rngs=rngs)
         self.out = nnx.Linear(dim, dim, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """x: (N, T, dim); mask: optional (N, T) boolean, True for the tokens that may be
+        attended to (False for padding)."""
         n, tokens, dim = x.shape
         # (N, T, 3 * dim) -> 3 x (N, heads, T, dim // heads): heads become a batch axis.
         qkv = self.qkv(x).reshape(n, tokens, 3, self.heads, dim // self.heads)
         q, k, v = qkv.transpose(2, 0, 3, 1, 4)
-        attended = scaled_dot_product_attention(q, k, v)
+        if mask is not None:
+            mask = mask[:, None, None, :]  # the same keys for every head and query
+        attended = scaled_dot_product_attention(q, k, v, mask)
         return self.out(attended.transpose(0, 2, 1, 3).reshape(n, tokens, dim))
 
 
@@ -519,8 +533,9 @@ class EncoderBlock(nnx.Module):
         )
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + self.dropout(self.attention(self.attention_norm(x)))
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """x: (N, T, dim); mask: optional (N, T), True for the tokens that may be attended to."""
+        x = x + self.dropout(self.attention(self.attention_norm(x), mask))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
@@ -555,7 +570,30 @@ def patchify(x: jax.Array, patch_size: int) -> jax.Array:
     return x.reshape(n, math.prod(grid), -1)
 
 
-class TransformerEncoder(nnx.Module):
+class _Encoder(nnx.Module):
+    """What the image and the text transformer share: learned positions, pre-LN blocks whose
+    attention can skip masked (padding) tokens, and a final LayerNorm. A subclass assigns its
+    input embedding ``self.embed`` before calling :meth:`_add_layers` (the order in which
+    parameters are drawn)."""
+
+    def _add_layers(
+        self, num_tokens: int, dim: int, depth: int, heads: int, mlp_dim: int, dropout: float, rngs: nnx.Rngs
+    ) -> None:
+        self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (num_tokens, dim)))
+        self.blocks = nnx.Sequential(*(EncoderBlock(dim, heads, mlp_dim, dropout, rngs=rngs) for _ in range(depth)))
+        self.norm = nnx.LayerNorm(dim, rngs=rngs)
+
+    def encode(self, tokens: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """(N, T, dim) embedded tokens -> (N, T, dim) features. T may be less than the number of
+        positions (a shorter sequence takes the first T); ``mask``: optional (N, T), True for the
+        tokens that may be attended to."""
+        tokens = tokens + self.position[: tokens.shape[1]]
+        for block in self.blocks.layers:
+            tokens = block(tokens, mask)
+        return self.norm(tokens)
+
+
+class TransformerEncoder(_Encoder):
     """Patches -> linear embedding + learned positions -> pre-LN blocks -> LN -> mean over tokens."""
 
     def __init__(
@@ -573,14 +611,10 @@ class TransformerEncoder(nnx.Module):
     ):
         self.patch_size = patch_size
         self.embed = nnx.Linear(patch_size ** len(spatial_shape) * in_channels, dim, rngs=rngs)
-        num_tokens = _num_patches(spatial_shape, patch_size)
-        self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (num_tokens, dim)))
-        self.blocks = nnx.Sequential(*(EncoderBlock(dim, heads, mlp_dim, dropout, rngs=rngs) for _ in range(depth)))
-        self.norm = nnx.LayerNorm(dim, rngs=rngs)
+        self._add_layers(_num_patches(spatial_shape, patch_size), dim, depth, heads, mlp_dim, dropout, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        tokens = self.embed(patchify(x, self.patch_size)) + self.position[...]
-        return self.norm(self.blocks(tokens)).mean(axis=1)
+        return self.encode(self.embed(patchify(x, self.patch_size))).mean(axis=1)
 
 
 class Transformer(Classifier):
@@ -614,22 +648,152 @@ class Transformer(Classifier):
             raise ValueError(
                 f"patch_size={patch_size} must divide every spatial axis of input_shape={tuple(input_shape)}"
             )
+        sizes = _encoder_sizes(dim, depth, heads, mlp_dim, dropout)
+        encoder = TransformerEncoder(spatial, in_channels, patch_size, **sizes, rngs=rngs)
+        super().__init__(encoder, sizes["dim"], num_classes, rngs=rngs)
+
+
+def _encoder_sizes(dim, depth, heads, mlp_dim, dropout) -> dict[str, int | float]:
+    """The checked sizes of an `_Encoder`, shared by the image and the text transformer."""
+    dim = validate.integer("dim", dim, minimum=1)
+    heads = validate.integer("heads", heads, minimum=1)
+    if dim % heads:
+        raise ValueError(f"heads={heads} must divide dim={dim}")
+    return {
+        "dim": dim,
+        "depth": validate.integer("depth", depth, minimum=1),
+        "heads": heads,
+        "mlp_dim": validate.integer("mlp_dim", mlp_dim, minimum=1),
+        "dropout": _dropout_rate(dropout),
+    }
+
+
+# --------------------------------------------------------------------------- text
+
+# Token ids below this are special (lab.modality.SPECIAL_TOKENS: [PAD], [CLS], [MASK], [UNK]);
+# the ordinary tokens come after them.
+NUM_SPECIAL_TOKENS = len(modality.SPECIAL_TOKENS)
+
+
+def padding_mask(x: jax.Array) -> jax.Array:
+    """(N, L) token ids -> (N, L) booleans, True for the tokens of the text and False for padding."""
+    return x != modality.PAD_ID
+
+
+def masked_mean(features: jax.Array, mask: jax.Array) -> jax.Array:
+    """(N, L, D) features, (N, L) mask -> (N, D): the mean over the positions where mask is True
+    (0 for a row with none, rather than 0/0)."""
+    weights = mask.astype(features.dtype)[..., None]
+    return (features * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1)
+
+
+def _first_token(features: jax.Array, mask: jax.Array) -> jax.Array:
+    return features[:, 0]
+
+
+# How a text transformer turns the features of every position into one vector.
+POOLINGS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "cls": _first_token,  # the features of [CLS], which every text opens with
+    "mean": masked_mean,  # the mean over the text's tokens, padding left out
+}
+
+
+def _vocab_size(value) -> int:
+    # At least one ordinary token besides the specials.
+    return validate.integer("vocab_size", value, minimum=NUM_SPECIAL_TOKENS + 1)
+
+
+class BagEncoder(nnx.Module):
+    """Token ids -> the mean embedding of the text's tokens (fastText's text vector); padding is left out."""
+
+    def __init__(self, vocab_size: int, dim: int, *, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(vocab_size, dim, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return masked_mean(self.embed(x), padding_mask(x))
+
+    def token_features(self, x: jax.Array) -> jax.Array:
+        """(N, L) -> (N, L, dim): for each position, the mean embedding of the text's *other* tokens
+        (word2vec's CBOW with the whole text as the window). A bag has no view of one position in
+        its context but this one, and masked-token prediction from it trains the embeddings."""
+        mask = padding_mask(x)[..., None].astype(jnp.float32)
+        embedded = self.embed(x) * mask
+        others = embedded.sum(axis=1, keepdims=True) - embedded
+        return others / jnp.maximum(mask.sum(axis=1, keepdims=True) - mask, 1)
+
+
+class Bag(Classifier):
+    """A bag of token embeddings: the mean embedding of the text's tokens, then the linear
+    head (fastText, Joulin et al., 2017). Word order and padding do not change the output."""
+
+    modalities = ("text",)
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, vocab_size: int, rngs: nnx.Rngs, dim: int = 64):
+        _modality_of(self, input_shape)
         dim = validate.integer("dim", dim, minimum=1)
-        heads = validate.integer("heads", heads, minimum=1)
-        if dim % heads:
-            raise ValueError(f"heads={heads} must divide dim={dim}")
-        encoder = TransformerEncoder(
-            spatial,
-            in_channels,
-            patch_size,
-            dim,
-            validate.integer("depth", depth, minimum=1),
-            heads,
-            validate.integer("mlp_dim", mlp_dim, minimum=1),
-            _dropout_rate(dropout),
-            rngs=rngs,
-        )
-        super().__init__(encoder, dim, num_classes, rngs=rngs)
+        super().__init__(BagEncoder(_vocab_size(vocab_size), dim, rngs=rngs), dim, num_classes, rngs=rngs)
+
+
+class TextEncoder(_Encoder):
+    """Token ids -> embeddings + learned positions -> pre-LN blocks that attend only to the
+    text's tokens -> LN; :data:`POOLINGS` ``pooling`` makes one vector of them."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        max_length: int,
+        pooling: str,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        dropout: float,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        self.embed = nnx.Embed(vocab_size, dim, rngs=rngs)
+        self._add_layers(max_length, dim, depth, heads, mlp_dim, dropout, rngs)
+        self.pooling = pooling
+
+    def token_features(self, x: jax.Array) -> jax.Array:
+        """(N, L) token ids, L up to the maximum length -> (N, L, dim) features of every position."""
+        return self.encode(self.embed(x), padding_mask(x))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return POOLINGS[self.pooling](self.token_features(x), padding_mask(x))
+
+
+class TextTransformer(Classifier):
+    """A small BERT: a pre-LN transformer encoder over token ids whose attention skips padding,
+    pooled by the features of [CLS] (``pooling="cls"``) or the mean over the text's tokens
+    (``"mean"``). It shares its layers with the image :class:`Transformer`.
+
+    Sequences up to ``input_shape[0]`` tokens long are taken (positions are learned for
+    that many); padding changes nothing, so a text padded to any length classifies the same.
+    """
+
+    modalities = ("text",)
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        *,
+        vocab_size: int,
+        rngs: nnx.Rngs,
+        dim: int = 128,
+        depth: int = 2,
+        heads: int = 4,
+        mlp_dim: int = 256,
+        dropout: float = 0.0,
+        pooling: str = "mean",
+    ):
+        _modality_of(self, input_shape)
+        (max_length,) = input_shape
+        pooling = validate.choice("pooling", pooling, POOLINGS)
+        sizes = _encoder_sizes(dim, depth, heads, mlp_dim, dropout)
+        encoder = TextEncoder(_vocab_size(vocab_size), max_length, pooling, **sizes, rngs=rngs)
+        super().__init__(encoder, sizes["dim"], num_classes, rngs=rngs)
 
 
 # ----------------------------------------------------------------------- registry
@@ -641,6 +805,8 @@ MODELS: dict[str, type[Classifier]] = {
     "resnet": ResNet,
     "transformer": Transformer,
     "wrn": WideResNet,
+    "bag": Bag,
+    "text_transformer": TextTransformer,
 }
 
 
@@ -651,16 +817,32 @@ def check_takes(name: str, kind: str) -> None:
         raise ValueError(f"model {name!r} does not take {kind} inputs; choose one of: {', '.join(takers)}")
 
 
-def default_hyperparameters(name: str) -> dict[str, object]:
-    """The hyperparameters model `name` accepts, with their defaults."""
+def _keyword_parameters(name: str) -> list[inspect.Parameter]:
     # The names as a Python list: tests match that older wording.
     validate.choice("model", name, sorted(MODELS), wording=f"choose one of {sorted(MODELS)}")
     signature = inspect.signature(MODELS[name].__init__)
-    return {
-        parameter.name: parameter.default
+    return [
+        parameter
         for parameter in signature.parameters.values()
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name != "rngs"
+    ]
+
+
+def default_hyperparameters(name: str) -> dict[str, object]:
+    """The hyperparameters model `name` accepts, with their defaults."""
+    return {
+        parameter.name: parameter.default
+        for parameter in _keyword_parameters(name)
+        if parameter.default is not inspect.Parameter.empty
     }
+
+
+def data_inputs(name: str) -> tuple[str, ...]:
+    """What the data fixes in model `name` besides the input shape (``vocab_size`` for text models):
+    its keyword arguments without a default, given by :attr:`lab.data.Dataset.model_inputs`."""
+    return tuple(
+        parameter.name for parameter in _keyword_parameters(name) if parameter.default is inspect.Parameter.empty
+    )
 
 
 def make_model(
@@ -669,12 +851,22 @@ def make_model(
     """Builds model `name` (a key of `MODELS`) with parameters drawn from `seed`.
 
     The same seed gives the same parameters and the same dropout masks. The model is
-    in training mode; see the module docstring.
+    in training mode; see the module docstring. ``hyperparameters`` also carry what the
+    data fixes (:func:`data_inputs`, e.g. ``vocab_size``).
     """
     accepted = default_hyperparameters(name)
-    unknown = sorted(set(hyperparameters) - set(accepted))
+    kind = modality.of_shape(input_shape)
+    if kind is not None:
+        check_takes(name, kind.name)
+    required = data_inputs(name)
+    unknown = sorted(set(hyperparameters) - set(accepted) - set(required))
     if unknown:
         raise TypeError(f"unknown hyperparameter(s) {unknown} for model {name!r}; it accepts {sorted(accepted)}")
+    missing = [input_name for input_name in required if input_name not in hyperparameters]
+    if missing:
+        raise TypeError(
+            f"model {name!r} needs {', '.join(missing)}, which the data fixes (lab.data.Dataset.model_inputs)"
+        )
     # Explicit keys (the values nnx.Rngs would make from the ints) so that `seed` may be traced,
     # e.g. to initialise several seeds at once under jax.vmap.
     rngs = nnx.Rngs(params=jax.random.key(seed), dropout=jax.random.key(seed + 1))

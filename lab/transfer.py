@@ -12,7 +12,12 @@ is thrown away. The sources (:data:`PRETRAIN_SOURCES`):
   (28x28 MNIST for 8x8 digits) by :func:`match_input_shape`;
 * ``"simclr"``: contrastive self-supervision, :class:`SimCLR`: the NT-Xent loss
   between projections of two augmented views of each unlabeled example;
-* ``"autoencoder"``: :class:`Reconstruction` of the input by a decoder head.
+* ``"autoencoder"``: :class:`Reconstruction` of the input by a decoder head;
+* ``"mlm"``: :class:`MaskedLanguageModelling` of token sequences (BERT's), on the source's
+  training texts and its unlabeled corpus (``Dataset.x_unlabeled``).
+
+Each source declares the modalities it makes sense for (``PretrainingTask.modalities``):
+a source asked for another fails before any training, naming those that fit.
 
 Each source is a :class:`PretrainingTask` in :data:`PRETRAIN_SOURCES` (its module, its
 :class:`lab.train.Objective` and its pools), trained by :func:`lab.train.fit`; a new
@@ -47,6 +52,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx, traverse_util
 
 from lab import augment, cache, data, devices, files, losses, modality, models, optim, semisupervised, train, validate
@@ -67,19 +73,27 @@ _TRANSFERRED = {
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """What :func:`lab.models.make_model` needs to rebuild a backbone, the head aside."""
+    """What :func:`lab.models.make_model` needs to rebuild a backbone, the head aside.
+
+    ``model_inputs`` is what the data fixed in the model (:attr:`lab.data.Dataset.model_inputs`:
+    the vocabulary size of token sequences).
+    """
 
     model: str
     input_shape: tuple[int, ...]
     model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    model_inputs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def build(self, num_classes: int, *, seed: int) -> nnx.Module:
         """A freshly initialised classifier with this backbone and a ``num_classes`` head."""
-        return models.make_model(self.model, self.input_shape, num_classes, seed=seed, **self.model_kwargs)
+        return models.make_model(
+            self.model, self.input_shape, num_classes, seed=seed, **self.model_inputs, **self.model_kwargs
+        )
 
     def __str__(self) -> str:
         kwargs = ", ".join(f"{name}={value!r}" for name, value in sorted(self.model_kwargs.items()))
-        return f"{self.model}({kwargs}) for inputs of shape {self.input_shape}"
+        inputs = "".join(f", {name}={value!r}" for name, value in sorted(self.model_inputs.items()))
+        return f"{self.model}({kwargs}) for inputs of shape {self.input_shape}{inputs}"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: `==` on dicts of arrays is ambiguous
@@ -87,25 +101,47 @@ class Backbone:
     """A trained backbone: its variables by parameter path (``"backbone/..."``) and its architecture.
 
     ``params`` are the ``nnx.Param`` values; ``model_state`` the other variables
-    (BatchNorm statistics), except RNG streams.
+    (BatchNorm statistics), except RNG streams. ``log`` holds every pretraining step's
+    metrics by name (``loss``, and e.g. ``masked_accuracy`` for ``"mlm"``), empty for a
+    backbone that was not pretrained by :func:`pretrain`.
     """
 
     architecture: Architecture
     params: Mapping[str, jax.Array]
     model_state: Mapping[str, jax.Array]
+    log: Mapping[str, list[float]] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def from_module(cls, module: nnx.Module, architecture: Architecture) -> Backbone:
+    def from_module(
+        cls, module: nnx.Module, architecture: Architecture, log: Mapping[str, list[float]] | None = None
+    ) -> Backbone:
         """The current values of ``module.backbone``, e.g. of a pretraining model after training."""
         values = {
             group: {path: variable.get_value() for path, variable in variables.items()}
             for group, variables in _backbone_variables(module).items()
         }
-        return cls(architecture, **values)
+        return cls(architecture, **values, log=dict(log or {}))
 
-    def classifier(self, num_classes: int, *, seed: int) -> nnx.Module:
-        """A classifier with this backbone and a new ``num_classes`` head initialised from ``seed``."""
+    def classifier(
+        self, num_classes: int, *, seed: int, model_inputs: Mapping[str, Any] | None = None
+    ) -> nnx.Module:
+        """A classifier with this backbone and a new ``num_classes`` head initialised from ``seed``.
+
+        ``model_inputs`` is what the target data fixes (:attr:`lab.data.Dataset.model_inputs`):
+        a backbone made for other ones (token ids of another vocabulary) is refused.
+        """
+        if model_inputs is not None and dict(model_inputs) != dict(self.architecture.model_inputs):
+            raise ValueError(
+                f"the pretrained backbone was made for {_describe_inputs(self.architecture.model_inputs)}, but the "
+                f"data has {_describe_inputs(model_inputs)}: token ids of another vocabulary mean other tokens; "
+                "pretrain on data of this vocabulary (a cached backbone made before the tokenizer changed is stale: "
+                "delete it from the pretrained cache)"
+            )
         return init_from_backbone(self.architecture.build(num_classes, seed=seed), self)
+
+
+def _describe_inputs(model_inputs: Mapping[str, Any]) -> str:
+    return ", ".join(f"{name}={value!r}" for name, value in sorted(model_inputs.items())) or "no vocabulary"
 
 
 def init_from_backbone(module: nnx.Module, backbone: Backbone) -> nnx.Module:
@@ -233,6 +269,77 @@ class Reconstruction(train.Objective):
         return loss, {"loss": loss}, objective_state
 
 
+# BERT's corruption of the tokens chosen for prediction (Devlin et al., 2019): most become
+# [MASK], some a random token, the rest stay as they are, so the model cannot tell from the
+# input which positions it will be asked about.
+MASKED_SHARE, RANDOM_SHARE = 0.8, 0.1  # the remaining 0.1 unchanged
+
+
+def mask_tokens(key: jax.Array, x: jax.Array, vocab_size: int, *, rate: float = 0.15) -> tuple[jax.Array, jax.Array]:
+    """BERT's masking of a batch of ``(N, L)`` token ids: ``(inputs, selected)``.
+
+    Each ordinary token (not padding nor another special token, see
+    :data:`lab.models.NUM_SPECIAL_TOKENS`) is selected with probability ``rate``; of the
+    selected, :data:`MASKED_SHARE` become ``[MASK]``, :data:`RANDOM_SHARE` a random ordinary
+    token and the rest stay. ``selected`` (boolean, ``(N, L)``) marks the positions whose
+    original token is to be predicted; ``inputs`` keeps the dtype of ``x``.
+    """
+    select_key, action_key, token_key = jax.random.split(key, 3)
+    selected = (x >= models.NUM_SPECIAL_TOKENS) & (jax.random.uniform(select_key, x.shape) < rate)
+    action = jax.random.uniform(action_key, x.shape)
+    random_tokens = jax.random.randint(token_key, x.shape, models.NUM_SPECIAL_TOKENS, vocab_size, dtype=x.dtype)
+    inputs = jnp.where(selected & (action < MASKED_SHARE), jnp.asarray(modality.MASK_ID, x.dtype), x)
+    replaced = selected & (action >= MASKED_SHARE) & (action < MASKED_SHARE + RANDOM_SHARE)
+    return jnp.where(replaced, random_tokens, inputs), selected
+
+
+def masked_token_loss(logits: jax.Array, targets: jax.Array, selected: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(cross-entropy, accuracy) of ``(N, L, V)`` token logits against the ``(N, L)`` original
+    tokens, averaged over the ``selected`` positions only (0 when none is)."""
+    weights = selected.astype(jnp.float32)
+    count = jnp.maximum(weights.sum(), 1)
+    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    correct = (logits.argmax(axis=-1) == targets).astype(jnp.float32)
+    return (cross_entropy * weights).sum() / count, (correct * weights).sum() / count
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedLanguageModelling(train.Objective):
+    """BERT's masked-language-model loss on unlabeled token sequences: a fresh :func:`mask_tokens`
+    draw every step, and the cross-entropy of the model's ``(N, L, vocab_size)`` logits on the
+    selected positions. Logs ``loss`` and ``masked_accuracy`` (of the selected positions)."""
+
+    vocab_size: int
+    rate: float = 0.15
+
+    def batch_sizes(self, batch_size: int) -> dict[str, int]:
+        return {"unlabeled": batch_size}
+
+    def loss(self, model, batch, key, objective_state, step):
+        x = batch["unlabeled"]["x"]
+        inputs, selected = mask_tokens(key, x, self.vocab_size, rate=self.rate)
+        loss, accuracy = masked_token_loss(model(inputs), x, selected)
+        return loss, {"loss": loss, "masked_accuracy": accuracy}, objective_state
+
+
+class TokenPredictor(nnx.Module):
+    """A text ``backbone`` and a ``head`` that reads its per-position features
+    (``backbone.token_features``, see :class:`lab.models.Classifier`) into logits over the
+    vocabulary: ``(N, L)`` token ids -> ``(N, L, vocab_size)``."""
+
+    def __init__(self, backbone: nnx.Module, head: nnx.Module):
+        if not hasattr(backbone, "token_features"):
+            raise TypeError(
+                f"{type(backbone).__name__} has no token_features(x): masked-token prediction needs the "
+                "features of every position, which the text backbones of lab.models give"
+            )
+        self.backbone = backbone
+        self.head = head
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.head(self.backbone.token_features(x))
+
+
 # --------------------------------------------------------------------------- pretraining
 
 
@@ -244,7 +351,7 @@ class PretrainConfig:
     what is pretrained on unless ``source_dataset`` names another dataset. With
     ``source_classes``, only those classes of the pretraining data are used:
     ``"classes"`` requires them, ``"dataset"`` requires ``source_dataset``;
-    ``"simclr"`` and ``"autoencoder"`` ignore labels and take either.
+    ``"simclr"``, ``"autoencoder"`` and ``"mlm"`` ignore labels and take either.
     """
 
     source: str
@@ -258,15 +365,18 @@ class PretrainConfig:
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     seed: int = 0
-    head_width: int = 128  # hidden width of the SimCLR projector and the autoencoder's decoder
+    head_width: int = 128  # hidden width of the SimCLR projector, the autoencoder's decoder and the MLM head
     projection_dim: int = 64  # simclr
     temperature: float = 0.5  # simclr
     augmentation: str = "strong"  # simclr: lab.augment strength of each view
     flip: bool = False  # simclr
     magnitude: float = 0.5  # simclr
+    mask_rate: float = 0.15  # mlm: the share of tokens to predict
 
     def __post_init__(self) -> None:
         validate.choice("pretraining source", self.source, PRETRAIN_SOURCES)
+        if self.dataset in data.DATASET_ENTRIES:  # others are loaded by the caller's load_dataset
+            check_modality(self.source, data.DATASET_ENTRIES[self.dataset].modality)
         validate.choice("model", self.model, tuple(models.MODELS))
         validate.choice("optimizer", self.optimizer, optim.OPTIMIZERS)
         validate.choice("augmentation", self.augmentation, augment.STRENGTHS)
@@ -291,6 +401,7 @@ class PretrainConfig:
             validate.integer(name, getattr(self, name), minimum=1)
         for name in ("learning_rate", "temperature"):
             validate.number(name, getattr(self, name), minimum=0, exclusive_minimum=True, finite=False, wording="> 0")
+        validate.number("mask_rate", self.mask_rate, minimum=0, maximum=1, exclusive_minimum=True)
         # The cache key is made from the JSON form: fail now rather than after training.
         try:
             json.dumps(dataclasses.asdict(self))
@@ -368,17 +479,35 @@ _RESIZE: dict[str, Callable[[np.ndarray, tuple[int, ...]], np.ndarray]] = {
 }
 
 
+def check_modality(source: str, kind: str) -> None:
+    """Refuse pretraining ``source`` for inputs of modality ``kind``, naming the sources that fit them."""
+    if kind not in PRETRAIN_SOURCES[source].modalities:
+        fitting = [name for name, task in PRETRAIN_SOURCES.items() if kind in task.modalities]
+        raise ValueError(
+            f"pretraining source {source!r} does not make sense for {kind} inputs; "
+            f"for {kind} inputs choose one of: {', '.join(fitting)}"
+        )
+
+
 def _train_backbone(config: PretrainConfig, load_dataset: Callable[[str], data.Dataset], progress: bool) -> Backbone:
     target = load_dataset(config.dataset)
+    check_modality(config.source, modality.of_shape(target.input_shape).name)
     source = target if config.source_dataset is None else load_dataset(config.source_dataset)
+    if source.model_inputs != target.model_inputs:
+        raise ValueError(
+            f"the source dataset {source.name} has {_describe_inputs(source.model_inputs)} but the target "
+            f"{target.name} has {_describe_inputs(target.model_inputs)}: a backbone reads the tokens of one vocabulary"
+        )
     if config.source_classes is not None:
         source = source.subset(config.source_classes)
     # JSON types, as a backbone read back from the cache has them.
-    architecture = Architecture(config.model, tuple(target.input_shape), config.to_dict()["model_kwargs"])
+    architecture = Architecture(
+        config.model, tuple(target.input_shape), config.to_dict()["model_kwargs"], dict(target.model_inputs)
+    )
     x = jnp.asarray(match_input_shape(source.x_train, architecture.input_shape))
     task = PRETRAIN_SOURCES[config.source]
     module = task.module(architecture, config, source)
-    objective = task.objective(config, architecture.input_shape)
+    objective = task.objective(config, architecture)
     model, params, model_state = train.Graphs.split(module)
     tx = optim.make_optimizer(config.optimizer, config.learning_rate)
     state = train.create_train_state(params, model_state, tx, config.seed)
@@ -386,18 +515,25 @@ def _train_backbone(config: PretrainConfig, load_dataset: Callable[[str], data.D
     result = train.fit(
         model, state, tx, objective, pools, steps=config.steps, batch_size=config.batch_size, progress=progress
     )
-    return Backbone.from_module(model.bind(result.state.params, result.state.model_state, train=False), architecture)
+    # Metrics the objective does not measure are NaN throughout (the supervised objective's
+    # pseudo-label accuracy): left out, which keeps the cache entry's JSON standard.
+    log = {name: np.asarray(values).tolist() for name, values in result.log.items() if np.isfinite(values).any()}
+    return Backbone.from_module(
+        model.bind(result.state.params, result.state.model_state, train=False), architecture, log
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class PretrainingTask:
     """How a pretraining source trains a backbone: the module (the backbone with the head its task
-    needs), the objective, and the pools it draws from (the source's inputs ``x``, already matched to
-    the target's input shape, and the source dataset)."""
+    needs), the objective (of the config and the architecture), the pools it draws from (the
+    source's inputs ``x``, already matched to the target's input shape, and the source dataset),
+    and the modalities (:mod:`lab.modality`) it makes sense for."""
 
     module: Callable[[Architecture, PretrainConfig, data.Dataset], nnx.Module]
-    objective: Callable[[PretrainConfig, tuple[int, ...]], train.Objective]
+    objective: Callable[[PretrainConfig, Architecture], train.Objective]
     pools: Callable[[jax.Array, data.Dataset], dict]
+    modalities: tuple[str, ...]
 
 
 def _with_pretraining_head(outputs: Callable[[PretrainConfig, Architecture], int]):
@@ -419,22 +555,46 @@ def _with_pretraining_head(outputs: Callable[[PretrainConfig, Architecture], int
     return module
 
 
-def _simclr(config: PretrainConfig, input_shape: tuple[int, ...]) -> SimCLR:
+def _simclr(config: PretrainConfig, architecture: Architecture) -> SimCLR:
     augmentation = augment.make_augmentation(
-        config.augmentation, input_shape, flip=config.flip, magnitude=config.magnitude
+        config.augmentation, architecture.input_shape, flip=config.flip, magnitude=config.magnitude
     )
     return SimCLR(augmentation, config.temperature)
+
+
+def _token_predictor(architecture: Architecture, config: PretrainConfig, source: data.Dataset) -> TokenPredictor:
+    """The backbone of the architecture with BERT's prediction head: dense-GELU-LayerNorm, then
+    logits over the vocabulary."""
+    classifier = architecture.build(1, seed=config.seed)  # its head is not used
+    rngs = nnx.Rngs(jax.random.fold_in(jax.random.key(config.seed), 1))  # as _with_pretraining_head
+    head = nnx.Sequential(
+        nnx.Linear(classifier.feature_dim, config.head_width, rngs=rngs),
+        nnx.gelu,
+        nnx.LayerNorm(config.head_width, rngs=rngs),
+        nnx.Linear(config.head_width, architecture.model_inputs["vocab_size"], rngs=rngs),
+    )
+    return TokenPredictor(classifier.backbone, head)
 
 
 _SUPERVISED = PretrainingTask(
     module=lambda architecture, config, source: architecture.build(source.num_classes, seed=config.seed),
     # Pretraining has always seen the inputs as they are.
-    objective=lambda config, input_shape: semisupervised.Supervised(input_shape=input_shape, augmentation="none"),
+    objective=lambda config, architecture: semisupervised.Supervised(
+        input_shape=architecture.input_shape, augmentation="none"
+    ),
     pools=lambda x, source: {"labeled": {"x": x, "y": jnp.asarray(source.y_train)}},
+    modalities=("image", "signal", "text"),
 )
 
 
 def _unlabeled(x: jax.Array, source: data.Dataset) -> dict:
+    return {"unlabeled": {"x": x}}
+
+
+def _corpus(x: jax.Array, source: data.Dataset) -> dict:
+    """The training inputs and the examples that came without labels (a text corpus), never test ones."""
+    if source.x_unlabeled is not None:
+        x = jnp.concatenate([x, jnp.asarray(match_input_shape(source.x_unlabeled, x.shape[1:]))])
     return {"unlabeled": {"x": x}}
 
 
@@ -445,11 +605,22 @@ PRETRAIN_SOURCES: dict[str, PretrainingTask] = {
         module=_with_pretraining_head(lambda config, architecture: config.projection_dim),
         objective=_simclr,
         pools=_unlabeled,
+        modalities=("image", "signal", "text"),  # the views of a text: lab.augment's strong token edits
     ),
     "autoencoder": PretrainingTask(
         module=_with_pretraining_head(lambda config, architecture: math.prod(architecture.input_shape)),
-        objective=lambda config, input_shape: Reconstruction(),
+        objective=lambda config, architecture: Reconstruction(),
         pools=_unlabeled,
+        # The mean squared error between token ids measures nothing.
+        modalities=("image", "signal"),
+    ),
+    "mlm": PretrainingTask(
+        module=_token_predictor,
+        objective=lambda config, architecture: MaskedLanguageModelling(
+            architecture.model_inputs["vocab_size"], config.mask_rate
+        ),
+        pools=_corpus,
+        modalities=("text",),
     ),
 }
 
@@ -470,6 +641,7 @@ def _write_entry(entry: Path, config: PretrainConfig, backbone: Backbone) -> Non
         "config": config.to_dict(),
         "producer": producer(),
         "architecture": dataclasses.asdict(backbone.architecture),
+        "log": dict(backbone.log),
     }
     try:
         with ocp.StandardCheckpointer() as checkpointer:
@@ -501,6 +673,7 @@ def _read_entry(entry: Path, config: PretrainConfig) -> Backbone:
     return Backbone(
         Architecture(**architecture),
         **{group: traverse_util.flatten_dict(arrays[group], sep="/") for group in _TRANSFERRED},
+        log=description["log"],
     )
 
 

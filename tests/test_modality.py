@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from flax import nnx
 
 from lab import augment, data, experiment, modality, models
 
@@ -33,7 +34,9 @@ def test_a_model_refuses_a_modality_it_does_not_take_naming_those_that_do(monkey
     message = "model 'cnn' does not take signal inputs; choose one of: logreg, mlp, resnet, transformer"
     with pytest.raises(ValueError, match=f"^{message}$"):
         models.check_takes("cnn", "signal")
-    with pytest.raises(ValueError, match=r"^CNN takes \(H, W, C\) images, got input_shape=\(40, 1\)$"):
+    with pytest.raises(ValueError, match=f"^{message}$"):
         models.make_model("cnn", (40, 1), 10, seed=0)
+    with pytest.raises(ValueError, match=r"^CNN takes \(H, W, C\) images, got input_shape=\(40, 1\)$"):
+        models.CNN((40, 1), 10, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="model 'cnn' does not take signal inputs"):
         experiment.ExperimentConfig.from_dict({"dataset": "mnist1d", "model": "cnn"})

@@ -322,7 +322,7 @@ def test_optimizer_follows_its_schedule():
 
 @pytest.fixture(scope="module")
 def mlp_params():
-    model = models.make_model("mlp", (6,), 3, seed=0, hidden=(4,))
+    model = models.make_model("mlp", (6, 1), 3, seed=0, hidden=(4,))
     _, params, _ = nnx.split(model, nnx.Param, ...)
     return params
 
