@@ -78,7 +78,9 @@ __all__ = [
     "UNK_ID",
     "Texts",
     "Tokenizer",
+    "attention_maps",
     "download_fortune_mod",
+    "fill_masks",
     "load_dataset",
     "load_texts",
     "parse_fortunes",
@@ -575,3 +577,56 @@ def _cached_ids(name: str, encoder: Tokenizer, texts: list[str]) -> np.ndarray:
         files.write_atomic(path, buffer.getvalue())
     _warn_truncated(name, truncated, len(ids), encoder.max_length)
     return ids
+
+
+# --------------------------------------------------------------------------- looking into text models
+
+
+def fill_masks(
+    logits_fn: Callable[[np.ndarray], np.ndarray], encoder: Tokenizer, texts: Sequence[str], *, top: int = 3
+) -> list[list[list[str]]]:
+    """A masked language model's guesses: for each text, for each ``[MASK]`` in it, the ``top``
+    tokens ``logits_fn`` ranks first there (most likely first; never a special token).
+
+    ``logits_fn`` maps ``(N, max_length)`` token ids to ``(N, max_length, vocab_size)`` logits, as
+    the token predictor of ``pretrain=mlm`` does. ``[MASK]`` is written as it is in the text
+    (``"the [MASK] is mightier than the sword"``); a text without one is refused.
+    """
+    top = validate.integer("top", top, minimum=1)
+    ids = encoder.encode(texts, what="fill_masks")
+    blanks = ids == MASK_ID
+    for i, text in enumerate(texts):
+        if not blanks[i].any():
+            raise ValueError(f"texts[{i}] has no [MASK] within its first {encoder.max_length} tokens: {text!r}")
+    logits = np.array(logits_fn(ids), dtype=np.float64)
+    logits[..., : len(SPECIAL_TOKENS)] = -np.inf  # a blank is filled with a word piece
+    ranked = np.argsort(-logits, axis=-1, kind="stable")[..., :top]
+    return [
+        [[encoder.id_to_token(t) for t in ranked[i, position]] for position in np.flatnonzero(blanks[i])]
+        for i in range(len(texts))
+    ]
+
+
+def attention_maps(encoder, ids: np.ndarray) -> np.ndarray:
+    """The attention weights of a text transformer's encoder (``lab.models.TextEncoder``, the
+    ``backbone`` of ``text_transformer``) on ``(N, L)`` token ids: ``(N, layers, heads, L, L)``,
+    row ``q`` of a map the weights query ``q`` gives every key (0 for padding). The encoder's
+    own forward pass, layer by layer, with each layer's weights kept
+    (:func:`lab.models.attention_weights`, the derivations notebook's section 7).
+    """
+    from lab import models  # text data needs no model code: imported here, not by every data load
+
+    ids = np.asarray(ids)
+    mask = ids != PAD_ID
+    tokens = encoder.embed(ids) + encoder.position[: ids.shape[1]]
+    maps = []
+    for block in encoder.blocks.layers:
+        attention = block.attention
+        n, length, dim = tokens.shape
+        # As MultiHeadSelfAttention splits its projection: (N, L, 3, heads, dim / heads).
+        qkv = attention.qkv(block.attention_norm(tokens))
+        qkv = qkv.reshape(n, length, 3, attention.heads, dim // attention.heads)
+        q, k, _ = qkv.transpose(2, 0, 3, 1, 4)
+        maps.append(np.asarray(models.attention_weights(q, k, mask[:, None, None, :])))
+        tokens = block(tokens, mask)
+    return np.stack(maps, axis=1)

@@ -417,3 +417,45 @@ def test_debian_languages(monkeypatch):
     assert len(set(counts.tolist())) == 1 and counts[0] == texts.counts["subsampled_to"]
     assert texts.counts["subsampled_to"] == min(texts.counts[f"class:{name}"] for name in data.FORTUNE_LANGUAGES)
     assert any(re.search("[а-я]", t) for t in texts.train) and any("ł" in t for t in texts.train)
+
+
+# --------------------------------------------------------------- looking into text models
+
+
+def test_fill_masks_ranks_each_blank_s_word_pieces_best_first():
+    tokenizer = text.train_tokenizer(CORPUS, vocab_size=120, max_length=16)
+    fox, step = tokenizer.vocab_size - 1, tokenizer.vocab_size - 2  # two ordinary tokens
+
+    def logits_fn(ids):  # a fake model: every position likes [MASK] most, then fox, then step
+        logits = np.zeros((*ids.shape, tokenizer.vocab_size))
+        logits[..., text.MASK_ID] = 9.0  # special tokens are never a guess
+        logits[..., fox], logits[..., step] = 2.0, 1.0
+        logits[1, :, step] = 3.0  # the second text prefers step
+        return logits
+
+    guesses = text.fill_masks(logits_fn, tokenizer, ["the quick [MASK]", "[MASK] by [MASK]"], top=2)
+    fox, step = tokenizer.id_to_token(fox), tokenizer.id_to_token(step)
+    assert guesses == [[[fox, step]], [[step, fox], [step, fox]]]
+    with pytest.raises(ValueError, match=r"texts\[0\] has no \[MASK\]"):
+        text.fill_masks(logits_fn, tokenizer, ["no blank here"])
+
+
+def test_attention_maps_are_the_weights_the_encoder_averages_its_values_with():
+    from lab import models
+
+    tokenizer = text.train_tokenizer(CORPUS, vocab_size=120, max_length=12)
+    ids = tokenizer.encode(["the quick fox", "a single step begins a journey"])
+    model = models.make_model(
+        "text_transformer", (12,), 3, seed=0, vocab_size=tokenizer.vocab_size, dim=16, heads=2, mlp_dim=32, depth=2
+    )
+    maps = text.attention_maps(model.backbone, ids)
+    assert maps.shape == (2, 2, 2, 12, 12)
+    np.testing.assert_allclose(maps.sum(-1), 1.0, rtol=1e-5)  # every query's weights are a distribution
+    padding = ids == text.PAD_ID
+    assert padding.any() and np.all(maps[np.broadcast_to(padding[:, None, None, None, :], maps.shape)] == 0)  # no padded key
+    # Layer 0 by hand: its weights average its values into what the attention module outputs.
+    encoder, block = model.backbone, model.backbone.blocks.layers[0]
+    x = block.attention_norm(encoder.embed(ids) + encoder.position[...])
+    v = block.attention.qkv(x).reshape(2, 12, 3, 2, 8)[:, :, 2].transpose(0, 2, 1, 3)  # (N, heads, L, 8)
+    attended = np.einsum("nhqk,nhkd->nqhd", maps[:, 0], v).reshape(2, 12, 16)
+    np.testing.assert_allclose(block.attention.out(attended), block.attention(x, ids != text.PAD_ID), atol=1e-5)
