@@ -44,10 +44,15 @@ RUNS = {
     "transformer": {"setup": "supervised", "model": "text_transformer", "learning_rate": 1e-3},
     "fixmatch_bag": {"setup": "semi_supervised", "method": "fixmatch", "model": "bag", "learning_rate": 3e-3},
     "flexmatch_bag": {"setup": "semi_supervised", "method": "flexmatch", "model": "bag", "learning_rate": 3e-3},
-    "fixmatch": {"setup": "semi_supervised", "method": "fixmatch", "model": "text_transformer", "learning_rate": 1e-3},
-    "flexmatch": {"setup": "semi_supervised", "method": "flexmatch", "model": "text_transformer", "learning_rate": 1e-3},
+    "fixmatch": {
+        "setup": "semi_supervised", "method": "fixmatch", "model": "text_transformer", "learning_rate": 1e-3,
+    },
+    "flexmatch": {
+        "setup": "semi_supervised", "method": "flexmatch", "model": "text_transformer", "learning_rate": 1e-3,
+    },
     "mlm_finetune": {
-        "setup": "transfer", "pretrain": "mlm", "adaptation": "finetune", "model": "text_transformer", "learning_rate": 3e-4,
+        "setup": "transfer", "pretrain": "mlm", "adaptation": "finetune", "model": "text_transformer",
+        "learning_rate": 3e-4,
     },
     "mlm_probe": {
         "setup": "transfer", "pretrain": "mlm", "adaptation": "linear_probe", "model": "text_transformer",
@@ -120,18 +125,29 @@ def peer_accuracies(features, y_train, y_test, k: int | None, seed: int, peers=P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="fortunes_topics", choices=text.TEXT_DATASETS)
-    parser.add_argument("--budgets", type=int, nargs="+", help="labels per class (default: 5 10 25 50 for topics, 1 2 4 for languages)")
+    parser.add_argument(
+        "--budgets", type=int, nargs="+", help="labels per class (default: 5 10 25 50 for topics, 1 2 4 for languages)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--runs", nargs="*", default=["bag", "transformer", "flexmatch_bag", "mlm_finetune"], choices=list(RUNS))
+    parser.add_argument(
+        "--runs", nargs="*", default=["bag", "transformer", "flexmatch_bag", "mlm_finetune"], choices=list(RUNS)
+    )
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
-    parser.add_argument("--features", nargs="*", choices=FEATURES, help="TF-IDF features of the peers (default: word; word and char for languages)")
+    parser.add_argument(
+        "--features", nargs="*", choices=FEATURES,
+        help="TF-IDF features of the peers (default: word; word and char for languages)",
+    )
     parser.add_argument("--no-all-labels", action="store_true", help="skip the peers' every-label column")
     parser.add_argument("--steps", type=int, default=500, help="training (adaptation) steps of lab's runs")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--model-kwargs", type=json.loads, default={},
-                        help='JSON hyperparameters of the text_transformer runs, e.g. \'{"dim": 64, "mlp_dim": 128}\'')
-    parser.add_argument("--learning-rate", type=float, help="one learning rate for every lab run (default: each run's own, see RUNS)")
-    parser.add_argument("--pretrain-steps", type=int, default=2000, help="MLM pretraining steps (cached: the next run reuses them)")
+                        help="JSON hyperparameters of the text_transformer runs, e.g. '{\"dim\": 64}'")
+    parser.add_argument(
+        "--learning-rate", type=float, help="one learning rate for every lab run (default: each run's own, see RUNS)"
+    )
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=2000, help="MLM pretraining steps (cached: the next run reuses them)"
+    )
     parser.add_argument("--pretrain-batch-size", type=int, default=64)
     args = parser.parse_args()
     budgets = args.budgets or DEFAULT_BUDGETS[args.dataset]
@@ -151,11 +167,14 @@ def main() -> None:
         matrices = (vectors.transform(train_texts), vectors.transform(list(texts.test)))
         for k in budgets:
             for seed in args.seeds:
-                for name, accuracy in peer_accuracies(matrices, texts.y_train, texts.y_test, k, seed, args.peers).items():
+                found = peer_accuracies(matrices, texts.y_train, texts.y_test, k, seed, args.peers)
+                for name, accuracy in found.items():
                     table.setdefault(f"TF-IDF {kind} + {name}", {}).setdefault(k, []).append(accuracy)
         if not args.no_all_labels and "LogReg" in args.peers:
-            table[f"TF-IDF {kind} + LogReg"]["all"] = [peer_accuracies(matrices, texts.y_train, texts.y_test, None, 0)["LogReg"]]
-        print(f"peers on TF-IDF {kind} features ({matrices[0].shape[1]} of them): {time.perf_counter() - tic:.0f} s", flush=True)
+            every_label = peer_accuracies(matrices, texts.y_train, texts.y_test, None, 0)["LogReg"]
+            table[f"TF-IDF {kind} + LogReg"]["all"] = [every_label]
+        seconds = time.perf_counter() - tic
+        print(f"peers on TF-IDF {kind} features ({matrices[0].shape[1]} of them): {seconds:.0f} s", flush=True)
 
     for run in args.runs:
         fields = dict(RUNS[run])
@@ -181,7 +200,8 @@ def main() -> None:
             if wall["pretrain"] > 1:  # pretrained now, not read from the cache
                 costs.append(
                     f"MLM pretraining of {fields['model']}: {args.pretrain_steps} steps of {args.pretrain_batch_size} "
-                    f"sequences in {wall['pretrain']:.0f} s ({args.pretrain_steps / wall['pretrain']:.1f} steps/s, compile included)"
+                    f"sequences in {wall['pretrain']:.0f} s "
+                    f"({args.pretrain_steps / wall['pretrain']:.1f} steps/s, compile included)"
                 )
             costs.append(
                 f"{run} at k={k}: {args.steps} steps x {len(args.seeds)} seeds (vmapped) in {wall['train']:.1f} s "

@@ -452,7 +452,8 @@ def test_attention_maps_are_the_weights_the_encoder_averages_its_values_with():
     assert maps.shape == (2, 2, 2, 12, 12)
     np.testing.assert_allclose(maps.sum(-1), 1.0, rtol=1e-5)  # every query's weights are a distribution
     padding = ids == text.PAD_ID
-    assert padding.any() and np.all(maps[np.broadcast_to(padding[:, None, None, None, :], maps.shape)] == 0)  # no padded key
+    padded_keys = np.broadcast_to(padding[:, None, None, None, :], maps.shape)
+    assert padding.any() and np.all(maps[padded_keys] == 0)  # no query attends to padding
     # Layer 0 by hand: its weights average its values into what the attention module outputs.
     encoder, block = model.backbone, model.backbone.blocks.layers[0]
     x = block.attention_norm(encoder.embed(ids) + encoder.position[...])
