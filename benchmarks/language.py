@@ -178,7 +178,8 @@ def main() -> None:
 
     for run in args.runs:
         fields = dict(RUNS[run])
-        learning_rate = fields.pop("learning_rate") if args.learning_rate is None else args.learning_rate
+        own_learning_rate = fields.pop("learning_rate")
+        learning_rate = own_learning_rate if args.learning_rate is None else args.learning_rate
         for k in budgets:
             tic = time.perf_counter()
             config = {
@@ -197,9 +198,10 @@ def main() -> None:
                 f"train {wall['train']:.0f})",
                 flush=True,
             )
-            if wall["pretrain"] > 1:  # pretrained now, not read from the cache
+            if fields["setup"] == "transfer" and k == budgets[0]:  # the later budgets read the cache
                 costs.append(
-                    f"MLM pretraining of {fields['model']}: {args.pretrain_steps} steps of {args.pretrain_batch_size} "
+                    f"MLM pretraining of {fields['model']} (a few seconds: read from the cache): "
+                    f"{args.pretrain_steps} steps of {args.pretrain_batch_size} "
                     f"sequences in {wall['pretrain']:.0f} s "
                     f"({args.pretrain_steps / wall['pretrain']:.1f} steps/s, compile included)"
                 )
