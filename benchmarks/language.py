@@ -200,7 +200,7 @@ def main() -> None:
             )
             if fields["setup"] == "transfer" and k == budgets[0]:  # the later budgets read the cache
                 costs.append(
-                    f"MLM pretraining of {fields['model']} (a few seconds: read from the cache): "
+                    f"MLM pretraining of {fields['model']} (a few seconds when read from the cache): "
                     f"{args.pretrain_steps} steps of {args.pretrain_batch_size} "
                     f"sequences in {wall['pretrain']:.0f} s "
                     f"({args.pretrain_steps / wall['pretrain']:.1f} steps/s, compile included)"
