@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import inspect
 import io
 import logging
 import math
@@ -60,6 +61,7 @@ __all__ = [
     "fortunes_topics",
     "labeled_split",
     "load",
+    "loader_keywords",
     "mnist",
     "mnist1d",
     "read_idx",
@@ -101,6 +103,9 @@ class Dataset:
     # Examples that come without labels besides the training split (STL-10's unlabeled split, a
     # text corpus): pretraining and unlabeled pools may draw on them; never test examples.
     x_unlabeled: np.ndarray | None = None
+    # Whether semi-supervised runs also draw their unlabeled batches from x_unlabeled: true for
+    # STL-10's unlabeled split, which the benchmark provides for that; a text corpus is for pretraining.
+    unlabeled_in_pool: bool = False
 
     def __post_init__(self) -> None:
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
@@ -114,6 +119,11 @@ class Dataset:
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise ValueError(
                 f"{self.name}: train inputs have shape {self.x_train.shape[1:]} but test inputs {self.x_test.shape[1:]}"
+            )
+        if self.unlabeled_in_pool and self.x_unlabeled is not None and self.x_unlabeled.shape[1:] != self.input_shape:
+            raise ValueError(
+                f"{self.name}: unlabeled inputs have shape {self.x_unlabeled.shape[1:]} but train inputs "
+                f"{self.input_shape}; examples of one pool need one shape"
             )
         # One class trains a constant predictor and reports chance accuracy as a result.
         present = np.unique(self.y_train)
@@ -175,6 +185,7 @@ class Dataset:
             source=self.source,
             vocab_size=self.vocab_size,
             x_unlabeled=self.x_unlabeled,
+            unlabeled_in_pool=self.unlabeled_in_pool,
         )
 
 
@@ -652,16 +663,22 @@ class DatasetEntry:
     reads_files: bool = False  # takes a ``data_dir``; the others are made locally
 
 
-def _image_benchmark(name: str) -> Callable[..., Dataset]:
-    """The loader of a standard benchmark (see :mod:`lab.image_benchmarks`, which builds on this module)."""
+class _ImageBenchmark:
+    """The loader of a standard benchmark (see :mod:`lab.image_benchmarks`, which builds on this module),
+    imported when first called; ``inspect.signature`` reads the loader's own (via ``__wrapped__``)."""
 
-    def load(**kwargs: object) -> Dataset:
+    def __init__(self, name: str) -> None:
+        self.__name__ = self.__qualname__ = name
+
+    @property
+    def __wrapped__(self) -> Callable[..., Dataset]:
         from lab import image_benchmarks
 
-        return getattr(image_benchmarks, name)(**kwargs)
+        return getattr(image_benchmarks, self.__name__)
 
-    load.__name__ = load.__qualname__ = name
-    return load
+    def __call__(self, **kwargs: object) -> Dataset:
+        return self.__wrapped__(**kwargs)
+
 
 
 DATASET_ENTRIES: dict[str, DatasetEntry] = {
@@ -669,10 +686,10 @@ DATASET_ENTRIES: dict[str, DatasetEntry] = {
     "mnist1d": DatasetEntry(mnist1d, "signal", _DIGIT_NAMES),
     "fashion_mnist": DatasetEntry(fashion_mnist, "image", _FASHION_MNIST_NAMES, reads_files=True),
     "mnist": DatasetEntry(mnist, "image", _DIGIT_NAMES, reads_files=True),
-    "cifar10": DatasetEntry(_image_benchmark("cifar10"), "image", _CIFAR10_NAMES, reads_files=True),
-    "cifar100": DatasetEntry(_image_benchmark("cifar100"), "image", _CIFAR100_NAMES, reads_files=True),
-    "svhn": DatasetEntry(_image_benchmark("svhn"), "image", _DIGIT_NAMES, reads_files=True),
-    "stl10": DatasetEntry(_image_benchmark("stl10"), "image", _STL10_NAMES, reads_files=True),
+    "cifar10": DatasetEntry(_ImageBenchmark("cifar10"), "image", _CIFAR10_NAMES, reads_files=True),
+    "cifar100": DatasetEntry(_ImageBenchmark("cifar100"), "image", _CIFAR100_NAMES, reads_files=True),
+    "svhn": DatasetEntry(_ImageBenchmark("svhn"), "image", _DIGIT_NAMES, reads_files=True),
+    "stl10": DatasetEntry(_ImageBenchmark("stl10"), "image", _STL10_NAMES, reads_files=True),
     "fortunes_topics": DatasetEntry(fortunes_topics, "text", FORTUNE_TOPICS, reads_files=True),
     "fortunes_language": DatasetEntry(fortunes_language, "text", FORTUNE_LANGUAGES, reads_files=True),
 }
@@ -688,6 +705,12 @@ def check_data_dir(data_dir: PathLike | None, *names: str) -> None:
             f"data_dir={str(data_dir)!r} is read only by {', '.join(DATA_DIR_DATASETS)}; "
             f"{' and '.join(names)} {'does' if len(names) == 1 else 'do'} not read files"
         )
+
+
+def loader_keywords(name: str) -> tuple[str, ...]:
+    """The keyword arguments that dataset ``name``'s loader takes (e.g. ``extra`` for ``svhn``)."""
+    validate.choice("dataset", name, DATASETS)
+    return tuple(inspect.signature(DATASET_ENTRIES[name].load).parameters)
 
 
 def load(name: str, **kwargs: object) -> Dataset:

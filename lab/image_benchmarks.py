@@ -9,7 +9,8 @@
   MATLAB v5 files holding ``X``, ``(32, 32, 3, N)`` uint8, and ``y``, ``(N, 1)`` with 10 for the digit 0.
 - ``stl10``: ``stl10_binary.tar.gz`` or its folder ``stl10_binary/``: ``{train,test,unlabeled}_X.bin``,
   raw uint8 96x96 images of 3 planes each stored column-major, ``{train,test}_y.bin`` with labels
-  1..10, and ``class_names.txt``. The 100,000 unlabeled images become ``Dataset.x_unlabeled``.
+  1..10, and ``class_names.txt``. The 100,000 unlabeled images become ``Dataset.x_unlabeled``,
+  from which semi-supervised runs draw their unlabeled batches too (``Dataset.unlabeled_in_pool``).
 
 Each is looked for, in order, in ``data_dir`` when given (and only there), else in
 ``$LAB_DATA/<name>`` (``cifar10`` or ``cifar-10``, ...) and ``cache_dir()/<name>``; in a folder,
@@ -200,7 +201,7 @@ def stl10(
         split[f"x_{name}"], split[f"y_{name}"] = x, y
     return data.Dataset(
         "stl10", **split, class_names=data.CLASS_NAMES["stl10"], source=str(source.path),
-        x_unlabeled=arrays.get("unlabeled_X.bin"),
+        x_unlabeled=arrays.get("unlabeled_X.bin"), unlabeled_in_pool=True,
     )  # fmt: skip
 
 

@@ -59,15 +59,16 @@ Usage::
     train.fit(model, state, tx, objective, pools, steps=..., batch_size=...)
 
 The unlabeled pool carries its true labels only so that every step can report how
-accurate its pseudo-labels are (``pseudo_label_accuracy``); no loss reads them.
+accurate its pseudo-labels are (``pseudo_label_accuracy``); no loss reads them. Where
+a label is unknown (-1, e.g. STL-10's unlabeled split), that example is not scored.
 
 Every method returns these per-step metrics: ``loss``, ``labeled_loss``,
 ``unlabeled_loss`` (the unweighted unlabeled term), ``unlabeled_weight`` (its weight
 this step), ``labeled_accuracy`` (on the weak labeled batch), ``mask_rate`` (fraction
 of unlabeled examples the unlabeled term uses) and ``pseudo_label_accuracy``
 (accuracy of the pseudo-labels, or of the argmax of the consistency targets, over
-the examples in the mask). ``pseudo_label_accuracy`` is NaN when no example is in
-the mask, e.g. always for ``supervised``; average it with ``nanmean``.
+the examples in the mask whose label is known). ``pseudo_label_accuracy`` is NaN when no
+such example is in the mask, e.g. always for ``supervised``; average it with ``nanmean``.
 
 Methods that keep state across steps (an EMA teacher, adaptive thresholds) keep it
 in ``TrainState.objective_state``: pass ``objective.init_objective_state(params,
@@ -337,15 +338,17 @@ class Method(train.Objective):
         """(total loss, the metrics every method reports); no ``term`` for the labeled loss alone.
 
         ``hidden_labels`` are the unlabeled batch's true labels: they only score the
-        pseudo-labels and never enter the loss.
+        pseudo-labels and never enter the loss. An example whose label is unknown (-1, e.g.
+        STL-10's unlabeled split) is not scored.
         """
         if term is None:
             unlabeled_loss, mask_rate, pseudo_label_accuracy = jnp.zeros(()), jnp.zeros(()), jnp.full((), jnp.nan)
         else:
             unlabeled_loss, mask_rate = term.loss, jnp.mean(term.mask)
             correct = (term.pseudo_labels == hidden_labels).astype(term.mask.dtype)
-            # 0/0 = NaN when the mask is empty: there is no pseudo-label to score.
-            pseudo_label_accuracy = jnp.sum(correct * term.mask) / jnp.sum(term.mask)
+            scored = term.mask * (hidden_labels >= 0)
+            # 0/0 = NaN when no example is scored: there is no pseudo-label to score.
+            pseudo_label_accuracy = jnp.sum(correct * scored) / jnp.sum(scored)
         loss = labeled_loss + unlabeled_weight * unlabeled_loss
         return loss, {
             "loss": loss,

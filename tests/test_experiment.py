@@ -42,8 +42,16 @@ def private_cache(tmp_path, monkeypatch):
         ({"setup": "transfer", "pretrain_kwargs": {"epochs": 3}}, r"unknown pretrain_kwargs \['epochs'\]; allowed:"),
         ({"classes": [3, 12]}, r"classes must list at least 2 labels of digits in 0..9, got \[3, 12\]"),
         ({"precision": "float16"}, "unknown precision 'float16'; choose one of: float32, bfloat16"),
+        ({"dataset_kwargs": {"extra": True}},
+         r"^unknown dataset_kwargs \['extra'\] for dataset 'digits'; allowed: \['seed', 'test_size'\]$"),
+        # data_dir and download are fields of their own, which also reach a pretraining dataset
+        ({"dataset": "svhn", "dataset_kwargs": {"data_dir": "/x", "extra": True}},
+         r"^unknown dataset_kwargs \['data_dir'\] for dataset 'svhn'; allowed: \['extra', 'mirror'\]$"),
+        ({"setup": "transfer", "dataset_kwargs": {"seed": 1}},
+         r"^dataset_kwargs=\{'seed': 1\} would change the data a cached backbone was pretrained on"),
+        ({"method_kwargs": {"flip": "yes"}}, "flip must be True or False, got 'yes'"),  # the supervised view is checked too
     ],
-)
+)  # fmt: skip
 def test_bad_configs_fail_before_training_with_the_allowed_values(values, message):
     with pytest.raises(ValueError, match=message):
         experiment.ExperimentConfig.from_dict(values)
@@ -186,7 +194,7 @@ def test_run_by_gives_the_same_experiment_run_by_another_method():
 
 # ------------------------------------------------------------------- presets, EMA, protocol pieces
 
-FIXMATCH_PRESETS = ("fixmatch_cifar10", "fixmatch_cifar100", "fixmatch_svhn")
+FIXMATCH_PRESETS = ("fixmatch_cifar10", "fixmatch_cifar100", "fixmatch_svhn", "fixmatch_stl10")
 
 
 @pytest.fixture
@@ -242,7 +250,8 @@ def test_overrides_win_over_the_preset_and_settings_merge(tiny_preset):
     ("values", "message"),
     [
         ({"preset": "fixmatch_imagenet"},
-         "unknown preset 'fixmatch_imagenet'; choose one of: fixmatch_cifar10, fixmatch_cifar100, fixmatch_svhn, tiny"),
+         "unknown preset 'fixmatch_imagenet'; choose one of: fixmatch_cifar10, fixmatch_cifar100, fixmatch_svhn, "
+         "fixmatch_stl10, tiny"),
         ({"preset": "tiny", "labels_per_class": 0}, "labels_per_class must be >= 1, got 0"),
         ({"preset": "tiny", "method_kwargs": {"policy": "autoaugment"}},
          "unknown augmentation policy 'autoaugment'; choose one of: default, randaugment"),
@@ -273,13 +282,88 @@ def test_show_config_prints_the_resolved_config_and_runs_nothing(capsys, monkeyp
     assert shown["labels_per_class"] == 25 and shown["download"] is True and shown["dataset"] == "cifar10"
 
 
+def test_the_stl10_preset_runs_the_protocol_on_96x96_images(capsys):
+    """fixmatch_stl10 is the protocol on STL-10 (a WRN-28-2, as the issue allows), shown by the CLI;
+    its weak view pads 12 pixels a side at 96x96 (USB: crop_ratio 0.875) and its strong view keeps the size."""
+    import jax
+    import jax.numpy as jnp
+
+    from lab import cli
+
+    assert cli.main(["run", "preset=fixmatch_stl10", "labels_per_class=25", "--show-config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    cifar10 = experiment.ExperimentConfig.from_dict({"preset": "fixmatch_cifar10"}).to_dict()
+    assert shown == json.loads(json.dumps({**cifar10, "dataset": "stl10", "labels_per_class": 25}))
+    assert shown["model_kwargs"] == {"depth": 28, "widen": 2} and shown["dataset_kwargs"] == {}
+
+    config = experiment.ExperimentConfig.from_dict(shown)
+    objective = experiment.SETUPS[config.setup].objective(config, (96, 96, 3))
+    dot = jnp.zeros((512, 96, 96, 3)).at[:, 48, 48, :].set(1.0)  # one bright pixel in the middle of each image
+    weak = np.asarray(objective.augmentations["weak"](jax.random.key(0), dot))
+    rows = weak[..., 0].max(axis=2).argmax(axis=1)  # where the pixel went, down the image
+    assert np.abs(rows - 48).max() == 12 and weak.shape == dot.shape
+    strong = objective.augmentations["strong"](jax.random.key(1), jax.random.uniform(jax.random.key(2), (4, 96, 96, 3)))
+    assert strong.shape == (4, 96, 96, 3) and 0 <= float(strong.min()) and float(strong.max()) <= 1
+
+
+def test_the_supervised_baseline_of_a_preset_sees_the_weak_view_of_its_method():
+    """setup=supervised and run_by("supervised") keep the preset's flip and policy: the baseline's weak
+    view of a batch is the one FixMatch's own weak view makes of it with the same key, mirrored images included."""
+    import jax
+    import jax.numpy as jnp
+
+    fixmatch = experiment.ExperimentConfig.from_dict({"preset": "fixmatch_cifar10"})
+    method = experiment.SETUPS["semi_supervised"].objective(fixmatch, (32, 32, 3))
+    left_lit = jnp.zeros((256, 32, 32, 3)).at[:, :, :16].set(1.0)
+    key = jax.random.key(3)
+    for supervised in (fixmatch.run_by("supervised"), fixmatch.replaced(setup="supervised")):
+        assert supervised.method_label == "supervised"
+        baseline = experiment.SETUPS["supervised"].objective(supervised, (32, 32, 3))
+        view = np.asarray(baseline.augmentations[baseline.augmentation](key, left_lit))
+        np.testing.assert_array_equal(view, np.asarray(method.augmentations["weak"](key, left_lit)))
+        mirrored = view[:, :, :4].mean(axis=(1, 2, 3)) < view[:, :, -4:].mean(axis=(1, 2, 3))
+        assert 0.3 < mirrored.mean() < 0.7  # about half the images are mirrored
+    assert dict(fixmatch.run_by("supervised").method_kwargs) == {"flip": True, "policy": "randaugment"}
+    assert dict(fixmatch.run_by("pi_model").method_kwargs) == {"flip": True, "policy": "randaugment"}
+    # Without a preset nothing is mirrored, as before (digits are no mirror images).
+    plain = experiment.SETUPS["supervised"].objective(experiment.ExperimentConfig(), (8, 8, 1))
+    assert plain.flip is False and plain.policy == "default"
+
+
+def test_dataset_kwargs_reach_the_loader_and_merge_with_a_preset(tiny_preset, monkeypatch):
+    import functools
+
+    from lab import data
+
+    loaded = []
+
+    @functools.wraps(data.digits)  # its signature, which dataset_kwargs are checked against
+    def digits(**kwargs):
+        loaded.append(kwargs)
+        return data.digits(**kwargs)
+
+    monkeypatch.setitem(data.DATASET_ENTRIES, "digits", data.DatasetEntry(digits, "image", data.CLASS_NAMES["digits"]))
+    config = experiment.ExperimentConfig.from_dict({**SMALL, "dataset_kwargs": "{test_size: 0.5}", "steps": 2})
+    result = experiment.run(config, progress=False)
+    assert loaded == [{"test_size": 0.5}] and result.config["dataset_kwargs"] == {"test_size": 0.5}
+
+    monkeypatch.setitem(tiny_preset, "dataset_kwargs", {"seed": 3})
+    merged = experiment.ExperimentConfig.from_dict({"preset": "tiny", "dataset_kwargs": {"test_size": 0.5}})
+    assert dict(merged.dataset_kwargs) == {"seed": 3, "test_size": 0.5}
+    # Another dataset keeps the preset's options it takes, and drops the others.
+    assert dict(experiment.ExperimentConfig.from_dict({"preset": "tiny", "dataset": "mnist1d"}).dataset_kwargs) == {"seed": 3}
+    assert dict(experiment.ExperimentConfig.from_dict({"preset": "tiny", "dataset": "cifar10"}).dataset_kwargs) == {}
+    svhn = experiment.ExperimentConfig.from_dict({"preset": "fixmatch_svhn", "dataset_kwargs": {"extra": True}})
+    assert dict(svhn.dataset_kwargs) == {"extra": True}
+
+
 def test_an_unknown_preset_is_one_line_on_the_command_line(capsys):
     from lab import cli
 
     assert cli.main(["run", "preset=fixmatch_imagenet", "--show-config"]) == 2
     error = capsys.readouterr().err
     assert error == ("lab run: error: unknown preset 'fixmatch_imagenet'; choose one of: fixmatch_cifar10, "
-                     "fixmatch_cifar100, fixmatch_svhn\n")  # fmt: skip
+                     "fixmatch_cifar100, fixmatch_svhn, fixmatch_stl10\n")  # fmt: skip
 
 
 def test_evaluation_uses_the_ema_of_the_weights():

@@ -295,6 +295,18 @@ def test_jitted_loss_reports_every_metric_and_ignores_hidden_labels(problem, nam
             assert float(other_metrics["pseudo_label_accuracy"]) != float(metrics["pseudo_label_accuracy"])
 
 
+def test_pseudo_label_accuracy_scores_only_the_examples_whose_label_is_known():
+    """Pool examples without a label (-1, such as STL-10's unlabeled split) are not scored: by hand,
+    of the masked examples 0, 1 and 2, examples 0 (right) and 2 (wrong) have labels, so 1/2."""
+    term = semisupervised.UnlabeledTerm(
+        loss=jnp.float32(0.3), pseudo_labels=jnp.array([0, 1, 2, 3]), mask=jnp.array([1.0, 1.0, 1.0, 0.0])
+    )
+    _, metrics = semisupervised.Method.step_metrics(jnp.float32(1.0), jnp.float32(1.0), 1.0, term, jnp.array([0, -1, 5, 3]))
+    assert float(metrics["pseudo_label_accuracy"]) == 0.5 and float(metrics["mask_rate"]) == 0.75
+    _, unknown = semisupervised.Method.step_metrics(jnp.float32(1.0), jnp.float32(1.0), 1.0, term, jnp.full(4, -1))
+    assert np.isnan(unknown["pseudo_label_accuracy"]) and float(unknown["loss"]) == pytest.approx(1.3)
+
+
 def test_unlabeled_term_sees_the_unlabeled_inputs(problem):
     # The counterpart of the test above: changing the unlabeled *inputs* does change the loss.
     loss_fn, state, objective = _jitted_loss("pi_model")
