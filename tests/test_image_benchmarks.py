@@ -479,3 +479,55 @@ def test_a_run_trains_on_a_cifar10_folder(tmp_path):
               "steps": 4, "eval_every": 2, "batch_size": 4, "model_kwargs": {"hidden": [8]}}
     result = experiment.run(config, progress=False)
     assert result.curves["step"] == [2, 4] and 0 <= result.metrics["accuracy"][0] <= 1
+
+
+def test_semi_supervised_runs_on_stl10_draw_the_unlabeled_split_and_supervised_runs_do_not(tmp_path, monkeypatch):
+    """Every image is one grey level, so a drawn image tells where it came from: training image i is
+    level i, unlabeled image j level 100 + j. As in USB, one epoch of the unlabeled pool is every
+    training image (the labeled ones too) and every unlabeled image; a supervised run sees none of
+    the unlabeled split, and gives what it gives without it (dataset_kwargs={"unlabeled": 0})."""
+    import jax
+    import jax.numpy as jnp
+
+    from lab import train
+
+    n_train, n_unlabeled = 6, 10
+    levels = {"train_X.bin": range(n_train), "unlabeled_X.bin": range(100, 100 + n_unlabeled)}
+    grey = {name: np.repeat(np.array(list(values), np.uint8), STL10_IMAGE).tobytes() for name, values in levels.items()}
+    every_class = {"test_y.bin": bytes(range(1, 11))}  # for the ROC-AUC of the test metrics
+    _, raw = write_stl10(tmp_path, n_train=n_train, n_test=10, n_unlabeled=n_unlabeled, **grey, **every_class)
+    fits = []
+
+    def recording_fit(model, state, tx, objective, pools, **kwargs):
+        fits.append((objective, pools, kwargs["batch_size"]))
+        return real_fit(model, state, tx, objective, pools, **kwargs)
+
+    real_fit = train.fit
+    monkeypatch.setattr(experiment.train, "fit", recording_fit)
+    config = {"dataset": "stl10", "data_dir": str(tmp_path), "model": "mlp", "model_kwargs": {"hidden": [8]},
+              "labels_per_class": 1, "steps": 2, "eval_every": 2, "batch_size": 4}  # fmt: skip
+
+    def epoch(objective, pools, batch_size, pool):
+        """The grey levels and labels of one epoch of ``pool``, for seed 0."""
+        seed_pools = {name: {**p, "index": p["index"][0], "count": p["count"][0]} for name, p in pools.items()}
+        sizes = objective.batch_sizes(batch_size)
+        batches = [train.draw_batch(seed_pools, sizes, jax.random.key(0), jnp.int32(step))[0][pool]
+                   for step in range(int(seed_pools[pool]["count"]) // sizes[pool])]  # fmt: skip
+        levels = np.concatenate([np.rint(np.asarray(b["x"])[:, 0, 0, 0] * 255) for b in batches]).astype(int)
+        return levels, np.concatenate([np.asarray(b["y"]) for b in batches])
+
+    experiment.run({**config, "setup": "semi_supervised", "method_kwargs": {"mu": 1}}, progress=False)
+    levels, labels = epoch(*fits[-1], "unlabeled")
+    assert sorted(levels) == [*range(n_train), *range(100, 100 + n_unlabeled)]
+    train_labels = raw["train_y"].astype(int) - 1
+    assert [label for level, label in zip(levels, labels) if level < 100] == list(train_labels[levels[levels < 100]])
+    assert all(labels[levels >= 100] == -1)  # no label: seen by no loss, scored by no metric
+    semi_labeled = epoch(*fits[-1], "labeled")
+
+    supervised = experiment.run(config, progress=False)
+    objective, pools, batch_size = fits[-1]
+    assert "unlabeled" not in objective.batch_sizes(batch_size) and pools["labeled"]["x"].shape[0] == n_train
+    without = experiment.run({**config, "dataset_kwargs": {"unlabeled": 0}}, progress=False)
+    assert supervised.metrics == without.metrics and supervised.curves == without.curves
+    for drawn, same in zip(epoch(*fits[-1], "labeled"), semi_labeled, strict=True):  # the same labeled batches
+        np.testing.assert_array_equal(drawn, same)
