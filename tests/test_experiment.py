@@ -49,7 +49,8 @@ def private_cache(tmp_path, monkeypatch):
          r"^unknown dataset_kwargs \['data_dir'\] for dataset 'svhn'; allowed: \['extra', 'mirror'\]$"),
         ({"setup": "transfer", "dataset_kwargs": {"seed": 1}},
          r"^dataset_kwargs=\{'seed': 1\} would change the data a cached backbone was pretrained on"),
-        ({"method_kwargs": {"flip": "yes"}}, "flip must be True or False, got 'yes'"),  # the supervised view is checked too
+        # the supervised objective's view settings are checked too
+        ({"method_kwargs": {"flip": "yes"}}, "flip must be True or False, got 'yes'"),
     ],
 )  # fmt: skip
 def test_bad_configs_fail_before_training_with_the_allowed_values(values, message):
@@ -352,8 +353,8 @@ def test_dataset_kwargs_reach_the_loader_and_merge_with_a_preset(tiny_preset, mo
     merged = experiment.ExperimentConfig.from_dict({"preset": "tiny", "dataset_kwargs": {"test_size": 0.5}})
     assert dict(merged.dataset_kwargs) == {"seed": 3, "test_size": 0.5}
     # Another dataset keeps the preset's options it takes, and drops the others.
-    assert dict(experiment.ExperimentConfig.from_dict({"preset": "tiny", "dataset": "mnist1d"}).dataset_kwargs) == {"seed": 3}
-    assert dict(experiment.ExperimentConfig.from_dict({"preset": "tiny", "dataset": "cifar10"}).dataset_kwargs) == {}
+    for dataset, kept in (("mnist1d", {"seed": 3}), ("cifar10", {})):
+        assert dict(experiment.ExperimentConfig.from_dict({"preset": "tiny", "dataset": dataset}).dataset_kwargs) == kept
     svhn = experiment.ExperimentConfig.from_dict({"preset": "fixmatch_svhn", "dataset_kwargs": {"extra": True}})
     assert dict(svhn.dataset_kwargs) == {"extra": True}
 

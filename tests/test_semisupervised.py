@@ -301,9 +301,10 @@ def test_pseudo_label_accuracy_scores_only_the_examples_whose_label_is_known():
     term = semisupervised.UnlabeledTerm(
         loss=jnp.float32(0.3), pseudo_labels=jnp.array([0, 1, 2, 3]), mask=jnp.array([1.0, 1.0, 1.0, 0.0])
     )
-    _, metrics = semisupervised.Method.step_metrics(jnp.float32(1.0), jnp.float32(1.0), 1.0, term, jnp.array([0, -1, 5, 3]))
+    labeled = (jnp.float32(1.0), jnp.float32(1.0))  # loss, accuracy
+    _, metrics = semisupervised.Method.step_metrics(*labeled, 1.0, term, jnp.array([0, -1, 5, 3]))
     assert float(metrics["pseudo_label_accuracy"]) == 0.5 and float(metrics["mask_rate"]) == 0.75
-    _, unknown = semisupervised.Method.step_metrics(jnp.float32(1.0), jnp.float32(1.0), 1.0, term, jnp.full(4, -1))
+    _, unknown = semisupervised.Method.step_metrics(*labeled, 1.0, term, jnp.full(4, -1))
     assert np.isnan(unknown["pseudo_label_accuracy"]) and float(unknown["loss"]) == pytest.approx(1.3)
 
 
