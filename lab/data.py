@@ -680,7 +680,6 @@ class _ImageBenchmark:
         return self.__wrapped__(**kwargs)
 
 
-
 DATASET_ENTRIES: dict[str, DatasetEntry] = {
     "digits": DatasetEntry(digits, "image", _DIGIT_NAMES),
     "mnist1d": DatasetEntry(mnist1d, "signal", _DIGIT_NAMES),
