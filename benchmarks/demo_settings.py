@@ -62,7 +62,6 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     args = parser.parse_args()
     data.DATASET_ENTRIES[VALIDATION] = data.DatasetEntry(digits_validation, "image", data.DATASET_ENTRIES["digits"].class_names)
-    data.DATASETS = tuple(data.DATASET_ENTRIES)
     for name in args.candidates:
         for k in args.labels:
             config = {"dataset": VALIDATION, "labels_per_class": k, "seeds": args.seeds, "learning_rate": args.learning_rate,

@@ -15,6 +15,12 @@ Nothing here touches a device; the training code decides what to put where.
 - ``fortunes_topics`` and ``fortunes_language`` are text: fortune cookies from Debian's
   fortune packages, as int32 token ids ``(N, L)`` (0 = padding) with a vocabulary size
   and a pretraining corpus; :mod:`lab.text` reads, splits and tokenizes them.
+
+:data:`DATASET_ENTRIES` names them all, above their loaders: the loaders of other modules
+build on :mod:`lab.dataset` (:class:`Dataset`, :class:`DataNotFoundError`, re-exported here),
+never on this module. ``DATASETS``, ``CLASS_NAMES`` and ``DATA_DIR_DATASETS`` are read from the
+registry each time (see :func:`__getattr__`). The label-efficient splits
+(:func:`labeled_split`, :func:`validation_split`) live here too.
 """
 
 from __future__ import annotations
@@ -26,26 +32,24 @@ import inspect
 import io
 import logging
 import math
-import operator
 import os
 import random
 import struct
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lab import cache, files, validate
+from lab import cache, files, image_benchmarks, text, validate
 from lab.cache import cache_dir
+from lab.dataset import DataNotFoundError, Dataset, PathLike
+from lab.text import FORTUNE_LANGUAGES, FORTUNE_TOPICS
 
 __all__ = [
-    "CLASS_NAMES",
-    "DATASETS",
     "DATASET_ENTRIES",
-    "DATA_DIR_DATASETS",
     "FORTUNE_LANGUAGES",
     "FORTUNE_TOPICS",
     "MIRRORS",
@@ -72,121 +76,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PathLike = str | os.PathLike[str]
-
-
-class DataNotFoundError(FileNotFoundError):
-    """A dataset's files are in none of the places looked at (or could not be downloaded)."""
-
 
 class IDXFormatError(ValueError):
     """A file is not a well-formed IDX file."""
-
-
-# --------------------------------------------------------------------------- Dataset
-
-
-# eq=False: the generated __eq__ would compare arrays elementwise and fail on `bool(...)`;
-# identity equality (and hashing) is what a bundle of large arrays wants.
-@dataclass(frozen=True, eq=False)
-class Dataset:
-    """A train/test pair of a classification dataset, as numpy arrays."""
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    class_names: tuple[str, ...]
-    source: str
-    vocab_size: int | None = None  # token sequences: ids are in 0..vocab_size-1; None for other inputs
-    # Examples that come without labels besides the training split (STL-10's unlabeled split, a
-    # text corpus): pretraining and unlabeled pools may draw on them; never test examples.
-    x_unlabeled: np.ndarray | None = None
-    # Whether semi-supervised runs also draw their unlabeled batches from x_unlabeled: true for
-    # STL-10's unlabeled split, which the benchmark provides for that; a text corpus is for pretraining.
-    unlabeled_in_pool: bool = False
-
-    def __post_init__(self) -> None:
-        for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
-            if len(x) != len(y):
-                raise ValueError(f"{self.name}: x_{split} has {len(x)} examples but y_{split} has {len(y)} labels")
-            if len(y) and not (0 <= y.min() and y.max() < self.num_classes):
-                raise ValueError(
-                    f"{self.name}: y_{split} has labels in {y.min()}..{y.max()}, "
-                    f"but there are {self.num_classes} class names (labels 0..{self.num_classes - 1})"
-                )
-        if self.x_train.shape[1:] != self.x_test.shape[1:]:
-            raise ValueError(
-                f"{self.name}: train inputs have shape {self.x_train.shape[1:]} but test inputs {self.x_test.shape[1:]}"
-            )
-        if self.unlabeled_in_pool and self.x_unlabeled is not None and self.x_unlabeled.shape[1:] != self.input_shape:
-            raise ValueError(
-                f"{self.name}: unlabeled inputs have shape {self.x_unlabeled.shape[1:]} but train inputs "
-                f"{self.input_shape}; examples of one pool need one shape"
-            )
-        # One class trains a constant predictor and reports chance accuracy as a result.
-        present = np.unique(self.y_train)
-        if len(present) < 2:
-            raise ValueError(
-                f"{self.name}: the training labels hold {len(present)} class{'es' if len(present) != 1 else ''} "
-                f"({present.tolist()}); a classifier needs at least 2"
-            )
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self.x_train.shape[1:]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def model_inputs(self) -> dict[str, int]:
-        """What the data fixes in a model beyond its input shape: the vocabulary size of token sequences."""
-        return {} if self.vocab_size is None else {"vocab_size": self.vocab_size}
-
-    def check_batch_size(self, batch_size: int) -> None:
-        """Refuse batches drawn from the training set that are larger than it."""
-        if batch_size > len(self.y_train):
-            raise ValueError(
-                f"batch_size={batch_size} is larger than the {len(self.y_train)} training examples of {self.name}; "
-                f"choose at most {len(self.y_train)}"
-            )
-
-    def subset(self, classes: Sequence[int]) -> Dataset:
-        """Keep only ``classes``; label ``classes[i]`` becomes ``i``.
-
-        The order of ``classes`` sets the new labels, so ``subset([5, 6, 7, 8, 9])``
-        gives a 5-class dataset for class-split transfer from ``subset([0, 1, 2, 3, 4])``.
-        """
-        classes = [operator.index(c) for c in classes]  # ints only: a float label is a bug upstream
-        valid = range(self.num_classes)
-        if not classes or len(set(classes)) != len(classes) or any(c not in valid for c in classes):
-            raise ValueError(
-                f"classes={classes} must be a non-empty list of distinct labels in 0..{self.num_classes - 1}"
-            )
-        new_label = np.full(self.num_classes, -1, dtype=np.int32)
-        new_label[classes] = np.arange(len(classes), dtype=np.int32)
-
-        def keep(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            mask = new_label[y] >= 0
-            return x[mask], new_label[y[mask]]
-
-        x_train, y_train = keep(self.x_train, self.y_train)
-        x_test, y_test = keep(self.x_test, self.y_test)
-        return Dataset(
-            name=f"{self.name}[{','.join(map(str, classes))}]",
-            x_train=x_train,
-            y_train=y_train,
-            x_test=x_test,
-            y_test=y_test,
-            class_names=tuple(self.class_names[c] for c in classes),
-            source=self.source,
-            vocab_size=self.vocab_size,
-            x_unlabeled=self.x_unlabeled,
-            unlabeled_in_pool=self.unlabeled_in_pool,
-        )
 
 
 _DIGIT_NAMES = tuple(str(d) for d in range(10))
@@ -194,19 +86,6 @@ _FASHION_MNIST_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
-# The standard semi-supervised benchmarks' names, in label order, as their official meta files give them
-# (CIFAR-10's batches.meta, CIFAR-100's meta "fine_label_names", STL-10's class_names.txt; SVHN's digits).
-_CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-_CIFAR100_NAMES = tuple("""
-    apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can castle
-    caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin elephant
-    flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree
-    motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate
-    poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake spider
-    squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle
-    wardrobe whale willow_tree wolf woman worm
-""".split())
-_STL10_NAMES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
 
 
 # --------------------------------------------------------------------------- small local datasets
@@ -532,13 +411,6 @@ def _check_uint8(array: np.ndarray, ndim: int, what: str, path: Path) -> None:
 
 # --------------------------------------------------------------------------- fortune cookies (text)
 
-# The English files of Debian's `fortunes` package whose file is the label of fortunes_topics.
-FORTUNE_TOPICS = (
-    "computers", "politics", "startrek", "food", "sports", "medicine", "law", "love", "zippy", "science",
-)  # fmt: skip
-FORTUNE_LANGUAGES = ("English", "German", "Spanish", "Italian", "Portuguese", "Polish", "Czech", "Russian")
-
-
 def fortunes_topics(
     *, vocab_size: int = 4000, max_length: int = 64, data_dir: PathLike | None = None, download: bool = False
 ) -> Dataset:
@@ -548,8 +420,6 @@ def fortunes_topics(
     (``x_unlabeled``: every English fortune except the test texts), sequences of ``max_length``.
     See :func:`lab.text.load_texts` for the texts, the split and where the files are looked for.
     """
-    from lab import text  # imports `tokenizers`; only paid for by text datasets
-
     return text.load_dataset(
         "fortunes_topics", vocab_size=vocab_size, max_length=max_length, data_dir=data_dir, download=download
     )
@@ -563,8 +433,6 @@ def fortunes_language(
     Like :func:`fortunes_topics`; the pretraining corpus is every fortune read except the test
     texts. Needs Debian's language packages (``download=True`` can fetch English only, and refuses).
     """
-    from lab import text
-
     return text.load_dataset(
         "fortunes_language", vocab_size=vocab_size, max_length=max_length, data_dir=data_dir, download=download
     )
@@ -663,57 +531,55 @@ class DatasetEntry:
     reads_files: bool = False  # takes a ``data_dir``; the others are made locally
 
 
-class _ImageBenchmark:
-    """The loader of a standard benchmark (see :mod:`lab.image_benchmarks`, which builds on this module),
-    imported when first called; ``inspect.signature`` reads the loader's own (via ``__wrapped__``)."""
-
-    def __init__(self, name: str) -> None:
-        self.__name__ = self.__qualname__ = name
-
-    @property
-    def __wrapped__(self) -> Callable[..., Dataset]:
-        from lab import image_benchmarks
-
-        return getattr(image_benchmarks, self.__name__)
-
-    def __call__(self, **kwargs: object) -> Dataset:
-        return self.__wrapped__(**kwargs)
-
-
 DATASET_ENTRIES: dict[str, DatasetEntry] = {
     "digits": DatasetEntry(digits, "image", _DIGIT_NAMES),
     "mnist1d": DatasetEntry(mnist1d, "signal", _DIGIT_NAMES),
     "fashion_mnist": DatasetEntry(fashion_mnist, "image", _FASHION_MNIST_NAMES, reads_files=True),
     "mnist": DatasetEntry(mnist, "image", _DIGIT_NAMES, reads_files=True),
-    "cifar10": DatasetEntry(_ImageBenchmark("cifar10"), "image", _CIFAR10_NAMES, reads_files=True),
-    "cifar100": DatasetEntry(_ImageBenchmark("cifar100"), "image", _CIFAR100_NAMES, reads_files=True),
-    "svhn": DatasetEntry(_ImageBenchmark("svhn"), "image", _DIGIT_NAMES, reads_files=True),
-    "stl10": DatasetEntry(_ImageBenchmark("stl10"), "image", _STL10_NAMES, reads_files=True),
+    "cifar10": DatasetEntry(image_benchmarks.cifar10, "image", image_benchmarks.CIFAR10.class_names, reads_files=True),
+    "cifar100": DatasetEntry(
+        image_benchmarks.cifar100, "image", image_benchmarks.CIFAR100.class_names, reads_files=True
+    ),
+    "svhn": DatasetEntry(image_benchmarks.svhn, "image", image_benchmarks.SVHN.class_names, reads_files=True),
+    "stl10": DatasetEntry(image_benchmarks.stl10, "image", image_benchmarks.STL10.class_names, reads_files=True),
     "fortunes_topics": DatasetEntry(fortunes_topics, "text", FORTUNE_TOPICS, reads_files=True),
     "fortunes_language": DatasetEntry(fortunes_language, "text", FORTUNE_LANGUAGES, reads_files=True),
 }
-DATASETS = tuple(DATASET_ENTRIES)
-CLASS_NAMES: dict[str, tuple[str, ...]] = {name: entry.class_names for name, entry in DATASET_ENTRIES.items()}
-DATA_DIR_DATASETS = tuple(name for name, entry in DATASET_ENTRIES.items() if entry.reads_files)
+def _reading_files() -> tuple[str, ...]:
+    return tuple(name for name, entry in DATASET_ENTRIES.items() if entry.reads_files)
+
+
+def __getattr__(name: str) -> object:
+    """Views of :data:`DATASET_ENTRIES`, derived at every read (PEP 562), so that an entry registered
+    later (by a benchmark script, a test) is seen by every check and choice list: ``DATASETS`` (the
+    names), ``CLASS_NAMES`` (name -> class names) and ``DATA_DIR_DATASETS`` (the names that read files)."""
+    if name == "DATASETS":
+        return tuple(DATASET_ENTRIES)
+    if name == "CLASS_NAMES":
+        return {dataset: entry.class_names for dataset, entry in DATASET_ENTRIES.items()}
+    if name == "DATA_DIR_DATASETS":
+        return _reading_files()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_data_dir(data_dir: PathLike | None, *names: str) -> None:
     """Refuse a ``data_dir`` that none of the datasets ``names`` (those a run loads) would read."""
-    if data_dir is not None and not set(names) & set(DATA_DIR_DATASETS):
+    reading = _reading_files()
+    if data_dir is not None and not set(names) & set(reading):
         raise ValueError(
-            f"data_dir={str(data_dir)!r} is read only by {', '.join(DATA_DIR_DATASETS)}; "
+            f"data_dir={str(data_dir)!r} is read only by {', '.join(reading)}; "
             f"{' and '.join(names)} {'does' if len(names) == 1 else 'do'} not read files"
         )
 
 
 def loader_keywords(name: str) -> tuple[str, ...]:
     """The keyword arguments that dataset ``name``'s loader takes (e.g. ``extra`` for ``svhn``)."""
-    validate.choice("dataset", name, DATASETS)
+    validate.choice("dataset", name, tuple(DATASET_ENTRIES))
     return tuple(inspect.signature(DATASET_ENTRIES[name].load).parameters)
 
 
 def load(name: str, **kwargs: object) -> Dataset:
-    """Load a dataset by name (one of :data:`DATASETS`); ``kwargs`` go to its loader."""
-    validate.choice("dataset", name, DATASETS)
+    """Load a dataset by name (a key of :data:`DATASET_ENTRIES`); ``kwargs`` go to its loader."""
+    validate.choice("dataset", name, tuple(DATASET_ENTRIES))
     check_data_dir(kwargs.get("data_dir"), name)
     return DATASET_ENTRIES[name].load(**kwargs)

@@ -41,14 +41,14 @@ from typing import IO, Any
 
 import numpy as np
 
-from lab import data, files, validate
+from lab import files, validate
 from lab.cache import cache_dir
+from lab.dataset import DataNotFoundError, Dataset, PathLike
 
 __all__ = ["BENCHMARKS", "FormatError", "cifar10", "cifar100", "stl10", "svhn"]
 
 log = logging.getLogger(__name__)
 
-PathLike = str | os.PathLike[str]
 # A reader turns one file (its open stream, its size in bytes, and a name for messages) into arrays.
 Reader = Callable[[IO[bytes], int, str], Any]
 
@@ -74,6 +74,7 @@ class Benchmark:
     archive: str | None  # the official tarball; the files are its members
     folder: str | None  # the folder the tarball extracts to
     downloads: dict[str, Download]  # by file name (the archive, or each file)
+    class_names: tuple[str, ...]  # in label order
 
     @property
     def mirror_variable(self) -> str:
@@ -83,6 +84,22 @@ class Benchmark:
 # Checksums are those published by TensorFlow Datasets (tensorflow_datasets/url_checksums/<name>.txt,
 # URL, size and SHA-256 per line) and by torchvision's datasets (torchvision/prototype/datasets/_builtin/
 # cifar.py and svhn.py, `_SHA256` / `_CHECKSUMS`); Keras' cifar10.py / cifar100.py pin the same CIFAR digests.
+# The standard semi-supervised benchmarks' names, in label order, as their official meta files give them
+# (CIFAR-10's batches.meta, CIFAR-100's meta "fine_label_names", STL-10's class_names.txt; SVHN's digits).
+_CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_CIFAR100_CLASSES = tuple("""
+    apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can castle
+    caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin elephant
+    flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree
+    motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate
+    poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake spider
+    squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle
+    wardrobe whale willow_tree wolf woman worm
+""".split())
+_STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
+_SVHN_CLASSES = tuple(str(digit) for digit in range(10))  # label 0 is the digit 0 (the files say 10)
+
+
 _CIFAR_HOST = "https://www.cs.toronto.edu/~kriz/"
 CIFAR10 = Benchmark(
     "cifar10", "CIFAR-10", ("cifar10", "cifar-10"), "cifar-10-python.tar.gz", "cifar-10-batches-py",
@@ -90,6 +107,7 @@ CIFAR10 = Benchmark(
     {"cifar-10-python.tar.gz": Download(
         _CIFAR_HOST + "cifar-10-python.tar.gz",
         "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce", 170_498_071)},
+    _CIFAR10_CLASSES,
 )  # fmt: skip
 CIFAR100 = Benchmark(
     "cifar100", "CIFAR-100", ("cifar100", "cifar-100"), "cifar-100-python.tar.gz", "cifar-100-python",
@@ -97,6 +115,7 @@ CIFAR100 = Benchmark(
     {"cifar-100-python.tar.gz": Download(
         _CIFAR_HOST + "cifar-100-python.tar.gz",
         "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7", 169_001_437)},
+    _CIFAR100_CLASSES,
 )  # fmt: skip
 _SVHN_HOST = "http://ufldl.stanford.edu/housenumbers/"
 SVHN = Benchmark(
@@ -113,6 +132,7 @@ SVHN = Benchmark(
             _SVHN_HOST + "extra_32x32.mat",
             "a133a4beb38a00fcdda90c9489e0c04f900b660ce8a316a5e854838379a71eb3", 1_329_278_602),
     },
+    _SVHN_CLASSES,
 )  # fmt: skip
 STL10 = Benchmark(
     "stl10", "STL-10", ("stl10", "stl-10"), "stl10_binary.tar.gz", "stl10_binary",
@@ -120,6 +140,7 @@ STL10 = Benchmark(
     {"stl10_binary.tar.gz": Download(
         "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
         "f31fd99273a1acb8609c8db427cebb1de3f71de77758cdc0e22956e1289b9866", 2_640_397_119)},
+    _STL10_CLASSES,
 )  # fmt: skip
 BENCHMARKS = {benchmark.name: benchmark for benchmark in (CIFAR10, CIFAR100, SVHN, STL10)}
 
@@ -127,19 +148,19 @@ BENCHMARKS = {benchmark.name: benchmark for benchmark in (CIFAR10, CIFAR100, SVH
 # --------------------------------------------------------------------------- the loaders
 
 
-def cifar10(*, data_dir: PathLike | None = None, download: bool = False, mirror: str | None = None) -> data.Dataset:
+def cifar10(*, data_dir: PathLike | None = None, download: bool = False, mirror: str | None = None) -> Dataset:
     """Krizhevsky's CIFAR-10: 50,000 train / 10,000 test 32x32 colour images of 10 classes."""
     return _load_cifar(CIFAR10, data_dir, download, mirror)
 
 
-def cifar100(*, data_dir: PathLike | None = None, download: bool = False, mirror: str | None = None) -> data.Dataset:
+def cifar100(*, data_dir: PathLike | None = None, download: bool = False, mirror: str | None = None) -> Dataset:
     """Krizhevsky's CIFAR-100: 50,000 train / 10,000 test 32x32 colour images of 100 classes (the fine labels)."""
     return _load_cifar(CIFAR100, data_dir, download, mirror)
 
 
 def svhn(
     *, data_dir: PathLike | None = None, download: bool = False, extra: bool = False, mirror: str | None = None
-) -> data.Dataset:
+) -> Dataset:
     """Netzer et al.'s Street View House Numbers, cropped digits: 73,257 train / 26,032 test 32x32 colour images.
 
     With ``extra=True`` the 531,131 labeled images of ``extra_32x32.mat`` follow the training split
@@ -152,13 +173,13 @@ def svhn(
     arrays = source.read({name: _read_svhn_mat for name in names})
     train = [arrays["train_32x32.mat"]] + ([arrays["extra_32x32.mat"]] if extra else [])
     x_test, y_test = arrays["test_32x32.mat"]
-    return data.Dataset(
+    return Dataset(
         "svhn",
         x_train=np.concatenate([x for x, _ in train]),
         y_train=np.concatenate([y for _, y in train]),
         x_test=x_test,
         y_test=y_test,
-        class_names=data.CLASS_NAMES["svhn"],
+        class_names=SVHN.class_names,
         source=str(source.path),
     )
 
@@ -169,7 +190,7 @@ def stl10(
     download: bool = False,
     unlabeled: int | str = "all",
     mirror: str | None = None,
-) -> data.Dataset:
+) -> Dataset:
     """Coates et al.'s STL-10: 5,000 train / 8,000 test 96x96 colour images of 10 classes, and 100,000 unlabeled.
 
     ``unlabeled`` says how many of the unlabeled images to keep in ``x_unlabeled``: ``"all"``
@@ -199,8 +220,8 @@ def stl10(
                 f"{source.origin(f'{name}_y.bin')} has {len(y)} labels"
             )
         split[f"x_{name}"], split[f"y_{name}"] = x, y
-    return data.Dataset(
-        "stl10", **split, class_names=data.CLASS_NAMES["stl10"], source=str(source.path),
+    return Dataset(
+        "stl10", **split, class_names=STL10.class_names, source=str(source.path),
         x_unlabeled=arrays.get("unlabeled_X.bin"), unlabeled_in_pool=True,
     )  # fmt: skip
 
@@ -223,9 +244,9 @@ _CIFAR_FILES = {
 }  # fmt: skip
 
 
-def _load_cifar(benchmark: Benchmark, data_dir: PathLike | None, download: bool, mirror: str | None) -> data.Dataset:
+def _load_cifar(benchmark: Benchmark, data_dir: PathLike | None, download: bool, mirror: str | None) -> Dataset:
     layout = _CIFAR_FILES[benchmark.name]
-    num_classes = len(data.CLASS_NAMES[benchmark.name])
+    num_classes = len(benchmark.class_names)
 
     def read_batch(stream: IO[bytes], size: int, origin: str) -> tuple[np.ndarray, np.ndarray]:
         return _read_cifar_batch(stream, origin, layout.labels_key, num_classes)
@@ -243,7 +264,7 @@ def _load_cifar(benchmark: Benchmark, data_dir: PathLike | None, download: bool,
     for name, batches in layout.batches.items():
         split[f"x_{name}"] = _to_float(np.concatenate([arrays[batch][0] for batch in batches]))
         split[f"y_{name}"] = np.concatenate([arrays[batch][1] for batch in batches])
-    return data.Dataset(benchmark.name, **split, class_names=data.CLASS_NAMES[benchmark.name], source=str(source.path))
+    return Dataset(benchmark.name, **split, class_names=benchmark.class_names, source=str(source.path))
 
 
 # --------------------------------------------------------------------------- the official formats
@@ -359,7 +380,7 @@ def _labels(values: Any, origin: str, count: int, *, first: int, num_classes: in
 
 def _check_class_names(names: list[str], origin: str, dataset: str) -> None:
     """Refuse a meta file naming other classes (another dataset's files, or another version)."""
-    expected = list(data.CLASS_NAMES[dataset])
+    expected = list(BENCHMARKS[dataset].class_names)
     if names != expected:
         first = next((i for i, (a, b) in enumerate(zip(names, expected)) if a != b), min(len(names), len(expected)))
         raise FormatError(
@@ -423,7 +444,7 @@ def _find(
         if source is not None:
             return source
     if not download:
-        raise data.DataNotFoundError(_not_found_message(benchmark, directories, names, data_dir is not None))
+        raise DataNotFoundError(_not_found_message(benchmark, directories, names, data_dir is not None))
     target = directories[0] if data_dir is not None else cache_dir() / benchmark.name
     base = mirror or os.environ.get(benchmark.mirror_variable)
     wanted = [benchmark.archive] if benchmark.archive else [name for name in names if not (target / name).is_file()]
@@ -489,7 +510,7 @@ def _download(benchmark: Benchmark, name: str, target: Path, base: str | None) -
                     digest.update(chunk)
                     out.write(chunk)
         except OSError as err:
-            raise data.DataNotFoundError(f"could not download {benchmark.title} from {url}: {err}") from err
+            raise DataNotFoundError(f"could not download {benchmark.title} from {url}: {err}") from err
         if digest.hexdigest() != official.sha256:
             raise FormatError(
                 f"checksum mismatch for {url}: expected SHA-256 {official.sha256}, got {digest.hexdigest()}; "

@@ -10,14 +10,14 @@ counts as a repeat. The ROT13 ``off/`` folders are never read.
 **The tasks** (both split 25% stratified test, ``random_state=0``, as ``digits``):
 
 ``fortunes_topics``
-    an English fortune's file, one of :data:`lab.data.FORTUNE_TOPICS` (3,929 fortunes in
+    an English fortune's file, one of :data:`FORTUNE_TOPICS` (3,929 fortunes in
     Debian's ``fortunes`` 1:1.99.1). Repeats within a file are kept once; texts found under
     more than one topic are dropped, all their copies (:attr:`Texts.counts` says how many).
     The pretraining corpus is every distinct fortune of the English files
     (:data:`ENGLISH_FILES`: those of Debian's ``fortunes`` and ``fortunes-min``, the ten
     topics included) except the test texts.
 ``fortunes_language``
-    a fortune's language, one of :data:`lab.data.FORTUNE_LANGUAGES` (:data:`LANGUAGE_SOURCES`
+    a fortune's language, one of :data:`FORTUNE_LANGUAGES` (:data:`LANGUAGE_SOURCES`
     says from which files). Texts found under more than one language are dropped; then each
     language is subsampled (seed 0) to the size of the smallest. The pretraining corpus is
     every distinct fortune of those files except the test texts: the training texts and the
@@ -60,14 +60,17 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from lab import cache, data, files, validate
+from lab import cache, files, validate
+from lab.dataset import DataNotFoundError, Dataset
 from lab.modality import CLS_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
 
 __all__ = [
     "CLS_ID",
     "ENGLISH_FILES",
+    "FORTUNE_LANGUAGES",
     "FORTUNE_MOD_SHA256",
     "FORTUNE_MOD_URL",
+    "FORTUNE_TOPICS",
     "LANGUAGE_SOURCES",
     "MASK_ID",
     "PAD_ID",
@@ -92,6 +95,12 @@ log = logging.getLogger(__name__)
 
 UNKNOWN_POLICIES = ("keep", "drop")  # what encoding does with [UNK]: keep it, or leave it out
 TEXT_DATASETS = ("fortunes_topics", "fortunes_language")
+# The English files of Debian's `fortunes` package whose file is the label of fortunes_topics.
+FORTUNE_TOPICS = (
+    "computers", "politics", "startrek", "food", "sports", "medicine", "law", "love", "zippy", "science",
+)  # fmt: skip
+# The labels of fortunes_language (LANGUAGE_SOURCES says which files each is read from).
+FORTUNE_LANGUAGES = ("English", "German", "Spanish", "Italian", "Portuguese", "Polish", "Czech", "Russian")
 
 # The English files of Debian's `fortunes` and `fortunes-min` packages (fortune-mod 1.99.1).
 ENGLISH_FILES = (
@@ -169,10 +178,10 @@ def _language_paths(directory: Path, language: str) -> list[Path]:
 def _missing(name: str, directory: Path) -> list[str]:
     """What ``directory`` lacks for dataset ``name`` (empty when it has everything)."""
     if name == "fortunes_topics":
-        return [topic for topic in data.FORTUNE_TOPICS if not (directory / topic).is_file()]
+        return [topic for topic in FORTUNE_TOPICS if not (directory / topic).is_file()]
     return [
         (LANGUAGE_SOURCES[language][0] or "English files such as computers")
-        for language in data.FORTUNE_LANGUAGES
+        for language in FORTUNE_LANGUAGES
         if not _language_paths(directory, language)
     ]
 
@@ -202,11 +211,11 @@ def load_texts(name: str, *, data_dir: str | os.PathLike[str] | None = None, dow
         raise ValueError(f"download must be True or False, got {download!r}")
     directory = _find_directory(name, data_dir, download)
     if name == "fortunes_topics":
-        classes = data.FORTUNE_TOPICS
+        classes = FORTUNE_TOPICS
         by_class = {topic: _read(directory / topic) for topic in classes}
         everything = [text for path in _english_paths(directory) for text in _read(path)]
     else:
-        classes = data.FORTUNE_LANGUAGES
+        classes = FORTUNE_LANGUAGES
         by_class = {
             language: [text for path in _language_paths(directory, language) for text in _read(path)]
             for language in classes
@@ -313,9 +322,9 @@ def _find_directory(name: str, data_dir: str | os.PathLike[str] | None, download
         if directory.is_dir() and not _missing(name, directory):
             return directory
     if not download:
-        raise data.DataNotFoundError(_not_found_message(name, directories))
+        raise DataNotFoundError(_not_found_message(name, directories))
     if name != "fortunes_topics":
-        raise data.DataNotFoundError(
+        raise DataNotFoundError(
             f"{name}: download=True can only fetch fortune-mod's English fortunes; the other languages come "
             f"from Debian's packages: {_install_command(name)}"
         )
@@ -331,7 +340,7 @@ def _search_dirs() -> list[Path]:
 
 
 def _install_command(name: str) -> str:
-    languages = data.FORTUNE_LANGUAGES if name == "fortunes_language" else ("English",)
+    languages = FORTUNE_LANGUAGES if name == "fortunes_language" else ("English",)
     return "apt-get install " + " ".join(LANGUAGE_SOURCES[language][1] for language in languages)
 
 
@@ -356,7 +365,7 @@ def _fetch(url: str) -> bytes:
         with urllib.request.urlopen(url, timeout=60) as response:
             return response.read()
     except OSError as err:
-        raise data.DataNotFoundError(f"could not download {url}: {err}") from err
+        raise DataNotFoundError(f"could not download {url}: {err}") from err
 
 
 def download_fortune_mod(target: str | os.PathLike[str]) -> Path:
@@ -378,7 +387,7 @@ def download_fortune_mod(target: str | os.PathLike[str]) -> Path:
                 files.write_atomic(target / parts[-1], archive.extractfile(member).read())
     missing = _missing("fortunes_topics", target)
     if missing:
-        raise data.DataNotFoundError(f"{FORTUNE_MOD_URL} has no datfiles/ for {', '.join(missing)}")
+        raise DataNotFoundError(f"{FORTUNE_MOD_URL} has no datfiles/ for {', '.join(missing)}")
     return target
 
 
@@ -536,7 +545,7 @@ def load_dataset(
     max_length: int = 64,
     data_dir: str | os.PathLike[str] | None = None,
     download: bool = False,
-) -> data.Dataset:
+) -> Dataset:
     """Text dataset ``name`` as token ids: ``x_train``, ``x_test`` and ``x_unlabeled`` (the pretraining
     corpus) of shape ``(N, max_length)``, with the tokenizer trained on the corpus."""
     vocab_size = validate.integer("vocab_size", vocab_size, minimum=len(SPECIAL_TOKENS) + 1)
@@ -545,7 +554,7 @@ def load_dataset(
     encoder = train_tokenizer(texts.corpus, vocab_size=vocab_size, max_length=max_length)
     ids = _cached_ids(name, encoder, [*texts.train, *texts.test, *texts.corpus])
     x_train, x_test, x_unlabeled = np.split(ids, np.cumsum([len(texts.train), len(texts.test)]))
-    return data.Dataset(
+    return Dataset(
         name=name,
         x_train=x_train,
         y_train=texts.y_train,

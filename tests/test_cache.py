@@ -24,6 +24,8 @@ def test_the_modules_a_module_runs_are_found_in_its_imports():
     found = cache.imported_modules("lab.transfer")
     # transfer imports train and semisupervised, which imports augment; none imports the store or the widgets.
     expected = {"lab.transfer", "lab.train", "lab.semisupervised", "lab.augment", "lab.models", "lab.data", "lab.cache"}
+    # data's registry imports its loaders: a pretraining corpus's tokenizer and a benchmark's reader are code it runs.
+    expected |= {"lab.dataset", "lab.text", "lab.image_benchmarks"}
     assert expected <= found
     assert not found & {"lab.store", "lab.widgets", "lab.sweep", "lab.report", "lab.cli"}
     assert cache.imported_modules("lab.cache") == {"lab.cache", "lab.provenance"}  # its version lookup
@@ -43,7 +45,11 @@ def test_fingerprint_changes_with_the_code_the_module_runs_and_only_that(package
     assert cache.fingerprint("lab.transfer", package_dir=package) == before
     with (package / "models.py").open("a") as file:  # imported by transfer
         file.write("\n# a comment\n")
-    assert cache.fingerprint("lab.transfer", package_dir=package) != before
+    after_models = cache.fingerprint("lab.transfer", package_dir=package)
+    assert after_models != before
+    with (package / "text.py").open("a") as file:  # imported through data's registry: tokenizes pretraining corpora
+        file.write("\n# a comment\n")
+    assert cache.fingerprint("lab.transfer", package_dir=package) not in {before, after_models}
 
 
 def test_fingerprint_changes_with_a_library_version(monkeypatch):

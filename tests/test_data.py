@@ -607,6 +607,25 @@ def test_load_lists_the_datasets_on_an_unknown_name():
         data.load("imagenet")
 
 
+def test_a_dataset_registered_later_is_seen_by_every_view_and_check(monkeypatch):
+    from lab import experiment
+
+    toy = data.Dataset("toy", np.zeros((4, 2, 2, 1), np.float32), np.array([0, 1, 0, 1], np.int32),
+                       np.zeros((2, 2, 2, 1), np.float32), np.array([0, 1], np.int32), ("no", "yes"), "test")  # fmt: skip
+    monkeypatch.setitem(data.DATASET_ENTRIES, "toy", data.DatasetEntry(lambda **_: toy, "image", toy.class_names, True))
+    assert data.DATASETS[-1] == "toy" and "toy" in data.DATA_DIR_DATASETS
+    assert data.CLASS_NAMES["toy"] == ("no", "yes")
+    config = experiment.ExperimentConfig.from_dict({"dataset": "toy", "data_dir": "/x", "classes": [1, 0]})
+    assert config.dataset == "toy"
+    with pytest.raises(ValueError, match=r"classes must list at least 2 labels of toy in 0\.\.1, got \[0, 2\]"):
+        experiment.ExperimentConfig.from_dict({"dataset": "toy", "classes": [0, 2]})
+    assert data.load("toy", data_dir="/x") is toy
+    monkeypatch.undo()
+    assert "toy" not in data.DATASETS and "toy" not in data.CLASS_NAMES
+    with pytest.raises(ValueError, match="unknown dataset 'toy'"):
+        experiment.ExperimentConfig.from_dict({"dataset": "toy"})
+
+
 def test_load_refuses_a_data_dir_for_datasets_that_do_not_read_one(tmp_path):
     readers = "fashion_mnist, mnist, cifar10, cifar100, svhn, stl10, fortunes_topics, fortunes_language"
     message = re.escape(f"data_dir={str(tmp_path)!r} is read only by {readers}; digits does not read files")

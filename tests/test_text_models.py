@@ -65,8 +65,6 @@ def registered(monkeypatch):
         monkeypatch.setitem(data.DATASET_ENTRIES, TEXT_DATASET, data.DatasetEntry(lambda: dataset, "text", dataset.class_names))
         return dataset
 
-    monkeypatch.setattr(data, "DATASETS", (*data.DATASETS, TEXT_DATASET))
-    monkeypatch.setitem(data.CLASS_NAMES, TEXT_DATASET, ("a", "b", "c", "d"))
     monkeypatch.setenv("LAB_COMPILATION_CACHE", "off")
     return register
 
