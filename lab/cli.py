@@ -28,6 +28,7 @@ positive_int = argument(integer, int, minimum=1)
 non_negative_int = argument(integer, int, minimum=0)
 positive_float = argument(number, float, minimum=0, exclusive_minimum=True)
 non_negative_float = argument(number, float, minimum=0)
+ema_decay = argument(number, float, minimum=0, maximum=1, exclusive_maximum=True)
 
 
 def seed(text: str) -> int:
@@ -57,6 +58,14 @@ def add_train_command(subparsers) -> None:
     parser.add_argument("--schedule", default="constant", choices=optim.SCHEDULES)
     parser.add_argument("--warmup-steps", type=non_negative_int, default=0)
     parser.add_argument("--weight-decay", type=non_negative_float, default=0.0)
+    parser.add_argument(
+        "--weight-decay-mode", default="decoupled", choices=optim.WEIGHT_DECAY_MODES,
+        help="decoupled (AdamW-style) or l2 (added to the gradient, as torch's SGD)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ema-decay", type=ema_decay, default=0.0,
+        help="evaluate an exponential moving average of the weights with this decay, e.g. 0.999 (default 0: none)",
+    )  # fmt: skip
     parser.add_argument("--clip-norm", type=positive_float, default=None)
     parser.add_argument("--label-smoothing", type=non_negative_float, default=0.0)
     parser.add_argument("--steps", type=positive_int, default=2000)
@@ -92,6 +101,8 @@ def run_train(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay,
+        weight_decay_mode=args.weight_decay_mode,
+        ema_decay=args.ema_decay,
         clip_norm=args.clip_norm,
         label_smoothing=args.label_smoothing,
         steps=args.steps,

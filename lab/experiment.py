@@ -9,7 +9,9 @@ the same labeled-set draw, so their numbers are comparable. What a setup changes
 is its :class:`Plan` in :data:`SETUPS`; :func:`run` is one straight line for all.
 
 ``lab train`` (:func:`train_and_evaluate`) trains the supervised plan's classifier
-with the same objective on a whole dataset, with checkpoints in a workdir.
+with the same objective on a whole dataset, with checkpoints in a workdir. Both build
+their optimizer, train state and test logits, and call :func:`lab.train.fit`, through
+the same functions (:func:`_optimizer`, :func:`_initial_state`, :func:`_test_logits`, :func:`_fit`).
 
 Several seeds train together: each seed draws its own labeled set and its own
 initialisation, and the runs are stacked on a leading axis and trained under one
@@ -34,9 +36,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
-from lab import data, devices, files, metrics, models, optim, provenance, semisupervised, train, transfer, validate
+from lab import data, devices, files, metrics, models, optim, parallel, provenance, semisupervised, train, transfer, validate
 from lab.record import Record
 
 # Results name the git commit of lab's own source, wherever the run is started from.
@@ -109,8 +112,6 @@ class ExperimentConfig:
         validate.choice("pretrain", self.pretrain, transfer.PRETRAIN_SOURCES)
         validate.choice("adaptation", self.adaptation, transfer.ADAPTATIONS)
         validate.choice("precision", self.precision, train.PRECISIONS)
-        devices.check(self.platform)
-        models.check_takes(self.model, data.DATASET_ENTRIES[self.dataset].modality)
         for name in ("labels_per_class", "steps", "batch_size", "eval_every"):
             validate.integer(name, getattr(self, name), minimum=1, wording=">= 1")  # from_dict checked the type
         if not self.seeds:
@@ -131,6 +132,8 @@ class ExperimentConfig:
                 f"download=True fetches only {', '.join(data.DATA_DIR_DATASETS)}; {' and '.join(loaded)} "
                 f"{'is' if len(loaded) == 1 else 'are'} made locally"
             )
+        devices.check(self.platform)
+        models.check_takes(self.model, data.DATASET_ENTRIES[self.dataset].modality)
         for settings in ("model_kwargs", "dataset_kwargs"):
             owner, accepted_by = _SETTINGS_OF[settings]
             allowed = accepted_by(getattr(self, owner))
@@ -141,7 +144,7 @@ class ExperimentConfig:
                 )
         if self.classes is not None:
             _distinct("classes", self.classes)
-            num_classes = len(data.CLASS_NAMES[self.dataset])
+            num_classes = len(data.DATASET_ENTRIES[self.dataset].class_names)
             if len(self.classes) < 2 or not all(0 <= c < num_classes for c in self.classes):
                 raise ValueError(f"classes must list at least 2 labels of {self.dataset} in 0..{num_classes - 1}, got {list(self.classes)}")
         SETUPS[self.setup].check(self)
@@ -440,9 +443,10 @@ class Result:
 
 def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) -> Result:
     """Train and evaluate ``config`` for every seed in ``config.seeds``, side by side, on ``config.platform``."""
-    if not isinstance(config, ExperimentConfig):
+    if isinstance(config, ExperimentConfig):
+        config.validate()  # built directly, not by from_dict, which validates
+    else:
         config = ExperimentConfig.from_dict(config)
-    config.validate()
     with devices.use(config.platform):
         return _run(config, progress)
 
@@ -459,38 +463,92 @@ def _run(config: ExperimentConfig, progress: bool) -> Result:
     wall = {"pretrain": time.perf_counter() - tic}
     make_module = plan.classifier(config, dataset, pretrained)
     objective = plan.objective(config, dataset.input_shape)
-    tx = optim.make_optimizer(
+    tx = _optimizer(config, param_groups=plan.param_groups(config))
+    # One compiled, vmapped initialisation for all seeds: built eagerly, every
+    # initializer would compile on its own, which costs more than the training.
+    model, _, _ = train.Graphs.split(nnx.eval_shape(lambda: make_module(0)))
+    initial_state = _initial_state(make_module, objective, tx, config.ema_decay)
+    state = jax.jit(jax.vmap(initial_state))(jnp.asarray(config.seeds))
+
+    pools = _pools(dataset, splits, with_unlabeled_split="unlabeled" in objective.batch_sizes(config.batch_size))
+    test_logits = _test_logits(model, dataset.x_test, seed_axis=True)
+
+    def evaluate(state: train.TrainState) -> dict[str, np.ndarray]:
+        return {"test_accuracy": np.array([metrics.accuracy(seed_logits, dataset.y_test) for seed_logits in test_logits(state)])}
+
+    # A run keeps no checkpoints: its last finite state ends with the process.
+    fit = _fit(config, model, state, tx, objective, pools, evaluate, progress, kept=lambda error: "Nothing was saved", seed_axis=True)
+    wall.update(fit.wall_time_s)
+    per_seed = [metrics.classification_metrics(seed_logits, dataset.y_test) for seed_logits in test_logits(fit.state)]
+    return Result(
+        config=config.to_dict(),
+        seeds=list(config.seeds),
+        metrics={name: [row[name] for row in per_seed] for name in per_seed[0]},
+        curves=_curves(fit.history),
+        wall_time_s={name: round(seconds, 3) for name, seconds in wall.items()},
+        environment=provenance.environment(_SOURCE_DIR),
+    )
+
+
+# ------------------------------------------------- what run and lab train share
+
+
+def _optimizer(config: ExperimentConfig | TrainConfig, **options: Any) -> optax.GradientTransformation:
+    """The optimizer of the fields both configs have; ``options`` are those only one of them has."""
+    return optim.make_optimizer(
         config.optimizer,
         config.learning_rate,
         schedule=config.schedule,
         total_steps=config.steps,
         weight_decay=config.weight_decay,
         weight_decay_mode=config.weight_decay_mode,
-        param_groups=plan.param_groups(config),
+        **options,
     )
 
-    def initial_state(seed: jax.Array) -> train.TrainState:
+
+def _initial_state(
+    make_module: ModuleFactory, objective: train.Objective, tx: optax.GradientTransformation, ema_decay: float
+) -> Callable[[int | jax.Array], train.TrainState]:
+    """seed -> the train state of a fresh classifier (vmap it for several seeds)."""
+
+    def initial_state(seed: int | jax.Array) -> train.TrainState:
         _, params, model_state = nnx.split(make_module(seed), nnx.Param, ...)
         objective_state = objective.init_objective_state(params, model_state)
         return train.create_train_state(
-            params, model_state, tx, seed, objective_state=objective_state, ema_decay=config.ema_decay
+            params, model_state, tx, seed, objective_state=objective_state, ema_decay=ema_decay
         )
 
-    # One compiled, vmapped initialisation for all seeds: built eagerly, every
-    # initializer would compile on its own, which costs more than the training.
-    model, _, _ = train.Graphs.split(nnx.eval_shape(lambda: make_module(0)))
-    state = jax.jit(jax.vmap(initial_state))(jnp.asarray(config.seeds))
+    return initial_state
 
-    pools = _pools(dataset, splits, with_unlabeled_split="unlabeled" in objective.batch_sizes(config.batch_size))
-    x_test = jnp.asarray(dataset.x_test)
-    test_logits = jax.jit(jax.vmap(lambda params, model_state: train.predict(model, params, model_state, x_test)))
 
-    def evaluate(state: train.TrainState) -> dict[str, np.ndarray]:
-        logits = np.asarray(test_logits(state.eval_params, state.model_state))
-        return {"test_accuracy": np.array([metrics.accuracy(seed_logits, dataset.y_test) for seed_logits in logits])}
+def _test_logits(model: train.Graphs, x_test: np.ndarray, *, seed_axis: bool) -> Callable[[train.TrainState], np.ndarray]:
+    """state -> the logits of the test inputs under its evaluation weights (the EMA's, when it keeps one)."""
+    x_test = jnp.asarray(x_test)
 
+    def logits(params: nnx.State, model_state: nnx.State) -> jax.Array:
+        return train.predict(model, params, model_state, x_test)
+
+    compiled = jax.jit(jax.vmap(logits) if seed_axis else logits)
+    return lambda state: np.asarray(compiled(state.eval_params, state.model_state))
+
+
+def _fit(
+    config: ExperimentConfig | TrainConfig,
+    model: train.Graphs,
+    state: train.TrainState,
+    tx: optax.GradientTransformation,
+    objective: train.Objective,
+    pools: train.Pools,
+    evaluate: Callable[[train.TrainState], dict],
+    progress: bool,
+    *,
+    kept: Callable[[train.NonFiniteLossError], str],
+    **options: Any,
+) -> train.FitResult:
+    """:func:`lab.train.fit` for the config's steps, batch size, evaluations and precision; if the loss
+    turns non-finite, the error says what ``kept(error)`` returns (what was saved, if anything)."""
     try:
-        fit = train.fit(
+        return train.fit(
             model,
             state,
             tx,
@@ -500,24 +558,12 @@ def _run(config: ExperimentConfig, progress: bool) -> Result:
             batch_size=config.batch_size,
             eval_every=min(config.eval_every, config.steps),
             evaluate=evaluate,
-            seed_axis=True,
             precision=config.precision,
             progress=progress,
+            **options,
         )
     except train.NonFiniteLossError as error:
-        # A run keeps no checkpoints: its last finite state ends with the process.
-        raise train.NonFiniteLossError(error.step, error.last_finite_loss, error.state, "Nothing was saved") from None
-    wall.update(fit.wall_time_s)
-    logits = np.asarray(test_logits(fit.state.eval_params, fit.state.model_state))
-    per_seed = [metrics.classification_metrics(seed_logits, dataset.y_test) for seed_logits in logits]
-    return Result(
-        config=config.to_dict(),
-        seeds=list(config.seeds),
-        metrics={name: [row[name] for row in per_seed] for name in per_seed[0]},
-        curves=_curves(fit.history),
-        wall_time_s={name: round(seconds, 3) for name, seconds in wall.items()},
-        environment=provenance.environment(_SOURCE_DIR),
-    )
+        raise train.NonFiniteLossError(error.step, error.last_finite_loss, error.state, kept(error)) from None
 
 
 # ------------------------------------------------------- lab train: a whole dataset
@@ -535,6 +581,8 @@ class TrainConfig:
     schedule: str = "constant"
     warmup_steps: int = 0
     weight_decay: float = 0.0
+    weight_decay_mode: str = "decoupled"  # or "l2", as ExperimentConfig
+    ema_decay: float = 0.0  # > 0: evaluate an EMA of the weights with this decay, as ExperimentConfig
     clip_norm: float | None = None
     label_smoothing: float = 0.0
     steps: int = 2000
@@ -557,7 +605,9 @@ def train_and_evaluate(
 
     Not :func:`run`: it trains on every training example, one seed, with warmup,
     clipping, label smoothing, data parallelism and checkpoints, none of which a run
-    has; it shares the supervised plan's classifier and its objective, unaugmented. With ``workdir``,
+    has; it shares the supervised plan's classifier and its objective, unaugmented, and a
+    run's optimizer, weight decay mode and EMA of the weights (``ema_decay`` > 0: evaluated
+    on the average, as :class:`ExperimentConfig`), through the same code. With ``workdir``,
     the config is recorded in ``workdir/config.json`` and checkpoints go to
     ``workdir/checkpoints`` every ``checkpoint_every`` steps and at the end; a run
     resumes from the latest one, and a workdir refuses a run of another config. If
@@ -570,68 +620,47 @@ def train_and_evaluate(
 def _train_and_evaluate(
     config: TrainConfig, workdir: str | Path | None, checkpoint_every: int, progress: bool, platform_devices: list
 ) -> dict:
-    from lab import parallel
-
     train.enable_compilation_cache()
     dataset = data.load(config.dataset)
     dataset.check_batch_size(config.batch_size)
     make_module = SETUPS["supervised"].classifier(config, dataset, None)
-    model, params, model_state = train.Graphs.split(make_module(config.seed))
     # The supervised objective on the inputs as they are, as `lab train` has always trained.
     objective = semisupervised.Supervised(
         input_shape=dataset.input_shape, augmentation="none", label_smoothing=config.label_smoothing
     )
-    tx = optim.make_optimizer(
-        config.optimizer,
-        config.learning_rate,
-        schedule=config.schedule,
-        total_steps=config.steps,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        clip_norm=config.clip_norm,
-    )
-    state = train.create_train_state(params, model_state, tx, config.seed)
+    tx = _optimizer(config, warmup_steps=config.warmup_steps, clip_norm=config.clip_norm)
+    model, _, _ = train.Graphs.split(nnx.eval_shape(lambda: make_module(0)))
+    state = _initial_state(make_module, objective, tx, config.ema_decay)(config.seed)
     pools = {"labeled": {"x": jnp.asarray(dataset.x_train), "y": jnp.asarray(dataset.y_train)}}
-    x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
-    test_logits = jax.jit(lambda s: train.predict(model, s.params, s.model_state, x_test))
+    test_logits = _test_logits(model, dataset.x_test, seed_axis=False)
 
-    def evaluate(s: train.TrainState) -> dict[str, float]:
-        return {"test_accuracy": metrics.accuracy(np.asarray(test_logits(s)), dataset.y_test)}
+    def evaluate(state: train.TrainState) -> dict[str, float]:
+        return {"test_accuracy": metrics.accuracy(test_logits(state), dataset.y_test)}
 
     # Claimed only once the config has passed every check above, so a refused config is never recorded.
     checkpoints = None if workdir is None else train.Checkpointer(_claim_workdir(Path(workdir), config) / "checkpoints")
+
+    def kept(error: train.NonFiniteLossError) -> str:
+        if checkpoints is None:
+            return "Nothing was saved (no --workdir)"
+        if checkpoints.latest_step() != error.step:  # it may have diverged right after a checkpoint
+            checkpoints.save(error.state)
+        return f"The last finite state (step {error.step}) is saved in {checkpoints.directory / str(error.step)}"
+
     try:
-        result = train.fit(
-            model,
-            state,
-            tx,
-            objective,
-            pools,
-            steps=config.steps,
-            batch_size=config.batch_size,
-            eval_every=config.eval_every,
-            evaluate=evaluate,
+        result = _fit(
+            config, model, state, tx, objective, pools, evaluate, progress, kept=kept,
             checkpoints=checkpoints,
             checkpoint_every=None if checkpoints is None else checkpoint_every,
             parallel=parallel.DataParallel(parallel.data_mesh(platform_devices)) if config.data_parallel else None,
-            precision=config.precision,
-            progress=progress,
-        )
-    except train.NonFiniteLossError as error:
-        if checkpoints is None:
-            kept = "Nothing was saved (no --workdir)"
-        else:
-            if checkpoints.latest_step() != error.step:  # it may have diverged right after a checkpoint
-                checkpoints.save(error.state)
-            kept = f"The last finite state (step {error.step}) is saved in {checkpoints.directory / str(error.step)}"
-        raise train.NonFiniteLossError(error.step, error.last_finite_loss, error.state, kept) from None
+        )  # fmt: skip
     finally:
         if checkpoints is not None:
             checkpoints.close()
-    final = metrics.classification_metrics(np.asarray(test_logits(result.state)), dataset.y_test)
+    final = metrics.classification_metrics(test_logits(result.state), dataset.y_test)
     return {
         "config": dataclasses.asdict(config),
-        "dataset": {"name": dataset.name, "source": dataset.source, "train": len(dataset.y_train), "test": len(y_test)},
+        "dataset": {"name": dataset.name, "source": dataset.source, "train": len(dataset.y_train), "test": len(dataset.y_test)},
         "test": final,
         "history": result.history,
         "wall_time_s": result.wall_time_s,
@@ -742,7 +771,7 @@ def _pretrain_config(config: ExperimentConfig) -> transfer.PretrainConfig:
                 "pretrain='classes' pretrains on the classes outside the target task: set classes "
                 "(e.g. classes=[5, 6, 7, 8, 9]) or pretrain_kwargs={'source_classes': [...]}"
             )
-        num_classes = len(data.CLASS_NAMES[config.dataset])
+        num_classes = len(data.DATASET_ENTRIES[config.dataset].class_names)
         kwargs["source_classes"] = tuple(c for c in range(num_classes) if c not in config.classes)
     return transfer.PretrainConfig(
         source=config.pretrain, dataset=config.dataset, model=config.model, model_kwargs=dict(config.model_kwargs), **kwargs

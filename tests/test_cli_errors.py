@@ -46,6 +46,9 @@ TRAIN_CASES: list = [
     (["train", "--learning-rate", "fast"], "argument --learning-rate: must be of type float, got 'fast'"),
     (["train", "--learning-rate", "inf"], "argument --learning-rate: must be a finite number > 0, got inf"),
     (["train", "--seed", "-1"], "argument --seed: must be an integer in 0..2147483647, got -1"),
+    (["train", "--ema-decay", "1"], "argument --ema-decay: must be a number in [0, 1), got 1.0"),
+    (["train", "--ema-decay", "nan"], "argument --ema-decay: must be a number in [0, 1), got nan"),
+    (["train", "--weight-decay-mode", "cubic"], "argument --weight-decay-mode: invalid choice: 'cubic'"),
     (["train", "--dataset", "cifar"], "argument --dataset: invalid choice: 'cifar'"),
     # Refused by the command.
     (["train", "--batch-size", "100000"], "batch_size=100000 is larger than the 1347 training examples of digits"),

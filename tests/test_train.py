@@ -18,7 +18,7 @@ import optax
 import pytest
 from flax import nnx
 
-from lab import cli, data, experiment, losses, models, optim, semisupervised, train
+from lab import cli, data, experiment, losses, metrics, models, optim, semisupervised, train
 
 # Plain cross-entropy on the digits as they are (no augmentation).
 SUPERVISED = semisupervised.Supervised(input_shape=(8, 8, 1), augmentation="none")
@@ -365,6 +365,46 @@ def test_a_workdir_refuses_another_config_and_resumes_its_own(tmp_path, capsys, 
     older = {name: value for name, value in first["config"].items() if name != "precision"}
     (workdir / "config.json").write_text(json.dumps(older))
     assert experiment.train_and_evaluate(config, workdir, progress=False)["test"] == first["test"]
+
+
+def test_lab_train_with_ema_decay_evaluates_the_average_of_the_weights(capsys, digits):
+    steps, decay = 3, 0.5
+    arguments = ["--steps", str(steps), "--batch-size", "16", "--learning-rate", "0.01"]
+    status, with_ema, err = train_cli(capsys, *arguments, "--ema-decay", str(decay))
+    assert status == 0, err
+    status, without, err = train_cli(capsys, *arguments)
+    assert status == 0, err
+    assert with_ema["config"]["ema_decay"] == decay and with_ema["test"] != without["test"]
+
+    # By hand: the same training, the weights after each step, their average, its test metrics.
+    module = models.make_model("mlp", digits.input_shape, digits.num_classes, seed=0)
+    model, params, model_state = train.Graphs.split(module)
+    tx = optim.make_optimizer("adam", 0.01, total_steps=steps)
+    visited = []
+
+    def keep_weights(state):
+        visited.append((_leaves(state.params), state.model_state))
+        return {}
+
+    pools = {"labeled": {"x": jnp.asarray(digits.x_train), "y": jnp.asarray(digits.y_train)}}
+    train.fit(model, train.create_train_state(params, model_state, tx, 0), tx, SUPERVISED, pools,
+              steps=steps, batch_size=16, eval_every=1, evaluate=keep_weights, progress=False)  # fmt: skip
+    average = _leaves(params)  # ema_0 = params_0; ema_k = d ema_(k-1) + (1 - d) params_k
+    for weights, _ in visited:
+        average = [decay * a + (1 - decay) * w for a, w in zip(average, weights, strict=True)]
+    average = jax.tree.unflatten(jax.tree.structure(params), [jnp.asarray(a) for a in average])
+    logits = train.predict(model, average, visited[-1][1], jnp.asarray(digits.x_test))
+    assert with_ema["test"] == pytest.approx(metrics.classification_metrics(logits, digits.y_test), rel=1e-6)
+
+
+def test_train_config_refuses_a_bad_ema_decay_or_weight_decay_mode(tmp_path):
+    with pytest.raises(ValueError, match=r"ema_decay must be a number in \[0, 1\), got -0.5"):
+        experiment.train_and_evaluate(experiment.TrainConfig(steps=5, ema_decay=-0.5), tmp_path / "w", progress=False)
+    with pytest.raises(ValueError, match=r"unknown weight_decay_mode 'cubic'; choose one of \['decoupled', 'l2'\]"):
+        experiment.train_and_evaluate(
+            experiment.TrainConfig(steps=5, weight_decay_mode="cubic"), tmp_path / "w", progress=False
+        )
+    assert not (tmp_path / "w").exists()  # refused by the optimizer and the train state, before the workdir
 
 
 def test_a_workdir_from_before_config_records_is_refused(tmp_path):
