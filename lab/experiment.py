@@ -39,7 +39,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lab import data, devices, files, metrics, models, optim, parallel, provenance, semisupervised, train, transfer, validate
+from lab import (
+    data, devices, files, metrics, models, optim, parallel, provenance, semisupervised, train, transfer, validate,
+)  # fmt: skip
 from lab.record import Record
 
 # Results name the git commit of lab's own source, wherever the run is started from.
@@ -474,10 +476,14 @@ def _run(config: ExperimentConfig, progress: bool) -> Result:
     test_logits = _test_logits(model, dataset.x_test, seed_axis=True)
 
     def evaluate(state: train.TrainState) -> dict[str, np.ndarray]:
-        return {"test_accuracy": np.array([metrics.accuracy(seed_logits, dataset.y_test) for seed_logits in test_logits(state)])}
+        per_seed = [metrics.accuracy(seed_logits, dataset.y_test) for seed_logits in test_logits(state)]
+        return {"test_accuracy": np.array(per_seed)}
 
     # A run keeps no checkpoints: its last finite state ends with the process.
-    fit = _fit(config, model, state, tx, objective, pools, evaluate, progress, kept=lambda error: "Nothing was saved", seed_axis=True)
+    fit = _fit(
+        config, model, state, tx, objective, pools, evaluate, progress,
+        kept=lambda error: "Nothing was saved", seed_axis=True,
+    )  # fmt: skip
     wall.update(fit.wall_time_s)
     per_seed = [metrics.classification_metrics(seed_logits, dataset.y_test) for seed_logits in test_logits(fit.state)]
     return Result(
@@ -521,7 +527,9 @@ def _initial_state(
     return initial_state
 
 
-def _test_logits(model: train.Graphs, x_test: np.ndarray, *, seed_axis: bool) -> Callable[[train.TrainState], np.ndarray]:
+def _test_logits(
+    model: train.Graphs, x_test: np.ndarray, *, seed_axis: bool
+) -> Callable[[train.TrainState], np.ndarray]:
     """state -> the logits of the test inputs under its evaluation weights (the EMA's, when it keeps one)."""
     x_test = jnp.asarray(x_test)
 
@@ -660,7 +668,9 @@ def _train_and_evaluate(
     final = metrics.classification_metrics(test_logits(result.state), dataset.y_test)
     return {
         "config": dataclasses.asdict(config),
-        "dataset": {"name": dataset.name, "source": dataset.source, "train": len(dataset.y_train), "test": len(dataset.y_test)},
+        "dataset": {
+            "name": dataset.name, "source": dataset.source, "train": len(dataset.y_train), "test": len(dataset.y_test),
+        },  # fmt: skip
         "test": final,
         "history": result.history,
         "wall_time_s": result.wall_time_s,

@@ -610,8 +610,8 @@ def test_load_lists_the_datasets_on_an_unknown_name():
 def test_a_dataset_registered_later_is_seen_by_every_view_and_check(monkeypatch):
     from lab import experiment
 
-    toy = data.Dataset("toy", np.zeros((4, 2, 2, 1), np.float32), np.array([0, 1, 0, 1], np.int32),
-                       np.zeros((2, 2, 2, 1), np.float32), np.array([0, 1], np.int32), ("no", "yes"), "test")  # fmt: skip
+    x, y = np.zeros((4, 2, 2, 1), np.float32), np.array([0, 1, 0, 1], np.int32)
+    toy = data.Dataset("toy", x, y, x[:2], y[:2], ("no", "yes"), "test")
     monkeypatch.setitem(data.DATASET_ENTRIES, "toy", data.DatasetEntry(lambda **_: toy, "image", toy.class_names, True))
     assert data.DATASETS[-1] == "toy" and "toy" in data.DATA_DIR_DATASETS
     assert data.CLASS_NAMES["toy"] == ("no", "yes")
