@@ -545,20 +545,27 @@ DATASET_ENTRIES: dict[str, DatasetEntry] = {
     "fortunes_topics": DatasetEntry(fortunes_topics, "text", FORTUNE_TOPICS, reads_files=True),
     "fortunes_language": DatasetEntry(fortunes_language, "text", FORTUNE_LANGUAGES, reads_files=True),
 }
+
+
 def _reading_files() -> tuple[str, ...]:
     return tuple(name for name, entry in DATASET_ENTRIES.items() if entry.reads_files)
 
 
+# Views of DATASET_ENTRIES, derived at every read (see __getattr__): the names, name -> class names,
+# and the names that read files.
+_VIEWS: dict[str, Callable[[], object]] = {
+    "DATASETS": lambda: tuple(DATASET_ENTRIES),
+    "CLASS_NAMES": lambda: {name: entry.class_names for name, entry in DATASET_ENTRIES.items()},
+    "DATA_DIR_DATASETS": _reading_files,
+}
+
+
 def __getattr__(name: str) -> object:
-    """Views of :data:`DATASET_ENTRIES`, derived at every read (PEP 562), so that an entry registered
-    later (by a benchmark script, a test) is seen by every check and choice list: ``DATASETS`` (the
-    names), ``CLASS_NAMES`` (name -> class names) and ``DATA_DIR_DATASETS`` (the names that read files)."""
-    if name == "DATASETS":
-        return tuple(DATASET_ENTRIES)
-    if name == "CLASS_NAMES":
-        return {dataset: entry.class_names for dataset, entry in DATASET_ENTRIES.items()}
-    if name == "DATA_DIR_DATASETS":
-        return _reading_files()
+    """``DATASETS``, ``CLASS_NAMES`` and ``DATA_DIR_DATASETS``, derived from :data:`DATASET_ENTRIES`
+    at every read (PEP 562), so that an entry registered later (by a benchmark script, a test) is
+    seen by every check and choice list."""
+    if name in _VIEWS:
+        return _VIEWS[name]()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

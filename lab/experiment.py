@@ -466,10 +466,10 @@ def _run(config: ExperimentConfig, progress: bool) -> Result:
     make_module = plan.classifier(config, dataset, pretrained)
     objective = plan.objective(config, dataset.input_shape)
     tx = _optimizer(config, param_groups=plan.param_groups(config))
-    # One compiled, vmapped initialisation for all seeds: built eagerly, every
-    # initializer would compile on its own, which costs more than the training.
     model, _, _ = train.Graphs.split(nnx.eval_shape(lambda: make_module(0)))
     initial_state = _initial_state(make_module, objective, tx, config.ema_decay)
+    # One compiled, vmapped initialisation for all seeds: built eagerly, every
+    # initializer would compile on its own, which costs more than the training.
     state = jax.jit(jax.vmap(initial_state))(jnp.asarray(config.seeds))
 
     pools = _pools(dataset, splits, with_unlabeled_split="unlabeled" in objective.batch_sizes(config.batch_size))

@@ -81,9 +81,6 @@ class Benchmark:
         return f"LAB_MIRROR_{self.name.upper()}"
 
 
-# Checksums are those published by TensorFlow Datasets (tensorflow_datasets/url_checksums/<name>.txt,
-# URL, size and SHA-256 per line) and by torchvision's datasets (torchvision/prototype/datasets/_builtin/
-# cifar.py and svhn.py, `_SHA256` / `_CHECKSUMS`); Keras' cifar10.py / cifar100.py pin the same CIFAR digests.
 # The standard semi-supervised benchmarks' names, in label order, as their official meta files give them
 # (CIFAR-10's batches.meta, CIFAR-100's meta "fine_label_names", STL-10's class_names.txt; SVHN's digits).
 _CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -100,6 +97,9 @@ _STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "mon
 _SVHN_CLASSES = tuple(str(digit) for digit in range(10))  # label 0 is the digit 0 (the files say 10)
 
 
+# Checksums are those published by TensorFlow Datasets (tensorflow_datasets/url_checksums/<name>.txt,
+# URL, size and SHA-256 per line) and by torchvision's datasets (torchvision/prototype/datasets/_builtin/
+# cifar.py and svhn.py, `_SHA256` / `_CHECKSUMS`); Keras' cifar10.py / cifar100.py pin the same CIFAR digests.
 _CIFAR_HOST = "https://www.cs.toronto.edu/~kriz/"
 CIFAR10 = Benchmark(
     "cifar10", "CIFAR-10", ("cifar10", "cifar-10"), "cifar-10-python.tar.gz", "cifar-10-batches-py",
