@@ -112,9 +112,9 @@ def timed(function, arguments, calls: int) -> float:
     return 1000 * (time.perf_counter() - tic) / calls
 
 
-def op_profile(steps: int, top: int) -> None:
-    """Part 1: per-operation times of lab's compiled supervised 28x28 step (needs the HLO dump
-    that ``main`` asks XLA for before JAX starts)."""
+def op_profile(steps: int, top: int, hlo_dump: str) -> None:
+    """Part 1: per-operation times of lab's compiled supervised 28x28 step; ``hlo_dump`` is the folder
+    where ``main`` asked XLA, before JAX started, to write the compiled HLO."""
     sys.path.insert(0, os.path.dirname(__file__))
     import conv_speed
 
@@ -129,7 +129,7 @@ def op_profile(steps: int, top: int) -> None:
         (trace_file,) = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)
         with gzip.open(trace_file) as stream:
             events = json.load(stream)["traceEvents"]
-    (hlo_file,) = [f for f in glob.glob(f"{os.environ['LAB_HLO_DUMP']}/*jit_chunk.cpu_after_optimizations.txt")]
+    (hlo_file,) = glob.glob(f"{hlo_dump}/*jit_chunk.cpu_after_optimizations.txt")
     instructions = {}  # name -> (output shape, what it computes)
     for line in open(hlo_file):
         match = re.match(r"\s*(?:ROOT )?%?([\w.-]+) = (\S+) .*?op_name=\"([^\"]*)\"", line)
@@ -161,8 +161,7 @@ def main() -> None:
     hlo_dump = tempfile.mkdtemp(prefix="lab-hlo-")
     # Read when JAX starts its CPU backend, which no line above has made it do.
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={hlo_dump} --xla_dump_hlo_as_text".strip()
-    os.environ["LAB_HLO_DUMP"] = hlo_dump
-    op_profile(args.steps, args.top)
+    op_profile(args.steps, args.top, hlo_dump)
     import torch
 
     torch.set_num_threads(args.threads)
