@@ -411,8 +411,16 @@ class PretrainConfig:
     @property
     def cache_key(self) -> str:
         """A stable hash of the config and of what else decides the backbone it pretrains: the code
-        (:func:`lab.cache.fingerprint`) and the backend that runs it (a GPU's numbers differ from a CPU's)."""
-        return cache.key(self.to_dict(), producer())
+        (:func:`lab.cache.fingerprint`) and the backend that runs it (a GPU's numbers differ from a CPU's).
+        The key of data that are not token ids; :meth:`key_for` adds the tokenizer of those that are."""
+        return self.key_for(tokenizer=None)
+
+    def key_for(self, tokenizer: str | None) -> str:
+        """:attr:`cache_key` with the fingerprint of the tokenizer whose ids the backbone reads
+        (:attr:`lab.data.Dataset.tokenizer`): token ids of another tokenizer mean other tokens, even
+        with a vocabulary of the same size."""
+        extra = () if tokenizer is None else ({"tokenizer": tokenizer},)
+        return cache.key(self.to_dict(), producer(), *extra)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON types (tuples become lists)."""
@@ -433,19 +441,26 @@ def pretrain(
 ) -> Backbone:
     """The backbone ``config`` describes: loaded from the cache, else trained and cached.
 
-    Entries live in ``cache_dir/<config.cache_key>/`` (``cache_dir`` defaults to
-    ``lab.cache.cache_dir()/pretrained``): ``config.json`` (the config and its :func:`producer`)
-    and the arrays as an orbax checkpoint. Code or library versions other than those that made
-    an entry give another key, so the backbone is pretrained again. An entry is written in a temporary folder and renamed into place when
-    complete, so an interrupted run never leaves a half-written entry behind.
-    ``load_dataset(name)`` loads datasets by name (e.g. with a ``data_dir`` bound).
+    Entries live in ``cache_dir/<key>/`` (``cache_dir`` defaults to
+    ``lab.cache.cache_dir()/pretrained``; the key is ``config.key_for(tokenizer)``, the
+    target's tokenizer fingerprint for token ids, else ``config.cache_key``): ``config.json``
+    (the config, its :func:`producer` and the tokenizer) and the arrays as an orbax checkpoint.
+    Code or library versions other than those that made an entry, or another tokenizer, give
+    another key, so the backbone is pretrained again. An entry is written in a temporary folder
+    and renamed into place when complete, so an interrupted run never leaves a half-written entry behind.
+    ``load_dataset(name)`` loads datasets by name (e.g. with a ``data_dir`` bound); a dataset
+    registered as other than text is loaded only on a cache miss.
     """
     root = Path(cache_dir) if cache_dir is not None else cache.cache_dir() / "pretrained"
-    entry = (root / config.cache_key).absolute()
+    entry_of = data.DATASET_ENTRIES.get(config.dataset)
+    # Only token ids have a tokenizer; a registered dataset of another modality need not be loaded to know.
+    target = None if entry_of is not None and entry_of.modality != modality.TEXT.name else load_dataset(config.dataset)
+    tokenizer = None if target is None else target.tokenizer
+    entry = (root / config.key_for(tokenizer)).absolute()
     if entry.exists():
         return _read_entry(entry, config)
-    backbone = _train_backbone(config, load_dataset, progress)
-    _write_entry(entry, config, backbone)
+    backbone = _train_backbone(config, target or load_dataset(config.dataset), load_dataset, progress)
+    _write_entry(entry, config, backbone, tokenizer)
     return backbone
 
 
@@ -489,14 +504,20 @@ def check_modality(source: str, kind: str) -> None:
         )
 
 
-def _train_backbone(config: PretrainConfig, load_dataset: Callable[[str], data.Dataset], progress: bool) -> Backbone:
-    target = load_dataset(config.dataset)
+def _train_backbone(
+    config: PretrainConfig, target: data.Dataset, load_dataset: Callable[[str], data.Dataset], progress: bool
+) -> Backbone:
     check_modality(config.source, modality.of_shape(target.input_shape).name)
     source = target if config.source_dataset is None else load_dataset(config.source_dataset)
     if source.model_inputs != target.model_inputs:
         raise ValueError(
             f"the source dataset {source.name} has {_describe_inputs(source.model_inputs)} but the target "
             f"{target.name} has {_describe_inputs(target.model_inputs)}: a backbone reads the tokens of one vocabulary"
+        )
+    if source.tokenizer != target.tokenizer:
+        raise ValueError(
+            f"the source dataset {source.name} was tokenized by tokenizer {source.tokenizer} but the target "
+            f"{target.name} by {target.tokenizer}: a backbone reads the tokens of one vocabulary"
         )
     if config.source_classes is not None:
         source = source.subset(config.source_classes)
@@ -631,7 +652,7 @@ _CONFIG_FILE = "config.json"
 _ARRAYS_DIR = "arrays"
 
 
-def _write_entry(entry: Path, config: PretrainConfig, backbone: Backbone) -> None:
+def _write_entry(entry: Path, config: PretrainConfig, backbone: Backbone, tokenizer: str | None) -> None:
     import orbax.checkpoint as ocp  # imported here: it takes half a second, and only the cache needs it
 
     entry.parent.mkdir(parents=True, exist_ok=True)
@@ -640,6 +661,7 @@ def _write_entry(entry: Path, config: PretrainConfig, backbone: Backbone) -> Non
     description = {
         "config": config.to_dict(),
         "producer": producer(),
+        "tokenizer": tokenizer,
         "architecture": dataclasses.asdict(backbone.architecture),
         "log": dict(backbone.log),
     }

@@ -5,6 +5,7 @@ not match a backbone, and ``experiment.run`` on a synthetic text dataset with in
 
 from __future__ import annotations
 
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -233,7 +234,7 @@ def repeated_patterns(rng, n):
     return pad(np.tile(patterns, 5), LENGTH)
 
 
-def test_mlm_learns_to_fill_in_a_repeated_pattern(tmp_path):
+def test_mlm_learns_to_fill_in_a_repeated_pattern(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     x_train, x_unlabeled = repeated_patterns(rng, 256), repeated_patterns(rng, 256)
     y = np.arange(256, dtype=np.int32) % 2
@@ -250,7 +251,8 @@ def test_mlm_learns_to_fill_in_a_repeated_pattern(tmp_path):
     assert np.mean(accuracy[-50:]) > 0.9
     assert backbone.architecture.model_inputs == {"vocab_size": VOCAB}
     # The cache keeps the log with the backbone.
-    again = transfer.pretrain(config, cache_dir=tmp_path, load_dataset=lambda name: pytest.fail("pretrained again"))
+    monkeypatch.setattr(train, "fit", lambda *args, **kwargs: pytest.fail("pretrained again"))
+    again = transfer.pretrain(config, cache_dir=tmp_path, load_dataset=lambda name: corpus)
     assert again.log == backbone.log
 
 
@@ -317,6 +319,13 @@ def test_a_backbone_of_another_vocabulary_is_refused_before_training(registered,
         transfer.pretrain(
             transfer.PretrainConfig("dataset", TEXT_DATASET, model="bag", source_dataset="other"),
             load_dataset=lambda name: other if name == "other" else text_dataset(),
+        )
+    # A source of the same vocabulary size whose ids another tokenizer made.
+    target, other = (dataclasses.replace(text_dataset(name=name), tokenizer=name) for name in (TEXT_DATASET, "other"))
+    with pytest.raises(ValueError, match="the source dataset other was tokenized by tokenizer other but the target toy_text by toy_text"):
+        transfer.pretrain(
+            transfer.PretrainConfig("dataset", TEXT_DATASET, model="bag", source_dataset="other"),
+            load_dataset=lambda name: other if name == "other" else target,
         )
 
 
