@@ -275,28 +275,52 @@ class Reconstruction(train.Objective):
 MASKED_SHARE, RANDOM_SHARE = 0.8, 0.1  # the remaining 0.1 unchanged
 
 
-def mask_tokens(key: jax.Array, x: jax.Array, vocab_size: int, *, rate: float = 0.15) -> tuple[jax.Array, jax.Array]:
-    """BERT's masking of a batch of ``(N, L)`` token ids: ``(inputs, selected)``.
+def max_predictions(length: int, rate: float) -> int:
+    """How many positions of a sequence of ``length`` tokens masked-language modelling predicts at
+    most: ``ceil(rate * length)`` (BERT's ``max_predictions_per_seq``); a static shape for jit."""
+    return max(1, math.ceil(rate * length))
 
-    Each ordinary token (not padding nor another special token, see
-    :data:`lab.models.NUM_SPECIAL_TOKENS`) is selected with probability ``rate``; of the
-    selected, :data:`MASKED_SHARE` become ``[MASK]``, :data:`RANDOM_SHARE` a random ordinary
-    token and the rest stay. ``selected`` (boolean, ``(N, L)``) marks the positions whose
-    original token is to be predicted; ``inputs`` keeps the dtype of ``x``.
+
+def mask_tokens(
+    key: jax.Array, x: jax.Array, vocab_size: int, *, rate: float = 0.15
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """BERT's masking of a batch of ``(N, L)`` token ids: ``(inputs, positions, weights)``.
+
+    A sequence of ``n`` ordinary tokens (not padding nor another special token, see
+    :data:`lab.models.NUM_SPECIAL_TOKENS`) has ``max(1, round(rate * n))`` of them (halves
+    rounded up; none when ``n = 0``) chosen at random for prediction, as BERT's data
+    pipeline chooses them; of the chosen, :data:`MASKED_SHARE` become ``[MASK]``,
+    :data:`RANDOM_SHARE` a random ordinary token and the rest stay. ``positions`` ``(N, P)``
+    int32, ``P =`` :func:`max_predictions`, holds the chosen positions first, then others
+    whose ``weights`` (boolean, ``(N, P)``) are False; :func:`selected_positions` turns the two
+    into an ``(N, L)`` mask. ``inputs`` keeps the dtype of ``x``.
     """
     select_key, action_key, token_key = jax.random.split(key, 3)
-    selected = (x >= models.NUM_SPECIAL_TOKENS) & (jax.random.uniform(select_key, x.shape) < rate)
+    eligible = x >= models.NUM_SPECIAL_TOKENS
+    count = eligible.sum(axis=1)
+    chosen = jnp.where(count > 0, jnp.maximum(1, jnp.floor(count * jnp.float32(rate) + 0.5)), 0)
+    # The eligible positions in a random order, then the others: the chosen are the first `chosen`.
+    priority = jnp.where(eligible, jax.random.uniform(select_key, x.shape), -1.0)
+    _, positions = jax.lax.top_k(priority, max_predictions(x.shape[1], rate))
+    weights = jnp.arange(positions.shape[1]) < chosen[:, None]
+    selected = selected_positions(positions, weights, x.shape[1])
     action = jax.random.uniform(action_key, x.shape)
     random_tokens = jax.random.randint(token_key, x.shape, models.NUM_SPECIAL_TOKENS, vocab_size, dtype=x.dtype)
     inputs = jnp.where(selected & (action < MASKED_SHARE), jnp.asarray(modality.MASK_ID, x.dtype), x)
     replaced = selected & (action >= MASKED_SHARE) & (action < MASKED_SHARE + RANDOM_SHARE)
-    return jnp.where(replaced, random_tokens, inputs), selected
+    return jnp.where(replaced, random_tokens, inputs), positions.astype(jnp.int32), weights
 
 
-def masked_token_loss(logits: jax.Array, targets: jax.Array, selected: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(cross-entropy, accuracy) of ``(N, L, V)`` token logits against the ``(N, L)`` original
-    tokens, averaged over the ``selected`` positions only (0 when none is)."""
-    weights = selected.astype(jnp.float32)
+def selected_positions(positions: jax.Array, weights: jax.Array, length: int) -> jax.Array:
+    """The ``(N, length)`` boolean mask of the ``(N, P)`` ``positions`` whose ``weights`` are True."""
+    rows = jnp.arange(positions.shape[0])[:, None]
+    return jnp.zeros((positions.shape[0], length), bool).at[rows, positions].max(weights)
+
+
+def masked_token_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(cross-entropy, accuracy) of ``(N, P, V)`` token logits against the ``(N, P)`` original
+    tokens, averaged over the positions whose ``weights`` are True only (0 when none is)."""
+    weights = weights.astype(jnp.float32)
     count = jnp.maximum(weights.sum(), 1)
     cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     correct = (logits.argmax(axis=-1) == targets).astype(jnp.float32)
@@ -306,8 +330,10 @@ def masked_token_loss(logits: jax.Array, targets: jax.Array, selected: jax.Array
 @dataclasses.dataclass(frozen=True)
 class MaskedLanguageModelling(train.Objective):
     """BERT's masked-language-model loss on unlabeled token sequences: a fresh :func:`mask_tokens`
-    draw every step, and the cross-entropy of the model's ``(N, L, vocab_size)`` logits on the
-    selected positions. Logs ``loss`` and ``masked_accuracy`` (of the selected positions)."""
+    draw every step, and the cross-entropy of the model's logits over the vocabulary at the
+    chosen positions: ``model(inputs, positions)`` computes them there only (``(N, P, vocab_size)``,
+    as :class:`TokenPredictor` does), not at every position. Logs ``loss`` and
+    ``masked_accuracy`` (of the chosen positions)."""
 
     vocab_size: int
     rate: float = 0.15
@@ -317,15 +343,18 @@ class MaskedLanguageModelling(train.Objective):
 
     def loss(self, model, batch, key, objective_state, step):
         x = batch["unlabeled"]["x"]
-        inputs, selected = mask_tokens(key, x, self.vocab_size, rate=self.rate)
-        loss, accuracy = masked_token_loss(model(inputs), x, selected)
+        inputs, positions, weights = mask_tokens(key, x, self.vocab_size, rate=self.rate)
+        targets = jnp.take_along_axis(x, positions, axis=1)
+        loss, accuracy = masked_token_loss(model(inputs, positions), targets, weights)
         return loss, {"loss": loss, "masked_accuracy": accuracy}, objective_state
 
 
 class TokenPredictor(nnx.Module):
     """A text ``backbone`` and a ``head`` that reads its per-position features
     (``backbone.token_features``, see :class:`lab.models.Classifier`) into logits over the
-    vocabulary: ``(N, L)`` token ids -> ``(N, L, vocab_size)``."""
+    vocabulary: ``(N, L)`` token ids -> ``(N, L, vocab_size)``, or ``(N, P, vocab_size)`` at
+    ``(N, P)`` ``positions`` only (the head's cost is per position, and its last layer is the
+    widest of the model)."""
 
     def __init__(self, backbone: nnx.Module, head: nnx.Module):
         if not hasattr(backbone, "token_features"):
@@ -336,8 +365,11 @@ class TokenPredictor(nnx.Module):
         self.backbone = backbone
         self.head = head
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.head(self.backbone.token_features(x))
+    def __call__(self, x: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+        features = self.backbone.token_features(x)
+        if positions is not None:
+            features = jnp.take_along_axis(features, positions[..., None], axis=1)
+        return self.head(features)
 
 
 # --------------------------------------------------------------------------- pretraining
