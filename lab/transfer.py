@@ -103,24 +103,24 @@ class Backbone:
     ``params`` are the ``nnx.Param`` values; ``model_state`` the other variables
     (BatchNorm statistics), except RNG streams. ``log`` holds every pretraining step's
     metrics by name (``loss``, and e.g. ``masked_accuracy`` for ``"mlm"``), empty for a
-    backbone that was not pretrained by :func:`pretrain`.
+    backbone that was not pretrained by :func:`pretrain`. ``pretraining_head`` holds the
+    variables of the head its pretraining task trained, by group (``"params"``,
+    ``"model_state"``) then path (``"head/..."``), which :func:`pretraining_model` puts back
+    (MLM's token predictor, to fill blanks); adaptation never reads it.
     """
 
     architecture: Architecture
     params: Mapping[str, jax.Array]
     model_state: Mapping[str, jax.Array]
     log: Mapping[str, list[float]] = dataclasses.field(default_factory=dict)
+    pretraining_head: Mapping[str, Mapping[str, jax.Array]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_module(
         cls, module: nnx.Module, architecture: Architecture, log: Mapping[str, list[float]] | None = None
     ) -> Backbone:
         """The current values of ``module.backbone``, e.g. of a pretraining model after training."""
-        values = {
-            group: {path: variable.get_value() for path, variable in variables.items()}
-            for group, variables in _backbone_variables(module).items()
-        }
-        return cls(architecture, **values, log=dict(log or {}))
+        return cls(architecture, **_values(module, "backbone"), log=dict(log or {}))
 
     def classifier(
         self, num_classes: int, *, seed: int, model_inputs: Mapping[str, Any] | None = None
@@ -151,25 +151,26 @@ def init_from_backbone(module: nnx.Module, backbone: Backbone) -> nnx.Module:
     Fails, naming the parameter paths, when the two backbones do not have the same
     variables with the same shapes and dtypes.
     """
-    targets = _backbone_variables(module)
-    problems = [
-        line for group, variables in targets.items() for line in _mismatches(variables, getattr(backbone, group))
-    ]
-    if problems:
-        raise ValueError(
-            f"the pretrained backbone ({backbone.architecture}) does not match the backbone of this "
-            f"{type(module).__name__}:\n  " + "\n  ".join(problems)
-        )
-    for group, variables in targets.items():
-        values = getattr(backbone, group)
-        for path, variable in variables.items():
-            # A copy: fit() donates the train state's buffers, which must not be the backbone's own.
-            variable.set_value(jnp.array(values[path]))
+    _load(module, "backbone", {group: getattr(backbone, group) for group in _TRANSFERRED}, f"backbone ({backbone.architecture})")
     return module
 
 
-def _backbone_variables(module: nnx.Module) -> dict[str, dict[str, nnx.Variable]]:
-    """The transferred variables of ``module.backbone`` by group, then by parameter path."""
+def _load(module: nnx.Module, part: str, values: Mapping[str, Mapping[str, jax.Array]], what: str) -> None:
+    """Set the variables of ``module.<part>`` to ``values`` (by group, then path), after checking that they match."""
+    targets = _variables(module, part)
+    problems = [line for group, variables in targets.items() for line in _mismatches(variables, values[group])]
+    if problems:
+        raise ValueError(
+            f"the pretrained {what} does not match the {part} of this {type(module).__name__}:\n  " + "\n  ".join(problems)
+        )
+    for group, variables in targets.items():
+        for path, variable in variables.items():
+            # A copy: fit() donates the train state's buffers, which must not be the backbone's own.
+            variable.set_value(jnp.array(values[group][path]))
+
+
+def _variables(module: nnx.Module, part: str) -> dict[str, dict[str, nnx.Variable]]:
+    """The transferred variables of ``module.<part>`` (``backbone`` or ``head``) by group, then by parameter path."""
     if not hasattr(module, "backbone"):
         raise TypeError(
             f"{type(module).__name__} has no `backbone` attribute; transfer needs a module with a "
@@ -177,10 +178,18 @@ def _backbone_variables(module: nnx.Module) -> dict[str, dict[str, nnx.Variable]
         )
     return {
         group: {
-            "/".join(("backbone", *map(str, path))): variable
-            for path, variable in nnx.to_flat_state(nnx.state(module.backbone, kind))
+            "/".join((part, *map(str, path))): variable
+            for path, variable in nnx.to_flat_state(nnx.state(getattr(module, part), kind))
         }
         for group, kind in _TRANSFERRED.items()
+    }
+
+
+def _values(module: nnx.Module, part: str) -> dict[str, dict[str, jax.Array]]:
+    """The current values of :func:`_variables`."""
+    return {
+        group: {path: variable.get_value() for path, variable in variables.items()}
+        for group, variables in _variables(module, part).items()
     }
 
 
@@ -496,6 +505,24 @@ def pretrain(
     return backbone
 
 
+def pretraining_model(
+    config: PretrainConfig,
+    *,
+    cache_dir: str | Path | None = None,
+    load_dataset: Callable[[str], data.Dataset] = data.load,
+    progress: bool = False,
+) -> nnx.Module:
+    """The whole model ``config`` pretrains, in eval mode: the backbone of :func:`pretrain` (the same
+    cache entry, pretrained if absent) with the head its task trained, e.g. MLM's
+    :class:`TokenPredictor`, whose logits over the vocabulary fill blanks (:func:`lab.text.fill_masks`)."""
+    backbone = pretrain(config, cache_dir=cache_dir, load_dataset=load_dataset, progress=progress)
+    source = _source(config, load_dataset(config.dataset), load_dataset)
+    module = init_from_backbone(PRETRAIN_SOURCES[config.source].module(backbone.architecture, config, source), backbone)
+    _load(module, "head", backbone.pretraining_head, "pretraining head")
+    module.eval()
+    return module
+
+
 def match_input_shape(x: np.ndarray, input_shape: Sequence[int]) -> np.ndarray:
     """Area-resize a batch of images ``(N, H, W, C)`` or signals ``(N, L, C)`` to ``input_shape``.
 
@@ -536,9 +563,8 @@ def check_modality(source: str, kind: str) -> None:
         )
 
 
-def _train_backbone(
-    config: PretrainConfig, target: data.Dataset, load_dataset: Callable[[str], data.Dataset], progress: bool
-) -> Backbone:
+def _source(config: PretrainConfig, target: data.Dataset, load_dataset: Callable[[str], data.Dataset]) -> data.Dataset:
+    """The data ``config`` pretrains on, checked against the ``target``'s."""
     check_modality(config.source, modality.of_shape(target.input_shape).name)
     source = target if config.source_dataset is None else load_dataset(config.source_dataset)
     if source.model_inputs != target.model_inputs:
@@ -551,8 +577,13 @@ def _train_backbone(
             f"the source dataset {source.name} was tokenized by tokenizer {source.tokenizer} but the target "
             f"{target.name} by {target.tokenizer}: a backbone reads the tokens of one vocabulary"
         )
-    if config.source_classes is not None:
-        source = source.subset(config.source_classes)
+    return source if config.source_classes is None else source.subset(config.source_classes)
+
+
+def _train_backbone(
+    config: PretrainConfig, target: data.Dataset, load_dataset: Callable[[str], data.Dataset], progress: bool
+) -> Backbone:
+    source = _source(config, target, load_dataset)
     # JSON types, as a backbone read back from the cache has them.
     architecture = Architecture(
         config.model, tuple(target.input_shape), config.to_dict()["model_kwargs"], dict(target.model_inputs)
@@ -571,8 +602,9 @@ def _train_backbone(
     # Metrics the objective does not measure are NaN throughout (the supervised objective's
     # pseudo-label accuracy): left out, which keeps the cache entry's JSON standard.
     log = {name: np.asarray(values).tolist() for name, values in result.log.items() if np.isfinite(values).any()}
-    return Backbone.from_module(
-        model.bind(result.state.params, result.state.model_state, train=False), architecture, log
+    trained = model.bind(result.state.params, result.state.model_state, train=False)
+    return dataclasses.replace(
+        Backbone.from_module(trained, architecture, log), pretraining_head=_values(trained, "head")
     )
 
 
@@ -690,6 +722,9 @@ def _write_entry(entry: Path, config: PretrainConfig, backbone: Backbone, tokeni
     entry.parent.mkdir(parents=True, exist_ok=True)
     temporary = files.temporary_sibling(entry)
     arrays = {group: traverse_util.unflatten_dict(getattr(backbone, group), sep="/") for group in _TRANSFERRED}
+    arrays["pretraining_head"] = {
+        group: traverse_util.unflatten_dict(values, sep="/") for group, values in backbone.pretraining_head.items()
+    }
     description = {
         "config": config.to_dict(),
         "producer": producer(),
@@ -728,6 +763,10 @@ def _read_entry(entry: Path, config: PretrainConfig) -> Backbone:
         Architecture(**architecture),
         **{group: traverse_util.flatten_dict(arrays[group], sep="/") for group in _TRANSFERRED},
         log=description["log"],
+        pretraining_head={
+            group: traverse_util.flatten_dict(arrays["pretraining_head"].get(group, {}), sep="/")
+            for group in _TRANSFERRED
+        },
     )
 
 

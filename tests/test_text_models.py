@@ -296,6 +296,14 @@ def test_mlm_learns_to_fill_in_a_repeated_pattern(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "fit", lambda *args, **kwargs: pytest.fail("pretrained again"))
     again = transfer.pretrain(config, cache_dir=tmp_path, load_dataset=lambda name: corpus)
     assert again.log == backbone.log
+    # And the token predictor's head: the pretrained model from the same entry fills blanks (with
+    # the head's initial weights instead of the trained ones, 70% of them).
+    predictor = transfer.pretraining_model(config, cache_dir=tmp_path, load_dataset=lambda name: corpus)
+    x = repeated_patterns(rng, 64)
+    masked = x.copy()
+    masked[:, 5] = MASK_ID
+    guesses = np.asarray(predictor(jnp.asarray(masked))).argmax(-1)[:, 5]
+    assert np.mean(guesses == x[:, 5]) > 0.9
 
 
 def test_mlm_pretrains_on_the_training_texts_and_the_unlabeled_corpus_never_the_test_texts(fit_calls, tmp_path):
