@@ -67,7 +67,8 @@ def main() -> None:
           f"sequences of {dataset.input_shape[0]} tokens, vocabulary {dataset.vocab_size}")  # fmt: skip
     for repeat in range(args.repeats):
         measured = {}
-        for name, objective_type in (("chosen positions", transfer.MaskedLanguageModelling), ("every position", EveryPosition)):
+        contenders = (("chosen positions", transfer.MaskedLanguageModelling), ("every position", EveryPosition))
+        for name, objective_type in contenders:
             measured[name], last_loss = steps_per_second(objective_type, dataset, config)
             print(f"  {name:>16}: {measured[name]:6.2f} steps/s (last loss {last_loss:.4f}); "
                   f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip

@@ -151,7 +151,8 @@ def init_from_backbone(module: nnx.Module, backbone: Backbone) -> nnx.Module:
     Fails, naming the parameter paths, when the two backbones do not have the same
     variables with the same shapes and dtypes.
     """
-    _load(module, "backbone", {group: getattr(backbone, group) for group in _TRANSFERRED}, f"backbone ({backbone.architecture})")
+    values = {group: getattr(backbone, group) for group in _TRANSFERRED}
+    _load(module, "backbone", values, f"backbone ({backbone.architecture})")
     return module
 
 
@@ -161,7 +162,8 @@ def _load(module: nnx.Module, part: str, values: Mapping[str, Mapping[str, jax.A
     problems = [line for group, variables in targets.items() for line in _mismatches(variables, values[group])]
     if problems:
         raise ValueError(
-            f"the pretrained {what} does not match the {part} of this {type(module).__name__}:\n  " + "\n  ".join(problems)
+            f"the pretrained {what} does not match the {part} of this {type(module).__name__}:\n  "
+            + "\n  ".join(problems)
         )
     for group, variables in targets.items():
         for path, variable in variables.items():

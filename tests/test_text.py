@@ -383,8 +383,12 @@ def test_a_pretrained_backbone_is_keyed_by_the_tokenizer_of_its_data(tmp_path, m
     from lab import train, transfer
 
     trained = []
-    monkeypatch.setattr(train, "fit", lambda model, state, *args, **kwargs: trained.append(1) or train.FitResult(
-        state=state, history=[], log={}, wall_time_s={}))
+
+    def no_op_fit(model, state, *args, **kwargs):
+        trained.append(1)
+        return train.FitResult(state=state, history=[], log={}, wall_time_s={})
+
+    monkeypatch.setattr(train, "fit", no_op_fit)
     first = write_fortunes(tmp_path / "first", languages=False)
     second = write_fortunes(tmp_path / "second", languages=False)
     (second / "fortunes").write_text(_fortune_file(["Zebras quietly juggle xylophones.", *EXTRA_ENGLISH[:2]]))
@@ -395,7 +399,9 @@ def test_a_pretrained_backbone_is_keyed_by_the_tokenizer_of_its_data(tmp_path, m
     before, after = loader(first)("fortunes_topics"), loader(second)("fortunes_topics")
     assert before.vocab_size == after.vocab_size and before.tokenizer != after.tokenizer
     assert before.tokenizer == text.tokenizer("fortunes_topics", data_dir=first, vocab_size=150).fingerprint
-    config = transfer.PretrainConfig("mlm", "fortunes_topics", model="bag", model_kwargs={"dim": 8}, steps=1, batch_size=8)
+    config = transfer.PretrainConfig(
+        "mlm", "fortunes_topics", model="bag", model_kwargs={"dim": 8}, steps=1, batch_size=8
+    )
     assert config.key_for(before.tokenizer) != config.key_for(after.tokenizer)
 
     cache_dir = tmp_path / "pretrained"

@@ -265,7 +265,8 @@ def test_mlm_objective_scores_only_the_chosen_positions_as_the_logits_of_every_p
     copy_at_positions = lambda ids, positions: table[jnp.take_along_axis(ids, positions, axis=1)]  # noqa: E731
     _, step_metrics, _ = objective.loss(copy_at_positions, {"unlabeled": {"x": x}}, key, None, 0)
     inputs, positions, weights = transfer.mask_tokens(key, x, VOCAB)
-    _, expected_accuracy = transfer.masked_token_loss(table[inputs], x, transfer.selected_positions(positions, weights, LENGTH))
+    selected = transfer.selected_positions(positions, weights, LENGTH)
+    _, expected_accuracy = transfer.masked_token_loss(table[inputs], x, selected)
     assert 0.05 < float(expected_accuracy) < 0.2
     np.testing.assert_allclose(step_metrics["masked_accuracy"], expected_accuracy, rtol=1e-6)
 
@@ -372,7 +373,8 @@ def test_a_backbone_of_another_vocabulary_is_refused_before_training(registered,
         )
     # A source of the same vocabulary size whose ids another tokenizer made.
     target, other = (dataclasses.replace(text_dataset(name=name), tokenizer=name) for name in (TEXT_DATASET, "other"))
-    with pytest.raises(ValueError, match="the source dataset other was tokenized by tokenizer other but the target toy_text by toy_text"):
+    message = "the source dataset other was tokenized by tokenizer other but the target toy_text by toy_text"
+    with pytest.raises(ValueError, match=message):
         transfer.pretrain(
             transfer.PretrainConfig("dataset", TEXT_DATASET, model="bag", source_dataset="other"),
             load_dataset=lambda name: other if name == "other" else target,
