@@ -43,6 +43,7 @@ class Dataset:
     # Whether semi-supervised runs also draw their unlabeled batches from x_unlabeled: true for
     # STL-10's unlabeled split, which the benchmark provides for that; a text corpus is for pretraining.
     unlabeled_in_pool: bool = False
+    tokenizer: str | None = None  # token sequences: the fingerprint of the tokenizer that made the ids
 
     def __post_init__(self) -> None:
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
@@ -121,6 +122,7 @@ class Dataset:
             class_names=tuple(self.class_names[c] for c in classes),
             source=self.source,
             vocab_size=self.vocab_size,
+            tokenizer=self.tokenizer,
             x_unlabeled=self.x_unlabeled,
             unlabeled_in_pool=self.unlabeled_in_pool,
         )

@@ -563,6 +563,7 @@ def load_dataset(
         class_names=texts.class_names,
         source=texts.source,
         vocab_size=encoder.vocab_size,
+        tokenizer=encoder.fingerprint,
         x_unlabeled=x_unlabeled,
     )
 

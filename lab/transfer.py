@@ -103,24 +103,24 @@ class Backbone:
     ``params`` are the ``nnx.Param`` values; ``model_state`` the other variables
     (BatchNorm statistics), except RNG streams. ``log`` holds every pretraining step's
     metrics by name (``loss``, and e.g. ``masked_accuracy`` for ``"mlm"``), empty for a
-    backbone that was not pretrained by :func:`pretrain`.
+    backbone that was not pretrained by :func:`pretrain`. ``pretraining_head`` holds the
+    variables of the head its pretraining task trained, by group (``"params"``,
+    ``"model_state"``) then path (``"head/..."``), which :func:`pretraining_model` puts back
+    (MLM's token predictor, to fill blanks); adaptation never reads it.
     """
 
     architecture: Architecture
     params: Mapping[str, jax.Array]
     model_state: Mapping[str, jax.Array]
     log: Mapping[str, list[float]] = dataclasses.field(default_factory=dict)
+    pretraining_head: Mapping[str, Mapping[str, jax.Array]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_module(
         cls, module: nnx.Module, architecture: Architecture, log: Mapping[str, list[float]] | None = None
     ) -> Backbone:
         """The current values of ``module.backbone``, e.g. of a pretraining model after training."""
-        values = {
-            group: {path: variable.get_value() for path, variable in variables.items()}
-            for group, variables in _backbone_variables(module).items()
-        }
-        return cls(architecture, **values, log=dict(log or {}))
+        return cls(architecture, **_values(module, "backbone"), log=dict(log or {}))
 
     def classifier(
         self, num_classes: int, *, seed: int, model_inputs: Mapping[str, Any] | None = None
@@ -151,25 +151,28 @@ def init_from_backbone(module: nnx.Module, backbone: Backbone) -> nnx.Module:
     Fails, naming the parameter paths, when the two backbones do not have the same
     variables with the same shapes and dtypes.
     """
-    targets = _backbone_variables(module)
-    problems = [
-        line for group, variables in targets.items() for line in _mismatches(variables, getattr(backbone, group))
-    ]
-    if problems:
-        raise ValueError(
-            f"the pretrained backbone ({backbone.architecture}) does not match the backbone of this "
-            f"{type(module).__name__}:\n  " + "\n  ".join(problems)
-        )
-    for group, variables in targets.items():
-        values = getattr(backbone, group)
-        for path, variable in variables.items():
-            # A copy: fit() donates the train state's buffers, which must not be the backbone's own.
-            variable.set_value(jnp.array(values[path]))
+    values = {group: getattr(backbone, group) for group in _TRANSFERRED}
+    _load(module, "backbone", values, f"backbone ({backbone.architecture})")
     return module
 
 
-def _backbone_variables(module: nnx.Module) -> dict[str, dict[str, nnx.Variable]]:
-    """The transferred variables of ``module.backbone`` by group, then by parameter path."""
+def _load(module: nnx.Module, part: str, values: Mapping[str, Mapping[str, jax.Array]], what: str) -> None:
+    """Set the variables of ``module.<part>`` to ``values`` (by group, then path), after checking that they match."""
+    targets = _variables(module, part)
+    problems = [line for group, variables in targets.items() for line in _mismatches(variables, values[group])]
+    if problems:
+        raise ValueError(
+            f"the pretrained {what} does not match the {part} of this {type(module).__name__}:\n  "
+            + "\n  ".join(problems)
+        )
+    for group, variables in targets.items():
+        for path, variable in variables.items():
+            # A copy: fit() donates the train state's buffers, which must not be the backbone's own.
+            variable.set_value(jnp.array(values[group][path]))
+
+
+def _variables(module: nnx.Module, part: str) -> dict[str, dict[str, nnx.Variable]]:
+    """The transferred variables of ``module.<part>`` (``backbone`` or ``head``) by group, then by parameter path."""
     if not hasattr(module, "backbone"):
         raise TypeError(
             f"{type(module).__name__} has no `backbone` attribute; transfer needs a module with a "
@@ -177,10 +180,18 @@ def _backbone_variables(module: nnx.Module) -> dict[str, dict[str, nnx.Variable]
         )
     return {
         group: {
-            "/".join(("backbone", *map(str, path))): variable
-            for path, variable in nnx.to_flat_state(nnx.state(module.backbone, kind))
+            "/".join((part, *map(str, path))): variable
+            for path, variable in nnx.to_flat_state(nnx.state(getattr(module, part), kind))
         }
         for group, kind in _TRANSFERRED.items()
+    }
+
+
+def _values(module: nnx.Module, part: str) -> dict[str, dict[str, jax.Array]]:
+    """The current values of :func:`_variables`."""
+    return {
+        group: {path: variable.get_value() for path, variable in variables.items()}
+        for group, variables in _variables(module, part).items()
     }
 
 
@@ -275,28 +286,52 @@ class Reconstruction(train.Objective):
 MASKED_SHARE, RANDOM_SHARE = 0.8, 0.1  # the remaining 0.1 unchanged
 
 
-def mask_tokens(key: jax.Array, x: jax.Array, vocab_size: int, *, rate: float = 0.15) -> tuple[jax.Array, jax.Array]:
-    """BERT's masking of a batch of ``(N, L)`` token ids: ``(inputs, selected)``.
+def max_predictions(length: int, rate: float) -> int:
+    """How many positions of a sequence of ``length`` tokens masked-language modelling predicts at
+    most: ``ceil(rate * length)`` (BERT's ``max_predictions_per_seq``); a static shape for jit."""
+    return max(1, math.ceil(rate * length))
 
-    Each ordinary token (not padding nor another special token, see
-    :data:`lab.models.NUM_SPECIAL_TOKENS`) is selected with probability ``rate``; of the
-    selected, :data:`MASKED_SHARE` become ``[MASK]``, :data:`RANDOM_SHARE` a random ordinary
-    token and the rest stay. ``selected`` (boolean, ``(N, L)``) marks the positions whose
-    original token is to be predicted; ``inputs`` keeps the dtype of ``x``.
+
+def mask_tokens(
+    key: jax.Array, x: jax.Array, vocab_size: int, *, rate: float = 0.15
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """BERT's masking of a batch of ``(N, L)`` token ids: ``(inputs, positions, weights)``.
+
+    A sequence of ``n`` ordinary tokens (not padding nor another special token, see
+    :data:`lab.models.NUM_SPECIAL_TOKENS`) has ``max(1, round(rate * n))`` of them (halves
+    rounded up; none when ``n = 0``) chosen at random for prediction, as BERT's data
+    pipeline chooses them; of the chosen, :data:`MASKED_SHARE` become ``[MASK]``,
+    :data:`RANDOM_SHARE` a random ordinary token and the rest stay. ``positions`` ``(N, P)``
+    int32, ``P =`` :func:`max_predictions`, holds the chosen positions first, then others
+    whose ``weights`` (boolean, ``(N, P)``) are False; :func:`selected_positions` turns the two
+    into an ``(N, L)`` mask. ``inputs`` keeps the dtype of ``x``.
     """
     select_key, action_key, token_key = jax.random.split(key, 3)
-    selected = (x >= models.NUM_SPECIAL_TOKENS) & (jax.random.uniform(select_key, x.shape) < rate)
+    eligible = x >= models.NUM_SPECIAL_TOKENS
+    count = eligible.sum(axis=1)
+    chosen = jnp.where(count > 0, jnp.maximum(1, jnp.floor(count * jnp.float32(rate) + 0.5)), 0)
+    # The eligible positions in a random order, then the others: the chosen are the first `chosen`.
+    priority = jnp.where(eligible, jax.random.uniform(select_key, x.shape), -1.0)
+    _, positions = jax.lax.top_k(priority, max_predictions(x.shape[1], rate))
+    weights = jnp.arange(positions.shape[1]) < chosen[:, None]
+    selected = selected_positions(positions, weights, x.shape[1])
     action = jax.random.uniform(action_key, x.shape)
     random_tokens = jax.random.randint(token_key, x.shape, models.NUM_SPECIAL_TOKENS, vocab_size, dtype=x.dtype)
     inputs = jnp.where(selected & (action < MASKED_SHARE), jnp.asarray(modality.MASK_ID, x.dtype), x)
     replaced = selected & (action >= MASKED_SHARE) & (action < MASKED_SHARE + RANDOM_SHARE)
-    return jnp.where(replaced, random_tokens, inputs), selected
+    return jnp.where(replaced, random_tokens, inputs), positions.astype(jnp.int32), weights
 
 
-def masked_token_loss(logits: jax.Array, targets: jax.Array, selected: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(cross-entropy, accuracy) of ``(N, L, V)`` token logits against the ``(N, L)`` original
-    tokens, averaged over the ``selected`` positions only (0 when none is)."""
-    weights = selected.astype(jnp.float32)
+def selected_positions(positions: jax.Array, weights: jax.Array, length: int) -> jax.Array:
+    """The ``(N, length)`` boolean mask of the ``(N, P)`` ``positions`` whose ``weights`` are True."""
+    rows = jnp.arange(positions.shape[0])[:, None]
+    return jnp.zeros((positions.shape[0], length), bool).at[rows, positions].max(weights)
+
+
+def masked_token_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(cross-entropy, accuracy) of ``(N, P, V)`` token logits against the ``(N, P)`` original
+    tokens, averaged over the positions whose ``weights`` are True only (0 when none is)."""
+    weights = weights.astype(jnp.float32)
     count = jnp.maximum(weights.sum(), 1)
     cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     correct = (logits.argmax(axis=-1) == targets).astype(jnp.float32)
@@ -306,8 +341,10 @@ def masked_token_loss(logits: jax.Array, targets: jax.Array, selected: jax.Array
 @dataclasses.dataclass(frozen=True)
 class MaskedLanguageModelling(train.Objective):
     """BERT's masked-language-model loss on unlabeled token sequences: a fresh :func:`mask_tokens`
-    draw every step, and the cross-entropy of the model's ``(N, L, vocab_size)`` logits on the
-    selected positions. Logs ``loss`` and ``masked_accuracy`` (of the selected positions)."""
+    draw every step, and the cross-entropy of the model's logits over the vocabulary at the
+    chosen positions: ``model(inputs, positions)`` computes them there only (``(N, P, vocab_size)``,
+    as :class:`TokenPredictor` does), not at every position. Logs ``loss`` and
+    ``masked_accuracy`` (of the chosen positions)."""
 
     vocab_size: int
     rate: float = 0.15
@@ -317,15 +354,18 @@ class MaskedLanguageModelling(train.Objective):
 
     def loss(self, model, batch, key, objective_state, step):
         x = batch["unlabeled"]["x"]
-        inputs, selected = mask_tokens(key, x, self.vocab_size, rate=self.rate)
-        loss, accuracy = masked_token_loss(model(inputs), x, selected)
+        inputs, positions, weights = mask_tokens(key, x, self.vocab_size, rate=self.rate)
+        targets = jnp.take_along_axis(x, positions, axis=1)
+        loss, accuracy = masked_token_loss(model(inputs, positions), targets, weights)
         return loss, {"loss": loss, "masked_accuracy": accuracy}, objective_state
 
 
 class TokenPredictor(nnx.Module):
     """A text ``backbone`` and a ``head`` that reads its per-position features
     (``backbone.token_features``, see :class:`lab.models.Classifier`) into logits over the
-    vocabulary: ``(N, L)`` token ids -> ``(N, L, vocab_size)``."""
+    vocabulary: ``(N, L)`` token ids -> ``(N, L, vocab_size)``, or ``(N, P, vocab_size)`` at
+    ``(N, P)`` ``positions`` only (the head's cost is per position, and its last layer is the
+    widest of the model)."""
 
     def __init__(self, backbone: nnx.Module, head: nnx.Module):
         if not hasattr(backbone, "token_features"):
@@ -336,8 +376,11 @@ class TokenPredictor(nnx.Module):
         self.backbone = backbone
         self.head = head
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.head(self.backbone.token_features(x))
+    def __call__(self, x: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+        features = self.backbone.token_features(x)
+        if positions is not None:
+            features = jnp.take_along_axis(features, positions[..., None], axis=1)
+        return self.head(features)
 
 
 # --------------------------------------------------------------------------- pretraining
@@ -411,8 +454,16 @@ class PretrainConfig:
     @property
     def cache_key(self) -> str:
         """A stable hash of the config and of what else decides the backbone it pretrains: the code
-        (:func:`lab.cache.fingerprint`) and the backend that runs it (a GPU's numbers differ from a CPU's)."""
-        return cache.key(self.to_dict(), producer())
+        (:func:`lab.cache.fingerprint`) and the backend that runs it (a GPU's numbers differ from a CPU's).
+        The key of data that are not token ids; :meth:`key_for` adds the tokenizer of those that are."""
+        return self.key_for(tokenizer=None)
+
+    def key_for(self, tokenizer: str | None) -> str:
+        """:attr:`cache_key` with the fingerprint of the tokenizer whose ids the backbone reads
+        (:attr:`lab.data.Dataset.tokenizer`): token ids of another tokenizer mean other tokens, even
+        with a vocabulary of the same size."""
+        extra = () if tokenizer is None else ({"tokenizer": tokenizer},)
+        return cache.key(self.to_dict(), producer(), *extra)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON types (tuples become lists)."""
@@ -433,20 +484,45 @@ def pretrain(
 ) -> Backbone:
     """The backbone ``config`` describes: loaded from the cache, else trained and cached.
 
-    Entries live in ``cache_dir/<config.cache_key>/`` (``cache_dir`` defaults to
-    ``lab.cache.cache_dir()/pretrained``): ``config.json`` (the config and its :func:`producer`)
-    and the arrays as an orbax checkpoint. Code or library versions other than those that made
-    an entry give another key, so the backbone is pretrained again. An entry is written in a temporary folder and renamed into place when
-    complete, so an interrupted run never leaves a half-written entry behind.
-    ``load_dataset(name)`` loads datasets by name (e.g. with a ``data_dir`` bound).
+    Entries live in ``cache_dir/<key>/`` (``cache_dir`` defaults to
+    ``lab.cache.cache_dir()/pretrained``; the key is ``config.key_for(tokenizer)``, the
+    target's tokenizer fingerprint for token ids, else ``config.cache_key``): ``config.json``
+    (the config, its :func:`producer` and the tokenizer) and the arrays as an orbax checkpoint.
+    Code or library versions other than those that made an entry, or another tokenizer, give
+    another key, so the backbone is pretrained again. An entry is written in a temporary folder
+    and renamed into place when complete, so an interrupted run never leaves a half-written entry behind.
+    ``load_dataset(name)`` loads datasets by name (e.g. with a ``data_dir`` bound); a dataset
+    registered as other than text is loaded only on a cache miss.
     """
     root = Path(cache_dir) if cache_dir is not None else cache.cache_dir() / "pretrained"
-    entry = (root / config.cache_key).absolute()
+    entry_of = data.DATASET_ENTRIES.get(config.dataset)
+    # Only token ids have a tokenizer; a registered dataset of another modality need not be loaded to know.
+    target = None if entry_of is not None and entry_of.modality != modality.TEXT.name else load_dataset(config.dataset)
+    tokenizer = None if target is None else target.tokenizer
+    entry = (root / config.key_for(tokenizer)).absolute()
     if entry.exists():
         return _read_entry(entry, config)
-    backbone = _train_backbone(config, load_dataset, progress)
-    _write_entry(entry, config, backbone)
+    backbone = _train_backbone(config, target or load_dataset(config.dataset), load_dataset, progress)
+    _write_entry(entry, config, backbone, tokenizer)
     return backbone
+
+
+def pretraining_model(
+    config: PretrainConfig,
+    *,
+    cache_dir: str | Path | None = None,
+    load_dataset: Callable[[str], data.Dataset] = data.load,
+    progress: bool = False,
+) -> nnx.Module:
+    """The whole model ``config`` pretrains, in eval mode: the backbone of :func:`pretrain` (the same
+    cache entry, pretrained if absent) with the head its task trained, e.g. MLM's
+    :class:`TokenPredictor`, whose logits over the vocabulary fill blanks (:func:`lab.text.fill_masks`)."""
+    backbone = pretrain(config, cache_dir=cache_dir, load_dataset=load_dataset, progress=progress)
+    source = _source(config, load_dataset(config.dataset), load_dataset)
+    module = init_from_backbone(PRETRAIN_SOURCES[config.source].module(backbone.architecture, config, source), backbone)
+    _load(module, "head", backbone.pretraining_head, "pretraining head")
+    module.eval()
+    return module
 
 
 def match_input_shape(x: np.ndarray, input_shape: Sequence[int]) -> np.ndarray:
@@ -489,8 +565,8 @@ def check_modality(source: str, kind: str) -> None:
         )
 
 
-def _train_backbone(config: PretrainConfig, load_dataset: Callable[[str], data.Dataset], progress: bool) -> Backbone:
-    target = load_dataset(config.dataset)
+def _source(config: PretrainConfig, target: data.Dataset, load_dataset: Callable[[str], data.Dataset]) -> data.Dataset:
+    """The data ``config`` pretrains on, checked against the ``target``'s."""
     check_modality(config.source, modality.of_shape(target.input_shape).name)
     source = target if config.source_dataset is None else load_dataset(config.source_dataset)
     if source.model_inputs != target.model_inputs:
@@ -498,8 +574,18 @@ def _train_backbone(config: PretrainConfig, load_dataset: Callable[[str], data.D
             f"the source dataset {source.name} has {_describe_inputs(source.model_inputs)} but the target "
             f"{target.name} has {_describe_inputs(target.model_inputs)}: a backbone reads the tokens of one vocabulary"
         )
-    if config.source_classes is not None:
-        source = source.subset(config.source_classes)
+    if source.tokenizer != target.tokenizer:
+        raise ValueError(
+            f"the source dataset {source.name} was tokenized by tokenizer {source.tokenizer} but the target "
+            f"{target.name} by {target.tokenizer}: a backbone reads the tokens of one vocabulary"
+        )
+    return source if config.source_classes is None else source.subset(config.source_classes)
+
+
+def _train_backbone(
+    config: PretrainConfig, target: data.Dataset, load_dataset: Callable[[str], data.Dataset], progress: bool
+) -> Backbone:
+    source = _source(config, target, load_dataset)
     # JSON types, as a backbone read back from the cache has them.
     architecture = Architecture(
         config.model, tuple(target.input_shape), config.to_dict()["model_kwargs"], dict(target.model_inputs)
@@ -518,8 +604,9 @@ def _train_backbone(config: PretrainConfig, load_dataset: Callable[[str], data.D
     # Metrics the objective does not measure are NaN throughout (the supervised objective's
     # pseudo-label accuracy): left out, which keeps the cache entry's JSON standard.
     log = {name: np.asarray(values).tolist() for name, values in result.log.items() if np.isfinite(values).any()}
-    return Backbone.from_module(
-        model.bind(result.state.params, result.state.model_state, train=False), architecture, log
+    trained = model.bind(result.state.params, result.state.model_state, train=False)
+    return dataclasses.replace(
+        Backbone.from_module(trained, architecture, log), pretraining_head=_values(trained, "head")
     )
 
 
@@ -631,15 +718,19 @@ _CONFIG_FILE = "config.json"
 _ARRAYS_DIR = "arrays"
 
 
-def _write_entry(entry: Path, config: PretrainConfig, backbone: Backbone) -> None:
+def _write_entry(entry: Path, config: PretrainConfig, backbone: Backbone, tokenizer: str | None) -> None:
     import orbax.checkpoint as ocp  # imported here: it takes half a second, and only the cache needs it
 
     entry.parent.mkdir(parents=True, exist_ok=True)
     temporary = files.temporary_sibling(entry)
     arrays = {group: traverse_util.unflatten_dict(getattr(backbone, group), sep="/") for group in _TRANSFERRED}
+    arrays["pretraining_head"] = {
+        group: traverse_util.unflatten_dict(values, sep="/") for group, values in backbone.pretraining_head.items()
+    }
     description = {
         "config": config.to_dict(),
         "producer": producer(),
+        "tokenizer": tokenizer,
         "architecture": dataclasses.asdict(backbone.architecture),
         "log": dict(backbone.log),
     }
@@ -674,6 +765,10 @@ def _read_entry(entry: Path, config: PretrainConfig) -> Backbone:
         Architecture(**architecture),
         **{group: traverse_util.flatten_dict(arrays[group], sep="/") for group in _TRANSFERRED},
         log=description["log"],
+        pretraining_head={
+            group: traverse_util.flatten_dict(arrays["pretraining_head"].get(group, {}), sep="/")
+            for group in _TRANSFERRED
+        },
     )
 
 

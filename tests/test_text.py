@@ -377,6 +377,44 @@ def test_tokenizer_is_cached_by_corpus_and_settings(monkeypatch, tmp_path):
     assert train(CORPUS, 120).to_str() == first.backend.to_str()
 
 
+def test_a_pretrained_backbone_is_keyed_by_the_tokenizer_of_its_data(tmp_path, monkeypatch):
+    """The stale-cache bug: the backbone's key hashed the config alone, so after the corpus changed, a
+    backbone pretrained on the ids of the old tokenizer (same vocabulary size, other tokens) was reused."""
+    from lab import train, transfer
+
+    trained = []
+
+    def no_op_fit(model, state, *args, **kwargs):
+        trained.append(1)
+        return train.FitResult(state=state, history=[], log={}, wall_time_s={})
+
+    monkeypatch.setattr(train, "fit", no_op_fit)
+    first = write_fortunes(tmp_path / "first", languages=False)
+    second = write_fortunes(tmp_path / "second", languages=False)
+    (second / "fortunes").write_text(_fortune_file(["Zebras quietly juggle xylophones.", *EXTRA_ENGLISH[:2]]))
+
+    def loader(folder):
+        return lambda name: data.load(name, data_dir=folder, vocab_size=150, max_length=32)
+
+    before, after = loader(first)("fortunes_topics"), loader(second)("fortunes_topics")
+    assert before.vocab_size == after.vocab_size and before.tokenizer != after.tokenizer
+    assert before.tokenizer == text.tokenizer("fortunes_topics", data_dir=first, vocab_size=150).fingerprint
+    config = transfer.PretrainConfig(
+        "mlm", "fortunes_topics", model="bag", model_kwargs={"dim": 8}, steps=1, batch_size=8
+    )
+    assert config.key_for(before.tokenizer) != config.key_for(after.tokenizer)
+
+    cache_dir = tmp_path / "pretrained"
+    transfer.pretrain(config, cache_dir=cache_dir, load_dataset=loader(first))
+    transfer.pretrain(config, cache_dir=cache_dir, load_dataset=loader(first))  # a cache hit
+    assert trained == [1]
+    transfer.pretrain(config, cache_dir=cache_dir, load_dataset=loader(second))  # another tokenizer: not a hit
+    assert trained == [1, 1]
+    assert sorted(path.name for path in cache_dir.iterdir()) == sorted(
+        config.key_for(dataset.tokenizer) for dataset in (before, after)
+    )
+
+
 # --------------------------------------------------------------------------- Debian's packages
 
 debian_fortunes = pytest.mark.skipif(

@@ -5,6 +5,7 @@ not match a backbone, and ``experiment.run`` on a synthetic text dataset with in
 
 from __future__ import annotations
 
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -181,16 +182,30 @@ def test_masking_follows_berts_rates_and_never_selects_special_tokens():
     x = rng.integers(NUM_SPECIAL_TOKENS, 1000, (2000, 64)).astype(np.int32)
     x[:, 0] = CLS_ID
     x[:, 50:] = PAD_ID
+    x[:100, 3:] = PAD_ID  # two ordinary tokens: one is chosen all the same
+    x[100, 1:] = PAD_ID  # none: nothing is chosen
     special = rng.random(x.shape) < 0.05
     x[special] = rng.integers(0, NUM_SPECIAL_TOKENS, special.sum())
 
-    inputs, selected = map(np.asarray, transfer.mask_tokens(jax.random.key(0), jnp.asarray(x), 1000))
+    inputs, positions, weights = map(np.asarray, transfer.mask_tokens(jax.random.key(0), jnp.asarray(x), 1000))
 
+    assert positions.shape == weights.shape == (2000, 10)  # ceil(0.15 * 64) predictions at most
+    selected = np.zeros(x.shape, bool)
+    for row, (where, weight) in enumerate(zip(positions, weights)):
+        assert len(set(where)) == 10  # distinct positions, so the chosen ones are each counted once
+        selected[row, where[weight]] = True
+    np.testing.assert_array_equal(np.asarray(transfer.selected_positions(positions, weights, 64)), selected)
     eligible = x >= NUM_SPECIAL_TOKENS
+    # BERT's count: max(1, round(0.15 n)) of the n ordinary tokens of each sequence (halves up), none of none.
+    n = eligible.sum(1)
+    expected = np.where(n > 0, np.maximum(1, np.floor(n * np.float32(0.15) + np.float32(0.5))), 0)
+    np.testing.assert_array_equal(selected.sum(1), expected)
+    assert expected[100] == 0 and (expected[:100] == 1).all()
+    assert weights[:, 0].sum() == 1999 and (np.diff(weights.astype(int), axis=1) <= 0).all()  # chosen first
     assert inputs.dtype == np.int32
     assert not selected[~eligible].any()
     np.testing.assert_array_equal(inputs[~selected], x[~selected])
-    assert abs(selected.sum() / eligible.sum() - 0.15) < 0.003
+    assert abs(selected.sum() / eligible.sum() - 0.15) < 0.01
     masked = inputs[selected] == MASK_ID
     unchanged = inputs[selected] == x[selected]
     random = ~masked & ~unchanged
@@ -199,6 +214,9 @@ def test_masking_follows_berts_rates_and_never_selects_special_tokens():
     assert abs(random.mean() - 0.1 * 995 / 996) < 0.006
     assert abs(unchanged.mean() - (0.1 + 0.1 / 996)) < 0.006
     assert (inputs[selected][random] >= NUM_SPECIAL_TOKENS).all() and (inputs < 1000).all()
+    # Which tokens are chosen is uniform over the ordinary ones: every position of the long texts alike.
+    share = selected[101:, 1:50].sum(0) / eligible[101:, 1:50].sum(0)
+    assert share.min() > 0.12 and share.max() < 0.18
 
 
 def test_mlm_loss_is_the_cross_entropy_of_the_selected_positions():
@@ -213,16 +231,42 @@ def test_mlm_loss_is_the_cross_entropy_of_the_selected_positions():
 
     np.testing.assert_allclose(loss, (first + second) / 2, rtol=1e-6)
     np.testing.assert_allclose(accuracy, 0.5)
-    # The objective scores its own masking of the batch the same way.
-    table = jax.random.normal(jax.random.key(1), (VOCAB, VOCAB))
+
+
+@pytest.mark.parametrize("model", ["bag", "text_transformer"])
+def test_mlm_objective_scores_only_the_chosen_positions_as_the_logits_of_every_position_would(model):
+    """The objective computes the vocabulary head at the chosen positions only; its loss and accuracy
+    are those of the head at every position, averaged over the chosen ones."""
+    config = transfer.PretrainConfig("mlm", "toy", model=model, model_kwargs=TINY[model], head_width=8)
+    architecture = transfer.Architecture(model, (LENGTH,), TINY[model], {"vocab_size": VOCAB})
+    predictor = transfer.PRETRAIN_SOURCES["mlm"].module(architecture, config, None)
     x = jnp.asarray(topic_texts(np.random.default_rng(1), 8)[0])
     objective = transfer.MaskedLanguageModelling(VOCAB)
     key = jax.random.key(2)
-    loss, step_metrics, _ = objective.loss(lambda ids: table[ids], {"unlabeled": {"x": x}}, key, None, 0)
-    inputs, selected = transfer.mask_tokens(key, x, VOCAB)
-    expected_loss, expected_accuracy = transfer.masked_token_loss(table[inputs], x, selected)
-    np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
-    np.testing.assert_allclose(step_metrics["masked_accuracy"], expected_accuracy)
+    seen = []
+    model_at_positions = lambda ids, positions: seen.append(positions.shape) or predictor(ids, positions)  # noqa: E731
+
+    loss, step_metrics, _ = objective.loss(model_at_positions, {"unlabeled": {"x": x}}, key, None, 0)
+
+    assert seen == [(8, 3)]  # ceil(0.15 * 16) positions per text, not 16
+    inputs, positions, weights = transfer.mask_tokens(key, x, VOCAB)
+    every_position = predictor(inputs)
+    assert every_position.shape == (8, LENGTH, VOCAB)
+    selected = transfer.selected_positions(positions, weights, LENGTH)
+    expected_loss, expected_accuracy = transfer.masked_token_loss(every_position, x, selected)
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+    np.testing.assert_allclose(step_metrics["masked_accuracy"], expected_accuracy, rtol=1e-6)
+    # An untrained model guesses no token right: a model that predicts the input token gets the
+    # chosen tokens left unchanged (1 in 10) right, so the accuracies compared are not zeros.
+    table = jax.random.normal(jax.random.key(1), (VOCAB, VOCAB)) + 10 * jnp.eye(VOCAB)
+    x = jnp.asarray(topic_texts(np.random.default_rng(3), 256)[0])
+    copy_at_positions = lambda ids, positions: table[jnp.take_along_axis(ids, positions, axis=1)]  # noqa: E731
+    _, step_metrics, _ = objective.loss(copy_at_positions, {"unlabeled": {"x": x}}, key, None, 0)
+    inputs, positions, weights = transfer.mask_tokens(key, x, VOCAB)
+    selected = transfer.selected_positions(positions, weights, LENGTH)
+    _, expected_accuracy = transfer.masked_token_loss(table[inputs], x, selected)
+    assert 0.05 < float(expected_accuracy) < 0.2
+    np.testing.assert_allclose(step_metrics["masked_accuracy"], expected_accuracy, rtol=1e-6)
 
 
 def repeated_patterns(rng, n):
@@ -231,7 +275,7 @@ def repeated_patterns(rng, n):
     return pad(np.tile(patterns, 5), LENGTH)
 
 
-def test_mlm_learns_to_fill_in_a_repeated_pattern(tmp_path):
+def test_mlm_learns_to_fill_in_a_repeated_pattern(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     x_train, x_unlabeled = repeated_patterns(rng, 256), repeated_patterns(rng, 256)
     y = np.arange(256, dtype=np.int32) % 2
@@ -248,8 +292,17 @@ def test_mlm_learns_to_fill_in_a_repeated_pattern(tmp_path):
     assert np.mean(accuracy[-50:]) > 0.9
     assert backbone.architecture.model_inputs == {"vocab_size": VOCAB}
     # The cache keeps the log with the backbone.
-    again = transfer.pretrain(config, cache_dir=tmp_path, load_dataset=lambda name: pytest.fail("pretrained again"))
+    monkeypatch.setattr(train, "fit", lambda *args, **kwargs: pytest.fail("pretrained again"))
+    again = transfer.pretrain(config, cache_dir=tmp_path, load_dataset=lambda name: corpus)
     assert again.log == backbone.log
+    # And the token predictor's head: the pretrained model from the same entry fills blanks (with
+    # the head's initial weights instead of the trained ones, 70% of them).
+    predictor = transfer.pretraining_model(config, cache_dir=tmp_path, load_dataset=lambda name: corpus)
+    x = repeated_patterns(rng, 64)
+    masked = x.copy()
+    masked[:, 5] = MASK_ID
+    guesses = np.asarray(predictor(jnp.asarray(masked))).argmax(-1)[:, 5]
+    assert np.mean(guesses == x[:, 5]) > 0.9
 
 
 def test_mlm_pretrains_on_the_training_texts_and_the_unlabeled_corpus_never_the_test_texts(fit_calls, tmp_path):
@@ -315,6 +368,14 @@ def test_a_backbone_of_another_vocabulary_is_refused_before_training(registered,
         transfer.pretrain(
             transfer.PretrainConfig("dataset", TEXT_DATASET, model="bag", source_dataset="other"),
             load_dataset=lambda name: other if name == "other" else text_dataset(),
+        )
+    # A source of the same vocabulary size whose ids another tokenizer made.
+    target, other = (dataclasses.replace(text_dataset(name=name), tokenizer=name) for name in (TEXT_DATASET, "other"))
+    message = "the source dataset other was tokenized by tokenizer other but the target toy_text by toy_text"
+    with pytest.raises(ValueError, match=message):
+        transfer.pretrain(
+            transfer.PretrainConfig("dataset", TEXT_DATASET, model="bag", source_dataset="other"),
+            load_dataset=lambda name: other if name == "other" else target,
         )
 
 
