@@ -134,8 +134,8 @@ class ExperimentConfig:
                 f"download=True fetches only {', '.join(data.DATA_DIR_DATASETS)}; {' and '.join(loaded)} "
                 f"{'is' if len(loaded) == 1 else 'are'} made locally"
             )
-        devices.check(self.platform)
         models.check_takes(self.model, data.DATASET_ENTRIES[self.dataset].modality)
+        devices.check(self.platform)
         for settings in ("model_kwargs", "dataset_kwargs"):
             owner, accepted_by = _SETTINGS_OF[settings]
             allowed = accepted_by(getattr(self, owner))
@@ -760,10 +760,8 @@ def _load(config: ExperimentConfig) -> data.Dataset:
 
 
 def _load_named(config: ExperimentConfig, name: str) -> data.Dataset:
-    kwargs = {"data_dir": config.data_dir, "download": config.download} if name in data.DATA_DIR_DATASETS else {}
-    if name == config.dataset:
-        kwargs.update(config.dataset_kwargs)
-    return data.load(name, **kwargs)
+    files_of = {"data_dir": config.data_dir, "download": config.download} if name in data.DATA_DIR_DATASETS else {}
+    return data.load(name, **files_of, **(config.dataset_kwargs if name == config.dataset else {}))
 
 
 def _pretrain_config(config: ExperimentConfig) -> transfer.PretrainConfig:
