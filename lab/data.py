@@ -45,7 +45,7 @@ import numpy as np
 
 from lab import cache, files, image_benchmarks, text, validate
 from lab.cache import cache_dir
-from lab.dataset import DataNotFoundError, Dataset, PathLike
+from lab.dataset import DIGIT_NAMES, DataNotFoundError, Dataset, PathLike
 from lab.text import FORTUNE_LANGUAGES, FORTUNE_TOPICS
 
 __all__ = [
@@ -81,7 +81,6 @@ class IDXFormatError(ValueError):
     """A file is not a well-formed IDX file."""
 
 
-_DIGIT_NAMES = tuple(str(d) for d in range(10))
 _FASHION_MNIST_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -101,7 +100,7 @@ def digits(*, test_size: float = 0.25, seed: int = 0) -> Dataset:
     x = (bunch.images / 16.0).astype(np.float32)[..., None]
     y = bunch.target.astype(np.int32)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
-    return Dataset("digits", x_train, y_train, x_test, y_test, _DIGIT_NAMES, "sklearn.datasets.load_digits")
+    return Dataset("digits", x_train, y_train, x_test, y_test, DIGIT_NAMES, "sklearn.datasets.load_digits")
 
 
 def mnist1d(*, seed: int = 42) -> Dataset:
@@ -132,7 +131,7 @@ def mnist1d(*, seed: int = 42) -> Dataset:
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         files.write_atomic(path, buffer.getvalue())
-    return Dataset("mnist1d", **arrays, class_names=_DIGIT_NAMES, source=f"mnist1d.data.make_dataset(seed={seed})")
+    return Dataset("mnist1d", **arrays, class_names=DIGIT_NAMES, source=f"mnist1d.data.make_dataset(seed={seed})")
 
 
 @contextlib.contextmanager
@@ -258,7 +257,7 @@ class _IDXDataset:
     install_hint: str | None
 
 
-_MNIST = _IDXDataset("mnist", "MNIST", "mnist", _DIGIT_NAMES, ("mnist",), (), None)
+_MNIST = _IDXDataset("mnist", "MNIST", "mnist", DIGIT_NAMES, ("mnist",), (), None)
 _FASHION_MNIST = _IDXDataset(
     "fashion-mnist",
     "Fashion-MNIST",
@@ -532,10 +531,10 @@ class DatasetEntry:
 
 
 DATASET_ENTRIES: dict[str, DatasetEntry] = {
-    "digits": DatasetEntry(digits, "image", _DIGIT_NAMES),
-    "mnist1d": DatasetEntry(mnist1d, "signal", _DIGIT_NAMES),
+    "digits": DatasetEntry(digits, "image", DIGIT_NAMES),
+    "mnist1d": DatasetEntry(mnist1d, "signal", DIGIT_NAMES),
     "fashion_mnist": DatasetEntry(fashion_mnist, "image", _FASHION_MNIST_NAMES, reads_files=True),
-    "mnist": DatasetEntry(mnist, "image", _DIGIT_NAMES, reads_files=True),
+    "mnist": DatasetEntry(mnist, "image", DIGIT_NAMES, reads_files=True),
     "cifar10": DatasetEntry(image_benchmarks.cifar10, "image", image_benchmarks.CIFAR10.class_names, reads_files=True),
     "cifar100": DatasetEntry(
         image_benchmarks.cifar100, "image", image_benchmarks.CIFAR100.class_names, reads_files=True

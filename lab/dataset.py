@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DataNotFoundError", "Dataset", "PathLike"]
+__all__ = ["DIGIT_NAMES", "DataNotFoundError", "Dataset", "PathLike"]
 
 PathLike = str | os.PathLike[str]
+DIGIT_NAMES = tuple(str(digit) for digit in range(10))  # the classes of digits, MNIST-1D, MNIST and SVHN
 
 
 class DataNotFoundError(FileNotFoundError):

@@ -173,7 +173,7 @@ class ExperimentConfig:
             return self
         validate.choice("method", method_label, sorted(semisupervised.METHODS))
         setup = "supervised" if method_label == "supervised" else "semi_supervised"
-        return self.replaced(setup=setup, method=method_label, method_kwargs=_view_settings(self))
+        return self.replaced(setup=setup, method=method_label, method_kwargs=_view_settings(self, method_label))
 
 
 # ------------------------------------------------------------------------ presets
@@ -326,12 +326,16 @@ class Plan:
     other_datasets: Callable[[ExperimentConfig], tuple[str, ...]] = _no_datasets  # loaded besides config.dataset
 
 
-def _view_settings(config: ExperimentConfig) -> dict[str, Any]:
-    """The settings of ``method_kwargs`` that every method takes, the supervised objective too:
-    how examples are seen (``flip``, ``policy``), a property of the data rather than of the method.
-    A preset's supervised baseline thus sees the weak view its method sees (CIFAR mirrored)."""
-    shared = semisupervised.hyperparameters_of(semisupervised.Method)
-    return {name: value for name, value in config.method_kwargs.items() if name in shared}
+# Settings of method_kwargs that say how examples are seen: properties of the data rather than of the method.
+_VIEWS = ("flip", "policy", "magnitude")
+
+
+def _view_settings(config: ExperimentConfig, method: str = "supervised") -> dict[str, Any]:
+    """The view settings of ``config.method_kwargs`` that ``method`` takes. A preset's supervised
+    baseline thus sees the weak view its method sees (CIFAR mirrored), and another threshold
+    method the same strong view (RandAugment at the preset's magnitude)."""
+    taken = semisupervised.hyperparameters_of(semisupervised.METHODS[method])
+    return {name: value for name, value in config.method_kwargs.items() if name in _VIEWS and name in taken}
 
 
 def _check_view_settings(config: ExperimentConfig) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import statistics
@@ -39,8 +40,8 @@ def export(
         if format == "csv":
             _json_columns(frame, lambda value: isinstance(value, (list, dict))).to_csv(temporary, index=False)
         else:
-            try:
-                import pyarrow  # noqa: F401  (only to give a clear error; pandas imports it itself)
+            try:  # pandas imports pyarrow itself; this only says how to get it
+                importlib.import_module("pyarrow")
             except ImportError as error:
                 raise ImportError("Parquet export needs pyarrow: pip install 'lab[parquet]'") from error
             _json_columns(frame, lambda value: isinstance(value, dict) or _is_nested_list(value)).to_parquet(

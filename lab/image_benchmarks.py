@@ -43,7 +43,7 @@ import numpy as np
 
 from lab import files, validate
 from lab.cache import cache_dir
-from lab.dataset import DataNotFoundError, Dataset, PathLike
+from lab.dataset import DIGIT_NAMES, DataNotFoundError, Dataset, PathLike
 
 __all__ = ["BENCHMARKS", "FormatError", "cifar10", "cifar100", "stl10", "svhn"]
 
@@ -94,7 +94,6 @@ _CIFAR100_CLASSES = tuple("""
     wardrobe whale willow_tree wolf woman worm
 """.split())
 _STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
-_SVHN_CLASSES = tuple(str(digit) for digit in range(10))  # label 0 is the digit 0 (the files say 10)
 
 
 # Checksums are those published by TensorFlow Datasets (tensorflow_datasets/url_checksums/<name>.txt,
@@ -132,7 +131,7 @@ SVHN = Benchmark(
             _SVHN_HOST + "extra_32x32.mat",
             "a133a4beb38a00fcdda90c9489e0c04f900b660ce8a316a5e854838379a71eb3", 1_329_278_602),
     },
-    _SVHN_CLASSES,
+    DIGIT_NAMES,  # label 0 is the digit 0 (the files say 10)
 )  # fmt: skip
 STL10 = Benchmark(
     "stl10", "STL-10", ("stl10", "stl-10"), "stl10_binary.tar.gz", "stl10_binary",

@@ -18,11 +18,12 @@ class Modality:
     rank: int  # of one example's shape, channels included
     example_shape: str  # one example's shape as messages write it
     plural: str  # the examples as messages name them
+    tokenized: bool = False  # examples are ids of a dataset's tokenizer (Dataset.tokenizer), which results depend on
 
 
 IMAGE = Modality("image", 3, "(H, W, C)", "images")
 SIGNAL = Modality("signal", 2, "(L, C)", "signals")
-TEXT = Modality("text", 1, "(L,)", "token sequences")  # int32 token ids; see SPECIAL_TOKENS
+TEXT = Modality("text", 1, "(L,)", "token sequences", tokenized=True)  # int32 token ids; see SPECIAL_TOKENS
 MODALITIES: dict[str, Modality] = {modality.name: modality for modality in (IMAGE, SIGNAL, TEXT)}
 # Token sequences begin with [CLS] and are padded with [PAD] to a fixed length; the ids of
 # these tokens are fixed here so models, augmentations and tokenizers (lab.text) agree.

@@ -496,8 +496,9 @@ def pretrain(
     """
     root = Path(cache_dir) if cache_dir is not None else cache.cache_dir() / "pretrained"
     entry_of = data.DATASET_ENTRIES.get(config.dataset)
-    # Only token ids have a tokenizer; a registered dataset of another modality need not be loaded to know.
-    target = None if entry_of is not None and entry_of.modality != modality.TEXT.name else load_dataset(config.dataset)
+    # Only tokenized inputs have a tokenizer; a registered dataset of another modality need not be loaded to know.
+    untokenized = entry_of is not None and not modality.MODALITIES[entry_of.modality].tokenized
+    target = None if untokenized else load_dataset(config.dataset)
     tokenizer = None if target is None else target.tokenizer
     entry = (root / config.key_for(tokenizer)).absolute()
     if entry.exists():
@@ -517,8 +518,13 @@ def pretraining_model(
     """The whole model ``config`` pretrains, in eval mode: the backbone of :func:`pretrain` (the same
     cache entry, pretrained if absent) with the head its task trained, e.g. MLM's
     :class:`TokenPredictor`, whose logits over the vocabulary fill blanks (:func:`lab.text.fill_masks`)."""
-    backbone = pretrain(config, cache_dir=cache_dir, load_dataset=load_dataset, progress=progress)
-    source = _source(config, load_dataset(config.dataset), load_dataset)
+    target = load_dataset(config.dataset)
+
+    def loaded(name: str) -> data.Dataset:  # the target once, for pretrain and for the source
+        return target if name == config.dataset else load_dataset(name)
+
+    backbone = pretrain(config, cache_dir=cache_dir, load_dataset=loaded, progress=progress)
+    source = _source(config, target, loaded)
     module = init_from_backbone(PRETRAIN_SOURCES[config.source].module(backbone.architecture, config, source), backbone)
     _load(module, "head", backbone.pretraining_head, "pretraining head")
     module.eval()

@@ -327,6 +327,8 @@ def test_the_supervised_baseline_of_a_preset_sees_the_weak_view_of_its_method():
         assert 0.3 < mirrored.mean() < 0.7  # about half the images are mirrored
     assert dict(fixmatch.run_by("supervised").method_kwargs) == {"flip": True, "policy": "randaugment"}
     assert dict(fixmatch.run_by("pi_model").method_kwargs) == {"flip": True, "policy": "randaugment"}
+    # another threshold method keeps the strong view's magnitude too (it fell back to 0.5 before)
+    assert dict(fixmatch.run_by("flexmatch").method_kwargs) == {"flip": True, "policy": "randaugment", "magnitude": 1.0}
     # Without a preset nothing is mirrored, as before (digits are no mirror images).
     plain = experiment.SETUPS["supervised"].objective(experiment.ExperimentConfig(), (8, 8, 1))
     assert plain.flip is False and plain.policy == "default"

@@ -297,7 +297,9 @@ def test_mlm_learns_to_fill_in_a_repeated_pattern(tmp_path, monkeypatch):
     assert again.log == backbone.log
     # And the token predictor's head: the pretrained model from the same entry fills blanks (with
     # the head's initial weights instead of the trained ones, 70% of them).
-    predictor = transfer.pretraining_model(config, cache_dir=tmp_path, load_dataset=lambda name: corpus)
+    loads = []
+    predictor = transfer.pretraining_model(config, cache_dir=tmp_path, load_dataset=lambda name: loads.append(name) or corpus)
+    assert loads == ["repeats"]  # the target is loaded once, for the cache key and for the head's source
     x = repeated_patterns(rng, 64)
     masked = x.copy()
     masked[:, 5] = MASK_ID
