@@ -65,6 +65,9 @@ RUNS = {
     "mlm_bag_finetune": {
         "setup": "transfer", "pretrain": "mlm", "adaptation": "finetune", "model": "bag", "learning_rate": 3e-3,
     },
+    "mlm_bag_probe": {
+        "setup": "transfer", "pretrain": "mlm", "adaptation": "linear_probe", "model": "bag", "learning_rate": 1e-2,
+    },
 }  # fmt: skip
 
 PEERS = ("LogReg", "LabelSpreading", "SelfTraining")
@@ -137,6 +140,11 @@ def main() -> None:
         "--features", nargs="*", choices=FEATURES,
         help="TF-IDF features of the peers (default: word; word and char for languages)",
     )
+    parser.add_argument(
+        "--vocabulary-from", choices=("train", "corpus"), default="train",
+        help="texts the TF-IDF vocabulary and idf are fitted on: the training split, or it and the "
+        "pretraining corpus (the unlabeled texts MLM reads; no test text is in it)",
+    )
     parser.add_argument("--no-all-labels", action="store_true", help="skip the peers' every-label column")
     parser.add_argument("--steps", type=int, default=500, help="training (adaptation) steps of lab's runs")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -161,18 +169,21 @@ def main() -> None:
 
     table: dict[str, dict[int | str, list[float]]] = {}
     costs: list[str] = []
+    # the corpus holds the training texts already (not all of them: see lab.text), each text is counted once
+    vocabulary_texts = list(dict.fromkeys([*train_texts, *texts.corpus])) if args.vocabulary_from == "corpus" else train_texts
+    fitted_on = " (vocabulary from train + corpus)" if args.vocabulary_from == "corpus" else ""
     for kind in features:
         tic = time.perf_counter()
-        vectors = vectorizer(kind).fit(train_texts)
+        vectors = vectorizer(kind).fit(vocabulary_texts)
         matrices = (vectors.transform(train_texts), vectors.transform(list(texts.test)))
         for k in budgets:
             for seed in args.seeds:
                 found = peer_accuracies(matrices, texts.y_train, texts.y_test, k, seed, args.peers)
                 for name, accuracy in found.items():
-                    table.setdefault(f"TF-IDF {kind} + {name}", {}).setdefault(k, []).append(accuracy)
+                    table.setdefault(f"TF-IDF {kind}{fitted_on} + {name}", {}).setdefault(k, []).append(accuracy)
         if not args.no_all_labels and "LogReg" in args.peers:
             every_label = peer_accuracies(matrices, texts.y_train, texts.y_test, None, 0)["LogReg"]
-            table[f"TF-IDF {kind} + LogReg"]["all"] = [every_label]
+            table[f"TF-IDF {kind}{fitted_on} + LogReg"]["all"] = [every_label]
         seconds = time.perf_counter() - tic
         print(f"peers on TF-IDF {kind} features ({matrices[0].shape[1]} of them): {seconds:.0f} s", flush=True)
 
