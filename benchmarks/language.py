@@ -20,7 +20,7 @@ those sets: ``TfidfVectorizer`` features (word 1-2-grams with sublinear tf; with
 
 and the same ``LogReg`` with every training label (column ``all``). lab's rows
 (:data:`RUNS`) run through ``lab.experiment.run``, all seeds of a budget side by side;
-transfer rows pretrain a masked language model (``pretrain=mlm``) on the training texts and
+transfer rows (and transfer_semi_supervised ones) pretrain a masked language model (``pretrain=mlm``) on the training texts and
 the pretraining corpus once (cached in ``$LAB_CACHE/pretrained``) and adapt it. Prints mean
 ± std of test accuracy (%) over seeds as a Markdown table, then the costs (pretraining time
 and steps/s, fine-tuning steps/s, the whole run's wall time) and the per-seed values as JSON.
@@ -61,6 +61,14 @@ RUNS = {
     "mlm_low_lr": {
         "setup": "transfer", "pretrain": "mlm", "adaptation": "finetune_low_lr", "model": "text_transformer",
         "learning_rate": 1e-3,
+    },
+    "mlm_fixmatch": {
+        "setup": "transfer_semi_supervised", "pretrain": "mlm", "adaptation": "finetune", "method": "fixmatch",
+        "model": "text_transformer", "learning_rate": 1e-3,
+    },
+    "mlm_flexmatch": {
+        "setup": "transfer_semi_supervised", "pretrain": "mlm", "adaptation": "finetune", "method": "flexmatch",
+        "model": "text_transformer", "learning_rate": 1e-3,
     },
     "mlm_bag_finetune": {
         "setup": "transfer", "pretrain": "mlm", "adaptation": "finetune", "model": "bag", "learning_rate": 3e-3,
@@ -198,7 +206,7 @@ def main() -> None:
                 "eval_every": args.steps, "batch_size": args.batch_size, "learning_rate": learning_rate, **fields,
                 "model_kwargs": args.model_kwargs if fields["model"] == "text_transformer" else {},
             }  # fmt: skip
-            if fields["setup"] == "transfer":
+            if "pretrain" in fields:
                 config["pretrain_kwargs"] = {"steps": args.pretrain_steps, "batch_size": args.pretrain_batch_size}
             result = experiment.run(config, progress=False)
             table.setdefault(f"lab {run}", {})[k] = result.metrics["accuracy"]
@@ -209,7 +217,7 @@ def main() -> None:
                 f"train {wall['train']:.0f})",
                 flush=True,
             )
-            if fields["setup"] == "transfer" and k == budgets[0]:  # the later budgets read the cache
+            if "pretrain" in fields and k == budgets[0]:  # the later budgets read the cache
                 costs.append(
                     f"MLM pretraining of {fields['model']} (a few seconds when read from the cache): "
                     f"{args.pretrain_steps} steps of {args.pretrain_batch_size} "

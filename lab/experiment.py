@@ -1,9 +1,10 @@
-"""One entry point for the three setups: ``run(config) -> Result``.
+"""One entry point for the setups: ``run(config) -> Result``.
 
 ``setup`` is ``supervised`` (the labeled examples only), ``semi_supervised`` (the
-labeled examples plus the unlabeled pool, through a method of :mod:`lab.semisupervised`) or
+labeled examples plus the unlabeled pool, through a method of :mod:`lab.semisupervised`),
 ``transfer`` (a backbone pretrained by :mod:`lab.transfer`, then adapted on the
-labeled examples). All three train in the same loop (:func:`lab.train.fit`) with
+labeled examples) or ``transfer_semi_supervised`` (that backbone adapted by a
+semi-supervised method, on both). All train in the same loop (:func:`lab.train.fit`) with
 the same labeled-set draw, so their numbers are comparable. What a setup changes
 (its classifier, objective, parameter groups, pretraining, method label and checks)
 is its :class:`Plan` in :data:`SETUPS`; :func:`run` is one straight line for all.
@@ -72,10 +73,10 @@ class ExperimentConfig:
     batch_size: int = 32
     eval_every: int = 250
     precision: str = "float32"  # what training steps compute in: float32 or bfloat16 (mixed precision)
-    # semi-supervised (setup == "semi_supervised")
+    # semi-supervised (setup == "semi_supervised" or "transfer_semi_supervised")
     method: str = "fixmatch"
     method_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    # transfer (setup == "transfer")
+    # transfer (setup == "transfer" or "transfer_semi_supervised")
     pretrain: str = "simclr"
     pretrain_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     adaptation: str = "finetune"
@@ -363,7 +364,15 @@ def _pretraining_datasets(config: ExperimentConfig) -> tuple[str, ...]:
     return (source,) if source else ()
 
 
-def _check_transfer(config: ExperimentConfig) -> None:
+def _check_method(config: ExperimentConfig) -> None:
+    semisupervised.check_hyperparameters(config.method, **config.method_kwargs)
+
+
+def _semi_supervised_objective(config: ExperimentConfig, input_shape: tuple[int, ...]) -> train.Objective:
+    return semisupervised.make_method(config.method, input_shape=input_shape, **config.method_kwargs)
+
+
+def _check_pretraining(config: ExperimentConfig) -> None:
     if config.dataset_kwargs:
         raise ValueError(
             f"dataset_kwargs={dict(config.dataset_kwargs)} would change the data a cached backbone was pretrained on "
@@ -371,7 +380,16 @@ def _check_transfer(config: ExperimentConfig) -> None:
         )
     _pretrain_config(config)
     _adaptation_param_groups(config)
+
+
+def _check_transfer(config: ExperimentConfig) -> None:
+    _check_pretraining(config)
     _check_view_settings(config)
+
+
+def _check_transfer_semi_supervised(config: ExperimentConfig) -> None:
+    _check_pretraining(config)
+    _check_method(config)
 
 
 SETUPS: dict[str, Plan] = {
@@ -384,16 +402,25 @@ SETUPS: dict[str, Plan] = {
     # the labeled examples plus the unlabeled pool, through a method of lab.semisupervised
     "semi_supervised": Plan(
         method_label=lambda config: config.method,
-        check=lambda config: semisupervised.check_hyperparameters(config.method, **config.method_kwargs),
-        objective=lambda config, input_shape: semisupervised.make_method(
-            config.method, input_shape=input_shape, **config.method_kwargs
-        ),
+        check=_check_method,
+        objective=_semi_supervised_objective,
     ),
     # a backbone pretrained by lab.transfer (cached), adapted on the labeled examples
     "transfer": Plan(
         method_label=lambda config: f"{config.pretrain}+{config.adaptation}",
         check=_check_transfer,
         objective=_weakly_augmented_supervised,
+        pretrain=_pretrained,
+        classifier=_adapted_classifier,
+        param_groups=_adaptation_param_groups,
+        other_datasets=_pretraining_datasets,
+    ),
+    # the same pretrained backbone, adapted on the labeled examples and the unlabeled pool by a
+    # method of lab.semisupervised, as USB adapts pretrained models
+    "transfer_semi_supervised": Plan(
+        method_label=lambda config: f"{config.pretrain}+{config.adaptation}+{config.method}",
+        check=_check_transfer_semi_supervised,
+        objective=_semi_supervised_objective,
         pretrain=_pretrained,
         classifier=_adapted_classifier,
         param_groups=_adaptation_param_groups,

@@ -46,8 +46,13 @@ POOLED_PARAMETERS = ("seeds", "seed", "output_dir")
 CURVE_METRIC = "accuracy"
 DEFAULT_OUT_DIR = Path("figures")
 # The families compared (setups), in the order legends and printouts list them: their names and colors.
-FAMILY_NAMES = {"supervised": "supervised", "semi_supervised": "best semi-supervised", "transfer": "best transfer"}
-FAMILY_COLORS = {"supervised": "black", "semi_supervised": "tab:blue", "transfer": "tab:orange"}
+FAMILY_NAMES = {
+    "supervised": "supervised", "semi_supervised": "best semi-supervised", "transfer": "best transfer",
+    "transfer_semi_supervised": "best transfer + semi-supervised",
+}  # fmt: skip
+FAMILY_COLORS = {
+    "supervised": "black", "semi_supervised": "tab:blue", "transfer": "tab:orange", "transfer_semi_supervised": "tab:green"
+}  # fmt: skip
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:

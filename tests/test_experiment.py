@@ -21,7 +21,7 @@ def private_cache(tmp_path, monkeypatch):
         ({"label_per_class": 4}, r"unknown experiment parameter\(s\) \['label_per_class'\]; allowed: \[.*'labels_per_class'"),
         ({"labels_per_class": "4"}, "labels_per_class must be of type int, got '4'"),
         ({"labels_per_class": 0}, "labels_per_class must be >= 1, got 0"),
-        ({"setup": "unsupervised"}, "unknown setup 'unsupervised'; choose one of: supervised, semi_supervised, transfer"),
+        ({"setup": "unsupervised"}, "unknown setup 'unsupervised'; choose one of: supervised, semi_supervised, transfer, transfer_semi_supervised"),
         ({"dataset": "cifar"}, "unknown dataset 'cifar'; choose one of: digits, mnist1d"),
         ({"setup": "semi_supervised", "method_kwargs": {"threshold": 0}}, r"threshold must be a number in \(0, 1\], got 0"),
         ({"setup": "semi_supervised", "method_kwargs": {"tau": 0.9}}, "fixmatch has no hyperparameter 'tau'"),
@@ -98,6 +98,8 @@ def test_validate_parameters_checks_experiment_fields_and_passes_others():
         # in mixed precision: vmapped seeds, two unlabeled views and an objective state in bfloat16
         {"setup": "semi_supervised", "method": "fixmatch", "method_kwargs": {"mu": 2}, "precision": "bfloat16"},
         {"setup": "transfer", "pretrain": "autoencoder", "adaptation": "linear_probe", "pretrain_kwargs": {"steps": 20}},
+        {"setup": "transfer_semi_supervised", "pretrain": "autoencoder", "adaptation": "linear_probe",
+         "method": "fixmatch", "method_kwargs": {"mu": 2}, "pretrain_kwargs": {"steps": 20}},
     ],
 )
 def test_every_setup_runs_and_reports_per_seed_results(setup_values):
@@ -116,6 +118,35 @@ def test_every_setup_runs_and_reports_per_seed_results(setup_values):
     json.dumps(result.to_dict())  # JSON-ready
     summary = result.summary()["accuracy"]
     assert summary["mean"] == pytest.approx(np.mean(result.metrics["accuracy"]))
+
+
+def test_transfer_semi_supervised_adapts_the_cached_backbone_with_the_method(monkeypatch):
+    """The plan combines the others' pieces: the transfer run's pretrained backbone (the same cache
+    entry, not pretrained again), the semi-supervised run's objective, unlabeled pool included."""
+    from flax import nnx
+
+    from lab import semisupervised, train, transfer
+
+    config = {**SMALL, "setup": "transfer_semi_supervised", "pretrain": "autoencoder", "method": "fixmatch",
+              "method_kwargs": {"mu": 2}, "pretrain_kwargs": {"steps": 20}}  # fmt: skip
+    backbone = transfer.pretrain(experiment._pretrain_config(experiment.ExperimentConfig.from_dict(config)))
+    seen = {}
+
+    def recording_fit(model, state, tx, objective, pools, **options):
+        seen.update(state=state, objective=objective, pools=pools)
+        return real_fit(model, state, tx, objective, pools, **options)
+
+    real_fit = train.fit
+    monkeypatch.setattr(train, "fit", recording_fit)
+    result = experiment.run({**config, "seeds": [0, 1]}, progress=False)
+
+    assert result.wall_time_s["pretrain"] < 5 and result.record().method == "autoencoder+finetune+fixmatch"
+    assert isinstance(seen["objective"], semisupervised.METHODS["fixmatch"])
+    assert int(seen["pools"]["unlabeled"]["count"][0]) > int(seen["pools"]["labeled"]["count"][0])
+    initial = {"/".join(map(str, path)): np.asarray(v.get_value()) for path, v in nnx.to_flat_state(seen["state"].params)}
+    for path, value in backbone.params.items():  # every seed starts from the pretrained backbone
+        np.testing.assert_array_equal(initial[path], np.stack([value, value]))
+    assert result.metrics["accuracy"][0] > 0.2
 
 
 def test_vmapped_seeds_equal_separate_runs():
