@@ -76,6 +76,14 @@ RUNS = {
     "mlm_bag_probe": {
         "setup": "transfer", "pretrain": "mlm", "adaptation": "linear_probe", "model": "bag", "learning_rate": 1e-2,
     },
+    "mlm_bag_probe_fixmatch": {
+        "setup": "transfer_semi_supervised", "pretrain": "mlm", "adaptation": "linear_probe", "method": "fixmatch",
+        "model": "bag", "learning_rate": 1e-2,
+    },
+    "mlm_bag_probe_flexmatch": {
+        "setup": "transfer_semi_supervised", "pretrain": "mlm", "adaptation": "linear_probe", "method": "flexmatch",
+        "model": "bag", "learning_rate": 1e-2,
+    },
 }  # fmt: skip
 
 PEERS = ("LogReg", "LabelSpreading", "SelfTraining")
