@@ -392,6 +392,14 @@ def _check_transfer_semi_supervised(config: ExperimentConfig) -> None:
     _check_method(config)
 
 
+# The pieces of a plan that adapts a pretrained backbone, whatever its objective.
+_ADAPTED_BACKBONE: dict[str, Callable] = {
+    "pretrain": _pretrained,
+    "classifier": _adapted_classifier,
+    "param_groups": _adaptation_param_groups,
+    "other_datasets": _pretraining_datasets,
+}
+
 SETUPS: dict[str, Plan] = {
     # the labeled examples only, seen at weak augmentation like the methods see them
     "supervised": Plan(
@@ -410,10 +418,7 @@ SETUPS: dict[str, Plan] = {
         method_label=lambda config: f"{config.pretrain}+{config.adaptation}",
         check=_check_transfer,
         objective=_weakly_augmented_supervised,
-        pretrain=_pretrained,
-        classifier=_adapted_classifier,
-        param_groups=_adaptation_param_groups,
-        other_datasets=_pretraining_datasets,
+        **_ADAPTED_BACKBONE,
     ),
     # the same pretrained backbone, adapted on the labeled examples and the unlabeled pool by a
     # method of lab.semisupervised, as USB adapts pretrained models
@@ -421,10 +426,7 @@ SETUPS: dict[str, Plan] = {
         method_label=lambda config: f"{config.pretrain}+{config.adaptation}+{config.method}",
         check=_check_transfer_semi_supervised,
         objective=_semi_supervised_objective,
-        pretrain=_pretrained,
-        classifier=_adapted_classifier,
-        param_groups=_adaptation_param_groups,
-        other_datasets=_pretraining_datasets,
+        **_ADAPTED_BACKBONE,
     ),
 }
 
