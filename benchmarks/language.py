@@ -20,10 +20,11 @@ those sets: ``TfidfVectorizer`` features (word 1-2-grams with sublinear tf; with
 
 and the same ``LogReg`` with every training label (column ``all``). lab's rows
 (:data:`RUNS`) run through ``lab.experiment.run``, all seeds of a budget side by side;
-transfer rows (and transfer_semi_supervised ones) pretrain a masked language model (``pretrain=mlm``) on the training texts and
-the pretraining corpus once (cached in ``$LAB_CACHE/pretrained``) and adapt it. Prints mean
-± std of test accuracy (%) over seeds as a Markdown table, then the costs (pretraining time
-and steps/s, fine-tuning steps/s, the whole run's wall time) and the per-seed values as JSON.
+transfer and transfer_semi_supervised rows pretrain a masked language model (``pretrain=mlm``)
+on the training texts and the pretraining corpus once (cached in ``$LAB_CACHE/pretrained``) and
+adapt it. Prints mean ± std of test accuracy (%) over seeds as a Markdown table, then the costs
+(pretraining time and steps/s, fine-tuning steps/s, the whole run's wall time) and the per-seed
+values as JSON.
 """
 
 from __future__ import annotations
@@ -39,52 +40,34 @@ from lab import data, experiment, text
 
 # lab's contenders: a name -> the experiment fields that make it (with the learning rate it uses
 # unless --learning-rate says otherwise).
+_BAG = {"setup": "supervised", "model": "bag", "learning_rate": 3e-3}
+_TRANSFORMER = {"setup": "supervised", "model": "text_transformer", "learning_rate": 1e-3}
+_MLM = {"setup": "transfer", "pretrain": "mlm"}
+_MLM_FINETUNE = {**_MLM, "adaptation": "finetune", "model": "text_transformer", "learning_rate": 3e-4}
+_MLM_BAG_PROBE = {**_MLM, "adaptation": "linear_probe", "model": "bag", "learning_rate": 1e-2}
+_METHODS = ("fixmatch", "flexmatch")
+
+
+def _by(method: str, run: dict, **changes) -> dict:
+    """``run`` with the unlabeled pool drawn by the semi-supervised ``method``, from scratch or
+    from the pretrained backbone."""
+    setup = {"supervised": "semi_supervised", "transfer": "transfer_semi_supervised"}[run["setup"]]
+    return {**run, "setup": setup, "method": method, **changes}
+
+
 RUNS = {
-    "bag": {"setup": "supervised", "model": "bag", "learning_rate": 3e-3},
-    "transformer": {"setup": "supervised", "model": "text_transformer", "learning_rate": 1e-3},
-    "fixmatch_bag": {"setup": "semi_supervised", "method": "fixmatch", "model": "bag", "learning_rate": 3e-3},
-    "flexmatch_bag": {"setup": "semi_supervised", "method": "flexmatch", "model": "bag", "learning_rate": 3e-3},
-    "fixmatch": {
-        "setup": "semi_supervised", "method": "fixmatch", "model": "text_transformer", "learning_rate": 1e-3,
-    },
-    "flexmatch": {
-        "setup": "semi_supervised", "method": "flexmatch", "model": "text_transformer", "learning_rate": 1e-3,
-    },
-    "mlm_finetune": {
-        "setup": "transfer", "pretrain": "mlm", "adaptation": "finetune", "model": "text_transformer",
-        "learning_rate": 3e-4,
-    },
-    "mlm_probe": {
-        "setup": "transfer", "pretrain": "mlm", "adaptation": "linear_probe", "model": "text_transformer",
-        "learning_rate": 3e-3,
-    },
-    "mlm_low_lr": {
-        "setup": "transfer", "pretrain": "mlm", "adaptation": "finetune_low_lr", "model": "text_transformer",
-        "learning_rate": 1e-3,
-    },
-    "mlm_fixmatch": {
-        "setup": "transfer_semi_supervised", "pretrain": "mlm", "adaptation": "finetune", "method": "fixmatch",
-        "model": "text_transformer", "learning_rate": 1e-3,
-    },
-    "mlm_flexmatch": {
-        "setup": "transfer_semi_supervised", "pretrain": "mlm", "adaptation": "finetune", "method": "flexmatch",
-        "model": "text_transformer", "learning_rate": 1e-3,
-    },
-    "mlm_bag_finetune": {
-        "setup": "transfer", "pretrain": "mlm", "adaptation": "finetune", "model": "bag", "learning_rate": 3e-3,
-    },
-    "mlm_bag_probe": {
-        "setup": "transfer", "pretrain": "mlm", "adaptation": "linear_probe", "model": "bag", "learning_rate": 1e-2,
-    },
-    "mlm_bag_probe_fixmatch": {
-        "setup": "transfer_semi_supervised", "pretrain": "mlm", "adaptation": "linear_probe", "method": "fixmatch",
-        "model": "bag", "learning_rate": 1e-2,
-    },
-    "mlm_bag_probe_flexmatch": {
-        "setup": "transfer_semi_supervised", "pretrain": "mlm", "adaptation": "linear_probe", "method": "flexmatch",
-        "model": "bag", "learning_rate": 1e-2,
-    },
-}  # fmt: skip
+    "bag": _BAG,
+    "transformer": _TRANSFORMER,
+    **{f"{method}_bag": _by(method, _BAG) for method in _METHODS},
+    **{method: _by(method, _TRANSFORMER) for method in _METHODS},
+    "mlm_finetune": _MLM_FINETUNE,
+    "mlm_probe": {**_MLM, "adaptation": "linear_probe", "model": "text_transformer", "learning_rate": 3e-3},
+    "mlm_low_lr": {**_MLM, "adaptation": "finetune_low_lr", "model": "text_transformer", "learning_rate": 1e-3},
+    **{f"mlm_{method}": _by(method, _MLM_FINETUNE, learning_rate=1e-3) for method in _METHODS},
+    "mlm_bag_finetune": {**_MLM, "adaptation": "finetune", "model": "bag", "learning_rate": 3e-3},
+    "mlm_bag_probe": _MLM_BAG_PROBE,
+    **{f"mlm_bag_probe_{method}": _by(method, _MLM_BAG_PROBE) for method in _METHODS},
+}
 
 PEERS = ("LogReg", "LabelSpreading", "SelfTraining")
 FEATURES = ("word", "char")
@@ -185,9 +168,11 @@ def main() -> None:
 
     table: dict[str, dict[int | str, list[float]]] = {}
     costs: list[str] = []
-    # the corpus holds the training texts already (not all of them: see lab.text), each text is counted once
-    vocabulary_texts = list(dict.fromkeys([*train_texts, *texts.corpus])) if args.vocabulary_from == "corpus" else train_texts
-    fitted_on = " (vocabulary from train + corpus)" if args.vocabulary_from == "corpus" else ""
+    vocabulary_texts, fitted_on = train_texts, ""
+    if args.vocabulary_from == "corpus":
+        # the corpus holds the training texts already (not all of them: see lab.text); each counts once
+        vocabulary_texts = list(dict.fromkeys([*train_texts, *texts.corpus]))
+        fitted_on = " (vocabulary from train + corpus)"
     for kind in features:
         tic = time.perf_counter()
         vectors = vectorizer(kind).fit(vocabulary_texts)
