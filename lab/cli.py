@@ -127,7 +127,8 @@ RUNS_SWEEP = "runs"
 def add_run_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "run",
-        help="one experiment (supervised, semi_supervised, transfer or transfer_semi_supervised); prints per-seed metrics as JSON",
+        help="one experiment (supervised, semi_supervised, transfer or transfer_semi_supervised); "
+        "prints per-seed metrics as JSON",
         description="Run lab.experiment.run with the given config fields, e.g. "
         "`lab run setup=semi_supervised method=fixmatch labels_per_class=4 seeds=[0,1,2]`. "
         "Values are read as YAML (numbers, lists, mappings); a --config YAML file gives defaults. "

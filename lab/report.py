@@ -51,7 +51,8 @@ FAMILY_NAMES = {
     "transfer_semi_supervised": "best transfer + semi-supervised",
 }  # fmt: skip
 FAMILY_COLORS = {
-    "supervised": "black", "semi_supervised": "tab:blue", "transfer": "tab:orange", "transfer_semi_supervised": "tab:green"
+    "supervised": "black", "semi_supervised": "tab:blue", "transfer": "tab:orange",
+    "transfer_semi_supervised": "tab:green",
 }  # fmt: skip
 
 

@@ -21,7 +21,9 @@ def private_cache(tmp_path, monkeypatch):
         ({"label_per_class": 4}, r"unknown experiment parameter\(s\) \['label_per_class'\]; allowed: \[.*'labels_per_class'"),
         ({"labels_per_class": "4"}, "labels_per_class must be of type int, got '4'"),
         ({"labels_per_class": 0}, "labels_per_class must be >= 1, got 0"),
-        ({"setup": "unsupervised"}, "unknown setup 'unsupervised'; choose one of: supervised, semi_supervised, transfer, transfer_semi_supervised"),
+        ({"setup": "unsupervised"},
+         "unknown setup 'unsupervised'; choose one of: supervised, semi_supervised, transfer, "
+         "transfer_semi_supervised"),
         ({"dataset": "cifar"}, "unknown dataset 'cifar'; choose one of: digits, mnist1d"),
         ({"setup": "semi_supervised", "method_kwargs": {"threshold": 0}}, r"threshold must be a number in \(0, 1\], got 0"),
         ({"setup": "semi_supervised", "method_kwargs": {"tau": 0.9}}, "fixmatch has no hyperparameter 'tau'"),
@@ -143,7 +145,8 @@ def test_transfer_semi_supervised_adapts_the_cached_backbone_with_the_method(mon
     assert result.wall_time_s["pretrain"] < 5 and result.record().method == "autoencoder+finetune+fixmatch"
     assert isinstance(seen["objective"], semisupervised.METHODS["fixmatch"])
     assert int(seen["pools"]["unlabeled"]["count"][0]) > int(seen["pools"]["labeled"]["count"][0])
-    initial = {"/".join(map(str, path)): np.asarray(v.get_value()) for path, v in nnx.to_flat_state(seen["state"].params)}
+    flat = nnx.to_flat_state(seen["state"].params)
+    initial = {"/".join(map(str, path)): np.asarray(variable.get_value()) for path, variable in flat}
     for path, value in backbone.params.items():  # every seed starts from the pretrained backbone
         np.testing.assert_array_equal(initial[path], np.stack([value, value]))
     assert result.metrics["accuracy"][0] > 0.2

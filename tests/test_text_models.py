@@ -298,7 +298,9 @@ def test_mlm_learns_to_fill_in_a_repeated_pattern(tmp_path, monkeypatch):
     # And the token predictor's head: the pretrained model from the same entry fills blanks (with
     # the head's initial weights instead of the trained ones, 70% of them).
     loads = []
-    predictor = transfer.pretraining_model(config, cache_dir=tmp_path, load_dataset=lambda name: loads.append(name) or corpus)
+    predictor = transfer.pretraining_model(
+        config, cache_dir=tmp_path, load_dataset=lambda name: loads.append(name) or corpus
+    )
     assert loads == ["repeats"]  # the target is loaded once, for the cache key and for the head's source
     x = repeated_patterns(rng, 64)
     masked = x.copy()
