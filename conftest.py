@@ -19,10 +19,16 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 # The prefix that notebooks/sanitize.cfg recognises in printed paths.
 CACHE_PREFIX = "lab-cache-"
 # Names the JAX platform of a test session other than the CPU (see above).
 PLATFORM_VARIABLE = "LAB_TEST_PLATFORM"
+# Set (by .ci/run) where every test must run: a skipped test or notebook cell then fails, so that data a machine
+# lacks (a missing install step) cannot hide behind a green run. Only a skip whose reason starts with GPU_ONLY stays.
+NO_SKIPS_VARIABLE = "LAB_TEST_NO_SKIPS"
+GPU_ONLY = "needs a GPU"
 
 
 def pytest_configure(config):
@@ -49,8 +55,6 @@ def _missing(dataset: str) -> str | None:
 
 
 def pytest_collection_modifyitems(config, items):
-    import pytest
-
     reasons: dict[str, str | None] = {}
     for item in items:
         for prefix, dataset in NOTEBOOK_DATA.items():
@@ -60,3 +64,23 @@ def pytest_collection_modifyitems(config, items):
                     reasons[dataset] = _missing(dataset)
                 if reasons[dataset]:
                     item.add_marker(pytest.mark.skip(reason=reasons[dataset]))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    _fail_a_forbidden_skip((yield).get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    _fail_a_forbidden_skip((yield).get_result())
+
+
+def _fail_a_forbidden_skip(report) -> None:
+    if not (report.skipped and os.environ.get(NO_SKIPS_VARIABLE)) or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if not reason.startswith(GPU_ONLY):
+        report.outcome = "failed"
+        report.longrepr = f"skipped where every test must run ({NO_SKIPS_VARIABLE} is set): {reason}"
