@@ -1,4 +1,4 @@
-"""Where a result comes from: library versions, git commit, host, devices and time.
+"""Where a result comes from: library versions, git commit, host, machine, devices and time.
 
 Experiment results (:class:`lab.experiment.Result`), sweep rows (:mod:`lab.sweep`)
 and cache fingerprints (:mod:`lab.cache`) all read them here, so every record of a
@@ -49,6 +49,33 @@ def git_commit(directory: str | os.PathLike[str] = ".") -> str | None:
 def host() -> str:
     """This machine's network name."""
     return platform.node()
+
+
+def cpu_model(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> str:
+    """The CPU's model name as Linux's ``cpuinfo`` gives it (e.g. ``"AMD EPYC 7B13"``), else what
+    :mod:`platform` knows (e.g. ``"arm"`` or ``"x86_64"``)."""
+    try:
+        with open(cpuinfo) as lines:
+            for line in lines:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model") and value.strip():  # x86 / ARM boards
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # a name this system lacks, or no os.sysconf (Windows)
+        return None
+
+
+def machine() -> dict[str, Any]:
+    """The host's CPU model, its logical core count and its memory: what a timing depends on besides the code."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "memory_bytes": memory_bytes()}
 
 
 def utc_now() -> str:
