@@ -1,8 +1,7 @@
-"""The device check: one prepared run for whenever a session is lent an accelerator (issue 12).
+"""The device check: one script that measures lab on a GPU machine, in about 8 minutes.
 
-It must finish within 8 minutes on one GPU (a lease is 15 minutes of device time in all,
-start-up included), so every part has a time budget and a part that does not fit is skipped
-with its reason. Parts, in the order they run:
+Every part has a time budget (450 s for the parts together; the unit tests are stopped after 240 s),
+and a part that does not fit is skipped with its reason. Parts, in the order they run:
 
 1. ``steps``: steps/s of lab's FixMatch step (``train.fit``, seeds vmapped as ``experiment.run``
    trains them, with the FixMatch protocol's optimizer and EMA of the weights from
@@ -18,43 +17,49 @@ with its reason. Parts, in the order they run:
    labels per class, 8 seeds vmapped, the CNN; accuracy and wall time;
 4. ``tests``: the test suite without the notebooks, on the accelerator
    (``LAB_TEST_PLATFORM``, see conftest.py; float32 matmuls at full precision so that the
-   CPU-made expectations apply to float tolerance). Test modules that import a package the
-   device image lacks are reported as collection errors, naming the module;
-5. ``fashion``: if time is left and the files came along, Fashion-MNIST with the CNN at 4 / 25 /
+   CPU-made expectations apply to float tolerance). Test modules that import a package this
+   machine lacks are reported as collection errors, naming the module;
+5. ``fashion``: if time is left and ``--data`` holds it, Fashion-MNIST with the CNN at 4 / 25 /
    100 labels per class, 5 seeds: FixMatch and FlexMatch vs supervised vs LogisticRegression.
 
-It writes ``device_check.json`` and ``device_check.md`` (a section for benchmarks/RESULTS.md,
-the device named) to ``--out`` (default ``$OUT`` when set, else ``runs/device_check``), and
-rewrites them after every part, so a run cut short still leaves what it measured.
+How to run it, on a Linux machine with an NVIDIA GPU, from the repository root::
+
+    pip install -e '.[dev,bench,cuda12]'   # '.[dev,bench,cuda13]' for CUDA 13; bench: PyTorch, for part 2
+    pip install pytest-xdist               # optional: part 4 then runs the tests in 8 workers
+    lab data download mnist --data-dir ~/lab-data/mnist                  # from lab.data.MIRRORS, SHA-256 checked
+    lab data download fashion_mnist --data-dir ~/lab-data/fashion-mnist  # optional: part 5
+    python benchmarks/device_check.py --data ~/lab-data --out runs/device_check 2>&1 | tee device_check.log
+
+``--data DIR`` is a folder laid out as ``$LAB_DATA`` is (README, "Data"): one subfolder per dataset, each
+holding the four IDX files
+(``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+``t10k-labels-idx1-ubyte``; raw or ``.gz``, ``-idx`` or ``.idx`` in the name)::
+
+    DIR/mnist/           MNIST (part 3)
+    DIR/fashion-mnist/   Fashion-MNIST (part 5); on Debian or Ubuntu also
+                         `apt-get install dataset-fashion-mnist`, then copy /usr/share/datasets/fashion-mnist/*.gz
+
+Without ``--data`` (or without a subfolder) the parts that need it are skipped, saying so.
+``--parts`` runs some parts only, e.g. ``--parts steps torch``.
+
+It writes ``device_check.json`` (every figure, the machine and the library versions) and
+``device_check.md`` (a section for benchmarks/RESULTS.md that names the machine: CPU model and
+cores, memory, the GPUs as JAX reports them, the versions of jax, jaxlib, flax, optax, numpy and
+torch) to ``--out`` (default ``runs/device_check``, or ``$OUT`` when that variable is set). Both
+are rewritten after every part, so a run cut short still leaves what it measured. To publish
+the figures, paste ``device_check.md`` into benchmarks/RESULTS.md and commit it with
+``device_check.json``.
 
 On the CPU, ``--smoke`` runs every part at toy sizes (digits in place of MNIST, a few steps,
-one small test file); tests/test_device_check.py runs it so. Its numbers mean nothing.
-
-How to run it on a lent GPU (the device tool sends the lead's checkout; the MNIST files travel
-in an ignored folder named in ``carry``). Once, here, in the repository root::
-
-    echo /.device_data/ >> .git/info/exclude
-    mkdir -p .device_data/mnist .device_data/fashion-mnist
-    for f in ../shared/datasets/mnist/*.gz; do n=$(basename $f); cp $f .device_data/mnist/${n/./-}; done
-    cp /usr/share/datasets/fashion-mnist/*.gz .device_data/fashion-mnist/   # optional: part 5
-
-then one call of the device tool's ``run``, with ``carry: [".device_data"]``, ``timeout_s: 540`` and
-``command``::
-
-    set -o pipefail; PYTHONUNBUFFERED=1 python3 benchmarks/device_check.py --data .device_data 2>&1 | tee $OUT/device_check.log
-
-and give the machine back. Paste ``device_check.md`` into benchmarks/RESULTS.md and commit it
-with ``device_check.json``.
+one small test file) in a few minutes; tests/test_device_check.py runs it so. Its numbers mean nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import json
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -394,14 +399,14 @@ def part_tests(sizes: dict, report: dict, out: Path, seconds: float) -> dict:
     command = [sys.executable, "-m", "pytest", *sizes["tests"], "-p", "no:cacheprovider", "-q", "-rfE",
                "-o", "addopts=", "--ignore=tests/data", "--ignore=tests/test_notebooks.py",
                "--continue-on-collection-errors", f"--junitxml={junit}"]
-    if sizes is FULL and importlib.util.find_spec("xdist"):  # pytest-xdist: the device image has it
+    if sizes is FULL and importlib.util.find_spec("xdist"):  # pytest-xdist, when installed: 8 workers share the GPU
         command += ["-n", "8"]
     # A JAX_PLATFORMS value: "gpu" would also ask for ROCm's backend and fail, so an NVIDIA GPU is "cuda".
     platform_name = os.environ.get("LAB_TEST_PLATFORM") or {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
     environment = dict(os.environ, LAB_TEST_PLATFORM=platform_name, JAX_DEFAULT_MATMUL_PRECISION="highest",
                        XLA_PYTHON_CLIENT_PREALLOCATE="false", LAB_PROGRESS="off")
     tic = time.perf_counter()
-    # A session of its own, so that a timeout stops pytest's workers too (they hold the GPU).
+    # A process group of its own, so that a timeout stops pytest's workers too (they hold the GPU).
     with subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, start_new_session=True) as process:
         try:
@@ -431,11 +436,15 @@ def part_tests(sizes: dict, report: dict, out: Path, seconds: float) -> dict:
             failed.append(f"{case.get('classname')}::{case.get('name')}: {message}")
     missing = sorted(set(re.findall(r"No module named '([\w.]+)'", output)))
     result.update(counts=counts, failed=failed[:40], missing_modules=missing)
-    junit.unlink()  # its content is in the JSON; the device tool returns few files
+    junit.unlink()  # its content is in the JSON: --out keeps the two files a reader needs
     return result
 
 
 # ---------------------------------------------------------------------------- report
+
+
+# The libraries whose versions the Markdown section names (the JSON has Python's and lab's too).
+REPORTED_LIBRARIES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch")
 
 
 def environment() -> dict[str, Any]:
@@ -445,20 +454,31 @@ def environment() -> dict[str, Any]:
 
     return {
         "device": devices.describe(), "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()], "versions": provenance.library_versions(),
-        "host": platform.node(), "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "devices": [str(d) for d in jax.devices()],
+        "versions": {**provenance.library_versions(), **provenance.package_versions(["torch"])},
+        "host": provenance.host(), "machine": provenance.machine(), "date": provenance.utc_now(),
         "git_commit": provenance.git_commit(ROOT),
     }
 
 
+def machine_line(env: dict[str, Any]) -> str:
+    """The machine and the libraries behind the figures: what a reader needs to compare them with their own."""
+    machine, versions = env["machine"], env["versions"]
+    memory = "" if machine["memory_bytes"] is None else f", {machine['memory_bytes'] / 2**30:.0f} GiB of memory"
+    libraries = ", ".join(f"{name} {versions.get(name) or '(not installed)'}" for name in REPORTED_LIBRARIES)
+    return (f"Machine: {machine['cpu']} ({machine['cores']} cores{memory}); devices: {env['device']} "
+            f"(JAX backend `{env['backend']}`); {libraries}; Python {versions['python']}.")
+
+
 def markdown(report: dict) -> str:
     env = report["environment"]
+    smoke = ", smoke: numbers mean nothing" if report["smoke"] else ""
     lines = [
-        f"## Device check on {env['device']} ({env['date'][:10]}{', smoke: numbers mean nothing' if report['smoke'] else ''})",
+        f"## Device check on {env['device']} ({env['date'][:10]}{smoke})",
         "",
-        f"`{report['command']}` on {env['device']} (JAX backend `{env['backend']}`, jax {env['versions'].get('jax')}, "
-        f"{env['cpus']} CPUs, commit {str(env['git_commit'])[:10]}), {report['wall_s']:.0f} s in all.",
+        f"`{report['command']}` at commit {str(env['git_commit'])[:10]}, {report['wall_s']:.0f} s in all.",
+        "",
+        machine_line(env),
         "",
     ]
     parts = report["parts"]

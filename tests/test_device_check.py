@@ -2,7 +2,10 @@
 not, and the JSON and the Markdown section for benchmarks/RESULTS.md are written. The numbers are
 not checked: they are toy-sized timings (speed is measured in benchmarks/, never asserted)."""
 
+import importlib.metadata
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +61,22 @@ def test_markdown_section_names_the_device_and_every_part(smoke):
     assert [line[4:] for line in text.splitlines() if line.startswith("### ")] == list(PARTS)
     assert "Skipped: no Fashion-MNIST files" in text
     assert sorted(path.name for path in out.iterdir()) == ["device_check.json", "device_check.md"]
+
+
+def test_markdown_section_names_the_machine_and_the_library_versions(smoke):
+    """The section says which machine produced its figures: CPU model and cores, memory, the devices as
+    JAX names them, and the versions of the libraries the timings depend on (read here independently)."""
+    _, text, _ = smoke
+    (line,) = [line for line in text.splitlines() if line.startswith("Machine: ")]
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    cpu = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE).group(1).strip()
+    assert line.startswith(f"Machine: {cpu} ({os.cpu_count()} cores, ")
+    memory_kib = int(re.search(r"^MemTotal:\s+(\d+) kB$", Path("/proc/meminfo").read_text(), re.MULTILINE).group(1))
+    assert f", {memory_kib / 2**20:.0f} GiB of memory); devices: cpu (1 device) (JAX backend `cpu`); " in line
+    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "torch"):
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            version = "(not installed)"
+        assert f"{name} {version}" in line
+    assert line.endswith(f"; Python {'.'.join(map(str, sys.version_info[:3]))}.")
