@@ -56,7 +56,7 @@ def peer_accuracies(dataset: data.Dataset, k: int, seed: int, peers=PEERS) -> di
         "SelfTraining": lambda: SelfTrainingClassifier(SVC(probability=True, random_state=seed)).fit(x, partial),
     }
     with warnings.catch_warnings():
-        # The peers as the issue names them: SVC(probability=True) (deprecated in scikit-learn
+        # The peers as this benchmark specifies them: SVC(probability=True) (deprecated in scikit-learn
         # 1.9, still what SelfTrainingClassifier needs), and LabelSpreading's 0/0 for points
         # no labeled neighbour reaches (they get no label; scikit-learn handles it).
         warnings.filterwarnings("ignore", message="The `probability` parameter was deprecated", category=FutureWarning)

@@ -216,7 +216,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 96x96 images; the unlabeled batches come from the training images and the 100k unlabeled ones
     # (Dataset.unlabeled_in_pool), as in USB. The views scale with the image: the weak crop pads 12.5%
     # of each side, 12 pixels as USB's crop_ratio 0.875 gives, and RandAugment's translations and
-    # Cutout are fractions of the side. The model is WRN-28-2, as the issue and the FixMatch paper's
+    # Cutout are fractions of the side. The model is WRN-28-2, as the FixMatch paper's
     # CIFAR-10 runs use; USB's STL-10 table uses wrn_var_37_2 (a fourth stage of 256 channels and a
     # strided first stage), which lab's wrn does not build, so these runs do not compare one-to-one with it.
     "fixmatch_stl10": {**_FIXMATCH_PROTOCOL, "dataset": "stl10"},

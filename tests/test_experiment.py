@@ -319,7 +319,7 @@ def test_show_config_prints_the_resolved_config_and_runs_nothing(capsys, monkeyp
 
 
 def test_the_stl10_preset_runs_the_protocol_on_96x96_images(capsys):
-    """fixmatch_stl10 is the protocol on STL-10 (a WRN-28-2, as the issue allows), shown by the CLI;
+    """fixmatch_stl10 is the protocol on STL-10 (a WRN-28-2, as the FixMatch paper used on CIFAR-10), shown by the CLI;
     its weak view pads 12 pixels a side at 96x96 (USB: crop_ratio 0.875) and its strong view keeps the size."""
     import jax
     import jax.numpy as jnp

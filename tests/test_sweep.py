@@ -363,7 +363,7 @@ def test_an_interrupted_sweep_keeps_finished_runs_and_redoes_the_rest(dask_sched
 
 def test_worker_threads_that_change_directory_do_not_redirect_results(tmp_path, monkeypatch):
     """papermill changes the process's working directory around every notebook read and
-    write (papermill issue 473). Threads of an in-process Dask cluster run in the sweep's
+    write (papermill's GitHub issue #473). Threads of an in-process Dask cluster run in the sweep's
     own process: the sweep must still save to its own store, with paths from its own directory."""
     home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
     home.mkdir()
