@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -150,7 +151,8 @@ def test_a_store_of_schema_version_1_is_migrated_and_keeps_its_rows(tmp_path):
     ("content", "problem"),
     [
         (b"", "is an empty file, not a lab results store"),
-        (b"a CSV export, say\n", "is not an SQLite database, not a lab results store"),
+        (b"a CSV export, say\n", "is a text file, not a lab results store"),
+        (b'{"config": {}}', "is a JSON file, not a lab results store"),
         ("foreign-sqlite", "is an SQLite database but not a lab results store"),
     ],
 )
@@ -175,6 +177,72 @@ def test_a_damaged_store_names_the_file_and_how_to_recover(tmp_path):
         file.truncate(path.stat().st_size // 3)
     with pytest.raises(store.StoreError, match=rf"{path} is damaged \(.*malformed.*\); recover .*\.recover"):
         store.load(path=path)
+
+
+def test_a_store_replaced_while_in_use_says_what_the_file_is_not_how_to_recover_sqlite(tmp_path):
+    path = tmp_path / "results.db"
+    results = ResultsStore(path)
+    path.write_text('{"config": {}}')  # an output written over it after it was opened
+    with pytest.raises(store.StoreError, match=f"{path} is a JSON file, not a lab results store") as error:
+        results.rows()
+    assert ".recover" not in str(error.value)
+
+
+_sqlite_connect = sqlite3.connect  # the real one, while tests replace it
+
+
+class _CloseFoldsNothing:
+    """A connection to a new store's temporary file whose close() leaves the file as it was before closing,
+    as on a full disk: closing folds the write-ahead log into the file, and SQLite ignores that this failed."""
+
+    def __init__(self, database, *args, **kwargs):
+        self._database = Path(database)
+        self._connection = _sqlite_connect(database, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._connection, name)
+
+    def close(self):
+        before = self._database.read_bytes()
+        self._connection.close()
+        self._database.write_bytes(before)
+
+
+class _FullDisk(_CloseFoldsNothing):
+    """As above, and an explicit checkpoint fails as SQLite's does when the disk is full."""
+
+    def execute(self, statement, *parameters):
+        if "wal_checkpoint" in statement:
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._connection.execute(statement, *parameters)
+
+
+def _connect_temporaries_with(monkeypatch, connection_class):
+    """Connections to hidden files (a new store's temporary file) are ``connection_class``, others real ones."""
+    monkeypatch.setattr(
+        store.sqlite3,
+        "connect",
+        lambda database, *args, **kwargs: (
+            connection_class if Path(database).name.startswith(".") else _sqlite_connect
+        )(database, *args, **kwargs),
+    )
+
+
+def test_a_new_store_is_complete_even_when_closing_does_not_fold_its_log(tmp_path, monkeypatch):
+    path = tmp_path / "new.db"
+    _connect_temporaries_with(monkeypatch, _CloseFoldsNothing)
+    assert ResultsStore(path).rows() == []
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_a_store_that_cannot_be_completed_is_not_published_and_leaves_no_files(tmp_path, monkeypatch):
+    path = tmp_path / "new.db"
+    _connect_temporaries_with(monkeypatch, _FullDisk)
+    with pytest.raises(store.StoreError, match=f"cannot create the results store {path} .*disk is full"):
+        ResultsStore(path)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert ResultsStore(path).rows() == []  # once there is space, the same command creates it
 
 
 def test_a_folder_is_no_store(tmp_path):
