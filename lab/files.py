@@ -102,17 +102,18 @@ def check_output_path(path: str | os.PathLike[str], what: str, *, folder: bool =
             raise ValueError(f"{what} {path} is a file; give a folder")
         raise ValueError(f"{what} {path} needs {existing} to be a folder, but it is a file")
     folder_found = existing if existing is None or existing.is_dir() else existing.parent
-    if folder_found is not None and not os.access(folder_found, os.W_OK):
-        raise ValueError(f"{what} {path} cannot be written: {folder_found} is not writable")
+    if folder_found is not None:
+        if not os.access(folder_found, os.W_OK):
+            raise ValueError(f"{what} {path} cannot be written: {folder_found} is not writable")
+        check_free_space(folder_found, f"{what} {path}")
 
 
 def check_free_space(folder: str | os.PathLike[str], what: str) -> None:
-    """Raise ValueError naming ``what`` when ``folder`` (or the nearest folder above it that exists) is full."""
-    existing = next(known for known in (Path(folder).absolute(), *Path(folder).absolute().parents) if known.is_dir())
-    free = shutil.disk_usage(existing).free
+    """Raise ValueError naming ``what`` when the disk of ``folder`` (a folder that exists) is full."""
+    free = shutil.disk_usage(folder).free
     if free < MIN_FREE_BYTES:
         raise ValueError(
-            f"{what} cannot be written: the disk of {existing} is full ({free // 1024} KiB free); "
+            f"{what} cannot be written: the disk of {folder} is full ({free // 1024} KiB free); "
             "free some space or give a path on another disk"
         )
 
@@ -146,7 +147,7 @@ def _describe_database(path: Path) -> str:
             connection.close()
     except sqlite3.Error:
         return "an SQLite database"
-    return f"a lab results store ({runs} runs)"
+    return f"a lab results store ({runs} run{'' if runs == 1 else 's'})"
 
 
 def check_replaceable(

@@ -512,3 +512,47 @@ def test_exporting_an_unknown_sweep_or_into_a_folder_says_so_before_writing(fill
     with pytest.raises(ValueError, match=f"export output {tmp_path} is a folder; give a file name"):
         export.export(tmp_path, path=tmp_path / "never-read.db")
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "never-read.db").exists()
+
+
+def test_an_export_never_replaces_a_store_or_a_file_of_another_format(filled_store, tmp_path):
+    other_store = tmp_path / "other.db"
+    ResultsStore(other_store).save(done_row())
+    kept = {other_store: other_store.read_bytes()}
+    for name, content in (("result.json", '{"config": {}}'), ("notes.txt", "my notes\n"), ("table.csv", "a,b\n1,2\n")):
+        kept[tmp_path / name] = content.encode()
+        (tmp_path / name).write_text(content)
+    refused = [
+        (other_store, "csv", rf"{other_store} is a lab results store \(1 run\), not a CSV file"),
+        (tmp_path / "result.json", "csv", "result.json is a JSON file, not a CSV file"),
+        (tmp_path / "table.csv", "parquet", "table.csv is a text file, not a Parquet file"),
+    ]
+    for output, format, problem in refused:
+        with pytest.raises(ValueError, match=f"export output .*{problem}; .*--force"):
+            export.export(output, format, path=filled_store)
+    # The store exported is never replaced, not even when forced.
+    with pytest.raises(ValueError, match=f"export output {filled_store} is the results store this command exports"):
+        _run_cli("runs", "--store", str(filled_store), "export", "--output", str(filled_store), "--force")
+    assert all(path.read_bytes() == content for path, content in kept.items())
+    assert len(store.load(path=filled_store)) == 4
+    # What may be replaced: a file of the same format, an empty file, anything when forced.
+    export.export(tmp_path / "table.csv", "csv", path=filled_store)
+    (tmp_path / "empty.csv").write_text("")
+    export.export(tmp_path / "empty.csv", "csv", path=filled_store)
+    assert _run_cli(
+        "runs", "--store", str(filled_store), "export", "--output", str(tmp_path / "notes.txt"), "--force"
+    ) == 0  # a text file is what a CSV looks like
+    assert _run_cli("runs", "--store", str(filled_store), "export", "--output", str(other_store), "--force") == 0
+    assert [len(pd.read_csv(tmp_path / name)) for name in ("table.csv", "empty.csv", "other.db")] == [4, 4, 4]
+
+
+def test_a_point_in_several_sweeps_is_shown_by_the_sweep_slash_point_form_the_error_suggests(filled_store, capsys):
+    ResultsStore(filled_store).save(done_row(sweep="other", point_id="a1", accuracy=(0.25, 0.75)))
+    with pytest.raises(ValueError, match=r"'a1' is ambiguous: other/a1, s/a1 \(show one as SWEEP/POINT\)"):
+        _run_cli("runs", "--store", str(filled_store), "show", "a1")
+    assert _run_cli("runs", "--store", str(filled_store), "show", "other/a1") == 0
+    details = capsys.readouterr().out
+    assert "sweep:           other" in details and "accuracy:        0.5000" in details
+    assert _run_cli("runs", "--store", str(filled_store), "show", "s/a") == 0  # a prefix within the sweep
+    assert "sweep:           s\n" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="'other/b2' is neither a sweep nor a point id"):
+        _run_cli("runs", "--store", str(filled_store), "show", "other/b2")
