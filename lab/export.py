@@ -42,17 +42,16 @@ def export(
     frame = store.load(sweep, path=path)
     if sweep is not None and frame.empty:
         raise ValueError(f"no sweep named {sweep!r} in {path}; `lab runs list` shows the sweeps")
-    with files.atomic_path(path_out) as temporary:
-        if format == "csv":
-            _json_columns(frame, lambda value: isinstance(value, (list, dict))).to_csv(temporary, index=False)
-        else:
-            try:  # pandas imports pyarrow itself; this only says how to get it
-                importlib.import_module("pyarrow")
-            except ImportError as error:
-                raise ImportError("Parquet export needs pyarrow: pip install 'lab[parquet]'") from error
-            _json_columns(frame, lambda value: isinstance(value, dict) or _is_nested_list(value)).to_parquet(
-                temporary, index=False
-            )
+    if format == "csv":
+        encoded = _json_columns(frame, lambda value: isinstance(value, (list, dict)))
+        files.write_together({path_out: lambda temporary: encoded.to_csv(temporary, index=False)})
+    else:
+        try:  # pandas imports pyarrow itself; this only says how to get it
+            importlib.import_module("pyarrow")
+        except ImportError as error:
+            raise ImportError("Parquet export needs pyarrow: pip install 'lab[parquet]'") from error
+        encoded = _json_columns(frame, lambda value: isinstance(value, dict) or _is_nested_list(value))
+        files.write_together({path_out: lambda temporary: encoded.to_parquet(temporary, index=False)})
     return Path(path_out)
 
 

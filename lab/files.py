@@ -47,9 +47,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_sibling(target)
     try:
-        with _naming(target):
-            yield temporary
-            os.replace(temporary, target)
+        yield temporary
+        os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -85,8 +84,10 @@ def write_together(writers: Mapping[str | os.PathLike[str], Callable[[Path], obj
 
 
 def write_atomic(path: str | os.PathLike[str], content: bytes | str) -> Path:
-    """Write ``content`` (text as UTF-8) to ``path`` through :func:`atomic_path`; returns the path."""
-    with atomic_path(path) as temporary:
+    """Write ``content`` (text as UTF-8) to ``path`` through :func:`atomic_path`; returns the path.
+
+    An OSError (a full disk) names ``path``."""
+    with atomic_path(path) as temporary, _naming(Path(path)):
         temporary.write_bytes(content.encode() if isinstance(content, str) else content)
     return Path(path)
 
