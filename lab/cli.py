@@ -225,7 +225,8 @@ def run_experiment(args: argparse.Namespace) -> int:
         try:
             result.save(args.output)
         except OSError as error:
-            unsaved.append(f"--output: {error.strerror or error}")
+            # A failed write names the file in its text (lab.files); another error (mkdir) in its filename.
+            unsaved.append(f"--output: {error if error.filename else error.strerror or error}")
     if results is not None:
         point_id = sweep.point_id(result.config)
         try:
