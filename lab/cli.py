@@ -370,8 +370,9 @@ def add_runs_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
     show_parser = actions.add_parser("show", help="the points of a sweep, or the details of one point")
     show_parser.add_argument(
-        "target", metavar="SWEEP_OR_POINT", help="a sweep name, or a point id (or a unique prefix of one)"
-    )
+        "target", metavar="SWEEP_OR_POINT",
+        help="a sweep name, or a point id (or a unique prefix of one), or SWEEP/POINT for a point of one sweep",
+    )  # fmt: skip
     show_parser.set_defaults(handler=show_runs)
 
     export_parser = actions.add_parser("export", help="write the results as CSV or Parquet")
