@@ -145,6 +145,10 @@ def add_run_command(subparsers) -> None:
         "--store", default=None, metavar="PATH", help="also save the record as a done point in this results database"
     )
     parser.add_argument(
+        "--force", action="store_true",
+        help="replace an --output file that is not JSON (a results store, say); never the --store of the same run",
+    )  # fmt: skip
+    parser.add_argument(
         "--sweep", default=RUNS_SWEEP, help=f"the sweep the point is saved under with --store (default: {RUNS_SWEEP})"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -204,36 +208,55 @@ def run_experiment(args: argparse.Namespace) -> int:
     # Checked before the run, so that an output that cannot be written fails before any training.
     if args.output:
         files.check_output_path(args.output, "--output")
+        files.check_replaceable(
+            args.output, "--output", "json", force=args.force,
+            keep={args.store: "the results store this command writes (--store)"} if args.store else None,
+        )  # fmt: skip
     results = None
     if args.store:
         sweep.check_name(args.sweep)
         results = store.ResultsStore(args.store)
+        files.check_free_space(results.path.parent, f"--store {args.store}")
     started_at, clock = provenance.utc_now(), time.monotonic()
     result = experiment.run(fields, progress=not args.no_progress)
+    # A write that fails (a disk filled during the run) loses nothing: the result is printed all the same.
+    unsaved = []
     if args.output:
-        result.save(args.output)
+        try:
+            result.save(args.output)
+        except OSError as error:
+            # A failed write names the file in its text (lab.files); another error (mkdir) in its filename.
+            unsaved.append(f"--output: {error if error.filename else error.strerror or error}")
     if results is not None:
         point_id = sweep.point_id(result.config)
-        results.save(
-            store.RunRow(
-                sweep=args.sweep,
-                point_id=point_id,
-                notebook="lab run",
-                parameters=result.config,
-                status="done",
-                payload=result.record().to_dict(),
-                started_at=started_at,
-                ended_at=provenance.utc_now(),
-                duration_s=time.monotonic() - clock,
-                versions=result.environment["versions"],
-                git_commit=result.environment["git_commit"],
+        try:
+            results.save(
+                store.RunRow(
+                    sweep=args.sweep,
+                    point_id=point_id,
+                    notebook="lab run",
+                    parameters=result.config,
+                    status="done",
+                    payload=result.record().to_dict(),
+                    started_at=started_at,
+                    ended_at=provenance.utc_now(),
+                    duration_s=time.monotonic() - clock,
+                    versions=result.environment["versions"],
+                    git_commit=result.environment["git_commit"],
+                )
             )
-        )
-        # On stderr: stdout is the JSON below, for other programs to read.
-        sys.stderr.write(f"saved as point {point_id} of sweep {args.sweep} in {results.path}\n")
+        except (store.StoreError, OSError) as error:
+            unsaved.append(f"--store: {error}")
+        else:  # on stderr: stdout is the JSON below, for other programs to read
+            sys.stderr.write(f"saved as point {point_id} of sweep {args.sweep} in {results.path}\n")
     summary = {name: {k: round(v, 4) for k, v in stats.items()} for name, stats in result.summary().items()}
     print(json.dumps({"config": result.config, "metrics": result.metrics, "summary": summary,
                       "wall_time_s": result.wall_time_s}, indent=2))
+    if unsaved:
+        sys.stdout.flush()  # the result first: the error that follows ends the command
+        raise RuntimeError(
+            f"the run finished and its result is printed above, but it was not saved: {'; '.join(unsaved)}"
+        )
     return 0
 
 
@@ -347,14 +370,19 @@ def add_runs_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
     show_parser = actions.add_parser("show", help="the points of a sweep, or the details of one point")
     show_parser.add_argument(
-        "target", metavar="SWEEP_OR_POINT", help="a sweep name, or a point id (or a unique prefix of one)"
-    )
+        "target", metavar="SWEEP_OR_POINT",
+        help="a sweep name, or a point id (or a unique prefix of one), or SWEEP/POINT for a point of one sweep",
+    )  # fmt: skip
     show_parser.set_defaults(handler=show_runs)
 
     export_parser = actions.add_parser("export", help="write the results as CSV or Parquet")
     export_parser.add_argument("--format", choices=export.FORMATS, default="csv")
     export_parser.add_argument("--output", required=True, metavar="FILE")
     export_parser.add_argument("--sweep", default=None, help="only this sweep (default: all)")
+    export_parser.add_argument(
+        "--force", action="store_true",
+        help="replace an --output file of another format (a results store, say); never the store exported",
+    )  # fmt: skip
     export_parser.set_defaults(handler=export_runs)
     return parser
 
@@ -378,15 +406,18 @@ def show_runs(args: argparse.Namespace) -> int:
     if rows:
         print(_points_table(rows).to_string(index=False))
         return 0
-    matches = results.find_points(args.target)
+    sweep, in_sweep, prefix = args.target.rpartition("/")  # SWEEP/POINT names a point of one sweep
+    matches = [row for row in results.find_points(prefix) if not in_sweep or row.sweep == sweep]
     if not matches:
         raise ValueError(
-            f"{args.target!r} is neither a sweep nor a point id in {args.store}; `lab runs list` shows the sweeps"
+            f"{args.target!r} is neither a sweep nor a point id (or SWEEP/POINT) in {args.store}; "
+            "`lab runs list` shows the sweeps"
         )
     if len(matches) > 1:
         raise ValueError(
             f"point id prefix {args.target!r} is ambiguous: "
             + ", ".join(f"{row.sweep}/{row.point_id}" for row in matches)
+            + " (show one as SWEEP/POINT)"
         )
     print(_point_details(matches[0]))
     return 0
@@ -440,7 +471,7 @@ def _point_details(row: store.RunRow) -> str:
 def export_runs(args: argparse.Namespace) -> int:
     from lab import export
 
-    written = export.export(args.output, format=args.format, sweep=args.sweep, path=args.store)
+    written = export.export(args.output, format=args.format, sweep=args.sweep, path=args.store, force=args.force)
     print(f"wrote {written}")
     return 0
 
@@ -470,8 +501,15 @@ def write_report(args: argparse.Namespace) -> int:
         raise ValueError(f"no sweep named {args.sweep!r} in {args.store}; `lab runs list` shows the sweeps")
     for path in report.build_report(frame, args.out):
         print(f"wrote {path}")
+    table = report.summary_table(frame)
+    apart = [key for key in report.ORIGIN_KEYS if key in table.columns]
+    if apart:
+        sys.stderr.write(
+            f"note: configurations stored by more than one {' or '.join(apart)} are not pooled: one row per "
+            f"{' and '.join(apart)}" + ("; --sweep NAME reports one sweep\n" if "sweep" in apart else "\n")
+        )
     print()
-    print(report.summary_markdown(report.summary_table(frame)))
+    print(report.summary_markdown(table))
     return 0
 
 
@@ -494,6 +532,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs_command(subparsers)
     add_report_command(subparsers)
     return parser
+
+
+def parse_arguments(parser: argparse.ArgumentParser, arguments: Sequence[str]) -> argparse.Namespace:
+    """``parser.parse_args(arguments)``, except that ``lab run``'s FIELD=VALUE pairs may also follow its options:
+    ``lab run model=mlp --no-progress setup=supervised`` (argparse reads a list of positionals in one piece)."""
+    args, extras = parser.parse_known_args(arguments)
+    if extras and hasattr(args, "fields") and not any(extra.startswith("-") for extra in extras):
+        args.fields += extras  # after the first pairs, in order: a field given twice keeps its last value
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
 
 
 DEBUG_VARIABLE = "LAB_DEBUG"
@@ -519,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in arguments or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     command = next((word for word in arguments if not word.startswith("-")), "")
     try:
-        args = build_parser().parse_args(arguments)
+        args = parse_arguments(build_parser(), arguments)
         return args.handler(args)
     except SystemExit as exit:  # argparse's own: --help (0) or a bad argument (2, its one line printed)
         return exit.code if isinstance(exit.code, int) else 2

@@ -24,29 +24,34 @@ def export(
     sweep: str | None = None,
     *,
     path: str | os.PathLike[str] = store.DEFAULT_PATH,
+    force: bool = False,
 ) -> Path:
     """Write :func:`load`'s DataFrame to ``path_out`` as CSV or Parquet; returns the path written.
 
     In CSV, lists and dicts (per-seed metrics, curves, parameters) are JSON text. In
-    Parquet, per-seed lists stay lists and dict-valued columns are JSON text.
+    Parquet, per-seed lists stay lists and dict-valued columns are JSON text. A file at
+    ``path_out`` that is not of ``format`` (a results store, say) is replaced only when
+    ``force``, and the store exported never.
     """
     if format not in FORMATS:
         raise ValueError(f"export format {format!r} is not one of {', '.join(FORMATS)}")
     files.check_output_path(path_out, "export output")
+    files.check_replaceable(
+        path_out, "export output", format, force=force, keep={path: "the results store this command exports"}
+    )
     frame = store.load(sweep, path=path)
     if sweep is not None and frame.empty:
         raise ValueError(f"no sweep named {sweep!r} in {path}; `lab runs list` shows the sweeps")
-    with files.atomic_path(path_out) as temporary:
-        if format == "csv":
-            _json_columns(frame, lambda value: isinstance(value, (list, dict))).to_csv(temporary, index=False)
-        else:
-            try:  # pandas imports pyarrow itself; this only says how to get it
-                importlib.import_module("pyarrow")
-            except ImportError as error:
-                raise ImportError("Parquet export needs pyarrow: pip install 'lab[parquet]'") from error
-            _json_columns(frame, lambda value: isinstance(value, dict) or _is_nested_list(value)).to_parquet(
-                temporary, index=False
-            )
+    if format == "csv":
+        encoded = _json_columns(frame, lambda value: isinstance(value, (list, dict)))
+        files.write_together({path_out: lambda temporary: encoded.to_csv(temporary, index=False)})
+    else:
+        try:  # pandas imports pyarrow itself; this only says how to get it
+            importlib.import_module("pyarrow")
+        except ImportError as error:
+            raise ImportError("Parquet export needs pyarrow: pip install 'lab[parquet]'") from error
+        encoded = _json_columns(frame, lambda value: isinstance(value, dict) or _is_nested_list(value))
+        files.write_together({path_out: lambda temporary: encoded.to_parquet(temporary, index=False)})
     return Path(path_out)
 
 

@@ -11,9 +11,11 @@
   deviation and number of seeds of every metric per configuration.
 
 Only done points count. Results are grouped by dataset, setup, method and
-labels_per_class, and also by any other notebook parameter whose value differs
-between the points (a learning rate swept alongside, say), so that different
-configurations are never averaged together; seeds are pooled. Standard deviations
+labels_per_class, and also by the sweep, the notebook and any other notebook
+parameter whose value differs between the points of such a group (a learning rate
+swept alongside, say; the same configuration stored by two sweeps, or run by copies
+of a notebook with other defaults), so that different runs of a configuration are
+never averaged together; seeds are pooled. Standard deviations
 are sample standard deviations (n - 1 in the denominator), empty for one seed.
 
 Figures are drawn on :class:`matplotlib.figure.Figure` objects without pyplot, so
@@ -27,7 +29,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,9 @@ from lab.export import json_text
 from lab.record import METRICS
 
 GROUP_KEYS = ("dataset", "setup", "method", "labels_per_class")
+# Where a point comes from: its values may differ though its parameters are the same (a notebook's
+# defaults are no parameters), and the same seed stored by two sweeps must not count twice.
+ORIGIN_KEYS = ("sweep", "notebook")
 # Parameters that never tell configurations apart: seeds are pooled, output folders differ per point.
 POOLED_PARAMETERS = ("seeds", "seed", "output_dir")
 CURVE_METRIC = "accuracy"
@@ -93,15 +98,17 @@ def _done(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _configuration_keys(done: pd.DataFrame) -> list[str]:
-    """GROUP_KEYS, then each other parameter whose value differs between points of the same group.
+    """GROUP_KEYS, then each of ORIGIN_KEYS and of the other parameters whose value differs between points
+    of the same group.
 
-    A parameter that only changes along with the group keys (one value per group)
+    A column that only changes along with the group keys (one value per group)
     tells nothing new and would only split the lines of the figures.
     """
     keys = list(GROUP_KEYS)
+    groups = json_text(done, GROUP_KEYS).groupby(list(GROUP_KEYS), dropna=False)
+    keys += [key for key in ORIGIN_KEYS if key in done.columns and (groups[key].nunique(dropna=False) > 1).any()]
     if "parameters" not in done.columns:
         return keys
-    groups = json_text(done, GROUP_KEYS).groupby(list(GROUP_KEYS), dropna=False)
     names = sorted(
         {name for parameters in done["parameters"] for name in parameters} - {*GROUP_KEYS, *POOLED_PARAMETERS}
     )
@@ -316,23 +323,26 @@ def plot_learning_curves(curves: pd.DataFrame) -> Figure:
 def build_report(df: pd.DataFrame, out_dir: str | os.PathLike[str] = DEFAULT_OUT_DIR) -> list[Path]:
     """Write the figures and summary tables for ``df`` (from :func:`lab.store.load`) into ``out_dir``.
 
-    Each file is written to a temporary name and then renamed, so an interrupted
-    report never leaves a half-written file. Returns the paths written.
+    The files are written as one set (:func:`lab.files.write_together`): an interrupted
+    report, or one that fills the disk, leaves none of them half-written and none of
+    them new. Returns the paths written.
     """
     out_dir = Path(out_dir)
     table = summary_table(df)
-    written = [
-        files.write_atomic(out_dir / "summary.md", summary_markdown(table)),
-        files.write_atomic(out_dir / "summary.csv", table.to_csv(index=False)),
-        _write_figure(out_dir / "accuracy_vs_labels.png", plot_accuracy_vs_labels(table)),
-    ]
+    writers = {
+        out_dir / "summary.md": _text_writer(summary_markdown(table)),
+        out_dir / "summary.csv": _text_writer(table.to_csv(index=False)),
+        out_dir / "accuracy_vs_labels.png": _figure_writer(plot_accuracy_vs_labels(table)),
+    }
     curves = learning_curves(df)
     if not curves.empty:
-        written.append(_write_figure(out_dir / "learning_curves.png", plot_learning_curves(curves)))
-    return written
+        writers[out_dir / "learning_curves.png"] = _figure_writer(plot_learning_curves(curves))
+    return files.write_together(writers)
 
 
-def _write_figure(path: Path, figure: Figure) -> Path:
-    with files.atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=150)
-    return path
+def _text_writer(text: str) -> Callable[[Path], object]:
+    return lambda path: path.write_text(text, encoding="utf-8")
+
+
+def _figure_writer(figure: Figure) -> Callable[[Path], object]:
+    return lambda path: figure.savefig(path, format="png", dpi=150)

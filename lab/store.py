@@ -68,7 +68,6 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 # Schema version 1 had no owner columns; opening such a store adds them (NULL: no owner known).
 _OWNER_COLUMNS = ("owner_host", "owner_pid", "owner_start")
-_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 class StoreError(RuntimeError):
@@ -190,14 +189,45 @@ def _encoded(row: RunRow, updated_at: str) -> dict[str, Any]:
 
 def _store_problem(path: Path, error: sqlite3.DatabaseError) -> str:
     message = str(error)
+    if ("malformed" in message or "not a database" in message) and not _is_sqlite(path):
+        # Replaced while in use (by an output written over it, say): SQLite's recovery cannot read it.
+        return _not_a_store(path)
     if "malformed" in message or "not a database" in message:
         return (
             f"{path} is damaged ({message}); recover what it holds with "
             f"`sqlite3 {path} .recover | sqlite3 recovered.db` and use recovered.db, or restore a back-up"
         )
+    if "full" in message or "disk I/O" in message:
+        return f"cannot use the results store {path} ({message}); its disk may be full: free space there and retry"
     if "readonly" in message or "unable to open" in message:
         return f"cannot use the results store {path} ({message}); make it, and its folder, writable"
     return f"results store {path}: {message}"
+
+
+def _fold_write_ahead_log(connection: sqlite3.Connection) -> None:
+    """Copy the write-ahead log into the database file and check the file, raising sqlite3.Error if it is not complete.
+
+    Closing the last connection would fold the log too, but fails silently (on a full disk, say),
+    which would leave a partial file that every later command calls damaged.
+    """
+    busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    if busy:
+        raise sqlite3.OperationalError("its write-ahead log could not be copied into the file")
+    problems = [line for (line,) in connection.execute("PRAGMA integrity_check")]
+    if problems != ["ok"]:
+        raise sqlite3.DatabaseError(f"the new file fails its integrity check: {'; '.join(problems[:3])}")
+
+
+def _is_sqlite(path: Path) -> bool:
+    with open(path, "rb") as file:
+        return file.read(len(files.SQLITE_HEADER)) == files.SQLITE_HEADER
+
+
+def _not_a_store(path: Path) -> str:
+    return (
+        f"{path} is {files.describe(path)}, not a lab results store; lab leaves it as it is: "
+        "restore it from a back-up, or move it away to start a new store"
+    )
 
 
 class ResultsStore:
@@ -239,11 +269,12 @@ class ResultsStore:
             )
 
     def _create(self) -> None:
-        """Write a complete new store under a temporary name, then link it into place.
+        """Write a complete new store under a temporary name, check it, then link it into place.
 
         So a store file that exists is always complete (any other file there is not a
         store, and is refused, never overwritten), and when several processes create
-        it at once, one wins and the others use its store.
+        it at once, one wins and the others use its store. On a full disk nothing is
+        published and the temporary files are removed.
         """
         if not self.path.parent.is_dir() and self.path.parent.exists():
             raise StoreError(f"cannot create the results store {self.path}: {self.path.parent} is not a folder")
@@ -252,6 +283,8 @@ class ResultsStore:
         try:
             connection = sqlite3.connect(temporary, isolation_level=None)
             try:
+                # Exclusive: nobody else sees the file yet, and the log's index then needs no -shm file.
+                connection.execute("PRAGMA locking_mode=EXCLUSIVE")
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("BEGIN")
                 for statement in _SCHEMA.split(";"):
@@ -259,22 +292,23 @@ class ResultsStore:
                         connection.execute(statement)
                 connection.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 connection.execute("COMMIT")
+                _fold_write_ahead_log(connection)
             finally:
-                connection.close()  # the last connection folds the write-ahead log into the file
+                connection.close()
             with contextlib.suppress(FileExistsError):  # another process created it first
                 os.link(temporary, self.path)
+        except (sqlite3.Error, OSError) as error:
+            raise StoreError(
+                f"cannot create the results store {self.path} ({error}); nothing was written there: "
+                "free space on its disk (or make its folder writable), or give a store path elsewhere"
+            ) from error
         finally:
-            temporary.unlink(missing_ok=True)
+            for leftover in (temporary, *(Path(f"{temporary}{suffix}") for suffix in ("-wal", "-shm", "-journal"))):
+                leftover.unlink(missing_ok=True)
 
     def _check_header(self) -> None:
-        with open(self.path, "rb") as file:
-            header = file.read(len(_SQLITE_HEADER))
-        if header != _SQLITE_HEADER:
-            what = "an empty file" if not header else "not an SQLite database"
-            raise StoreError(
-                f"{self.path} is {what}, not a lab results store; lab leaves it as it is: "
-                "restore it from a back-up, or move it away to start a new store"
-            )
+        if not _is_sqlite(self.path):
+            raise StoreError(_not_a_store(self.path))
 
     def _migrate(self) -> None:
         with self._write() as connection:

@@ -8,6 +8,10 @@ arguments after ``lab`` (``{tmp}`` is replaced by a fresh temporary folder, prep
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -143,3 +147,111 @@ def test_an_unforeseen_error_names_its_type_and_the_debug_flag(monkeypatch, caps
     monkeypatch.setattr(cli, "run_data", broken)
     status, err = run_cli(["data", "info", "digits"], capsys)
     assert status == 2 and err == "lab data: error: TypeError: unsupported operand (--debug shows the traceback)\n"
+
+
+# --------------------------------------------------------------------------------------
+# `lab run`'s outputs: never written over a store, and a finished result is never lost
+# --------------------------------------------------------------------------------------
+
+
+def _finished_run(fields, progress=True):
+    from lab import experiment
+
+    config = experiment.ExperimentConfig.from_dict(fields).to_dict()
+    return experiment.Result(
+        config, [0], {"accuracy": [0.75]}, {"step": [10], "test_accuracy": [[0.75]]}, {"train": 1.0},
+        {"versions": {"jax": "0"}, "git_commit": None},
+    )  # fmt: skip
+
+
+def _never_run(fields, progress=True):
+    raise AssertionError("trained although the command should have stopped before")
+
+
+@pytest.fixture
+def store_path(tmp_path, monkeypatch):
+    """A results store holding one run, in the working folder."""
+    from lab import experiment
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+    monkeypatch.setattr(experiment, "run", _finished_run)
+    assert cli.main(["run", "--store", "results.db", "--no-progress"]) == 0
+    return tmp_path / "results.db"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["--output", "results.db"], "--output results.db is a lab results store (1 run), not a JSON file; "
+         "lab leaves it as it is: give another file name, or pass --force to replace it"),
+        (["--output", "notes.txt"], "--output notes.txt is a text file, not a JSON file"),
+        (["--store", "results.db", "--output", "results.db", "--force"],
+         "--output results.db is the results store this command writes (--store); give another file name"),
+        (["--store", "./results.db", "--output", "results.db"], "is the results store this command writes"),
+    ],
+)  # fmt: skip
+def test_run_never_writes_its_output_over_a_store_or_a_file_of_another_format(
+    store_path, arguments, expected, monkeypatch, capsys
+):
+    from lab import experiment, store
+
+    Path("notes.txt").write_text("my notes\n")
+    kept = {path: path.read_bytes() for path in (store_path, Path("notes.txt"))}
+    capsys.readouterr()
+    monkeypatch.setattr(experiment, "run", _never_run)
+    status, err = run_cli(["run", "--no-progress", *arguments], capsys)
+    assert status == 2 and err.startswith("lab run: error: ") and err.count("\n") == 1 and expected in err, err
+    assert all(path.read_bytes() == content for path, content in kept.items())
+    assert len(store.ResultsStore(store_path).rows()) == 1
+
+
+def test_run_force_replaces_a_file_of_another_format(store_path, monkeypatch, capsys):
+    Path("old.db").write_bytes(store_path.read_bytes())
+    assert cli.main(["run", "--no-progress", "--output", "old.db", "--force"]) == 0
+    assert json.loads(Path("old.db").read_text())["record"]["metrics"] == {"accuracy": [0.75]}
+
+
+def test_a_finished_run_whose_writes_fail_still_prints_its_result_and_names_each_failed_write(
+    store_path, monkeypatch, capsys
+):
+    from lab import store
+
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def store_full(self, *rows):
+        raise store.StoreError(f"cannot use the results store {self.path} (database or disk is full)")
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)  # the disk fills during the run
+    monkeypatch.setattr(store.ResultsStore, "save", store_full)
+    capsys.readouterr()
+    status = cli.main(["run", "--no-progress", "--output", "result.json", "--store", "results.db"])
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert json.loads(out)["metrics"] == {"accuracy": [0.75]}  # the result, on stdout all the same
+    assert err.count("\n") == 1 and err.startswith("lab run: error: the run finished and its result is printed"), err
+    assert "--output: cannot write result.json: No space left on device" in err
+    assert f"--store: cannot use the results store {store_path} (database or disk is full)" in err
+    assert not Path("result.json").exists() and [path.name for path in Path().iterdir()] == ["results.db"]
+
+
+@pytest.mark.parametrize("option", ["--output", "--store"])
+def test_run_on_a_full_disk_is_refused_before_training(store_path, option, monkeypatch, capsys):
+    from lab import experiment, files
+
+    monkeypatch.setattr(experiment, "run", _never_run)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 4096))
+    capsys.readouterr()
+    status, err = run_cli(["run", "--no-progress", option, "results.db"], capsys)
+    assert status == 2
+    assert f"{option} results.db cannot be written: the disk of " in err and "is full (4 KiB free)" in err, err
+
+
+def test_run_takes_fields_before_and_after_its_options(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    status = cli.main(["run", "model=mlp", "--no-progress", "setup=supervised", "--show-config", "steps=7"])
+    config = json.loads(capsys.readouterr().out)
+    assert status == 0 and (config["model"], config["setup"], config["steps"]) == ("mlp", "supervised", 7)
+    status, err = run_cli(["run", "model=mlp", "--no-progress", "--bogus", "setup=supervised"], capsys)
+    assert status == 2 and "unrecognized arguments: --bogus" in err, err

@@ -48,3 +48,35 @@ def test_write_atomic_writes_text_and_bytes(tmp_path):
     files.write_atomic(tmp_path / "b.bin", b"\x00\x01")
     assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a", "b.bin"]
+
+
+@pytest.mark.parametrize(
+    ("content", "looks"),
+    [
+        (b"", "an empty file"),
+        (b'  {"config": {}}', "a JSON file"),
+        (b"[1, 2]", "a JSON file"),
+        (b"sweep,point_id\ns,p\n", "a text file"),
+        ("é".encode() * 2048 + b"x", "a text file"),  # 4096 bytes end inside a character
+        (b"PAR1\x00\x01", "a Parquet file"),
+        (b"\x89PNG\r\n\x1a\n\x00", "a binary file"),
+        (b"SQLite format 3\x00" + b"\x00" * 100, "an SQLite database"),
+    ],
+)
+def test_describe_says_what_a_file_looks_like(tmp_path, content, looks):
+    path = tmp_path / "file"
+    path.write_bytes(content)
+    assert files.describe(path) == looks
+
+
+def test_write_together_leaves_no_file_of_the_set_when_one_fails(tmp_path):
+    def fail(path):
+        path.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    (tmp_path / "a.md").write_text("old")
+    with pytest.raises(OSError, match=re.escape(f"cannot write {tmp_path / 'b.png'}: No space left on device")):
+        files.write_together({tmp_path / "a.md": lambda path: path.write_text("new"), tmp_path / "b.png": fail})
+    assert [(path.name, path.read_text()) for path in tmp_path.iterdir()] == [("a.md", "old")]
+    assert files.write_together({tmp_path / "a.md": lambda path: path.write_text("new")}) == [tmp_path / "a.md"]
+    assert [(path.name, path.read_text()) for path in tmp_path.iterdir()] == [("a.md", "new")]

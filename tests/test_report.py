@@ -2,11 +2,16 @@
 deviations, configuration grouping, learning curves, and the files written."""
 
 import argparse
+import dataclasses
+import errno
 import math
+import os
+from pathlib import Path
 
 import matplotlib.image
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 
 from lab import cli, report, store
 from lab.store import ResultsStore, RunRow
@@ -260,3 +265,63 @@ def test_cli_report(results, tmp_path, capsys):
     assert f"wrote {out / 'accuracy_vs_labels.png'}" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no sweep named 'nope'"):
         _cli("report", "--sweep", "nope", "--out", str(out), "--store", str(results))
+
+
+def _from(sweep, notebook, row):
+    return dataclasses.replace(row, sweep=sweep, notebook=notebook)
+
+
+def test_the_same_configuration_from_two_sweeps_or_notebooks_is_not_pooled(tmp_path):
+    path = tmp_path / "results.db"
+    ResultsStore(path).save(
+        _from("a", "nb.ipynb", _row("p", "fixmatch", 1, [0], [0.6])),
+        _from("b", "nb.ipynb", _row("p", "fixmatch", 1, [0], [0.6])),  # the same seed, stored twice
+        _from("a", "copy.ipynb", _row("q", "fixmatch", 4, [0], [0.7])),  # a copy with other defaults
+        _from("a", "nb.ipynb", _row("r", "fixmatch", 4, [1], [0.9])),
+        _from("c", "nb.ipynb", _row("s", "erm", 1, [0], [0.5], setup="supervised")),  # alone in its group: no split
+    )
+    table = report.summary_table(store.load(path=path))
+    assert list(table.columns[:6]) == ["dataset", "setup", "method", "labels_per_class", "sweep", "notebook"]
+    assert list(zip(table["labels_per_class"], table["sweep"], table["notebook"], table["n_seeds"], strict=True)) == [
+        (1, "a", "nb.ipynb", 1),
+        (1, "b", "nb.ipynb", 1),
+        (4, "a", "copy.ipynb", 1),
+        (4, "a", "nb.ipynb", 1),
+        (1, "c", "nb.ipynb", 1),
+    ]
+    assert report.configuration_labels(table).tolist()[:2] == [
+        "fixmatch (sweep=a, notebook=nb.ipynb)",
+        "fixmatch (sweep=b, notebook=nb.ipynb)",
+    ]
+
+
+def test_cli_report_says_when_it_keeps_sweeps_apart(tmp_path, capsys):
+    path = tmp_path / "results.db"
+    ResultsStore(path).save(*(_from(sweep, "nb.ipynb", _row("p", "fixmatch", 1, [0], [0.6])) for sweep in "ab"))
+    assert _cli("report", "--out", str(tmp_path / "out"), "--store", str(path)) == 0
+    out, err = capsys.readouterr()
+    assert err == (
+        "note: configurations stored by more than one sweep are not pooled: one row per sweep; "
+        "--sweep NAME reports one sweep\n"
+    )
+    assert "| digits | semi_supervised | fixmatch | 1 | a | 1 | 0.6000 |" in out
+
+
+def test_a_report_that_fails_to_write_a_file_writes_none_and_names_the_file(results, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "summary.md").write_text("the last report")
+
+    def full_disk(self, path, **options):
+        Path(path).write_bytes(b"\x89PNG half")  # a partial file, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    status = cli.main(["report", "--out", str(out), "--store", str(results)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err == (
+        f"lab report: error: [Errno {errno.ENOSPC}] cannot write {out / 'accuracy_vs_labels.png'}: "
+        "No space left on device\n"
+    )
+    assert [(path.name, path.read_text()) for path in out.iterdir()] == [("summary.md", "the last report")]

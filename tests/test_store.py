@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -150,7 +151,8 @@ def test_a_store_of_schema_version_1_is_migrated_and_keeps_its_rows(tmp_path):
     ("content", "problem"),
     [
         (b"", "is an empty file, not a lab results store"),
-        (b"a CSV export, say\n", "is not an SQLite database, not a lab results store"),
+        (b"a CSV export, say\n", "is a text file, not a lab results store"),
+        (b'{"config": {}}', "is a JSON file, not a lab results store"),
         ("foreign-sqlite", "is an SQLite database but not a lab results store"),
     ],
 )
@@ -175,6 +177,72 @@ def test_a_damaged_store_names_the_file_and_how_to_recover(tmp_path):
         file.truncate(path.stat().st_size // 3)
     with pytest.raises(store.StoreError, match=rf"{path} is damaged \(.*malformed.*\); recover .*\.recover"):
         store.load(path=path)
+
+
+def test_a_store_replaced_while_in_use_says_what_the_file_is_not_how_to_recover_sqlite(tmp_path):
+    path = tmp_path / "results.db"
+    results = ResultsStore(path)
+    path.write_text('{"config": {}}')  # an output written over it after it was opened
+    with pytest.raises(store.StoreError, match=f"{path} is a JSON file, not a lab results store") as error:
+        results.rows()
+    assert ".recover" not in str(error.value)
+
+
+_sqlite_connect = sqlite3.connect  # the real one, while tests replace it
+
+
+class _CloseFoldsNothing:
+    """A connection to a new store's temporary file whose close() leaves the file as it was before closing,
+    as on a full disk: closing folds the write-ahead log into the file, and SQLite ignores that this failed."""
+
+    def __init__(self, database, *args, **kwargs):
+        self._database = Path(database)
+        self._connection = _sqlite_connect(database, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._connection, name)
+
+    def close(self):
+        before = self._database.read_bytes()
+        self._connection.close()
+        self._database.write_bytes(before)
+
+
+class _FullDisk(_CloseFoldsNothing):
+    """As above, and an explicit checkpoint fails as SQLite's does when the disk is full."""
+
+    def execute(self, statement, *parameters):
+        if "wal_checkpoint" in statement:
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._connection.execute(statement, *parameters)
+
+
+def _connect_temporaries_with(monkeypatch, connection_class):
+    """Connections to hidden files (a new store's temporary file) are ``connection_class``, others real ones."""
+    monkeypatch.setattr(
+        store.sqlite3,
+        "connect",
+        lambda database, *args, **kwargs: (
+            connection_class if Path(database).name.startswith(".") else _sqlite_connect
+        )(database, *args, **kwargs),
+    )
+
+
+def test_a_new_store_is_complete_even_when_closing_does_not_fold_its_log(tmp_path, monkeypatch):
+    path = tmp_path / "new.db"
+    _connect_temporaries_with(monkeypatch, _CloseFoldsNothing)
+    assert ResultsStore(path).rows() == []
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_a_store_that_cannot_be_completed_is_not_published_and_leaves_no_files(tmp_path, monkeypatch):
+    path = tmp_path / "new.db"
+    _connect_temporaries_with(monkeypatch, _FullDisk)
+    with pytest.raises(store.StoreError, match=f"cannot create the results store {path} .*disk is full"):
+        ResultsStore(path)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert ResultsStore(path).rows() == []  # once there is space, the same command creates it
 
 
 def test_a_folder_is_no_store(tmp_path):
@@ -444,3 +512,47 @@ def test_exporting_an_unknown_sweep_or_into_a_folder_says_so_before_writing(fill
     with pytest.raises(ValueError, match=f"export output {tmp_path} is a folder; give a file name"):
         export.export(tmp_path, path=tmp_path / "never-read.db")
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "never-read.db").exists()
+
+
+def test_an_export_never_replaces_a_store_or_a_file_of_another_format(filled_store, tmp_path):
+    other_store = tmp_path / "other.db"
+    ResultsStore(other_store).save(done_row())
+    kept = {other_store: other_store.read_bytes()}
+    for name, content in (("result.json", '{"config": {}}'), ("notes.txt", "my notes\n"), ("table.csv", "a,b\n1,2\n")):
+        kept[tmp_path / name] = content.encode()
+        (tmp_path / name).write_text(content)
+    refused = [
+        (other_store, "csv", rf"{other_store} is a lab results store \(1 run\), not a CSV file"),
+        (tmp_path / "result.json", "csv", "result.json is a JSON file, not a CSV file"),
+        (tmp_path / "table.csv", "parquet", "table.csv is a text file, not a Parquet file"),
+    ]
+    for output, format, problem in refused:
+        with pytest.raises(ValueError, match=f"export output .*{problem}; .*--force"):
+            export.export(output, format, path=filled_store)
+    # The store exported is never replaced, not even when forced.
+    with pytest.raises(ValueError, match=f"export output {filled_store} is the results store this command exports"):
+        _run_cli("runs", "--store", str(filled_store), "export", "--output", str(filled_store), "--force")
+    assert all(path.read_bytes() == content for path, content in kept.items())
+    assert len(store.load(path=filled_store)) == 4
+    # What may be replaced: a file of the same format, an empty file, anything when forced.
+    export.export(tmp_path / "table.csv", "csv", path=filled_store)
+    (tmp_path / "empty.csv").write_text("")
+    export.export(tmp_path / "empty.csv", "csv", path=filled_store)
+    assert _run_cli(
+        "runs", "--store", str(filled_store), "export", "--output", str(tmp_path / "notes.txt"), "--force"
+    ) == 0  # a text file is what a CSV looks like
+    assert _run_cli("runs", "--store", str(filled_store), "export", "--output", str(other_store), "--force") == 0
+    assert [len(pd.read_csv(tmp_path / name)) for name in ("table.csv", "empty.csv", "other.db")] == [4, 4, 4]
+
+
+def test_a_point_in_several_sweeps_is_shown_by_the_sweep_slash_point_form_the_error_suggests(filled_store, capsys):
+    ResultsStore(filled_store).save(done_row(sweep="other", point_id="a1", accuracy=(0.25, 0.75)))
+    with pytest.raises(ValueError, match=r"'a1' is ambiguous: other/a1, s/a1 \(show one as SWEEP/POINT\)"):
+        _run_cli("runs", "--store", str(filled_store), "show", "a1")
+    assert _run_cli("runs", "--store", str(filled_store), "show", "other/a1") == 0
+    details = capsys.readouterr().out
+    assert "sweep:           other" in details and "accuracy:        0.5000" in details
+    assert _run_cli("runs", "--store", str(filled_store), "show", "s/a") == 0  # a prefix within the sweep
+    assert "sweep:           s\n" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="'other/b2' is neither a sweep nor a point id"):
+        _run_cli("runs", "--store", str(filled_store), "show", "other/b2")
