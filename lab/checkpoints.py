@@ -252,9 +252,10 @@ class CheckpointTokenizer:
     """A checkpoint's ``tokenizer.json`` with fixed-length encoding: the file's normaliser, special
     tokens and padding token, cut and padded to ``max_length`` tokens. It has what
     :func:`lab.text.load_dataset` asks of a tokenizer: ``vocab_size``, ``fingerprint``, ``max_length``,
-    ``settings`` and ``encode``."""
+    ``settings`` and ``encode``. ``vocab_size`` is that of the model reading the ids (its embeddings,
+    which may outnumber the file's tokens); the file's by default."""
 
-    def __init__(self, path: Path, *, max_length: int) -> None:
+    def __init__(self, path: Path, *, max_length: int, vocab_size: int | None = None) -> None:
         self.max_length = validate.integer("max_length", max_length, minimum=2)
         try:
             backend = tokenizers.Tokenizer.from_file(str(path))
@@ -273,10 +274,12 @@ class CheckpointTokenizer:
         backend.enable_truncation(self.max_length)
         backend.enable_padding(length=self.max_length, pad_id=pad_id, pad_token=pad_token)
         self.backend = backend
-
-    @property
-    def vocab_size(self) -> int:
-        return self.backend.get_vocab_size()
+        self.vocab_size = backend.get_vocab_size() if vocab_size is None else vocab_size
+        if self.vocab_size < backend.get_vocab_size():
+            raise CheckpointError(
+                f"{path}: {backend.get_vocab_size()} tokens, more than the vocab_size={vocab_size} embeddings "
+                "of the model's config.json"
+            )
 
     @property
     def fingerprint(self) -> str:
@@ -406,6 +409,25 @@ def embed_ids(backbone: nnx.Module, ids: np.ndarray, *, batch_size: int = 64) ->
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
 
 
+def _read_config(path: Path) -> tuple[dict[str, Any], ArchitectureReader]:
+    config = _read_json(path)
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{path}: model_type {model_type!r} is not one lab builds; it builds {', '.join(ARCHITECTURES)}"
+        )
+    return config, ARCHITECTURES[model_type]
+
+
+def model_of(source: str | os.PathLike[str]) -> str:
+    """The :data:`lab.models.MODELS` name checkpoint ``source`` builds, from its ``config.json`` alone
+    (a quick check before a run; :func:`load` reads the rest)."""
+    path = locate(source) / CONFIG_FILE
+    config, reader = _read_config(path)
+    reader.kwargs(config, path)
+    return reader.model
+
+
 def load(
     source: str | os.PathLike[str],
     *,
@@ -418,24 +440,13 @@ def load(
     folder says (:func:`read_pooling`)."""
     folder = locate(source)
     config_path = folder / CONFIG_FILE
-    config = _read_json(config_path)
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type not in ARCHITECTURES:
-        raise CheckpointError(
-            f"{config_path}: model_type {model_type!r} is not one lab builds; it builds {', '.join(ARCHITECTURES)}"
-        )
-    reader = ARCHITECTURES[model_type]
+    config, reader = _read_config(config_path)
     kwargs = reader.kwargs(config, config_path)
     found_pooling, found_normalize = read_pooling(folder)
     kwargs["pooling"] = validate.choice("pooling", pooling, models.POOLINGS) if pooling is not None else found_pooling
     kwargs["normalize"] = found_normalize if normalize is None else bool(normalize)
     vocab_size = kwargs.pop("vocab_size")
-    tokenizer = CheckpointTokenizer(folder / TOKENIZER_FILE, max_length=max_length)
-    if tokenizer.vocab_size > vocab_size:
-        raise CheckpointError(
-            f"{folder / TOKENIZER_FILE}: {tokenizer.vocab_size} tokens, more than the vocab_size={vocab_size} "
-            f"embeddings of {config_path}"
-        )
+    tokenizer = CheckpointTokenizer(folder / TOKENIZER_FILE, max_length=max_length, vocab_size=vocab_size)
     if max_length > kwargs["max_positions"]:
         raise CheckpointError(
             f"{config_path}: max_position_embeddings={kwargs['max_positions']}, shorter than max_length={max_length}; "
