@@ -60,7 +60,7 @@ class CheckpointError(ValueError):
 
 
 def locate(source: str | os.PathLike[str]) -> Path:
-    """The folder of checkpoint ``source``: a local folder as it is, else a hub id downloaded with ``huggingface_hub``."""
+    """The folder of checkpoint ``source``: a local folder as it is, else a hub id fetched by ``huggingface_hub``."""
     path = Path(source).expanduser()
     if path.is_dir():
         return path
@@ -77,7 +77,9 @@ def _download(repo_id: str) -> Path:
     try:
         import huggingface_hub
     except ImportError:
-        raise CheckpointError(f"checkpoint {repo_id!r} is not a local folder; to fetch it from the hub, {HUB_EXTRA}") from None
+        raise CheckpointError(
+            f"checkpoint {repo_id!r} is not a local folder; to fetch it from the hub, {HUB_EXTRA}"
+        ) from None
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:
         folder = huggingface_hub.snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=offline)
@@ -260,7 +262,9 @@ class CheckpointTokenizer:
         try:
             backend = tokenizers.Tokenizer.from_file(str(path))
         except FileNotFoundError:
-            raise CheckpointError(f"{path}: no such file; lab reads a checkpoint's tokenizer from {path.name}") from None
+            raise CheckpointError(
+                f"{path}: no such file; lab reads a checkpoint's tokenizer from {path.name}"
+            ) from None
         except Exception as error:  # tokenizers raises Exception for a malformed file
             raise CheckpointError(f"{path}: not a readable tokenizer ({str(error).splitlines()[0]})") from None
         padding = backend.padding or {}
@@ -268,7 +272,8 @@ class CheckpointTokenizer:
         pad_id = backend.token_to_id(pad_token)
         if pad_id != PAD_ID:
             raise CheckpointError(
-                f"{path}: the padding token {pad_token!r} has id {pad_id}; lab's text models read id {PAD_ID} as padding"
+                f"{path}: the padding token {pad_token!r} has id {pad_id}; "
+                f"lab's text models read id {PAD_ID} as padding"
             )
         # The file's own truncation strategy and padding token, at the length asked for.
         backend.enable_truncation(self.max_length)
@@ -388,7 +393,7 @@ class Checkpoint:
         return model
 
     def embed(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
-        """``(N, dim)`` float32 embeddings of ``texts`` by the pooled, frozen encoder (eval mode), one jit for every batch."""
+        """``(N, dim)`` float32 embeddings of ``texts`` by the pooled, frozen encoder (eval mode)."""
         ids = self.tokenizer.encode(texts, what="embed")
         return embed_ids(self.classifier(1, seed=0).backbone, ids, batch_size=batch_size)
 

@@ -154,7 +154,8 @@ class ExperimentConfig:
             num_classes = len(data.DATASET_ENTRIES[self.dataset].class_names)
             if len(self.classes) < 2 or not all(0 <= c < num_classes for c in self.classes):
                 raise ValueError(f"classes must list at least 2 labels of {self.dataset} in 0..{num_classes - 1}, got {list(self.classes)}")
-        if self.checkpoint is not None and not (self.pretrain == transfer.CHECKPOINT and self.setup in _TRANSFER_SETUPS):
+        reads_checkpoint = self.pretrain == transfer.CHECKPOINT and self.setup in _TRANSFER_SETUPS
+        if self.checkpoint is not None and not reads_checkpoint:
             raise ValueError(
                 f"checkpoint={self.checkpoint!r} is read by setup={' or '.join(_TRANSFER_SETUPS)} with "
                 f"pretrain='{transfer.CHECKPOINT}' (got setup={self.setup!r}, pretrain={self.pretrain!r})"
@@ -382,7 +383,9 @@ def _check_checkpoint(config: ExperimentConfig) -> None:
         raise ValueError(f"unknown pretrain_kwargs {unknown} for a checkpoint; allowed: {list(_CHECKPOINT_KWARGS)}")
     model = checkpoints.model_of(config.checkpoint)
     if config.model != model:
-        raise ValueError(f"checkpoint {config.checkpoint!r} is a {model!r} model: set model={model!r} (got {config.model!r})")
+        raise ValueError(
+            f"checkpoint {config.checkpoint!r} is a {model!r} model: set model={model!r} (got {config.model!r})"
+        )
 
 
 def _adapted_classifier(config: ExperimentConfig, dataset: data.Dataset, backbone: transfer.Backbone) -> ModuleFactory:

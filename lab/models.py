@@ -910,7 +910,9 @@ class Bert(Classifier):
         (length,) = input_shape
         max_positions = validate.integer("max_positions", max_positions, minimum=1)
         if length > max_positions:
-            raise ValueError(f"texts of {length} tokens are longer than max_positions={max_positions}; cut them shorter")
+            raise ValueError(
+                f"texts of {length} tokens are longer than max_positions={max_positions}; cut them shorter"
+            )
         sizes = _encoder_sizes(dim, depth, heads, mlp_dim, dropout)
         encoder = BertEncoder(
             _vocab_size(vocab_size),

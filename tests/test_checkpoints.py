@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from lab import checkpoints
+from lab import checkpoints, cli, data, experiment, transfer
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "data" / "hf"
@@ -98,7 +98,8 @@ def one_line_error(source, **kwargs) -> str:
 def test_a_folder_without_config_json_is_named(tmp_path):
     folder = copy_of_tiny(tmp_path)
     (folder / "config.json").unlink()
-    assert one_line_error(folder) == f"{folder / 'config.json'}: no such file; a Hugging Face model folder has config.json"
+    expected = f"{folder / 'config.json'}: no such file; a Hugging Face model folder has config.json"
+    assert one_line_error(folder) == expected
 
 
 def test_a_model_type_lab_does_not_build_lists_those_it_does(tmp_path):
@@ -126,7 +127,8 @@ def test_missing_and_unexpected_tensors_are_named(tmp_path):
 
 def test_a_tensor_of_the_wrong_shape_is_named_with_both_shapes(tmp_path):
     folder = copy_of_tiny(tmp_path)
-    rewrite_weights(folder, lambda weights: weights.update({"encoder.layer.0.intermediate.dense.weight": np.zeros((64, 31), np.float32)}))
+    misshapen = {"encoder.layer.0.intermediate.dense.weight": np.zeros((64, 31), np.float32)}
+    rewrite_weights(folder, lambda weights: weights.update(misshapen))
     message = one_line_error(folder, max_length=16)
     assert message == (
         f"{folder / 'model.safetensors'}: encoder.layer.0.intermediate.dense.weight has shape (64, 31), "
@@ -179,10 +181,89 @@ def test_a_hub_id_offline_and_not_cached_fails_in_one_line(monkeypatch, tmp_path
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty hub cache
     assert one_line_error("sentence-transformers/all-MiniLM-L6-v2") == (
         "checkpoint 'sentence-transformers/all-MiniLM-L6-v2' could not be fetched from the Hugging Face hub "
-        "(HF_HUB_OFFLINE is set and it is not in the hub's cache); download it where there is a network and give its folder"
+        "(HF_HUB_OFFLINE is set and it is not in the hub's cache); "
+        "download it where there is a network and give its folder"
     )
 
 
 def test_a_path_that_is_neither_folder_nor_hub_id_is_refused(tmp_path):
     message = one_line_error(tmp_path / "nowhere")
     assert message.startswith(f"checkpoint '{tmp_path / 'nowhere'}' is not a folder;")
+
+
+# --------------------------------------------------------------------------- adapting a checkpoint
+
+
+@pytest.mark.skipif(not MINILM.is_dir(), reason=f"the shared all-MiniLM-L6-v2 checkpoint is not at {MINILM}")
+def test_a_text_dataset_takes_its_ids_from_the_checkpoints_tokenizer():
+    # The one door: fortunes_topics' test texts, as transformers tokenizes them for all-MiniLM-L6-v2.
+    tokenizer = checkpoints.load(MINILM, max_length=128).tokenizer
+    with pytest.warns(UserWarning, match="fortunes_topics: .* longer than max_length=128"):
+        dataset = data.load("fortunes_topics", tokenizer=tokenizer)
+    with np.load(FIXTURES / "minilm-reference.npz") as reference:
+        np.testing.assert_array_equal(dataset.x_test[:32], reference["ids"])
+    assert (dataset.vocab_size, dataset.tokenizer) == (30522, tokenizer.fingerprint)
+
+
+TINY_RUN = {
+    "dataset": "fortunes_topics",
+    "model": "bert",
+    "pretrain": "checkpoint",
+    "checkpoint": str(TINY),
+    "pretrain_kwargs": {"max_length": 16},
+    "labels_per_class": 2,
+    "seeds": [0, 1],
+    "batch_size": 8,
+    "steps": 6,
+    "eval_every": 3,
+}
+
+
+@pytest.mark.parametrize(
+    ("setup", "adaptation"),
+    [("transfer", "linear_probe"), ("transfer", "finetune"), ("transfer_semi_supervised", "finetune_low_lr")],
+)
+def test_the_tiny_checkpoint_adapts_through_experiment_run_with_two_seeds(setup, adaptation):
+    config = {**TINY_RUN, "setup": setup, "adaptation": adaptation, "method": "fixmatch"}
+    with pytest.warns(UserWarning, match="longer than max_length=16"):
+        result = experiment.run(config, progress=False)
+    accuracy = np.asarray(result.metrics["accuracy"])
+    assert accuracy.shape == (2,) and np.all((0 <= accuracy) & (accuracy <= 1))
+    assert result.curves["step"] == [3, 6]
+    suffix = "+fixmatch" if setup == "transfer_semi_supervised" else ""
+    assert experiment.ExperimentConfig.from_dict(config).method_label == f"checkpoint+{adaptation}{suffix}"
+
+
+def test_the_adapted_classifier_starts_from_the_checkpoints_encoder(tiny, tiny_reference):
+    backbone = transfer.from_checkpoint(tiny)
+    model = backbone.classifier(4, seed=3, model_inputs={"vocab_size": 101})
+    model.eval()
+    np.testing.assert_allclose(model.backbone(tiny_reference["ids"]), tiny_reference["pooled"], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"checkpoint": None}, "pretrain='checkpoint' reads a Hugging Face checkpoint: set checkpoint"),
+        ({"model": "text_transformer"}, f"checkpoint '{TINY}' is a 'bert' model: set model='bert'"),
+        ({"pretrain_kwargs": {"steps": 3}}, "unknown pretrain_kwargs ['steps'] for a checkpoint"),
+        ({"setup": "supervised"}, "is read by setup=transfer or transfer_semi_supervised with pretrain='checkpoint'"),
+        ({"checkpoint": str(FIXTURES)}, f"{FIXTURES / 'config.json'}: no such file"),
+    ],
+)
+def test_a_checkpoint_run_is_checked_before_any_data_is_loaded(changes, expected, monkeypatch):
+    monkeypatch.setattr(data, "load", lambda *args, **kwargs: pytest.fail("data loaded before the config was checked"))
+    with pytest.raises(ValueError) as error:
+        experiment.ExperimentConfig.from_dict({**TINY_RUN, "setup": "transfer", **changes})
+    assert expected in str(error.value)
+
+
+def test_the_cli_names_a_bad_checkpoint_in_one_line(tmp_path, capsys):
+    status = cli.main(
+        ["run", "setup=transfer", "pretrain=checkpoint", f"checkpoint={tmp_path}", "model=bert",
+         "dataset=fortunes_topics"]
+    )
+    assert status == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"lab run: error: {tmp_path / 'config.json'}: no such file; a Hugging Face model folder has config.json"
+    ]

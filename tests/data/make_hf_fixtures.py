@@ -133,7 +133,8 @@ def main() -> None:
     HERE.mkdir(exist_ok=True)
     tiny = HERE / "tiny-bert"
     write_tiny(tiny)
-    np.savez_compressed(HERE / "tiny-bert-reference.npz", texts=np.array(TINY_TEXTS), **reference(tiny, TINY_TEXTS, TINY_LENGTH))
+    found = reference(tiny, TINY_TEXTS, TINY_LENGTH)
+    np.savez_compressed(HERE / "tiny-bert-reference.npz", texts=np.array(TINY_TEXTS), **found)
 
     import sys
 
@@ -144,7 +145,8 @@ def main() -> None:
     (HERE / "minilm-texts.json").write_text(json.dumps(texts, indent=1, ensure_ascii=False) + "\n")
     found = reference(MINILM, texts, MINILM_LENGTH)
     np.savez_compressed(HERE / "minilm-reference.npz", ids=found["ids"], pooled=found["pooled"])
-    print(f"transformers {transformers.__version__}, torch {torch.__version__}: wrote {sorted(p.name for p in HERE.iterdir())}")
+    written = sorted(path.name for path in HERE.iterdir())
+    print(f"transformers {transformers.__version__}, torch {torch.__version__}: wrote {written}")
 
 
 if __name__ == "__main__":
