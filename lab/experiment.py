@@ -242,8 +242,9 @@ def _model_settings(name: str) -> Collection[str]:
 
 
 def _dataset_settings(name: str) -> Collection[str]:
-    # data_dir and download are fields of their own: they also reach the datasets a setup loads besides.
-    own_fields = ("data_dir", "download")
+    # data_dir and download are fields of their own: they also reach the datasets a setup loads besides;
+    # a text dataset's tokenizer is a checkpoint's, set by the checkpoint field.
+    own_fields = ("data_dir", "download", "tokenizer")
     return [key for key in data.loader_keywords(name) if key not in own_fields] if name in data.DATASETS else ()
 
 
