@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import warnings
@@ -38,7 +39,7 @@ import numpy as np
 import tokenizers
 from flax import nnx
 
-from lab import models, validate
+from lab import cache, devices, files, models, validate
 from lab.modality import PAD_ID
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, MODULES_FILE = (
@@ -394,8 +395,28 @@ class Checkpoint:
 
     def embed(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
         """``(N, dim)`` float32 embeddings of ``texts`` by the pooled, frozen encoder (eval mode)."""
-        ids = self.tokenizer.encode(texts, what="embed")
-        return embed_ids(self.classifier(1, seed=0).backbone, ids, batch_size=batch_size)
+        return self.embed_ids(self.tokenizer.encode(texts, what="embed"), batch_size=batch_size)
+
+    def embed_ids(self, ids: np.ndarray, *, batch_size: int = 64, cached: bool = True) -> np.ndarray:
+        """The embeddings of ``(N, max_length)`` token ids of this checkpoint's tokenizer; with ``cached``,
+        kept in ``cache_dir()/embeddings`` keyed by the ids, :attr:`digest`, the pooling and the code
+        (:func:`lab.cache.fingerprint`), so a frozen encoder embeds a dataset once."""
+        ids = np.ascontiguousarray(ids, np.int32)
+        path = cache.cache_dir() / "embeddings" / f"{self.model}-{self._embedding_key(ids)}.npy"
+        if cached and path.is_file():
+            return np.load(path)
+        embeddings = embed_ids(self.classifier(1, seed=0).backbone, ids, batch_size=batch_size)
+        if cached:
+            buffer = io.BytesIO()
+            np.save(buffer, embeddings)
+            files.write_atomic(path, buffer.getvalue())
+        return embeddings
+
+    def _embedding_key(self, ids: np.ndarray) -> str:
+        pooling = {name: self.model_kwargs[name] for name in ("pooling", "normalize")}
+        ids_digest = hashlib.sha256(ids.tobytes() + str(ids.shape).encode()).hexdigest()
+        producer = (cache.fingerprint(__name__), devices.current_platform())
+        return cache.key(self.digest, ids_digest, pooling, *producer)
 
 
 def embed_ids(backbone: nnx.Module, ids: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
