@@ -267,3 +267,13 @@ def test_the_cli_names_a_bad_checkpoint_in_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         f"lab run: error: {tmp_path / 'config.json'}: no such file; a Hugging Face model folder has config.json"
     ]
+
+
+def test_a_frozen_encoders_embeddings_are_computed_once_and_cached(tiny, tiny_reference, monkeypatch):
+    first = tiny.embed_ids(tiny_reference["ids"])
+    np.testing.assert_allclose(first, tiny_reference["pooled"], atol=1e-5)
+    monkeypatch.setattr(checkpoints, "embed_ids", lambda *args, **kwargs: pytest.fail("the encoder ran again"))
+    np.testing.assert_array_equal(tiny.embed_ids(tiny_reference["ids"]), first)
+    # Other ids are another entry.
+    with pytest.raises(pytest.fail.Exception, match="the encoder ran again"):
+        tiny.embed_ids(tiny_reference["ids"][::-1])
