@@ -397,7 +397,9 @@ class Checkpoint:
         """``(N, dim)`` float32 embeddings of ``texts`` by the pooled, frozen encoder (eval mode)."""
         return self.embed_ids(self.tokenizer.encode(texts, what="embed"), batch_size=batch_size)
 
-    def embed_ids(self, ids: np.ndarray, *, batch_size: int = 64, cached: bool = True) -> np.ndarray:
+    def embed_ids(
+        self, ids: np.ndarray, *, batch_size: int = 64, cached: bool = True, trim: bool = True
+    ) -> np.ndarray:
         """The embeddings of ``(N, max_length)`` token ids of this checkpoint's tokenizer; with ``cached``,
         kept in ``cache_dir()/embeddings`` keyed by the ids, :attr:`digest`, the pooling and the code
         (:func:`lab.cache.fingerprint`), so a frozen encoder embeds a dataset once."""
@@ -405,7 +407,7 @@ class Checkpoint:
         path = cache.cache_dir() / "embeddings" / f"{self.model}-{self._embedding_key(ids)}.npy"
         if cached and path.is_file():
             return np.load(path)
-        embeddings = embed_ids(self.classifier(1, seed=0).backbone, ids, batch_size=batch_size)
+        embeddings = embed_ids(self.classifier(1, seed=0).backbone, ids, batch_size=batch_size, trim=trim)
         if cached:
             buffer = io.BytesIO()
             np.save(buffer, embeddings)
@@ -419,20 +421,37 @@ class Checkpoint:
         return cache.key(self.digest, ids_digest, pooling, *producer)
 
 
-def embed_ids(backbone: nnx.Module, ids: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
-    """``backbone(ids)`` in eval mode, batch by batch (the last padded to the batch size: one compilation)."""
+# Texts are embedded in batches of similar length, cut to a multiple of this many tokens: trailing
+# padding changes nothing (it is masked), and a few lengths compile a few times.
+LENGTH_STEP = 16
+
+
+def embed_ids(backbone: nnx.Module, ids: np.ndarray, *, batch_size: int = 64, trim: bool = True) -> np.ndarray:
+    """``backbone(ids)`` in eval mode, batch by batch (the last padded to the batch size). With ``trim``,
+    the texts go by length and each batch drops the padding columns beyond its longest text, rounded
+    up to :data:`LENGTH_STEP` tokens; the embeddings come back in the order of ``ids``."""
     import jax
 
     backbone = nnx.view(backbone, deterministic=True, raise_if_not_found=False)
     graph, state = nnx.split(backbone)
     forward = jax.jit(lambda state, batch: nnx.merge(graph, state)(batch))
+    ids = np.asarray(ids)
+    lengths = (ids != PAD_ID).sum(axis=1)
+    order = np.argsort(lengths, kind="stable") if trim else np.arange(len(ids))
     batch_size = max(1, min(batch_size, len(ids)))
     outputs = []
     for start in range(0, len(ids), batch_size):
-        batch = ids[start : start + batch_size]
-        padded = np.pad(batch, ((0, batch_size - len(batch)), (0, 0)))  # all-[PAD] rows, cut off below
-        outputs.append(np.asarray(forward(state, padded))[: len(batch)])
-    return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+        rows = order[start : start + batch_size]
+        width = ids.shape[1]
+        if trim:
+            width = min(width, -(-int(lengths[rows].max()) // LENGTH_STEP) * LENGTH_STEP)
+        batch = np.pad(ids[rows, :width], ((0, batch_size - len(rows)), (0, 0)))  # all-[PAD] rows, cut off below
+        outputs.append(np.asarray(forward(state, batch))[: len(rows)])
+    if not outputs:
+        return np.zeros((0, 0), np.float32)
+    embeddings = np.empty((len(ids), outputs[0].shape[1]), outputs[0].dtype)
+    embeddings[order] = np.concatenate(outputs)
+    return embeddings
 
 
 def _read_config(path: Path) -> tuple[dict[str, Any], ArchitectureReader]:

@@ -277,3 +277,13 @@ def test_a_frozen_encoders_embeddings_are_computed_once_and_cached(tiny, tiny_re
     # Other ids are another entry.
     with pytest.raises(pytest.fail.Exception, match="the encoder ran again"):
         tiny.embed_ids(tiny_reference["ids"][::-1])
+
+
+def test_batches_cut_to_their_longest_text_embed_as_the_padded_ids_do(tiny_reference):
+    # Length 32: every text fits, and the batches of 2 are cut to 16 tokens, in length order.
+    checkpoint = checkpoints.load(TINY, max_length=32)
+    ids = checkpoint.tokenizer.encode([str(text) for text in tiny_reference["texts"]])
+    backbone = checkpoint.classifier(1, seed=0).backbone
+    padded = checkpoints.embed_ids(backbone, ids, batch_size=2, trim=False)
+    np.testing.assert_allclose(checkpoints.embed_ids(backbone, ids, batch_size=2), padded, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(padded[[1, 4]], tiny_reference["pooled"][[1, 4]], atol=1e-5)  # the untruncated two
