@@ -411,21 +411,33 @@ def _check_uint8(array: np.ndarray, ndim: int, what: str, path: Path) -> None:
 # --------------------------------------------------------------------------- fortune cookies (text)
 
 def fortunes_topics(
-    *, vocab_size: int = 4000, max_length: int = 64, data_dir: PathLike | None = None, download: bool = False
+    *,
+    vocab_size: int = 4000,
+    max_length: int = 64,
+    data_dir: PathLike | None = None,
+    download: bool = False,
+    tokenizer: text.Tokenizer | None = None,
 ) -> Dataset:
     """An English fortune cookie's topic, one of :data:`FORTUNE_TOPICS` (the file it comes from).
 
     Token ids from a BPE tokenizer of ``vocab_size`` trained on the pretraining corpus
-    (``x_unlabeled``: every English fortune except the test texts), sequences of ``max_length``.
+    (``x_unlabeled``: every English fortune except the test texts), sequences of ``max_length``;
+    or the ids of ``tokenizer`` (a checkpoint's, see :func:`lab.text.load_dataset`).
     See :func:`lab.text.load_texts` for the texts, the split and where the files are looked for.
     """
     return text.load_dataset(
-        "fortunes_topics", vocab_size=vocab_size, max_length=max_length, data_dir=data_dir, download=download
+        "fortunes_topics", vocab_size=vocab_size, max_length=max_length, data_dir=data_dir, download=download,
+        tokenizer=tokenizer,
     )
 
 
 def fortunes_language(
-    *, vocab_size: int = 4000, max_length: int = 64, data_dir: PathLike | None = None, download: bool = False
+    *,
+    vocab_size: int = 4000,
+    max_length: int = 64,
+    data_dir: PathLike | None = None,
+    download: bool = False,
+    tokenizer: text.Tokenizer | None = None,
 ) -> Dataset:
     """A fortune cookie's language, one of :data:`FORTUNE_LANGUAGES`, balanced by subsampling.
 
@@ -433,7 +445,8 @@ def fortunes_language(
     texts. Needs Debian's language packages (``download=True`` can fetch English only, and refuses).
     """
     return text.load_dataset(
-        "fortunes_language", vocab_size=vocab_size, max_length=max_length, data_dir=data_dir, download=download
+        "fortunes_language", vocab_size=vocab_size, max_length=max_length, data_dir=data_dir, download=download,
+        tokenizer=tokenizer,
     )
 
 

@@ -41,7 +41,8 @@ import optax
 from flax import nnx
 
 from lab import (
-    data, devices, files, metrics, models, optim, parallel, provenance, semisupervised, train, transfer, validate,
+    checkpoints, data, devices, files, metrics, models, optim, parallel, provenance, semisupervised, train,
+    transfer, validate,
 )  # fmt: skip
 from lab.record import Record
 
@@ -79,6 +80,9 @@ class ExperimentConfig:
     # transfer (setup == "transfer" or "transfer_semi_supervised")
     pretrain: str = "simclr"
     pretrain_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # pretrain == "checkpoint": a Hugging Face model folder or hub id (lab.checkpoints), whose tokenizer
+    # makes the dataset's ids; pretrain_kwargs then take max_length, pooling and normalize
+    checkpoint: str | None = None
     adaptation: str = "finetune"
     backbone_lr_multiplier: float = 0.1
     # the FixMatch protocol's pieces (see PRESETS), open to every setup; the defaults change nothing
@@ -112,7 +116,7 @@ class ExperimentConfig:
         validate.choice("optimizer", self.optimizer, optim.OPTIMIZERS)
         validate.choice("schedule", self.schedule, optim.SCHEDULES)
         validate.choice("method", self.method, sorted(semisupervised.METHODS))
-        validate.choice("pretrain", self.pretrain, transfer.PRETRAIN_SOURCES)
+        validate.choice("pretrain", self.pretrain, (*transfer.PRETRAIN_SOURCES, transfer.CHECKPOINT))
         validate.choice("adaptation", self.adaptation, transfer.ADAPTATIONS)
         validate.choice("precision", self.precision, train.PRECISIONS)
         for name in ("labels_per_class", "steps", "batch_size", "eval_every"):
@@ -150,6 +154,12 @@ class ExperimentConfig:
             num_classes = len(data.DATASET_ENTRIES[self.dataset].class_names)
             if len(self.classes) < 2 or not all(0 <= c < num_classes for c in self.classes):
                 raise ValueError(f"classes must list at least 2 labels of {self.dataset} in 0..{num_classes - 1}, got {list(self.classes)}")
+        reads_checkpoint = self.pretrain == transfer.CHECKPOINT and self.setup in _TRANSFER_SETUPS
+        if self.checkpoint is not None and not reads_checkpoint:
+            raise ValueError(
+                f"checkpoint={self.checkpoint!r} is read by setup={' or '.join(_TRANSFER_SETUPS)} with "
+                f"pretrain='{transfer.CHECKPOINT}' (got setup={self.setup!r}, pretrain={self.pretrain!r})"
+            )
         SETUPS[self.setup].check(self)
 
     @property
@@ -232,8 +242,9 @@ def _model_settings(name: str) -> Collection[str]:
 
 
 def _dataset_settings(name: str) -> Collection[str]:
-    # data_dir and download are fields of their own: they also reach the datasets a setup loads besides.
-    own_fields = ("data_dir", "download")
+    # data_dir and download are fields of their own: they also reach the datasets a setup loads besides;
+    # a text dataset's tokenizer is a checkpoint's, set by the checkpoint field.
+    own_fields = ("data_dir", "download", "tokenizer")
     return [key for key in data.loader_keywords(name) if key not in own_fields] if name in data.DATASETS else ()
 
 
@@ -348,7 +359,34 @@ def _weakly_augmented_supervised(config: ExperimentConfig, input_shape: tuple[in
 
 
 def _pretrained(config: ExperimentConfig) -> transfer.Backbone:
+    if config.pretrain == transfer.CHECKPOINT:
+        return transfer.from_checkpoint(_checkpoint(config), **config.model_kwargs)
     return transfer.pretrain(_pretrain_config(config), load_dataset=functools.partial(_load_named, config))
+
+
+# What pretrain_kwargs set for a checkpoint: the length its tokenizer cuts texts to and its pooling.
+_CHECKPOINT_KWARGS = ("max_length", "pooling", "normalize")
+
+
+def _checkpoint(config: ExperimentConfig) -> checkpoints.Checkpoint:
+    return checkpoints.load(config.checkpoint, **config.pretrain_kwargs)
+
+
+def _check_checkpoint(config: ExperimentConfig) -> None:
+    """A checkpoint run's settings, and the checkpoint's config.json, before any data is loaded."""
+    if config.checkpoint is None:
+        raise ValueError(
+            f"pretrain='{transfer.CHECKPOINT}' reads a Hugging Face checkpoint: set checkpoint to its folder "
+            "or hub id (e.g. checkpoint=sentence-transformers/all-MiniLM-L6-v2)"
+        )
+    unknown = sorted(set(config.pretrain_kwargs) - set(_CHECKPOINT_KWARGS))
+    if unknown:
+        raise ValueError(f"unknown pretrain_kwargs {unknown} for a checkpoint; allowed: {list(_CHECKPOINT_KWARGS)}")
+    model = checkpoints.model_of(config.checkpoint)
+    if config.model != model:
+        raise ValueError(
+            f"checkpoint {config.checkpoint!r} is a {model!r} model: set model={model!r} (got {config.model!r})"
+        )
 
 
 def _adapted_classifier(config: ExperimentConfig, dataset: data.Dataset, backbone: transfer.Backbone) -> ModuleFactory:
@@ -378,7 +416,10 @@ def _check_pretraining(config: ExperimentConfig) -> None:
             f"dataset_kwargs={dict(config.dataset_kwargs)} would change the data a cached backbone was pretrained on "
             "without changing its cache key; transfer runs take the dataset's defaults"
         )
-    _pretrain_config(config)
+    if config.pretrain == transfer.CHECKPOINT:
+        _check_checkpoint(config)
+    else:
+        _pretrain_config(config)
     _adaptation_param_groups(config)
 
 
@@ -399,6 +440,8 @@ _ADAPTED_BACKBONE: dict[str, Callable] = {
     "param_groups": _adaptation_param_groups,
     "other_datasets": _pretraining_datasets,
 }
+
+_TRANSFER_SETUPS = ("transfer", "transfer_semi_supervised")
 
 SETUPS: dict[str, Plan] = {
     # the labeled examples only, seen at weak augmentation like the methods see them
@@ -794,7 +837,9 @@ def _load(config: ExperimentConfig) -> data.Dataset:
 
 def _load_named(config: ExperimentConfig, name: str) -> data.Dataset:
     files_of = {"data_dir": config.data_dir, "download": config.download} if name in data.DATA_DIR_DATASETS else {}
-    return data.load(name, **files_of, **(config.dataset_kwargs if name == config.dataset else {}))
+    # A checkpoint's encoder reads the ids of its own tokenizer.
+    tokenizer = {"tokenizer": _checkpoint(config).tokenizer} if config.checkpoint is not None else {}
+    return data.load(name, **files_of, **tokenizer, **(config.dataset_kwargs if name == config.dataset else {}))
 
 
 def _pretrain_config(config: ExperimentConfig) -> transfer.PretrainConfig:

@@ -519,15 +519,32 @@ class MultiHeadSelfAttention(nnx.Module):
 
 
 class EncoderBlock(nnx.Module):
-    """Pre-LN transformer block: x + attention(LN(x)), then x + MLP(LN(x))."""
+    """Transformer block. Pre-LN (lab's own models): x + attention(LN(x)), then x + MLP(LN(x)).
+    Post-LN (``post_norm=True``, BERT's): LN(x + attention(x)), then LN(x + MLP(x)).
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, *, rngs: nnx.Rngs):
-        self.attention_norm = nnx.LayerNorm(dim, rngs=rngs)
+    ``epsilon`` is the LayerNorms' and ``exact_gelu`` chooses the erf GELU of BERT checkpoints
+    over the tanh approximation; the parameters are the same either way.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_dim: int,
+        dropout: float,
+        *,
+        rngs: nnx.Rngs,
+        post_norm: bool = False,
+        epsilon: float = 1e-6,
+        exact_gelu: bool = False,
+    ):
+        self.post_norm = post_norm
+        self.attention_norm = nnx.LayerNorm(dim, epsilon=epsilon, rngs=rngs)
         self.attention = MultiHeadSelfAttention(dim, heads, rngs=rngs)
-        self.mlp_norm = nnx.LayerNorm(dim, rngs=rngs)
+        self.mlp_norm = nnx.LayerNorm(dim, epsilon=epsilon, rngs=rngs)
         self.mlp = nnx.Sequential(
             nnx.Linear(dim, mlp_dim, rngs=rngs),
-            nnx.gelu,
+            _exact_gelu if exact_gelu else nnx.gelu,
             nnx.Dropout(dropout, rngs=rngs),
             nnx.Linear(mlp_dim, dim, rngs=rngs),
         )
@@ -535,8 +552,15 @@ class EncoderBlock(nnx.Module):
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """x: (N, T, dim); mask: optional (N, T), True for the tokens that may be attended to."""
+        if self.post_norm:
+            x = self.attention_norm(x + self.dropout(self.attention(x, mask)))
+            return self.mlp_norm(x + self.dropout(self.mlp(x)))
         x = x + self.dropout(self.attention(self.attention_norm(x), mask))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
+def _exact_gelu(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=False)
 
 
 # With little data, a few large patches train best. Test accuracy of the default
@@ -571,17 +595,28 @@ def patchify(x: jax.Array, patch_size: int) -> jax.Array:
 
 
 class _Encoder(nnx.Module):
-    """What the image and the text transformer share: learned positions, pre-LN blocks whose
-    attention can skip masked (padding) tokens, and a final LayerNorm. A subclass assigns its
-    input embedding ``self.embed`` before calling :meth:`_add_layers` (the order in which
-    parameters are drawn)."""
+    """What the transformers share: learned positions, blocks whose attention can skip masked
+    (padding) tokens, and a LayerNorm (after pre-LN blocks in :meth:`encode`; BERT's post-LN
+    encoder applies it to the embedded tokens instead). A subclass assigns its input embedding
+    ``self.embed`` before calling :meth:`_add_layers` (the order in which parameters are drawn);
+    ``block_options`` go to every :class:`EncoderBlock`."""
 
     def _add_layers(
-        self, num_tokens: int, dim: int, depth: int, heads: int, mlp_dim: int, dropout: float, rngs: nnx.Rngs
+        self,
+        num_tokens: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        dropout: float,
+        rngs: nnx.Rngs,
+        **block_options,
     ) -> None:
         self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (num_tokens, dim)))
-        self.blocks = nnx.Sequential(*(EncoderBlock(dim, heads, mlp_dim, dropout, rngs=rngs) for _ in range(depth)))
-        self.norm = nnx.LayerNorm(dim, rngs=rngs)
+        self.blocks = nnx.Sequential(
+            *(EncoderBlock(dim, heads, mlp_dim, dropout, rngs=rngs, **block_options) for _ in range(depth))
+        )
+        self.norm = nnx.LayerNorm(dim, epsilon=block_options.get("epsilon", 1e-6), rngs=rngs)
 
     def encode(self, tokens: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """(N, T, dim) embedded tokens -> (N, T, dim) features. T may be less than the number of
@@ -796,6 +831,102 @@ class TextTransformer(Classifier):
         super().__init__(encoder, sizes["dim"], num_classes, rngs=rngs)
 
 
+class BertEncoder(_Encoder):
+    """BERT's encoder as Hugging Face builds it: token + learned position + token-type embeddings,
+    LayerNorm, post-LN blocks with the exact GELU whose attention skips padding; then
+    :data:`POOLINGS` ``pooling``, L2-normalised when ``normalize`` (sentence-transformers' embeddings).
+    Every text is one segment, token type 0. :mod:`lab.checkpoints` loads Hugging Face weights into it."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        max_positions: int,
+        type_vocab_size: int,
+        pooling: str,
+        normalize: bool,
+        epsilon: float,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        dropout: float,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        self.embed = nnx.Embed(vocab_size, dim, rngs=rngs)
+        self.token_type = nnx.Param(0.02 * jax.random.normal(rngs.params(), (type_vocab_size, dim)))
+        self._add_layers(
+            max_positions, dim, depth, heads, mlp_dim, dropout, rngs, post_norm=True, epsilon=epsilon, exact_gelu=True
+        )
+        self.embed_dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.pooling = pooling
+        self.normalize = normalize
+
+    def token_features(self, x: jax.Array) -> jax.Array:
+        """(N, L) token ids -> (N, L, dim): BERT's last hidden states."""
+        mask = padding_mask(x)
+        tokens = self.embed(x) + self.position[: x.shape[1]] + self.token_type[0]
+        tokens = self.embed_dropout(self.norm(tokens))
+        for block in self.blocks.layers:
+            tokens = block(tokens, mask)
+        return tokens
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        pooled = POOLINGS[self.pooling](self.token_features(x), padding_mask(x))
+        if not self.normalize:
+            return pooled
+        # As torch.nn.functional.normalize: the norm is kept away from 0.
+        return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+
+
+class Bert(Classifier):
+    """A BERT-family encoder (:class:`BertEncoder`) and a linear head: the shape of the Hugging Face
+    checkpoints :mod:`lab.checkpoints` reads, whose config sets these hyperparameters (the defaults
+    are all-MiniLM-L6-v2's). Built by name it starts from random weights. Texts of up to
+    ``input_shape[0]`` tokens, at most ``max_positions``; padding (id 0, BERT's ``[PAD]``) changes nothing.
+    """
+
+    modalities = ("text",)
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        *,
+        vocab_size: int,
+        rngs: nnx.Rngs,
+        dim: int = 384,
+        depth: int = 6,
+        heads: int = 12,
+        mlp_dim: int = 1536,
+        dropout: float = 0.1,
+        max_positions: int = 512,
+        type_vocab_size: int = 2,
+        epsilon: float = 1e-12,
+        pooling: str = "mean",
+        normalize: bool = False,
+    ):
+        _modality_of(self, input_shape)
+        (length,) = input_shape
+        max_positions = validate.integer("max_positions", max_positions, minimum=1)
+        if length > max_positions:
+            raise ValueError(
+                f"texts of {length} tokens are longer than max_positions={max_positions}; cut them shorter"
+            )
+        sizes = _encoder_sizes(dim, depth, heads, mlp_dim, dropout)
+        encoder = BertEncoder(
+            _vocab_size(vocab_size),
+            max_positions,
+            validate.integer("type_vocab_size", type_vocab_size, minimum=1),
+            validate.choice("pooling", pooling, POOLINGS),
+            bool(normalize),
+            validate.number("epsilon", epsilon, minimum=0, exclusive_minimum=True),
+            **sizes,
+            rngs=rngs,
+        )
+        super().__init__(encoder, sizes["dim"], num_classes, rngs=rngs)
+
+
 # ----------------------------------------------------------------------- registry
 
 MODELS: dict[str, type[Classifier]] = {
@@ -807,6 +938,7 @@ MODELS: dict[str, type[Classifier]] = {
     "wrn": WideResNet,
     "bag": Bag,
     "text_transformer": TextTransformer,
+    "bert": Bert,
 }
 
 

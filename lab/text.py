@@ -418,6 +418,11 @@ class Tokenizer:
         """A hash of the vocabulary and settings: equal fingerprints, equal ids (e.g. to key a pretrained backbone)."""
         return hashlib.sha256(self.backend.to_str().encode()).hexdigest()[:16]
 
+    @property
+    def settings(self) -> dict[str, object]:
+        """What encoding depends on besides the fingerprint (part of the key of cached ids)."""
+        return {"max_length": self.max_length, "unknown": self.unknown}
+
     def encode(self, texts: Sequence[str], *, what: str = "") -> np.ndarray:
         """``(len(texts), max_length)`` int32 ids: ``[CLS]``, the text's tokens, ``[PAD]``s.
 
@@ -545,13 +550,20 @@ def load_dataset(
     max_length: int = 64,
     data_dir: str | os.PathLike[str] | None = None,
     download: bool = False,
+    tokenizer: Tokenizer | None = None,
 ) -> Dataset:
     """Text dataset ``name`` as token ids: ``x_train``, ``x_test`` and ``x_unlabeled`` (the pretraining
-    corpus) of shape ``(N, max_length)``, with the tokenizer trained on the corpus."""
+    corpus) of shape ``(N, max_length)``, with the tokenizer trained on the corpus.
+
+    ``tokenizer`` is the one door through which a run chooses other ids: any object with the
+    ``encode``, ``vocab_size``, ``fingerprint``, ``settings`` and ``max_length`` of :class:`Tokenizer`,
+    e.g. a Hugging Face checkpoint's (:class:`lab.checkpoints.CheckpointTokenizer`); then it makes
+    the ids (``vocab_size`` and ``max_length`` are its own) and none is trained.
+    """
     vocab_size = validate.integer("vocab_size", vocab_size, minimum=len(SPECIAL_TOKENS) + 1)
     max_length = validate.integer("max_length", max_length, minimum=2)
     texts = load_texts(name, data_dir=data_dir, download=download)
-    encoder = train_tokenizer(texts.corpus, vocab_size=vocab_size, max_length=max_length)
+    encoder = tokenizer or train_tokenizer(texts.corpus, vocab_size=vocab_size, max_length=max_length)
     ids = _cached_ids(name, encoder, [*texts.train, *texts.test, *texts.corpus])
     x_train, x_test, x_unlabeled = np.split(ids, np.cumsum([len(texts.train), len(texts.test)]))
     return Dataset(
@@ -573,7 +585,7 @@ def _cached_ids(name: str, encoder: Tokenizer, texts: list[str]) -> np.ndarray:
     parts = (
         hashlib.sha256(json.dumps(texts).encode()).hexdigest(),
         encoder.fingerprint,
-        {"max_length": encoder.max_length, "unknown": encoder.unknown},
+        encoder.settings,
         cache.fingerprint(__name__),
     )
     path = cache.cache_dir() / "text" / f"{name}-{cache.key(*parts)}.npz"

@@ -55,9 +55,13 @@ import numpy as np
 import optax
 from flax import nnx, traverse_util
 
-from lab import augment, cache, data, devices, files, losses, modality, models, optim, semisupervised, train, validate
+from lab import (
+    augment, cache, checkpoints, data, devices, files, losses, modality, models, optim, semisupervised, train, validate,
+)  # fmt: skip
 
 ADAPTATIONS = ("linear_probe", "finetune", "finetune_low_lr")
+# The source of a backbone read from a Hugging Face checkpoint (lab.checkpoints) rather than pretrained here.
+CHECKPOINT = "checkpoint"
 
 
 # What a Backbone carries, by the variables of the module's `backbone` it is read from.
@@ -138,6 +142,18 @@ class Backbone:
                 "delete it from the pretrained cache)"
             )
         return init_from_backbone(self.architecture.build(num_classes, seed=seed), self)
+
+
+def from_checkpoint(checkpoint: checkpoints.Checkpoint, **model_kwargs: Any) -> Backbone:
+    """The encoder of a Hugging Face checkpoint as a backbone; ``model_kwargs`` override its
+    hyperparameters that do not change its parameters (``dropout``, ``pooling``, ``normalize``)."""
+    architecture = Architecture(
+        checkpoint.model,
+        (checkpoint.max_length,),
+        {**checkpoint.model_kwargs, **model_kwargs},
+        {"vocab_size": checkpoint.vocab_size},
+    )
+    return Backbone(architecture, params=dict(checkpoint.params), model_state={})
 
 
 def _describe_inputs(model_inputs: Mapping[str, Any]) -> str:

@@ -203,7 +203,7 @@ def test_default_hyperparameters():
         ("resnet", (8, 8, 1), {"blocks_per_stage": 0}, "blocks_per_stage must be a positive integer"),
         ("transformer", (8, 8, 1), {"patch_size": 3}, "patch_size=3 must divide every spatial axis"),
         ("transformer", (8, 8, 1), {"dim": 30, "heads": 4}, "heads=4 must divide dim=30"),
-        ("cnn", (64,), {}, "^model 'cnn' does not take text inputs; choose one of: bag, text_transformer$"),
+        ("cnn", (64,), {}, "^model 'cnn' does not take text inputs; choose one of: bag, text_transformer, bert$"),
         ("resnet", (2, 8, 8, 1), {}, "ResNet takes"),
         ("wrn", (8, 8, 1), {"depth": 27}, r"depth must be 6n \+ 4 \(10, 16, 22, 28, ...\), got 27"),
         ("wrn", (8, 8, 1), {"depth": 4}, "depth must be an integer >= 10, got 4"),

@@ -148,9 +148,9 @@ def test_bag_token_features_are_the_mean_embedding_of_the_other_tokens():
 
 def test_models_refuse_the_modalities_they_do_not_take(registered):
     registered()
-    with pytest.raises(ValueError, match="^model 'cnn' does not take text inputs; choose one of: bag, text_transformer$"):
+    with pytest.raises(ValueError, match="^model 'cnn' does not take text inputs; choose one of: bag, text_transformer, bert$"):
         models.make_model("cnn", (64,), 3, seed=0)
-    with pytest.raises(ValueError, match="^model 'mlp' does not take text inputs; choose one of: bag, text_transformer$"):
+    with pytest.raises(ValueError, match="^model 'mlp' does not take text inputs; choose one of: bag, text_transformer, bert$"):
         models.make_model("mlp", (64,), 3, seed=0)
     with pytest.raises(ValueError, match="^model 'bag' does not take image inputs; choose one of: logreg, mlp, cnn"):
         models.make_model("bag", (8, 8, 1), 3, seed=0, vocab_size=VOCAB)

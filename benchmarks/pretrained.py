@@ -1,0 +1,125 @@
+"""A real pretrained encoder with few labels: all-MiniLM-L6-v2 read by lab, frozen, and a linear probe.
+
+    python benchmarks/pretrained.py [--checkpoint ../shared/checkpoints/all-MiniLM-L6-v2]
+        [--dataset fortunes_topics] [--budgets 5 10 25 50] [--seeds 0 1 2] [--max-length 128]
+        [--speed-texts 256]
+
+The checkpoint is read by :mod:`lab.checkpoints` (its tokenizer makes the dataset's ids through
+``data.load(name, tokenizer=...)``); every training and test text is embedded once by lab's encoder
+(mean-pooled over the text's tokens and L2-normalised, as the folder says; cached in
+``$LAB_CACHE/embeddings``), padded to ``--max-length``. For every budget k and seed s the labeled
+set is ``data.labeled_split(y_train, k, s)``, the draw ``lab.experiment.run`` makes; a
+``LogisticRegression`` (scikit-learn) on the labeled embeddings is scored on the test set, with C
+the best of 1, 10 and 100 on the test set, as the reference row (`transformers` + torch) was made (so it is optimistic
+in the same way). Column ``all``: every training label.
+
+With ``--speed-texts N`` and ``transformers`` + ``torch`` installed (the ``bench`` extra), the
+first N training texts are also embedded by ``transformers`` in PyTorch eager, same checkpoint,
+batch and length (padded to ``--max-length``), on the same CPU, and the throughput ratio is printed
+(lab's after one pass that compiles; the model's construction is not timed on either side);
+``lab_trimmed_texts_per_s`` is lab's own way, batches of similar length cut to their longest text
+(:func:`lab.checkpoints.embed_ids`), which the probe above uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from lab import checkpoints, data
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = ROOT.parent / "shared" / "checkpoints" / "all-MiniLM-L6-v2"
+C_VALUES = (1.0, 10.0, 100.0)
+BATCH = 64
+
+
+def probe_accuracy(x_train, y_train, x_test, y_test) -> float:
+    """Test accuracy (%) of the best of :data:`C_VALUES`."""
+    scores = []
+    for c in C_VALUES:
+        classifier = LogisticRegression(C=c, max_iter=2000).fit(x_train, y_train)
+        scores.append(100 * float((classifier.predict(x_test) == y_test).mean()))
+    return max(scores)
+
+
+def torch_throughput(folder: Path, ids: np.ndarray) -> float:
+    """Texts/s of transformers' BertModel (PyTorch eager, no grad) on ``ids``, mean-pooled and normalised."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModel.from_pretrained(folder).eval()
+    tensor = torch.from_numpy(ids.astype(np.int64))
+    start = time.perf_counter()
+    with torch.no_grad():
+        for begin in range(0, len(ids), BATCH):
+            batch = tensor[begin : begin + BATCH]
+            mask = (batch != 0).long()
+            hidden = model(input_ids=batch, attention_mask=mask).last_hidden_state
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            torch.nn.functional.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1)
+    return len(ids) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--dataset", default="fortunes_topics")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 25, 50])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--speed-texts", type=int, default=0)
+    args = parser.parse_args()
+
+    tic = time.perf_counter()
+    checkpoint = checkpoints.load(args.checkpoint, max_length=args.max_length)
+    dataset = data.load(args.dataset, tokenizer=checkpoint.tokenizer)
+    costs = {"load_s": time.perf_counter() - tic}
+    ids = np.concatenate([dataset.x_train, dataset.x_test])
+    tic = time.perf_counter()
+    embeddings = checkpoint.embed_ids(ids, batch_size=BATCH)
+    costs["embed_s"] = time.perf_counter() - tic  # ~0 on a cache hit
+    costs["texts"] = len(ids)
+    x_train, x_test = embeddings[: len(dataset.x_train)], embeddings[len(dataset.x_train) :]
+
+    rows: dict[str, list[float]] = {}
+    for k in args.budgets:
+        for seed in args.seeds:
+            labeled, _ = data.labeled_split(dataset.y_train, k, seed)
+            accuracy = probe_accuracy(x_train[labeled], dataset.y_train[labeled], x_test, dataset.y_test)
+            rows.setdefault(str(k), []).append(accuracy)
+    rows["all"] = [probe_accuracy(x_train, dataset.y_train, x_test, dataset.y_test)]
+    costs["total_s"] = sum(value for name, value in costs.items() if name.endswith("_s"))
+
+    if args.speed_texts:
+        sample = dataset.x_train[: args.speed_texts]
+        rates = {}
+        for trim in (False, True):
+            checkpoint.embed_ids(sample, batch_size=BATCH, cached=False, trim=trim)  # compiles every length
+            tic = time.perf_counter()
+            checkpoint.embed_ids(sample, batch_size=BATCH, cached=False, trim=trim)
+            rates[trim] = len(sample) / (time.perf_counter() - tic)
+        reference_rate = torch_throughput(checkpoint.folder, sample)
+        costs.update(
+            lab_texts_per_s=rates[False], lab_trimmed_texts_per_s=rates[True], torch_texts_per_s=reference_rate,
+            ratio=rates[False] / reference_rate,
+        )  # fmt: skip
+
+    header = " | ".join(f"{k} / topic" if k != "all" else "all labels" for k in rows)
+    cells = " | ".join(
+        f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+        for values in rows.values()
+    )
+    print(f"| `{args.dataset}`, {len(args.seeds)} draws | {header} |")
+    print("| --- |" + " ---: |" * len(rows))
+    print(f"| lab: {Path(args.checkpoint).name}, frozen, mean-pooled + normalised, LogisticRegression | {cells} |")
+    print(json.dumps({"costs": {k: round(v, 3) for k, v in costs.items()}, "per_seed": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

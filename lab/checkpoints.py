@@ -1,0 +1,510 @@
+"""Hugging Face checkpoints: a standard model folder read into a Flax NNX model of :mod:`lab.models`.
+
+A checkpoint is a folder holding ``config.json``, ``model.safetensors`` and ``tokenizer.json``,
+and optionally sentence-transformers' ``modules.json`` and ``1_Pooling/config.json``; it is named
+by a local path or, with the ``hub`` extra (``huggingface_hub``), by a hub id such as
+``sentence-transformers/all-MiniLM-L6-v2``, downloaded into the hub's own cache
+(``HF_HUB_OFFLINE=1`` is respected: then only what is cached there is found).
+
+* **Architecture**: ``config.json``'s ``model_type`` picks a reader in :data:`ARCHITECTURES`
+  (``bert``, which covers MiniLM), which turns the config into the hyperparameters of a model of
+  :data:`lab.models.MODELS` (``bert``: post-LN, token-type embeddings, exact GELU,
+  ``layer_norm_eps``) and gives the one ordered table that maps the safetensors names onto
+  the model's parameter paths.
+* **Weights** are read with ``safetensors``' numpy API (no torch; ``pytorch_model.bin`` is never
+  unpickled). Missing, unexpected and misshapen tensors are named.
+* **Tokenizer**: ``tokenizer.json`` through Hugging Face ``tokenizers``: its normaliser
+  (lower-casing), its ``[CLS] ... [SEP]`` template, its padding token; lab only sets the length to
+  cut and pad to (:class:`CheckpointTokenizer`, which :func:`lab.text.load_dataset` takes).
+* **Pooling**: mean over the text's tokens then L2 normalisation when ``modules.json`` and
+  ``1_Pooling`` say so, else the features of ``[CLS]``; either can be overridden.
+
+Every problem with a checkpoint raises :class:`CheckpointError`, one line naming the file.
+:attr:`Checkpoint.digest` is the SHA-256 of the files read, for cache keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tokenizers
+from flax import nnx
+
+from lab import cache, devices, files, models, validate
+from lab.modality import PAD_ID
+
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, MODULES_FILE = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "modules.json",
+)
+# What a hub download fetches: the files read here, nothing else (no pytorch_model.bin, no ONNX).
+HUB_PATTERNS = [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, MODULES_FILE, "*_Pooling/config.json"]
+HUB_EXTRA = "pip install 'lab[hub]' (huggingface_hub)"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read: the message is one line naming the file and what is wrong."""
+
+
+# --------------------------------------------------------------------------- where from
+
+
+def locate(source: str | os.PathLike[str]) -> Path:
+    """The folder of checkpoint ``source``: a local folder as it is, else a hub id fetched by ``huggingface_hub``."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    name = str(source)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise CheckpointError(
+            f"checkpoint {name!r} is not a folder; give a Hugging Face model folder (config.json, model.safetensors, "
+            "tokenizer.json) or a hub id such as sentence-transformers/all-MiniLM-L6-v2"
+        )
+    return _download(name)
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise CheckpointError(
+            f"checkpoint {repo_id!r} is not a local folder; to fetch it from the hub, {HUB_EXTRA}"
+        ) from None
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        folder = huggingface_hub.snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=offline)
+    except Exception as error:  # the hub's errors (offline, unknown repo, network) are many types; one line each
+        reason = "HF_HUB_OFFLINE is set and it is not in the hub's cache" if offline else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {repo_id!r} could not be fetched from the Hugging Face hub ({reason}); "
+            "download it where there is a network and give its folder"
+        ) from None
+    return Path(folder)
+
+
+# --------------------------------------------------------------------------- architectures
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file; a Hugging Face model folder has {path.name}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: not readable JSON ({error})") from None
+
+
+def _bert_kwargs(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The hyperparameters of :class:`lab.models.Bert` from a BERT ``config.json``."""
+    expected = {"hidden_act": "gelu", "position_embedding_type": "absolute", "pad_token_id": PAD_ID}
+    for key, value in expected.items():
+        if config.get(key, value) != value:
+            raise CheckpointError(
+                f"{path}: {key}={config[key]!r}; lab builds BERT checkpoints with {key}={value!r} only"
+            )
+    try:
+        return {
+            "vocab_size": int(config["vocab_size"]),
+            "dim": int(config["hidden_size"]),
+            "depth": int(config["num_hidden_layers"]),
+            "heads": int(config["num_attention_heads"]),
+            "mlp_dim": int(config["intermediate_size"]),
+            "max_positions": int(config["max_position_embeddings"]),
+            "type_vocab_size": int(config.get("type_vocab_size", 2)),
+            "epsilon": float(config.get("layer_norm_eps", 1e-12)),
+            "dropout": float(config.get("hidden_dropout_prob", 0.1)),
+        }
+    except KeyError as error:
+        raise CheckpointError(f"{path}: no {error.args[0]!r}, which a BERT config has") from None
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: a size is not a number ({error})") from None
+
+
+def _linear(lab: str, hf: str) -> list[tuple[str, tuple[str, ...], str]]:
+    # torch.nn.Linear keeps (out, in) weights, nnx.Linear (in, out) kernels.
+    return [(f"{lab}/kernel", (f"{hf}.weight",), "transpose"), (f"{lab}/bias", (f"{hf}.bias",), "copy")]
+
+
+def _layer_norm(lab: str, hf: str) -> list[tuple[str, tuple[str, ...], str]]:
+    return [(f"{lab}/scale", (f"{hf}.weight",), "copy"), (f"{lab}/bias", (f"{hf}.bias",), "copy")]
+
+
+def _bert_table(depth: int) -> list[tuple[str, tuple[str, ...], str]]:
+    """(lab parameter path, safetensors names, conversion) for every parameter of a BERT backbone."""
+    table = [
+        ("backbone/embed/embedding", ("embeddings.word_embeddings.weight",), "copy"),
+        ("backbone/position", ("embeddings.position_embeddings.weight",), "copy"),
+        ("backbone/token_type", ("embeddings.token_type_embeddings.weight",), "copy"),
+        *_layer_norm("backbone/norm", "embeddings.LayerNorm"),
+    ]
+    for i in range(depth):
+        lab, hf = f"backbone/blocks/layers/{i}", f"encoder.layer.{i}"
+        projections = tuple(f"{hf}.attention.self.{name}" for name in ("query", "key", "value"))
+        table += [
+            # lab's attention projects queries, keys and values with one fused Linear.
+            (f"{lab}/attention/qkv/kernel", tuple(f"{name}.weight" for name in projections), "concatenate_transposed"),
+            (f"{lab}/attention/qkv/bias", tuple(f"{name}.bias" for name in projections), "concatenate"),
+            *_linear(f"{lab}/attention/out", f"{hf}.attention.output.dense"),
+            *_layer_norm(f"{lab}/attention_norm", f"{hf}.attention.output.LayerNorm"),
+            *_linear(f"{lab}/mlp/layers/0", f"{hf}.intermediate.dense"),
+            *_linear(f"{lab}/mlp/layers/3", f"{hf}.output.dense"),
+            *_layer_norm(f"{lab}/mlp_norm", f"{hf}.output.LayerNorm"),
+        ]
+    return table
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchitectureReader:
+    """How one ``model_type`` is read: the lab model, its hyperparameters from ``config.json``, the
+    table of its parameters (of the depth), the prefix heads put before the encoder's names, and
+    the tensors a checkpoint may carry that lab does not use (pooler, pretraining heads)."""
+
+    model: str
+    kwargs: Callable[[dict[str, Any], Path], dict[str, Any]]
+    table: Callable[[int], list[tuple[str, tuple[str, ...], str]]]
+    prefix: str
+    unused: tuple[str, ...]
+
+
+ARCHITECTURES: dict[str, ArchitectureReader] = {
+    "bert": ArchitectureReader(
+        "bert", _bert_kwargs, _bert_table, prefix="bert.", unused=("pooler.", "cls.", "embeddings.position_ids")
+    ),
+}
+
+# How each safetensors tensor becomes (part of) a lab parameter, and the tensor shape each expects
+# of a lab parameter's shape and the number of tensors that make it.
+_CONVERSIONS: dict[str, tuple[Callable[[list[np.ndarray]], np.ndarray], Callable[[tuple, int], tuple]]] = {
+    "copy": (lambda tensors: tensors[0], lambda shape, count: shape),
+    "transpose": (lambda tensors: tensors[0].T, lambda shape, count: shape[::-1]),
+    "concatenate": (np.concatenate, lambda shape, count: (shape[0] // count,)),
+    "concatenate_transposed": (
+        lambda tensors: np.concatenate([tensor.T for tensor in tensors], axis=1),
+        lambda shape, count: (shape[1] // count, shape[0]),
+    ),
+}
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _read_weights(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        torch_file = path.with_name("pytorch_model.bin")
+        if torch_file.is_file():
+            raise CheckpointError(
+                f"{path.parent}: has pytorch_model.bin but no {path.name}; lab never unpickles torch files. Convert it "
+                "once where torch is installed: transformers.AutoModel.from_pretrained(folder)"
+                ".save_pretrained(folder, safe_serialization=True)"
+            )
+        raise CheckpointError(f"{path}: no such file; a Hugging Face model folder has its weights in {path.name}")
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(path)
+    except Exception as error:  # safetensors' own error type, for any damage
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(error).splitlines()[0]})") from None
+
+
+def _convert(
+    weights: dict[str, np.ndarray], reader: ArchitectureReader, depth: int, shapes: dict[str, tuple], path: Path
+) -> dict[str, np.ndarray]:
+    """The lab parameters by path from the checkpoint's tensors by name, after checking names and shapes."""
+    if reader.prefix and all(name.startswith(reader.prefix) or name.startswith(reader.unused) for name in weights):
+        weights = {name.removeprefix(reader.prefix): tensor for name, tensor in weights.items()}
+    table = reader.table(depth)
+    used = {name for _, names, _ in table for name in names}
+    missing = [name for name in sorted(used) if name not in weights]
+    unexpected = [name for name in sorted(weights) if name not in used and not name.startswith(reader.unused)]
+    misshapen = []
+    for lab_path, names, conversion in table:
+        expected = _CONVERSIONS[conversion][1](shapes[lab_path], len(names))
+        misshapen += [
+            f"{name} has shape {tuple(weights[name].shape)}, the config says {expected}"
+            for name in names
+            if name in weights and tuple(weights[name].shape) != expected
+        ]
+    problems = [
+        *([f"missing tensors {', '.join(missing)}"] if missing else []),
+        *([f"unexpected tensors {', '.join(unexpected)}"] if unexpected else []),
+        *misshapen,
+    ]
+    if problems:
+        raise CheckpointError(f"{path}: " + "; ".join(problems))
+    return {
+        lab_path: np.asarray(_CONVERSIONS[conversion][0]([weights[name] for name in names]), np.float32)
+        for lab_path, names, conversion in table
+    }
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+class CheckpointTokenizer:
+    """A checkpoint's ``tokenizer.json`` with fixed-length encoding: the file's normaliser, special
+    tokens and padding token, cut and padded to ``max_length`` tokens. It has what
+    :func:`lab.text.load_dataset` asks of a tokenizer: ``vocab_size``, ``fingerprint``, ``max_length``,
+    ``settings`` and ``encode``. ``vocab_size`` is that of the model reading the ids (its embeddings,
+    which may outnumber the file's tokens); the file's by default."""
+
+    def __init__(self, path: Path, *, max_length: int, vocab_size: int | None = None) -> None:
+        self.max_length = validate.integer("max_length", max_length, minimum=2)
+        try:
+            backend = tokenizers.Tokenizer.from_file(str(path))
+        except FileNotFoundError:
+            raise CheckpointError(
+                f"{path}: no such file; lab reads a checkpoint's tokenizer from {path.name}"
+            ) from None
+        except Exception as error:  # tokenizers raises Exception for a malformed file
+            raise CheckpointError(f"{path}: not a readable tokenizer ({str(error).splitlines()[0]})") from None
+        padding = backend.padding or {}
+        pad_token = padding.get("pad_token", "[PAD]")
+        pad_id = backend.token_to_id(pad_token)
+        if pad_id != PAD_ID:
+            raise CheckpointError(
+                f"{path}: the padding token {pad_token!r} has id {pad_id}; "
+                f"lab's text models read id {PAD_ID} as padding"
+            )
+        # The file's own truncation strategy and padding token, at the length asked for.
+        backend.enable_truncation(self.max_length)
+        backend.enable_padding(length=self.max_length, pad_id=pad_id, pad_token=pad_token)
+        self.backend = backend
+        self.vocab_size = backend.get_vocab_size() if vocab_size is None else vocab_size
+        if self.vocab_size < backend.get_vocab_size():
+            raise CheckpointError(
+                f"{path}: {backend.get_vocab_size()} tokens, more than the vocab_size={vocab_size} embeddings "
+                "of the model's config.json"
+            )
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the vocabulary and settings (the length included): equal fingerprints, equal ids."""
+        return hashlib.sha256(self.backend.to_str().encode()).hexdigest()[:16]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"max_length": self.max_length}
+
+    def encode(self, texts: Sequence[str], *, what: str = "") -> np.ndarray:
+        """``(len(texts), max_length)`` int32 ids; longer texts are cut, with one warning per call."""
+        ids, truncated = self._encode(texts)
+        if truncated:
+            warnings.warn(
+                f"{what + ': ' if what else ''}{truncated} of {len(ids)} texts are longer than "
+                f"max_length={self.max_length} tokens and were truncated",
+                stacklevel=2,
+            )
+        return ids
+
+    def _encode(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        if isinstance(texts, str):
+            raise ValueError("texts must be a sequence of strings, got one string; wrap it in a list")
+        encodings = self.backend.encode_batch(list(texts))
+        ids = np.array([encoding.ids for encoding in encodings], np.int32).reshape(len(encodings), self.max_length)
+        return ids, sum(bool(encoding.overflowing) for encoding in encodings)
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        return self.backend.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=True)
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+def read_pooling(folder: Path) -> tuple[str, bool]:
+    """(pooling, normalize) from sentence-transformers' ``modules.json``: its Pooling module's mode
+    (mean or [CLS]) and whether a Normalize module follows; ``("cls", False)`` without the file."""
+    path = folder / MODULES_FILE
+    if not path.is_file():
+        return "cls", False
+    modules = _read_json(path)
+    if not isinstance(modules, list) or not all(isinstance(module, dict) for module in modules):
+        raise CheckpointError(f"{path}: expected a list of modules, each with a type and a path")
+    types = [str(module.get("type", "")) for module in modules]
+    normalize = any(kind.endswith(".Normalize") for kind in types)
+    poolers = [module for module, kind in zip(modules, types, strict=True) if kind.endswith(".Pooling")]
+    if not poolers:
+        return "cls", normalize
+    pooling_path = folder / str(poolers[0].get("path", "")) / CONFIG_FILE
+    config = _read_json(pooling_path)
+    if config.get("pooling_mode_mean_tokens"):
+        return "mean", normalize
+    if config.get("pooling_mode_cls_token"):
+        return "cls", normalize
+    modes = sorted(key for key, value in config.items() if key.startswith("pooling_mode") and value)
+    raise CheckpointError(
+        f"{pooling_path}: pooling {', '.join(modes) or 'none'}; lab pools by pooling_mode_mean_tokens or "
+        "pooling_mode_cls_token (or give pooling= to choose)"
+    )
+
+
+# --------------------------------------------------------------------------- the checkpoint
+
+
+def _file_digest(folder: Path, names: Sequence[str]) -> str:
+    """SHA-256 over the names and bytes of the files a checkpoint was read from."""
+    digest = hashlib.sha256()
+    for name in names:
+        path = folder / name
+        if path.is_file():
+            digest.update(f"{name}\0".encode())
+            with path.open("rb") as file:
+                while chunk := file.read(1 << 20):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """A checkpoint read into lab: the model name and hyperparameters (``model_kwargs``, with the
+    pooling), the vocabulary size its embeddings have, the converted ``params`` by lab parameter
+    path (``backbone/...``), its tokenizer and the SHA-256 ``digest`` of its files."""
+
+    folder: Path
+    model: str
+    model_kwargs: dict[str, Any]
+    vocab_size: int
+    params: dict[str, np.ndarray]
+    tokenizer: CheckpointTokenizer
+    digest: str
+
+    @property
+    def max_length(self) -> int:
+        return self.tokenizer.max_length
+
+    def classifier(self, num_classes: int, *, seed: int, **overrides) -> models.Classifier:
+        """The checkpoint's encoder with a new ``num_classes`` head initialised from ``seed`` (training
+        mode, as :func:`lab.models.make_model` builds). ``overrides`` replace hyperparameters (``dropout``)."""
+        kwargs = {**self.model_kwargs, **overrides}
+        model = models.make_model(
+            self.model, (self.max_length,), num_classes, seed=seed, vocab_size=self.vocab_size, **kwargs
+        )
+        for path, variable in nnx.to_flat_state(nnx.state(model.backbone, nnx.Param)):
+            variable.set_value(np.asarray(self.params["/".join(("backbone", *map(str, path)))]))
+        return model
+
+    def embed(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+        """``(N, dim)`` float32 embeddings of ``texts`` by the pooled, frozen encoder (eval mode)."""
+        return self.embed_ids(self.tokenizer.encode(texts, what="embed"), batch_size=batch_size)
+
+    def embed_ids(
+        self, ids: np.ndarray, *, batch_size: int = 64, cached: bool = True, trim: bool = True
+    ) -> np.ndarray:
+        """The embeddings of ``(N, max_length)`` token ids of this checkpoint's tokenizer; with ``cached``,
+        kept in ``cache_dir()/embeddings`` keyed by the ids, :attr:`digest`, the pooling and the code
+        (:func:`lab.cache.fingerprint`), so a frozen encoder embeds a dataset once."""
+        ids = np.ascontiguousarray(ids, np.int32)
+        path = cache.cache_dir() / "embeddings" / f"{self.model}-{self._embedding_key(ids)}.npy"
+        if cached and path.is_file():
+            return np.load(path)
+        embeddings = embed_ids(self.classifier(1, seed=0).backbone, ids, batch_size=batch_size, trim=trim)
+        if cached:
+            buffer = io.BytesIO()
+            np.save(buffer, embeddings)
+            files.write_atomic(path, buffer.getvalue())
+        return embeddings
+
+    def _embedding_key(self, ids: np.ndarray) -> str:
+        pooling = {name: self.model_kwargs[name] for name in ("pooling", "normalize")}
+        ids_digest = hashlib.sha256(ids.tobytes() + str(ids.shape).encode()).hexdigest()
+        producer = (cache.fingerprint(__name__), devices.current_platform())
+        return cache.key(self.digest, ids_digest, pooling, *producer)
+
+
+# Texts are embedded in batches of similar length, cut to a multiple of this many tokens: trailing
+# padding changes nothing (it is masked), and a few lengths compile a few times.
+LENGTH_STEP = 16
+
+
+def embed_ids(backbone: nnx.Module, ids: np.ndarray, *, batch_size: int = 64, trim: bool = True) -> np.ndarray:
+    """``backbone(ids)`` in eval mode, batch by batch (the last padded to the batch size). With ``trim``,
+    the texts go by length and each batch drops the padding columns beyond its longest text, rounded
+    up to :data:`LENGTH_STEP` tokens; the embeddings come back in the order of ``ids``."""
+    import jax
+
+    backbone = nnx.view(backbone, deterministic=True, raise_if_not_found=False)
+    graph, state = nnx.split(backbone)
+    forward = jax.jit(lambda state, batch: nnx.merge(graph, state)(batch))
+    ids = np.asarray(ids)
+    lengths = (ids != PAD_ID).sum(axis=1)
+    order = np.argsort(lengths, kind="stable") if trim else np.arange(len(ids))
+    batch_size = max(1, min(batch_size, len(ids)))
+    outputs = []
+    for start in range(0, len(ids), batch_size):
+        rows = order[start : start + batch_size]
+        width = ids.shape[1]
+        if trim:
+            width = min(width, -(-int(lengths[rows].max()) // LENGTH_STEP) * LENGTH_STEP)
+        batch = np.pad(ids[rows, :width], ((0, batch_size - len(rows)), (0, 0)))  # all-[PAD] rows, cut off below
+        outputs.append(np.asarray(forward(state, batch))[: len(rows)])
+    if not outputs:
+        return np.zeros((0, 0), np.float32)
+    embeddings = np.empty((len(ids), outputs[0].shape[1]), outputs[0].dtype)
+    embeddings[order] = np.concatenate(outputs)
+    return embeddings
+
+
+def _read_config(path: Path) -> tuple[dict[str, Any], ArchitectureReader]:
+    config = _read_json(path)
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{path}: model_type {model_type!r} is not one lab builds; it builds {', '.join(ARCHITECTURES)}"
+        )
+    return config, ARCHITECTURES[model_type]
+
+
+def model_of(source: str | os.PathLike[str]) -> str:
+    """The :data:`lab.models.MODELS` name checkpoint ``source`` builds, from its ``config.json`` alone
+    (a quick check before a run; :func:`load` reads the rest)."""
+    path = locate(source) / CONFIG_FILE
+    config, reader = _read_config(path)
+    reader.kwargs(config, path)
+    return reader.model
+
+
+def load(
+    source: str | os.PathLike[str],
+    *,
+    max_length: int = 128,
+    pooling: str | None = None,
+    normalize: bool | None = None,
+) -> Checkpoint:
+    """Read checkpoint ``source`` (a folder or a hub id, see :func:`locate`) for texts of up to
+    ``max_length`` tokens. ``pooling`` (``"mean"`` or ``"cls"``) and ``normalize`` override what the
+    folder says (:func:`read_pooling`)."""
+    folder = locate(source)
+    config_path = folder / CONFIG_FILE
+    config, reader = _read_config(config_path)
+    kwargs = reader.kwargs(config, config_path)
+    found_pooling, found_normalize = read_pooling(folder)
+    kwargs["pooling"] = validate.choice("pooling", pooling, models.POOLINGS) if pooling is not None else found_pooling
+    kwargs["normalize"] = found_normalize if normalize is None else bool(normalize)
+    vocab_size = kwargs.pop("vocab_size")
+    tokenizer = CheckpointTokenizer(folder / TOKENIZER_FILE, max_length=max_length, vocab_size=vocab_size)
+    if max_length > kwargs["max_positions"]:
+        raise CheckpointError(
+            f"{config_path}: max_position_embeddings={kwargs['max_positions']}, shorter than max_length={max_length}; "
+            "choose a max_length within it"
+        )
+    abstract = nnx.eval_shape(
+        lambda: models.make_model(reader.model, (max_length,), 1, seed=0, vocab_size=vocab_size, **kwargs)
+    )
+    shapes = {
+        "/".join(("backbone", *map(str, path))): tuple(variable.shape)
+        for path, variable in nnx.to_flat_state(nnx.state(abstract.backbone, nnx.Param))
+    }
+    weights_path = folder / WEIGHTS_FILE
+    params = _convert(_read_weights(weights_path), reader, kwargs["depth"], shapes, weights_path)
+    read = [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, MODULES_FILE, "1_Pooling/config.json"]
+    return Checkpoint(folder, reader.model, kwargs, vocab_size, params, tokenizer, _file_digest(folder, read))
