@@ -131,12 +131,21 @@ def notebook_parameters(notebook: str | os.PathLike[str]) -> dict[str, NotebookP
     (Sweeps run every notebook on a Python kernel, so the notebook's kernelspec,
     which papermill.inspect_notebook insists on, does not matter.)
     """
-    import nbformat  # here, like papermill below: they take seconds to import, which other lab commands need not pay
-    from papermill.translators import PythonTranslator
+    from papermill.translators import PythonTranslator  # here: it takes seconds to import
 
-    cells = nbformat.read(os.fspath(notebook), as_version=4).cells
-    tagged = next((cell for cell in cells if "parameters" in cell.metadata.get("tags", [])), None)
-    inspected = PythonTranslator.inspect(tagged) if tagged is not None else []
+    cells = read_notebook(notebook).cells
+    tagged = [number for number, cell in enumerate(cells, 1) if "parameters" in cell.metadata.get("tags", [])]
+    if len(tagged) > 1:
+        # papermill injects the grid's values after the first one, so a later one would silently undo them.
+        numbers = ", ".join(map(str, tagged[:-1])) + f" and {tagged[-1]}"
+        raise GridError(
+            f"{notebook} has {len(tagged)} cells tagged 'parameters' (cells {numbers}, counting from 1); keep the tag "
+            "on one: papermill sets the grid's values after the first, and a later one would override them"
+        )
+    inspected = []
+    if tagged:
+        _check_syntax(notebook, tagged[0], cells[tagged[0] - 1].source)
+        inspected = PythonTranslator.inspect(cells[tagged[0] - 1])
     if not inspected:
         raise GridError(
             f"{notebook} has no cell tagged 'parameters' (or it assigns no parameters), so it cannot be swept"
@@ -152,6 +161,38 @@ def notebook_parameters(notebook: str | os.PathLike[str]) -> dict[str, NotebookP
             expected = _TYPES.get(type(value).__name__)
         parameters[info.name] = NotebookParameter(info.name, expected, info.default, value, literal)
     return parameters
+
+
+def read_notebook(notebook: str | os.PathLike[str]) -> Any:
+    """``notebook`` read by nbformat, or a GridError naming it when it is missing, a folder or not a notebook."""
+    import nbformat  # here, like papermill: it takes a while to import, which other lab commands need not pay
+
+    path = Path(notebook)
+    if path.is_dir():
+        raise GridError(f"notebook {path} is a folder; expected a Jupyter notebook (.ipynb) file")
+    if not path.is_file():
+        raise GridError(f"notebook {path} does not exist; expected a Jupyter notebook (.ipynb) file")
+    try:
+        return nbformat.read(os.fspath(path), as_version=4)
+    except (ValueError, LookupError) as error:  # not UTF-8, not JSON, or JSON without a notebook's fields
+        reason = " ".join(str(error).split())[:120]
+        raise GridError(
+            f"notebook {path} is not a Jupyter notebook ({reason}); expected an .ipynb file as Jupyter saves it"
+        ) from None
+
+
+def _check_syntax(notebook: str | os.PathLike[str], number: int, source: str) -> None:
+    """Raise a GridError naming the line of a syntax error in the parameters cell (cell ``number``)."""
+    from IPython.core.inputtransformer2 import TransformerManager  # magics such as %matplotlib are allowed
+
+    try:
+        ast.parse(TransformerManager().transform_cell(source))
+    except SyntaxError as error:
+        line = (error.text or "").strip()
+        raise GridError(
+            f"{notebook}: the parameters cell (cell {number}) has a syntax error at line {error.lineno}: {error.msg}"
+            + (f": {line}" if line else "")
+        ) from None
 
 
 # --------------------------------------------------------------------------------------
@@ -619,8 +660,6 @@ def run_sweep(
     if workers is not None:
         integer("workers", workers, minimum=1)
     notebook = Path(notebook)
-    if not notebook.is_file():
-        raise FileNotFoundError(f"notebook {notebook} does not exist")
     points = expand_grid(notebook, grid, extra_parameters=extra_parameters, validate=validate)
 
     runs_dir = Path(runs_dir)

@@ -6,6 +6,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -147,6 +148,66 @@ def test_validate_rejects_a_point_before_any_run(tmp_path, monkeypatch):
         sweep.run_sweep(TINY, {"x": [1, 3], "seed": [0]}, name="checked", validate=validate)
     # The validator saw complete configurations: the notebook's defaults plus the point.
     assert seen[0] == {"x": 1, "seeds": [0], "mode": "ok", "output_dir": "runs/scratch"}
+    assert not (tmp_path / "runs").exists()
+
+
+def _notebook(path, *cells):
+    """A notebook of code cells; a cell given as (source, tags) is tagged."""
+    code = [
+        nbformat.v4.new_code_cell(cell[0], metadata={"tags": cell[1]})
+        if isinstance(cell, tuple)
+        else nbformat.v4.new_code_cell(cell)
+        for cell in cells
+    ]
+    nbformat.write(nbformat.v4.new_notebook(cells=code), path)
+    return path
+
+
+def test_a_notebook_with_several_parameters_cells_is_refused_naming_them(tmp_path, monkeypatch):
+    # papermill injects after the first tagged cell, so the second would undo the grid's value unrecorded.
+    notebook = _notebook(tmp_path / "two.ipynb", ("steps = 20", ["parameters"]), "x = 1", ("steps = 5", ["parameters"]))
+    monkeypatch.chdir(tmp_path)
+    message = r"two\.ipynb has 2 cells tagged 'parameters' \(cells 1 and 3, counting from 1\); keep the tag on one"
+    with pytest.raises(GridError, match=message) as error:
+        sweep.run_sweep(notebook, {"steps": ["7"]}, name="two")
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("steps = 20\nlr = (1,", r"line 2: '\(' was never closed"),
+        ("steps: int = 2 0", r"line 1: invalid syntax"),
+    ],
+)
+def test_a_syntax_error_in_the_parameters_cell_is_named_with_its_line(tmp_path, source, message):
+    notebook = _notebook(tmp_path / "broken.ipynb", "import os", (source, ["parameters"]))
+    expected = r"broken\.ipynb: the parameters cell \(cell 2\) has a syntax error at " + message
+    with pytest.raises(GridError, match=expected):
+        sweep.expand_grid(notebook, {"steps": ["1"]})
+
+
+def test_ipython_syntax_in_the_parameters_cell_is_allowed(tmp_path):
+    notebook = _notebook(tmp_path / "magic.ipynb", ("%matplotlib inline\nsteps = 20", ["parameters"]))
+    assert sweep.expand_grid(notebook, {"steps": ["3"]})[0].parameters == {"steps": 3}
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path: path.mkdir(), r"notebook {path} is a folder; expected a Jupyter notebook \(\.ipynb\) file"),
+        (lambda path: path.write_bytes(bytes(range(256))), r"notebook {path} is not a Jupyter notebook \(.*\)"),
+        (lambda path: path.write_text("{\"cells\": ["), r"notebook {path} is not a Jupyter notebook \(.*\)"),
+    ],
+)
+def test_a_notebook_that_is_not_one_is_named_in_one_line(tmp_path, monkeypatch, make, message):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "bad.ipynb"
+    make(path)
+    with pytest.raises(ValueError, match=message.format(path=re.escape(str(path)))) as error:
+        sweep.run_sweep(path, {"x": ["1"]}, name="bad")
+    assert "\n" not in str(error.value)
     assert not (tmp_path / "runs").exists()
 
 
