@@ -107,6 +107,14 @@ class GridError(ValueError):
     """A sweep's grid or parameters are invalid; raised before anything runs."""
 
 
+class NotebookWriteError(OSError):
+    """A run's executed notebook could not be written whole (a full disk); ``notebook`` is it, when in memory."""
+
+    def __init__(self, message: str, notebook: Any = None) -> None:
+        super().__init__(message)
+        self.notebook = notebook
+
+
 # --------------------------------------------------------------------------------------
 # The notebook's parameters
 # --------------------------------------------------------------------------------------
@@ -484,6 +492,9 @@ def execute_run(task: RunTask) -> RunOutcome:
             error = f"{failure.ename}: {failure.evalue}"
             failure_traceback = _ANSI_ESCAPE.sub("", "\n".join(failure.traceback))
             payload = _record_if_any(task.output_notebook)
+        except NotebookWriteError as failure:  # the results may be in memory all the same: kept in the store
+            error, failure_traceback = str(failure), traceback.format_exc()
+            payload = _record_if_any(failure.notebook) if failure.notebook is not None else None
         except Exception as failure:  # any failure of one run is stored, and the sweep goes on
             error = f"{type(failure).__name__}: {failure}"
             failure_traceback = traceback.format_exc()
@@ -506,14 +517,21 @@ def execute_run(task: RunTask) -> RunOutcome:
 
 
 def _execute_notebook(task: RunTask, log: TextIO) -> Any:
-    """papermill's run of the task's notebook, on a new kernel if the first ones do not start."""
+    """papermill's run of the task's notebook, on a new kernel if the first ones do not start.
+
+    papermill writes the executed notebook under a temporary name beside the output, which
+    becomes the output only once it reads back whole: a full disk leaves no truncated notebook
+    posing as a result, but a :class:`NotebookWriteError` naming the output.
+    """
     import papermill
 
+    # Ending in .ipynb, or papermill warns about the file type.
+    written = files.temporary_sibling(task.output_notebook).with_suffix(".tmp.ipynb")
     run = functools.partial(
         _in_fresh_context,
         papermill.execute_notebook,
         task.notebook,
-        task.output_notebook,
+        str(written),
         parameters=task.parameters,
         kernel_name="python3",  # resolved to this interpreter by CurrentPythonKernelManager
         language="python",
@@ -527,6 +545,27 @@ def _execute_notebook(task: RunTask, log: TextIO) -> Any:
         # cwd=, which changes the whole process's directory (unsafe in threaded Dask workers).
         resources={"metadata": {"path": task.working_dir}},
     )
+    try:
+        executed, failure = _on_a_starting_kernel(run, log), None
+    except Exception as error:
+        executed, failure = None, error
+    try:
+        if written.exists():  # else papermill failed before writing, e.g. reading the notebook
+            _publish(written, task.output_notebook, executed, failure)
+    except NotebookWriteError as write_error:
+        if failure is not None and not isinstance(failure, OSError):
+            log.write(f"\n{write_error}\n")  # the run's own error (a cell's) says more
+            raise failure from None
+        raise write_error from failure
+    finally:
+        written.unlink(missing_ok=True)
+    if failure is not None:
+        raise failure
+    return executed
+
+
+def _on_a_starting_kernel(run: Callable[[], Any], log: TextIO) -> Any:
+    """``run()``, again on a new kernel when the kernel does not start (up to KERNEL_START_ATTEMPTS)."""
     for attempt in range(1, KERNEL_START_ATTEMPTS):
         try:
             return run()
@@ -536,6 +575,23 @@ def _execute_notebook(task: RunTask, log: TextIO) -> Any:
             log.write(f"\nthe kernel did not start ({failure}); starting a new one, attempt {attempt + 1}\n\n")
             log.flush()
     return run()
+
+
+def _publish(written: Path, output: str, executed: Any, failure: Exception | None) -> None:
+    """Rename the notebook papermill ``written`` to ``output`` once it reads back whole; else a NotebookWriteError
+    (with ``failure``, papermill's own error, when that was an OSError such as a full disk)."""
+    import nbformat
+
+    try:
+        nbformat.read(os.fspath(written), as_version=4)
+    except (OSError, ValueError):  # not UTF-8 or not JSON: cut short
+        cause = f"{failure}" if isinstance(failure, OSError) else "it does not read back whole"
+        raise NotebookWriteError(
+            f"the executed notebook could not be written to {output} ({cause}); is the disk full? "
+            "Free some space and run the sweep again with --retry-failed",
+            executed,
+        ) from None
+    os.replace(written, output)
 
 
 def _in_fresh_context(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -555,9 +611,12 @@ def _in_fresh_context(function: Callable[..., Any], *args: Any, **kwargs: Any) -
                 value.close()
 
 
-def _record_if_any(executed_notebook: str) -> dict[str, Any] | None:
+def _record_if_any(executed_notebook: Any) -> dict[str, Any] | None:
+    """The record of an executed notebook (a path, or a notebook in memory), or None when it holds none."""
     try:
-        return record.read(executed_notebook).to_dict()
+        if isinstance(executed_notebook, str):
+            return record.read(executed_notebook).to_dict()
+        return record.from_notebook(executed_notebook, "the executed notebook").to_dict()
     except (OSError, ValueError, LookupError):
         return None
 
@@ -584,7 +643,7 @@ class SweepSummary:
     # finished by an earlier call that could not write the store, saved now without running again
     recovered: list[str] = dataclasses.field(default_factory=list)
     store_error: str | None = None  # why the store could not be written; no run started after it
-    unsaved: dict[str, str] = dataclasses.field(default_factory=dict)  # point id -> where its outcome is kept
+    unsaved: dict[str, str] = dataclasses.field(default_factory=dict)  # point id -> its result, where it is kept
 
     @property
     def complete(self) -> bool:
@@ -613,10 +672,7 @@ class SweepSummary:
         ]
         if self.store_error:
             lines.append(f"could not write the results store, so no more runs were started: {self.store_error}")
-            lines += [
-                f"  not saved {point}: {self.runs_dir / self.name / point}.ipynb holds its result; {note}"
-                for point, note in self.unsaved.items()
-            ]
+            lines += [f"  not saved {point}: {note}" for point, note in self.unsaved.items()]
         return "\n".join(lines)
 
 
@@ -834,13 +890,18 @@ def _save_outcome(
         results.save(_row(notebook, task, outcome.status, outcome))
     except store.StoreError as error:
         summary.store_error = str(error)
+        # A run is done only once its notebook was written whole (see _execute_notebook).
+        result = (
+            f"{os.path.relpath(task.output_notebook, task.working_dir)} holds its result"
+            if outcome.status == "done"
+            else f"it failed ({outcome.error})"
+        )
         try:
             files.write_atomic(kept, json.dumps(dataclasses.asdict(outcome)))
-            summary.unsaved[task.point_id] = f"its outcome is kept in {kept}; the next run of this sweep saves it"
+            note = f"its outcome is kept in {kept}; the next run of this sweep saves it"
         except OSError as keep_error:
-            summary.unsaved[task.point_id] = (
-                f"its outcome could not be kept either ({keep_error}); the next run of this sweep runs it again"
-            )
+            note = f"its outcome could not be kept either ({keep_error}); the next run of this sweep runs it again"
+        summary.unsaved[task.point_id] = f"{result}; {note}"
         return
     kept.unlink(missing_ok=True)
     if outcome.status == "done":

@@ -715,6 +715,53 @@ def test_a_finished_run_that_the_store_cannot_save_is_kept_and_saved_by_the_next
     assert not list((tmp_path / "runs" / "read-only").glob("*.outcome.json"))
 
 
+def _fill_the_disk(monkeypatch, raises):
+    """papermill's notebook writes stop halfway, as on a full disk: silently, or raising ENOSPC."""
+    from papermill.iorw import LocalHandler
+
+    def write_half(self, buf, path):
+        Path(path).write_text(buf[: len(buf) // 2], encoding="utf-8")
+        if raises:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(LocalHandler, "write", write_half)
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["silently", "ENOSPC"])
+def test_a_notebook_that_was_not_written_completely_is_a_failure_naming_it(tmp_path, monkeypatch, raises):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sweep, "_executor", _threads)
+    _fill_the_disk(monkeypatch, raises)
+    summary = sweep.run_sweep(TINY, {"x": [1]}, name="full-disk")
+    point = sweep.point_id({"x": 1})
+    output = tmp_path / "runs" / "full-disk" / f"{point}.ipynb"
+    assert summary.done == [] and list(summary.failed) == [point]
+    assert summary.failed[point].startswith(f"the executed notebook could not be written to {output}")
+    assert ("No space left on device" in summary.failed[point]) == raises
+    assert not output.exists()  # no truncated notebook poses as a result
+    assert not [path.name for path in output.parent.iterdir() if path.name.startswith(".")]  # nor a temporary one
+    row = _rows(tmp_path, "full-disk")[point]
+    assert row.status == "failed" and row.error == summary.failed[point]
+    if not raises:  # the kernel's results were in memory: kept in the store all the same
+        assert row.payload["metrics"]["accuracy"] == expected_accuracy(1, [0])
+
+
+def test_an_unsaved_run_whose_notebook_was_not_written_is_not_said_to_hold_its_result(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sweep, "_executor", _threads)
+    _fill_the_disk(monkeypatch, raises=False)
+
+    def read_only(self, *rows):
+        raise store.StoreError(f"cannot use the results store {self.path} (database or disk is full)")
+
+    monkeypatch.setattr(store.ResultsStore, "save", read_only)
+    summary = sweep.run_sweep(TINY, {"x": [1]}, name="full-disk")
+    point = sweep.point_id({"x": 1})
+    described = summary.describe()
+    assert "holds its result" not in described
+    assert f"not saved {point}: it failed (the executed notebook could not be written to " in described
+
+
 def test_an_unreachable_scheduler_fails_fast_and_saves_no_rows(tmp_path, monkeypatch):
     pytest.importorskip("distributed")
     monkeypatch.chdir(tmp_path)
