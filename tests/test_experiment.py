@@ -443,7 +443,8 @@ def test_the_fixmatch_protocol_trains_end_to_end_on_small_images(tiny_preset):
     [
         ({"setup": "semi_supervised", "method": "fixmatch", "method_kwargs": {"mu": 2}}, ["train fixmatch"]),
         (
-            {"setup": "transfer", "pretrain": "autoencoder", "adaptation": "linear_probe", "pretrain_kwargs": {"steps": 4}},
+            {"setup": "transfer", "pretrain": "autoencoder", "adaptation": "linear_probe",
+             "pretrain_kwargs": {"steps": 4}},
             ["pretrain autoencoder", "train autoencoder+linear_probe"],
         ),
     ],

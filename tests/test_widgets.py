@@ -455,7 +455,9 @@ def test_explorer_image_has_its_natural_size_and_labels_their_room(make):
         assert control.style.description_width == "initial"  # "learning rate" in full
 
 
-@pytest.mark.parametrize("make", [lambda: make_experiment_explorer(FakeRun()), lambda: widgets.OptimizerPathExplorer(steps=5)])
+@pytest.mark.parametrize(
+    "make", [lambda: make_experiment_explorer(FakeRun()), lambda: widgets.OptimizerPathExplorer(steps=5)]
+)
 def test_explorer_controls_wrap_instead_of_shrinking_their_sliders(make):
     # Three controls in a row of a narrow notebook (about 1,000 px with the file browser open) squeezed
     # the sliders to a few pixels: a row wraps instead, and a slider keeps a usable width.
