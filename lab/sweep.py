@@ -12,12 +12,15 @@ notebook's ``parameters`` cell. When the notebook has a list parameter ``seeds``
 a ``seed`` axis is folded into it: all seeds of a point run in one notebook (which
 trains them together) as ``seeds=[...]``.
 
-Everything is checked before the first run: parameter names, value types, and
-each point through an optional ``validate`` callable. Each point gets an id, a
+Everything is checked before the first run: the notebook (one cell tagged
+``parameters``, valid Python), parameter names, value types, and each point
+through an optional ``validate`` callable. Each point gets an id, a
 short hash of its parameters, and runs as ``runs/<name>/<point-id>.ipynb`` with its
 output streams in ``runs/<name>/<point-id>.log``. When the notebook has an
 ``output_dir`` parameter that the grid does not set, each point gets its own,
-``runs/<name>/<point-id>/``, so runs never overwrite each other's files.
+``runs/<name>/<point-id>/``, so runs never overwrite each other's files. An executed
+notebook becomes ``<point-id>.ipynb`` only once it reads back whole; a run whose
+notebook could not be written (a full disk) fails, naming it.
 
 Each finished run is saved at once in the results store (``runs/results.db``, see
 :mod:`lab.store`), as done with the notebook's record, or as failed with the error
