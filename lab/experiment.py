@@ -321,6 +321,10 @@ def _no_datasets(config: ExperimentConfig) -> tuple[str, ...]:
     return ()
 
 
+def _no_backbone(config: ExperimentConfig, progress: bool) -> None:
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """How one setup trains: the pieces :func:`run` assembles, each a function of the config.
@@ -332,7 +336,8 @@ class Plan:
     method_label: Callable[[ExperimentConfig], str]  # the name a comparison shows
     check: Callable[[ExperimentConfig], None]  # setup-specific validation, before any data is loaded
     objective: Callable[[ExperimentConfig, tuple[int, ...]], train.Objective]  # (config, input shape)
-    pretrain: Callable[[ExperimentConfig], transfer.Backbone | None] = _nothing
+    # (config, progress): a backbone pretrained (or read from the cache), with a progress bar when progress
+    pretrain: Callable[[ExperimentConfig, bool], transfer.Backbone | None] = _no_backbone
     classifier: Callable[[ExperimentConfig, data.Dataset, Any], ModuleFactory] = _fresh_classifier  # pretrained too
     param_groups: Callable[[ExperimentConfig], Mapping[str, str | float] | None] = _nothing
     other_datasets: Callable[[ExperimentConfig], tuple[str, ...]] = _no_datasets  # loaded besides config.dataset
@@ -358,10 +363,12 @@ def _weakly_augmented_supervised(config: ExperimentConfig, input_shape: tuple[in
     return semisupervised.Supervised(input_shape=input_shape, augmentation="weak", **_view_settings(config))
 
 
-def _pretrained(config: ExperimentConfig) -> transfer.Backbone:
+def _pretrained(config: ExperimentConfig, progress: bool) -> transfer.Backbone:
     if config.pretrain == transfer.CHECKPOINT:
         return transfer.from_checkpoint(_checkpoint(config), **config.model_kwargs)
-    return transfer.pretrain(_pretrain_config(config), load_dataset=functools.partial(_load_named, config))
+    return transfer.pretrain(
+        _pretrain_config(config), load_dataset=functools.partial(_load_named, config), progress=progress
+    )
 
 
 # What pretrain_kwargs set for a checkpoint: the length its tokenizer cuts texts to and its pooling.
@@ -537,7 +544,7 @@ def _run(config: ExperimentConfig, progress: bool) -> Result:
     splits = [data.labeled_split(dataset.y_train, config.labels_per_class, seed) for seed in config.seeds]
 
     tic = time.perf_counter()
-    pretrained = plan.pretrain(config)
+    pretrained = plan.pretrain(config, progress)
     wall = {"pretrain": time.perf_counter() - tic}
     make_module = plan.classifier(config, dataset, pretrained)
     objective = plan.objective(config, dataset.input_shape)
@@ -558,7 +565,7 @@ def _run(config: ExperimentConfig, progress: bool) -> Result:
     # A run keeps no checkpoints: its last finite state ends with the process.
     fit = _fit(
         config, model, state, tx, objective, pools, evaluate, progress,
-        kept=lambda error: "Nothing was saved", seed_axis=True,
+        kept=lambda error: "Nothing was saved", seed_axis=True, label=f"train {config.method_label}",
     )  # fmt: skip
     wall.update(fit.wall_time_s)
     per_seed = [metrics.classification_metrics(seed_logits, dataset.y_test) for seed_logits in test_logits(fit.state)]

@@ -110,6 +110,17 @@ def accuracy(logits: ArrayLike, labels: ArrayLike) -> float:
     return float(np.mean(scores.argmax(axis=1) == labels))
 
 
+def majority_class_accuracy(train_labels: ArrayLike, test_labels: ArrayLike) -> float:
+    """The test accuracy of a constant guess: always the most frequent class of ``train_labels``
+    (the lowest id among ties). What a classifier must beat; 1/C, chance, is lower unless classes are balanced."""
+    train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
+    for name, labels in (("train_labels", train_labels), ("test_labels", test_labels)):
+        if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"{name} must hold at least one label, as integer class ids of shape (N,)")
+    values, counts = np.unique(train_labels, return_counts=True)
+    return float(np.mean(test_labels == values[np.argmax(counts)]))
+
+
 def batch_accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """:func:`accuracy` of a batch inside compiled code (a training step): jnp, no checks, a 0-d array."""
     return jnp.mean(jnp.argmax(logits, axis=-1) == labels)

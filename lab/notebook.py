@@ -21,6 +21,10 @@ either folder. Absolute paths are used as they are.
 
 List parameters. ``papermill -p seeds "[0, 1]"`` hands a notebook the text
 ``"[0, 1]"``; :func:`list_parameter` reads it back (and checks it is a list).
+
+Missing data. After :func:`stop_on_missing_data`, a cell that needs data files that
+are not there stops the notebook with lab's one-line message (what to install or
+download), as the CLI prints it, instead of a traceback through lab's loaders.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ __all__ = [
     "project_path",
     "project_root",
     "seed_mean",
+    "stop_on_missing_data",
 ]
 
 #: The environment variable that, when set, names the root of the notebooks' relative paths.
@@ -88,6 +93,30 @@ def list_parameter(name: str, value: Any, example: str = "[0, 1]", *, empty_ok: 
     if not isinstance(value, (list, tuple)) or not (value or empty_ok):
         raise ValueError(f"{name} must be a {'' if empty_ok else 'non-empty '}list such as {example}, got {value!r}")
     return list(value)
+
+
+def stop_on_missing_data() -> None:
+    """From now on, a ``DataNotFoundError`` in a cell of this IPython kernel shows as its one line.
+
+    The cell still fails (error output, error reply): papermill, ``lab sweep``, nbval and
+    JupyterLab's Run All stop there, as they should, and report the message; only the
+    traceback is left out, as the CLI leaves it out. Outside IPython this does nothing.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    from lab.dataset import DataNotFoundError
+
+    def one_line(shell: Any, kind: type, error: BaseException, traceback: Any, tb_offset: int | None = None) -> list:
+        lines = [f"{kind.__name__}: {error}"]
+        shell._showtraceback(kind, error, lines)  # IPython's hook that shows (and, in a kernel, sends) a traceback
+        return lines
+
+    shell.set_custom_exc((DataNotFoundError,), one_line)
 
 
 class FigureSaver:

@@ -12,12 +12,15 @@ notebook's ``parameters`` cell. When the notebook has a list parameter ``seeds``
 a ``seed`` axis is folded into it: all seeds of a point run in one notebook (which
 trains them together) as ``seeds=[...]``.
 
-Everything is checked before the first run: parameter names, value types, and
-each point through an optional ``validate`` callable. Each point gets an id, a
+Everything is checked before the first run: the notebook (one cell tagged
+``parameters``, valid Python), parameter names, value types, and each point
+through an optional ``validate`` callable. Each point gets an id, a
 short hash of its parameters, and runs as ``runs/<name>/<point-id>.ipynb`` with its
 output streams in ``runs/<name>/<point-id>.log``. When the notebook has an
 ``output_dir`` parameter that the grid does not set, each point gets its own,
-``runs/<name>/<point-id>/``, so runs never overwrite each other's files.
+``runs/<name>/<point-id>/``, so runs never overwrite each other's files. An executed
+notebook becomes ``<point-id>.ipynb`` only once it reads back whole; a run whose
+notebook could not be written (a full disk) fails, naming it.
 
 Each finished run is saved at once in the results store (``runs/results.db``, see
 :mod:`lab.store`), as done with the notebook's record, or as failed with the error
@@ -107,6 +110,14 @@ class GridError(ValueError):
     """A sweep's grid or parameters are invalid; raised before anything runs."""
 
 
+class NotebookWriteError(OSError):
+    """A run's executed notebook could not be written whole (a full disk); ``notebook`` is it, when in memory."""
+
+    def __init__(self, message: str, notebook: Any = None) -> None:
+        super().__init__(message)
+        self.notebook = notebook
+
+
 # --------------------------------------------------------------------------------------
 # The notebook's parameters
 # --------------------------------------------------------------------------------------
@@ -131,12 +142,21 @@ def notebook_parameters(notebook: str | os.PathLike[str]) -> dict[str, NotebookP
     (Sweeps run every notebook on a Python kernel, so the notebook's kernelspec,
     which papermill.inspect_notebook insists on, does not matter.)
     """
-    import nbformat  # here, like papermill below: they take seconds to import, which other lab commands need not pay
-    from papermill.translators import PythonTranslator
+    from papermill.translators import PythonTranslator  # here: it takes seconds to import
 
-    cells = nbformat.read(os.fspath(notebook), as_version=4).cells
-    tagged = next((cell for cell in cells if "parameters" in cell.metadata.get("tags", [])), None)
-    inspected = PythonTranslator.inspect(tagged) if tagged is not None else []
+    cells = read_notebook(notebook).cells
+    tagged = [number for number, cell in enumerate(cells, 1) if "parameters" in cell.metadata.get("tags", [])]
+    if len(tagged) > 1:
+        # papermill injects the grid's values after the first one, so a later one would silently undo them.
+        numbers = ", ".join(map(str, tagged[:-1])) + f" and {tagged[-1]}"
+        raise GridError(
+            f"{notebook} has {len(tagged)} cells tagged 'parameters' (cells {numbers}, counting from 1); keep the tag "
+            "on one: papermill sets the grid's values after the first, and a later one would override them"
+        )
+    inspected = []
+    if tagged:
+        _check_syntax(notebook, tagged[0], cells[tagged[0] - 1].source)
+        inspected = PythonTranslator.inspect(cells[tagged[0] - 1])
     if not inspected:
         raise GridError(
             f"{notebook} has no cell tagged 'parameters' (or it assigns no parameters), so it cannot be swept"
@@ -152,6 +172,38 @@ def notebook_parameters(notebook: str | os.PathLike[str]) -> dict[str, NotebookP
             expected = _TYPES.get(type(value).__name__)
         parameters[info.name] = NotebookParameter(info.name, expected, info.default, value, literal)
     return parameters
+
+
+def read_notebook(notebook: str | os.PathLike[str]) -> Any:
+    """``notebook`` read by nbformat, or a GridError naming it when it is missing, a folder or not a notebook."""
+    import nbformat  # here, like papermill: it takes a while to import, which other lab commands need not pay
+
+    path = Path(notebook)
+    if path.is_dir():
+        raise GridError(f"notebook {path} is a folder; expected a Jupyter notebook (.ipynb) file")
+    if not path.is_file():
+        raise GridError(f"notebook {path} does not exist; expected a Jupyter notebook (.ipynb) file")
+    try:
+        return nbformat.read(os.fspath(path), as_version=4)
+    except (ValueError, LookupError) as error:  # not UTF-8, not JSON, or JSON without a notebook's fields
+        reason = " ".join(str(error).split())[:120]
+        raise GridError(
+            f"notebook {path} is not a Jupyter notebook ({reason}); expected an .ipynb file as Jupyter saves it"
+        ) from None
+
+
+def _check_syntax(notebook: str | os.PathLike[str], number: int, source: str) -> None:
+    """Raise a GridError naming the line of a syntax error in the parameters cell (cell ``number``)."""
+    from IPython.core.inputtransformer2 import TransformerManager  # magics such as %matplotlib are allowed
+
+    try:
+        ast.parse(TransformerManager().transform_cell(source))
+    except SyntaxError as error:
+        line = (error.text or "").strip()
+        raise GridError(
+            f"{notebook}: the parameters cell (cell {number}) has a syntax error at line {error.lineno}: {error.msg}"
+            + (f": {line}" if line else "")
+        ) from None
 
 
 # --------------------------------------------------------------------------------------
@@ -443,6 +495,9 @@ def execute_run(task: RunTask) -> RunOutcome:
             error = f"{failure.ename}: {failure.evalue}"
             failure_traceback = _ANSI_ESCAPE.sub("", "\n".join(failure.traceback))
             payload = _record_if_any(task.output_notebook)
+        except NotebookWriteError as failure:  # the results may be in memory all the same: kept in the store
+            error, failure_traceback = str(failure), traceback.format_exc()
+            payload = _record_if_any(failure.notebook) if failure.notebook is not None else None
         except Exception as failure:  # any failure of one run is stored, and the sweep goes on
             error = f"{type(failure).__name__}: {failure}"
             failure_traceback = traceback.format_exc()
@@ -465,14 +520,21 @@ def execute_run(task: RunTask) -> RunOutcome:
 
 
 def _execute_notebook(task: RunTask, log: TextIO) -> Any:
-    """papermill's run of the task's notebook, on a new kernel if the first ones do not start."""
+    """papermill's run of the task's notebook, on a new kernel if the first ones do not start.
+
+    papermill writes the executed notebook under a temporary name beside the output, which
+    becomes the output only once it reads back whole: a full disk leaves no truncated notebook
+    posing as a result, but a :class:`NotebookWriteError` naming the output.
+    """
     import papermill
 
+    # Ending in .ipynb, or papermill warns about the file type.
+    written = files.temporary_sibling(task.output_notebook).with_suffix(".tmp.ipynb")
     run = functools.partial(
         _in_fresh_context,
         papermill.execute_notebook,
         task.notebook,
-        task.output_notebook,
+        str(written),
         parameters=task.parameters,
         kernel_name="python3",  # resolved to this interpreter by CurrentPythonKernelManager
         language="python",
@@ -486,6 +548,27 @@ def _execute_notebook(task: RunTask, log: TextIO) -> Any:
         # cwd=, which changes the whole process's directory (unsafe in threaded Dask workers).
         resources={"metadata": {"path": task.working_dir}},
     )
+    try:
+        executed, failure = _on_a_starting_kernel(run, log), None
+    except Exception as error:
+        executed, failure = None, error
+    try:
+        if written.exists():  # else papermill failed before writing, e.g. reading the notebook
+            _publish(written, task.output_notebook, executed, failure)
+    except NotebookWriteError as write_error:
+        if failure is not None and not isinstance(failure, OSError):
+            log.write(f"\n{write_error}\n")  # the run's own error (a cell's) says more
+            raise failure from None
+        raise write_error from failure
+    finally:
+        written.unlink(missing_ok=True)
+    if failure is not None:
+        raise failure
+    return executed
+
+
+def _on_a_starting_kernel(run: Callable[[], Any], log: TextIO) -> Any:
+    """``run()``, again on a new kernel when the kernel does not start (up to KERNEL_START_ATTEMPTS)."""
     for attempt in range(1, KERNEL_START_ATTEMPTS):
         try:
             return run()
@@ -495,6 +578,23 @@ def _execute_notebook(task: RunTask, log: TextIO) -> Any:
             log.write(f"\nthe kernel did not start ({failure}); starting a new one, attempt {attempt + 1}\n\n")
             log.flush()
     return run()
+
+
+def _publish(written: Path, output: str, executed: Any, failure: Exception | None) -> None:
+    """Rename the notebook papermill ``written`` to ``output`` once it reads back whole; else a NotebookWriteError
+    (with ``failure``, papermill's own error, when that was an OSError such as a full disk)."""
+    import nbformat
+
+    try:
+        nbformat.read(os.fspath(written), as_version=4)
+    except (OSError, ValueError):  # not UTF-8 or not JSON: cut short
+        cause = f"{failure}" if isinstance(failure, OSError) else "it does not read back whole"
+        raise NotebookWriteError(
+            f"the executed notebook could not be written to {output} ({cause}); is the disk full? "
+            "Free some space and run the sweep again with --retry-failed",
+            executed,
+        ) from None
+    os.replace(written, output)
 
 
 def _in_fresh_context(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -514,9 +614,12 @@ def _in_fresh_context(function: Callable[..., Any], *args: Any, **kwargs: Any) -
                 value.close()
 
 
-def _record_if_any(executed_notebook: str) -> dict[str, Any] | None:
+def _record_if_any(executed_notebook: Any) -> dict[str, Any] | None:
+    """The record of an executed notebook (a path, or a notebook in memory), or None when it holds none."""
     try:
-        return record.read(executed_notebook).to_dict()
+        if isinstance(executed_notebook, str):
+            return record.read(executed_notebook).to_dict()
+        return record.from_notebook(executed_notebook, "the executed notebook").to_dict()
     except (OSError, ValueError, LookupError):
         return None
 
@@ -543,7 +646,7 @@ class SweepSummary:
     # finished by an earlier call that could not write the store, saved now without running again
     recovered: list[str] = dataclasses.field(default_factory=list)
     store_error: str | None = None  # why the store could not be written; no run started after it
-    unsaved: dict[str, str] = dataclasses.field(default_factory=dict)  # point id -> where its outcome is kept
+    unsaved: dict[str, str] = dataclasses.field(default_factory=dict)  # point id -> its result, where it is kept
 
     @property
     def complete(self) -> bool:
@@ -572,10 +675,7 @@ class SweepSummary:
         ]
         if self.store_error:
             lines.append(f"could not write the results store, so no more runs were started: {self.store_error}")
-            lines += [
-                f"  not saved {point}: {self.runs_dir / self.name / point}.ipynb holds its result; {note}"
-                for point, note in self.unsaved.items()
-            ]
+            lines += [f"  not saved {point}: {note}" for point, note in self.unsaved.items()]
         return "\n".join(lines)
 
 
@@ -619,8 +719,6 @@ def run_sweep(
     if workers is not None:
         integer("workers", workers, minimum=1)
     notebook = Path(notebook)
-    if not notebook.is_file():
-        raise FileNotFoundError(f"notebook {notebook} does not exist")
     points = expand_grid(notebook, grid, extra_parameters=extra_parameters, validate=validate)
 
     runs_dir = Path(runs_dir)
@@ -795,13 +893,18 @@ def _save_outcome(
         results.save(_row(notebook, task, outcome.status, outcome))
     except store.StoreError as error:
         summary.store_error = str(error)
+        # A run is done only once its notebook was written whole (see _execute_notebook).
+        result = (
+            f"{os.path.relpath(task.output_notebook, task.working_dir)} holds its result"
+            if outcome.status == "done"
+            else f"it failed ({outcome.error})"
+        )
         try:
             files.write_atomic(kept, json.dumps(dataclasses.asdict(outcome)))
-            summary.unsaved[task.point_id] = f"its outcome is kept in {kept}; the next run of this sweep saves it"
+            note = f"its outcome is kept in {kept}; the next run of this sweep saves it"
         except OSError as keep_error:
-            summary.unsaved[task.point_id] = (
-                f"its outcome could not be kept either ({keep_error}); the next run of this sweep runs it again"
-            )
+            note = f"its outcome could not be kept either ({keep_error}); the next run of this sweep runs it again"
+        summary.unsaved[task.point_id] = f"{result}; {note}"
         return
     kept.unlink(missing_ok=True)
     if outcome.status == "done":

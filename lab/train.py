@@ -444,6 +444,7 @@ def fit(
     seed_axis: bool = False,
     precision: str = "float32",
     progress: bool = True,
+    label: str = "train",
 ) -> FitResult:
     """Train ``state`` until ``steps`` optimizer steps have been taken.
 
@@ -461,6 +462,9 @@ def fit(
 
     ``precision`` (a key of :data:`PRECISIONS`) is what training steps compute in; the
     train state stays float32 (see :func:`in_precision`), and ``evaluate`` sees it as such.
+
+    The progress bar is named ``label`` (the phase, e.g. ``"pretrain mlm"``, ``"train fixmatch"``)
+    and says "compiling" while XLA compiles a chunk, which can take far longer than the chunk.
     """
     validate.integer("steps", steps, minimum=1)
     validate.choice("precision", precision, PRECISIONS)
@@ -495,11 +499,13 @@ def fit(
     best: tuple[float, TrainState] | None = None
     evals_since_best = 0
     last_finite_loss = None
-    bar = progress_bar(total=steps, initial=_current_step(state), disable=not progress, desc="train", unit="step")
+    bar = progress_bar(total=steps, initial=_current_step(state), disable=not progress, desc=label, unit="step")
     try:
         while _current_step(state) < steps:
             step0 = _current_step(state)
             length = min([every - step0 % every for every in boundaries] + [steps - step0])
+            if length not in executables:
+                bar.set_description(f"{label} (compiling)")  # else the bar sits still, seemingly stuck
             run_chunk = executable(length, state)
             # The chunk donates its input; this copy (once per chunk, not per step) lets a
             # NaN be traced back to the last finite state.
@@ -517,6 +523,7 @@ def fit(
                 raise NonFiniteLossError(step0 + bad, last_finite_loss, last_finite)
             step_losses = step_losses.mean(0)  # mean over seeds
             last_finite_loss = float(step_losses[-1])
+            bar.set_description(label, refresh=False)
             bar.update(length)
             step = _current_step(state)
             chunk_log = {name: np.asarray(value) for name, value in step_metrics.items()}

@@ -621,8 +621,9 @@ def _train_backbone(
     state = train.create_train_state(params, model_state, tx, config.seed)
     pools = task.pools(x, source)
     result = train.fit(
-        model, state, tx, objective, pools, steps=config.steps, batch_size=config.batch_size, progress=progress
-    )
+        model, state, tx, objective, pools, steps=config.steps, batch_size=config.batch_size, progress=progress,
+        label=f"pretrain {config.source}",
+    )  # fmt: skip
     # Metrics the objective does not measure are NaN throughout (the supervised objective's
     # pseudo-label accuracy): left out, which keeps the cache entry's JSON standard.
     log = {name: np.asarray(values).tolist() for name, values in result.log.items() if np.isfinite(values).any()}

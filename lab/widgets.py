@@ -60,6 +60,9 @@ _LEARNING_RATE_RANGE = (1e-4, 1.0)  # the path explorer's slider
 _MAX_STEPS = 500
 # Control labels such as "learning rate" are wider than ipywidgets' default label column.
 _STYLE = {"description_width": "initial"}
+# A slider's least width, label included: in a flex row (an HBox) a slider would otherwise shrink to a few
+# pixels in a narrow notebook; with it, the row wraps (see _controls_row).
+_SLIDER_LAYOUT = {"min_width": "280px"}
 
 
 # --------------------------------------------------------------------------
@@ -275,6 +278,11 @@ def _display_png(png: bytes) -> None:
     display(Image(data=png, format="png"))
 
 
+def _controls_row(controls: list[ipywidgets.Widget]) -> ipywidgets.HBox:
+    """Controls side by side, wrapping onto the next line where the notebook is too narrow for them all."""
+    return ipywidgets.HBox(controls, layout=ipywidgets.Layout(flex_flow="row wrap"))
+
+
 class _ExplorerBox(ipywidgets.VBox):
     """A VBox whose text repr describes its explorer instead of listing the PNG bytes of its image."""
 
@@ -360,9 +368,16 @@ class OptimizerPathExplorer(_Explorer):
                 readout_format=".2g",
                 continuous_update=False,
                 style=_STYLE,
+                layout=_SLIDER_LAYOUT,
             ),
             "steps": ipywidgets.IntSlider(
-                value=steps, min=1, max=_MAX_STEPS, description="steps", continuous_update=False, style=_STYLE
+                value=steps,
+                min=1,
+                max=_MAX_STEPS,
+                description="steps",
+                continuous_update=False,
+                style=_STYLE,
+                layout=_SLIDER_LAYOUT,
             ),
         }
         self.image = ipywidgets.Image(format="png")
@@ -404,8 +419,8 @@ class OptimizerPathExplorer(_Explorer):
         """The ipywidgets UI: the controls above the figure, re-drawn on every change."""
         return _ExplorerBox(
             [
-                ipywidgets.HBox([self.controls["surface"], self.controls["optimizer"]]),
-                ipywidgets.HBox([self.controls["learning_rate"], self.controls["steps"]]),
+                _controls_row([self.controls["surface"], self.controls["optimizer"]]),
+                _controls_row([self.controls["learning_rate"], self.controls["steps"]]),
                 self.image,
                 self.status,
             ],
@@ -516,6 +531,7 @@ class ExperimentExplorer(_Explorer):
                 description="labels/class",
                 continuous_update=False,
                 style=_STYLE,
+                layout=_SLIDER_LAYOUT,
             ),
             "method": ipywidgets.Dropdown(
                 options=methods,
@@ -531,6 +547,7 @@ class ExperimentExplorer(_Explorer):
                 description="learning rate",
                 continuous_update=False,
                 style=_STYLE,
+                layout=_SLIDER_LAYOUT,
             ),
         }
         self.figure = matplotlib.figure.Figure(figsize=(9.0, 3.4), layout="constrained")
@@ -631,7 +648,7 @@ class ExperimentExplorer(_Explorer):
 
     def explorer(self):
         """The ipywidgets UI: the controls above the curves, re-drawn on every change."""
-        return _ExplorerBox([ipywidgets.HBox(list(self.controls.values())), self.image, self.status], self._describe)
+        return _ExplorerBox([_controls_row(list(self.controls.values())), self.image, self.status], self._describe)
 
     def _describe(self) -> str:
         values = ", ".join(f"{name}={value!r}" for name, value in self.values.items())

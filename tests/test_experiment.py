@@ -436,3 +436,22 @@ def test_the_fixmatch_protocol_trains_end_to_end_on_small_images(tiny_preset):
     assert result.config["method_kwargs"] == {"mu": 2, "flip": True, "policy": "randaugment", "magnitude": 1.0}
     assert 0 <= result.metrics["accuracy"][0] <= 1 and np.isfinite(result.curves["train_loss"]).all()
     assert result.curves["step"] == [3, 6]
+
+
+@pytest.mark.parametrize(
+    ("setup_values", "phases"),
+    [
+        ({"setup": "semi_supervised", "method": "fixmatch", "method_kwargs": {"mu": 2}}, ["train fixmatch"]),
+        (
+            {"setup": "transfer", "pretrain": "autoencoder", "adaptation": "linear_probe",
+             "pretrain_kwargs": {"steps": 4}},
+            ["pretrain autoencoder", "train autoencoder+linear_probe"],
+        ),
+    ],
+)
+def test_progress_bars_name_each_phase(setup_values, phases, monkeypatch, capsys):
+    monkeypatch.setenv("LAB_PROGRESS", "text")  # a text bar on stderr: every refresh is a line
+    experiment.run({**SMALL, **setup_values, "steps": 4, "eval_every": 4}, progress=True)
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    shown = [line.split(":")[0].removesuffix(" (compiling)").strip() for line in lines if "step/s" in line]
+    assert list(dict.fromkeys(shown)) == phases

@@ -14,6 +14,7 @@ from lab.metrics import (
     classification_metrics,
     confusion_matrix,
     expected_calibration_error,
+    majority_class_accuracy,
     precision_recall_f1,
     roc_auc_ovr,
 )
@@ -232,3 +233,24 @@ def test_classification_metrics_summary(logits_and_labels):
 def test_bad_input_is_rejected_with_a_clear_message(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize(
+    ("y_train", "y_test"),
+    [
+        ([0, 1, 1, 2, 1, 0], [1, 1, 0, 2, 2]),  # the training majority is not the test's: the guess is fixed beforehand
+        ([2, 2, 0, 0, 1], [0, 2, 2, 1]),  # a tie: the lowest class id, as sklearn
+        ([3, 3, 3], [0, 1, 2]),  # the guess never right
+    ],
+)
+def test_majority_class_accuracy_is_a_constant_guess_of_the_training_majority(y_train, y_test):
+    from sklearn.dummy import DummyClassifier
+
+    guess = DummyClassifier(strategy="most_frequent").fit(np.zeros((len(y_train), 1)), y_train)
+    expected = guess.score(np.zeros((len(y_test), 1)), y_test)
+    assert majority_class_accuracy(np.array(y_train), np.array(y_test)) == pytest.approx(expected)
+
+
+def test_majority_class_accuracy_rejects_empty_labels():
+    with pytest.raises(ValueError, match="train_labels must hold at least one label"):
+        majority_class_accuracy(np.array([], dtype=int), np.array([0, 1]))

@@ -185,3 +185,35 @@ def test_explorer_runs_run_the_chosen_method_at_the_chosen_budget_and_rate_quiet
     assert progress is False
     assert (config.setup, config.method, config.labels_per_class, config.learning_rate) == ("supervised", "supervised", 10, 0.01)
     assert config.steps == 20
+
+
+def test_missing_data_stops_a_notebook_with_its_one_line_message(tmp_path):
+    # What papermill (and so lab sweep, nbval, a Run All) sees: the cell fails with the message, in
+    # one line instead of a 25-line traceback through lab's loaders, and no later cell runs.
+    import nbformat
+    import papermill
+
+    from lab.sweep import CurrentPythonKernelManager
+
+    message = "fortunes_topics: fortune files not found; looked in /nowhere. Install them (apt-get install fortunes)"
+    cells = [
+        "from lab.notebook import stop_on_missing_data\nstop_on_missing_data()",
+        f"from lab.dataset import DataNotFoundError\n\ndef load():\n    raise DataNotFoundError({message!r})\n\nload()",
+        "print('after')",
+    ]
+    source = tmp_path / "missing.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell) for cell in cells]), source)
+    with pytest.raises(papermill.PapermillExecutionError) as failure:
+        papermill.execute_notebook(
+            str(source), str(tmp_path / "out.ipynb"), kernel_name="python3", language="python",
+            kernel_manager_class=CurrentPythonKernelManager, progress_bar=False, cwd=str(tmp_path),
+        )  # fmt: skip
+    assert (failure.value.ename, failure.value.evalue) == ("DataNotFoundError", message)
+    executed = {cell.source: cell for cell in nbformat.read(tmp_path / "out.ipynb", as_version=4).cells}
+    errors = [output for output in executed[cells[1]].outputs if output.output_type == "error"]
+    assert [error.traceback for error in errors] == [[f"DataNotFoundError: {message}"]]
+    assert executed[cells[2]].outputs == []  # not run
+
+
+def test_stop_on_missing_data_outside_ipython_does_nothing():
+    notebook.stop_on_missing_data()  # a plain Python script keeps Python's own traceback

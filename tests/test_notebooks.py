@@ -257,3 +257,12 @@ def test_kernel_python3_is_the_running_interpreter(tmp_path, monkeypatch, stale_
     notebook.cells = [nbformat.v4.new_code_cell("import sys\nimport lab\nprint(sys.executable)")]
     executed = execute(notebook, tmp_path / "out.ipynb", {}, cwd=tmp_path)
     assert executed.cells[0].outputs[0]["text"].strip() == sys.executable
+
+
+@pytest.mark.parametrize("prefix", _notebook_ids())
+def test_notebook_defaults_save_figures_where_the_readme_says(prefix):
+    # README: "Every notebook writes its figures under runs/notebooks/<NN>/"; 00 once saved none by default.
+    parameters = notebook_parameters(notebook_path(prefix))
+    assert parameters["output_dir"].default == f"runs/notebooks/{prefix}"
+    if "save_figures" in parameters:  # 04 has no switch: it always saves its figure
+        assert parameters["save_figures"].default is True

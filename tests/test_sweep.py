@@ -6,6 +6,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -147,6 +148,66 @@ def test_validate_rejects_a_point_before_any_run(tmp_path, monkeypatch):
         sweep.run_sweep(TINY, {"x": [1, 3], "seed": [0]}, name="checked", validate=validate)
     # The validator saw complete configurations: the notebook's defaults plus the point.
     assert seen[0] == {"x": 1, "seeds": [0], "mode": "ok", "output_dir": "runs/scratch"}
+    assert not (tmp_path / "runs").exists()
+
+
+def _notebook(path, *cells):
+    """A notebook of code cells; a cell given as (source, tags) is tagged."""
+    code = [
+        nbformat.v4.new_code_cell(cell[0], metadata={"tags": cell[1]})
+        if isinstance(cell, tuple)
+        else nbformat.v4.new_code_cell(cell)
+        for cell in cells
+    ]
+    nbformat.write(nbformat.v4.new_notebook(cells=code), path)
+    return path
+
+
+def test_a_notebook_with_several_parameters_cells_is_refused_naming_them(tmp_path, monkeypatch):
+    # papermill injects after the first tagged cell, so the second would undo the grid's value unrecorded.
+    notebook = _notebook(tmp_path / "two.ipynb", ("steps = 20", ["parameters"]), "x = 1", ("steps = 5", ["parameters"]))
+    monkeypatch.chdir(tmp_path)
+    message = r"two\.ipynb has 2 cells tagged 'parameters' \(cells 1 and 3, counting from 1\); keep the tag on one"
+    with pytest.raises(GridError, match=message) as error:
+        sweep.run_sweep(notebook, {"steps": ["7"]}, name="two")
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("steps = 20\nlr = (1,", r"line 2: '\(' was never closed"),
+        ("steps: int = 2 0", r"line 1: invalid syntax"),
+    ],
+)
+def test_a_syntax_error_in_the_parameters_cell_is_named_with_its_line(tmp_path, source, message):
+    notebook = _notebook(tmp_path / "broken.ipynb", "import os", (source, ["parameters"]))
+    expected = r"broken\.ipynb: the parameters cell \(cell 2\) has a syntax error at " + message
+    with pytest.raises(GridError, match=expected):
+        sweep.expand_grid(notebook, {"steps": ["1"]})
+
+
+def test_ipython_syntax_in_the_parameters_cell_is_allowed(tmp_path):
+    notebook = _notebook(tmp_path / "magic.ipynb", ("%matplotlib inline\nsteps = 20", ["parameters"]))
+    assert sweep.expand_grid(notebook, {"steps": ["3"]})[0].parameters == {"steps": 3}
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path: path.mkdir(), r"notebook {path} is a folder; expected a Jupyter notebook \(\.ipynb\) file"),
+        (lambda path: path.write_bytes(bytes(range(256))), r"notebook {path} is not a Jupyter notebook \(.*\)"),
+        (lambda path: path.write_text("{\"cells\": ["), r"notebook {path} is not a Jupyter notebook \(.*\)"),
+    ],
+)
+def test_a_notebook_that_is_not_one_is_named_in_one_line(tmp_path, monkeypatch, make, message):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "bad.ipynb"
+    make(path)
+    with pytest.raises(ValueError, match=message.format(path=re.escape(str(path)))) as error:
+        sweep.run_sweep(path, {"x": ["1"]}, name="bad")
+    assert "\n" not in str(error.value)
     assert not (tmp_path / "runs").exists()
 
 
@@ -652,6 +713,53 @@ def test_a_finished_run_that_the_store_cannot_save_is_kept_and_saved_by_the_next
     assert rows[first].status == "done" and rows[first].payload["metrics"]["accuracy"] == expected_accuracy(1, [0])
     assert (tmp_path / "runs" / "read-only" / f"{first}.ipynb").stat().st_mtime_ns == notebook_time  # not run again
     assert not list((tmp_path / "runs" / "read-only").glob("*.outcome.json"))
+
+
+def _fill_the_disk(monkeypatch, raises):
+    """papermill's notebook writes stop halfway, as on a full disk: silently, or raising ENOSPC."""
+    from papermill.iorw import LocalHandler
+
+    def write_half(self, buf, path):
+        Path(path).write_text(buf[: len(buf) // 2], encoding="utf-8")
+        if raises:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(LocalHandler, "write", write_half)
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["silently", "ENOSPC"])
+def test_a_notebook_that_was_not_written_completely_is_a_failure_naming_it(tmp_path, monkeypatch, raises):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sweep, "_executor", _threads)
+    _fill_the_disk(monkeypatch, raises)
+    summary = sweep.run_sweep(TINY, {"x": [1]}, name="full-disk")
+    point = sweep.point_id({"x": 1})
+    output = tmp_path / "runs" / "full-disk" / f"{point}.ipynb"
+    assert summary.done == [] and list(summary.failed) == [point]
+    assert summary.failed[point].startswith(f"the executed notebook could not be written to {output}")
+    assert ("No space left on device" in summary.failed[point]) == raises
+    assert not output.exists()  # no truncated notebook poses as a result
+    assert not [path.name for path in output.parent.iterdir() if path.name.startswith(".")]  # nor a temporary one
+    row = _rows(tmp_path, "full-disk")[point]
+    assert row.status == "failed" and row.error == summary.failed[point]
+    if not raises:  # the kernel's results were in memory: kept in the store all the same
+        assert row.payload["metrics"]["accuracy"] == expected_accuracy(1, [0])
+
+
+def test_an_unsaved_run_whose_notebook_was_not_written_is_not_said_to_hold_its_result(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sweep, "_executor", _threads)
+    _fill_the_disk(monkeypatch, raises=False)
+
+    def read_only(self, *rows):
+        raise store.StoreError(f"cannot use the results store {self.path} (database or disk is full)")
+
+    monkeypatch.setattr(store.ResultsStore, "save", read_only)
+    summary = sweep.run_sweep(TINY, {"x": [1]}, name="full-disk")
+    point = sweep.point_id({"x": 1})
+    described = summary.describe()
+    assert "holds its result" not in described
+    assert f"not saved {point}: it failed (the executed notebook could not be written to " in described
 
 
 def test_an_unreachable_scheduler_fails_fast_and_saves_no_rows(tmp_path, monkeypatch):

@@ -630,3 +630,17 @@ def test_unknown_precision_is_named(digits):
     model, tx, state, pools = _setup(digits)
     with pytest.raises(ValueError, match="unknown precision 'float16'; choose one of: float32, bfloat16"):
         train.fit(model, state, tx, SUPERVISED, pools, steps=5, batch_size=8, precision="float16", progress=False)
+
+
+def test_the_progress_bar_names_its_phase_and_says_compiling_until_a_chunk_returns(digits, monkeypatch, capsys):
+    # XLA's compilation of a chunk can take 25 s; a bar at 0% without a word looked stuck.
+    monkeypatch.setenv("LAB_PROGRESS", "text")  # a text bar on stderr: every refresh is a line
+    model, tx, state, pools = _setup(digits)
+    train.fit(model, state, tx, SUPERVISED, pools, steps=12, batch_size=16, eval_every=5, label="pretrain mlm")
+    lines = [line.strip() for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()]
+    first_step = next(index for index, line in enumerate(lines) if "  0%" not in line)
+    assert any(line.startswith("pretrain mlm (compiling):   0%") for line in lines[:first_step])
+    # Chunks of 5, 5 and 2 steps: the 2-step chunk compiles too, then the bar ends at 100% under its phase.
+    assert any(line.startswith("pretrain mlm (compiling):  83%") for line in lines)
+    assert lines[-1].startswith("pretrain mlm: 100%")
+    assert not any(line.startswith("train") for line in lines)

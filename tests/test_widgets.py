@@ -455,6 +455,20 @@ def test_explorer_image_has_its_natural_size_and_labels_their_room(make):
         assert control.style.description_width == "initial"  # "learning rate" in full
 
 
+@pytest.mark.parametrize(
+    "make", [lambda: make_experiment_explorer(FakeRun()), lambda: widgets.OptimizerPathExplorer(steps=5)]
+)
+def test_explorer_controls_wrap_instead_of_shrinking_their_sliders(make):
+    # Three controls in a row of a narrow notebook (about 1,000 px with the file browser open) squeezed
+    # the sliders to a few pixels: a row wraps instead, and a slider keeps a usable width.
+    explorer = make()
+    rows = [child for child in explorer.explorer().children if isinstance(child, ipywidgets.HBox)]
+    assert {control for row in rows for control in row.children} == set(explorer.controls.values())
+    assert all(row.layout.flex_flow == "row wrap" for row in rows)
+    sliders = [control for control in explorer.controls.values() if "Slider" in type(control).__name__]
+    assert sliders and all(int(slider.layout.min_width.removesuffix("px")) >= 250 for slider in sliders)
+
+
 @pytest.mark.parametrize("learning_rate", [0.1, 0.05, 0.0123, 1e-4, 1.0])
 def test_path_explorer_learning_rate_is_a_point_of_its_slider(learning_rate):
     # The browser moves a log slider in steps from its min: off that grid, a click would change the value.
