@@ -29,7 +29,6 @@ import contextlib
 import gzip
 import hashlib
 import inspect
-import io
 import logging
 import math
 import os
@@ -115,10 +114,8 @@ def mnist1d(*, seed: int = 42) -> Dataset:
     args = mnist1d.data.get_dataset_args()
     args.seed = seed
     path = cache_dir() / "mnist1d" / f"mnist1d-{cache.key(vars(args), cache.fingerprint(__name__))}.npz"
-    if path.exists():
-        with np.load(path) as cached:
-            arrays = {name: cached[name] for name in cached.files}
-    else:
+    arrays = cache.read_checked(path, cache.read_npz, "MNIST-1D")
+    if arrays is None:
         # make_dataset reseeds numpy's and Python's global RNGs; don't let that leak to the caller.
         with _global_rng_restored():
             generated = mnist1d.data.make_dataset(args)
@@ -128,9 +125,7 @@ def mnist1d(*, seed: int = 42) -> Dataset:
             "x_test": generated["x_test"].astype(np.float32)[..., None],
             "y_test": generated["y_test"].astype(np.int32),
         }
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        files.write_atomic(path, buffer.getvalue())
+        cache.write_checked(path, cache.npz_bytes(**arrays), "MNIST-1D")
     return Dataset("mnist1d", **arrays, class_names=DIGIT_NAMES, source=f"mnist1d.data.make_dataset(seed={seed})")
 
 
