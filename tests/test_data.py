@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +123,7 @@ def test_mnist1d_second_call_reads_the_cache(mnist1d_cached, monkeypatch):
 
     ds, cache = mnist1d_cached
     files = sorted((cache / "mnist1d").iterdir())
-    assert [f.suffix for f in files] == [".npz"]  # one cache file, no temporary left behind
+    assert [f.name[len(files[0].stem) :] for f in files] == [".npz", ".npz.sha256"]  # no temporary left behind
     monkeypatch.setenv("LAB_CACHE", str(cache))
 
     def must_not_generate(args):
@@ -135,6 +136,30 @@ def test_mnist1d_second_call_reads_the_cache(mnist1d_cached, monkeypatch):
     # Another seed is another cache entry, so it must be generated.
     with pytest.raises(AssertionError, match="regenerated"):
         data.mnist1d(seed=1)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_mnist1d_cache_is_generated_again(mnist1d_cached, tmp_path, monkeypatch, capsys, damage):
+    """A flipped byte inside the arrays, or a truncated file, failed with a bare zipfile error (BadZipFile)."""
+    ds, cache = mnist1d_cached
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    monkeypatch.setenv("LAB_CACHE", str(copy))
+    (entry,) = (copy / "mnist1d").glob("*.npz")
+    content = bytearray(entry.read_bytes())
+    if damage == "flip":
+        content[len(content) // 3] ^= 0x40  # inside x_train's float32 data
+    else:
+        del content[len(content) // 2 :]
+    entry.write_bytes(bytes(content))
+    again = data.mnist1d()
+    np.testing.assert_array_equal(again.x_train, ds.x_train)
+    np.testing.assert_array_equal(again.y_test, ds.y_test)
+    assert capsys.readouterr().err == (
+        f"lab: MNIST-1D cached in {entry} failed its check (damaged: {entry.name}); discarded, it is made again\n"
+    )
+    np.testing.assert_array_equal(data.mnist1d().x_train, ds.x_train)  # the entry made again reads back
+    assert capsys.readouterr().err == ""
 
 
 def test_mnist1d_made_by_other_code_is_generated_again(mnist1d_cached, monkeypatch):
