@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -184,6 +185,10 @@ def disk_error(error: BaseException) -> str | None:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
             return _DISK_ERRORS[error.errno]
+        # TensorStore (orbax's arrays) raises ValueError("RESOURCE_EXHAUSTED: ... [os_error_code='28']").
+        found = re.search(r"\[os_error_code='(\d+)'\]", str(error))
+        if found and int(found[1]) in _DISK_ERRORS:
+            return _DISK_ERRORS[int(found[1])]
         error = error.__cause__ or error.__context__
     return None
 

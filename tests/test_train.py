@@ -449,6 +449,102 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_uninterrupted_numb
     assert resumed["test"] == uninterrupted["test"]  # bit for bit
 
 
+SHORT_RUN = ["--steps", "60", "--eval-every", "20", "--checkpoint-every", "20", "--batch-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def short_run_result():
+    """The test metrics of ``lab train SHORT_RUN`` without a workdir (uninterrupted)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+        return experiment.train_and_evaluate(experiment.TrainConfig(steps=60, eval_every=20, batch_size=32),
+                                             progress=False)["test"]  # fmt: skip
+
+
+def _largest_file(folder: Path) -> Path:
+    return max((path for path in folder.rglob("*") if path.is_file()), key=lambda path: path.stat().st_size)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_checkpoint_is_named_and_the_run_resumes_from_the_newest_intact_one(
+    tmp_path, capsys, monkeypatch, short_run_result, damage
+):
+    """The issue: one bit flipped in the latest checkpoint's largest file, and the resumed run exited 0
+    with accuracy 0.10 instead of 0.99; other damage read as a non-finite loss."""
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+    workdir = tmp_path / "w"
+    status, first, err = train_cli(capsys, *SHORT_RUN, "--workdir", str(workdir))
+    assert status == 0 and first["test"] == short_run_result, err
+    checkpoints = workdir / "checkpoints"
+    assert _finished_checkpoints(checkpoints) == [20, 40, 60]
+    largest = _largest_file(checkpoints / "60")
+    content = bytearray(largest.read_bytes())
+    if damage == "flip":
+        content[len(content) // 2] ^= 0x10
+    else:
+        del content[len(content) // 2 :]
+    largest.write_bytes(bytes(content))
+
+    status, resumed, err = train_cli(capsys, *SHORT_RUN, "--workdir", str(workdir))
+    assert status == 0, err
+    assert resumed["test"] == short_run_result  # trained again from step 40
+    name = largest.relative_to(checkpoints / "60").as_posix()
+    assert err == (
+        f"lab: the checkpoint of step 60 in {checkpoints} failed its check (damaged: {name}); "
+        f"moved to {tmp_path / 'w' / 'checkpoints-damaged' / '60'}; resuming from step 40\n"
+    )
+    assert _finished_checkpoints(checkpoints) == [20, 40, 60]  # step 60 saved again, intact
+
+
+def test_checkpoints_without_digests_are_restored_and_damaged_ones_skipped(digits, tmp_path, capsys):
+    """Checkpoints saved before digests were recorded still resume; one that does not restore is skipped."""
+    model, tx, state, pools = _setup(digits)
+    checkpoints = train.Checkpointer(tmp_path / "ckpt")
+    train.fit(model, state, tx, SUPERVISED, pools, steps=10, batch_size=32, eval_every=5, checkpoints=checkpoints,
+              checkpoint_every=5, progress=False)  # fmt: skip
+    checkpoints.close()
+    for step in (5, 10):
+        (tmp_path / "ckpt" / str(step) / "manifest.sha256").unlink()
+    assert int(train.Checkpointer(tmp_path / "ckpt").restore_latest(state).step) == 10
+    (_largest_file(tmp_path / "ckpt" / "10")).write_bytes(b"")
+    restored = train.Checkpointer(tmp_path / "ckpt").restore_latest(state)
+    assert int(restored.step) == 5
+    err = capsys.readouterr().err
+    assert err.startswith("lab: the checkpoint of step 10 in ") and "unreadable" in err and err.count("\n") == 1, err
+
+
+def test_a_full_disk_during_a_checkpoint_says_so_in_one_line_and_the_earlier_ones_resume(
+    tmp_path, capsys, monkeypatch, short_run_result
+):
+    """The issue: 427 lines and 21 tracebacks. TensorStore reports a full disk as this ValueError, and
+    orbax logs it with its traceback from each of its threads."""
+    import orbax.checkpoint as ocp
+    from absl import logging as absl_logging
+
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+    workdir = tmp_path / "w"
+    real_save = ocp.CheckpointManager.save
+
+    def full_at_40(self, step, *args, **kwargs):
+        if step == 40:
+            message = "RESOURCE_EXHAUSTED: Failed to write: No space left on device [os_error_code='28']"
+            absl_logging.error("_SignalingThread.run() raised an exception: %s\nTraceback (most recent ...", message)
+            raise ValueError(message)
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_at_40)
+    status, result, err = train_cli(capsys, *SHORT_RUN, "--workdir", str(workdir))
+    assert status == 2 and result is None
+    assert err == (
+        f"lab train: error: the checkpoint of step 40 could not be written in {workdir / 'checkpoints'}: "
+        "the disk is full; the checkpoint of step 20 is kept and resumes (make room and run the same command again)\n"
+    )
+    monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
+    status, resumed, err = train_cli(capsys, *SHORT_RUN, "--workdir", str(workdir))
+    assert status == 0, err
+    assert resumed["test"] == short_run_result
+
+
 def test_a_diverging_run_stops_with_one_line_and_saves_the_last_finite_state(tmp_path, capsys, monkeypatch, digits):
     monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
     workdir = tmp_path / "w"
