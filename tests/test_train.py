@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -543,6 +544,44 @@ def test_a_full_disk_during_a_checkpoint_says_so_in_one_line_and_the_earlier_one
     status, resumed, err = train_cli(capsys, *SHORT_RUN, "--workdir", str(workdir))
     assert status == 0, err
     assert resumed["test"] == short_run_result
+
+
+def _hold_workdir(workdir: Path) -> subprocess.Popen:
+    """Another process that holds ``workdir`` as a running ``lab train`` does, once it has said so."""
+    repository = Path(__file__).resolve().parents[1]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom lab import processes\n"
+         "with processes.exclusive(sys.argv[1], 'workdir'):\n    print('held', flush=True)\n    time.sleep(120)\n",
+         str(workdir / "lock")],
+        env={**os.environ, "PYTHONPATH": str(repository)}, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_second_lab_train_on_a_busy_workdir_is_refused_naming_the_first(tmp_path, capsys, monkeypatch):
+    """The issue: two runs in one workdir crashed with raw orbax errors, 150-270 lines each."""
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    holder = _hold_workdir(workdir)
+    try:
+        status, result, err = train_cli(capsys, *SHORT_RUN, "--workdir", str(workdir))
+    finally:
+        holder.kill()  # SIGKILL: its lock is left behind, as a killed run leaves it
+        holder.wait()
+        holder.stdout.close()
+    assert status == 2 and result is None
+    assert re.fullmatch(
+        rf"lab train: error: workdir {re.escape(str(workdir))} is in use by process {holder.pid} on "
+        rf"{re.escape(socket.gethostname())} since \d{{4}}-\d\d-\d\dT[^ ]+ \(lock {re.escape(str(workdir))}/lock\); "
+        r"wait for it to finish, or stop it\n",
+        err,
+    ), err
+    assert not (workdir / "checkpoints").exists() and not (workdir / "config.json").exists()
+    # The killed holder's lock does not block: the run takes it over.
+    status, result, err = train_cli(capsys, *SHORT_RUN[:2], "--workdir", str(workdir))
+    assert status == 0, err
 
 
 def test_a_diverging_run_stops_with_one_line_and_saves_the_last_finite_state(tmp_path, capsys, monkeypatch, digits):
