@@ -765,3 +765,18 @@ def test_unknown_precision_is_named(digits):
     model, tx, state, pools = _setup(digits)
     with pytest.raises(ValueError, match="unknown precision 'float16'; choose one of: float32, bfloat16"):
         train.fit(model, state, tx, SUPERVISED, pools, steps=5, batch_size=8, precision="float16", progress=False)
+
+
+def test_empty_compilation_cache_entries_left_by_a_full_disk_are_removed(tmp_path, monkeypatch):
+    """A full disk left 0-byte JAX compilation-cache entries, which JAX warned about in every later run."""
+    folder = tmp_path / "jax"
+    folder.mkdir()
+    (folder / "jit_chunk-0a-cache").write_bytes(b"")
+    (folder / "jit_chunk-0b-cache").write_bytes(b"compiled")
+    (folder / "jit_chunk-0b-atime").write_bytes(b"")  # JAX's own bookkeeping: not an entry
+    previous = jax.config.jax_compilation_cache_dir
+    try:
+        assert train.enable_compilation_cache(folder) == folder
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
+    assert sorted(path.name for path in folder.iterdir()) == ["jit_chunk-0b-atime", "jit_chunk-0b-cache"]
