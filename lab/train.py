@@ -383,13 +383,19 @@ def enable_compilation_cache(directory: str | Path | None = None) -> Path | None
 
     The folder is ``directory``, else ``$LAB_COMPILATION_CACHE``, else
     ``<lab cache>/jax`` (see :func:`lab.cache.cache_dir`); ``LAB_COMPILATION_CACHE=off``
-    turns it off. Empty entries (left by a full disk) are removed. Returns the folder in use, or None. JAX fixes the folder at the
+    turns it off, and so does a folder that cannot be made (saying so). Empty entries (left by a full
+    disk) are removed. Returns the folder in use, or None. JAX fixes the folder at the
     first compilation of a process, so call this early.
     """
     setting = directory or os.environ.get("LAB_COMPILATION_CACHE") or cache.cache_dir() / "jax"
     if str(setting) == "off":
         return None
     path = Path(setting).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        cache.notice(f"compiled programs are not kept on disk ({path}: {cache.disk_error(error) or error})")
+        return None
     # A write that a full disk cut short leaves an empty entry (JAX's "<key>-cache" files), which JAX
     # warns about in every later run.
     for entry in path.glob("*-cache"):

@@ -3,6 +3,7 @@ checkpoint resume, early stopping and chunking invariance."""
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -780,3 +781,16 @@ def test_empty_compilation_cache_entries_left_by_a_full_disk_are_removed(tmp_pat
     finally:
         jax.config.update("jax_compilation_cache_dir", previous)
     assert sorted(path.name for path in folder.iterdir()) == ["jit_chunk-0b-atime", "jit_chunk-0b-cache"]
+
+
+def test_a_compilation_cache_that_cannot_be_made_is_off_saying_so(tmp_path, monkeypatch, capsys):
+    """With a read-only LAB_CACHE, JAX warned with a traceback-like message at every compilation."""
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert train.enable_compilation_cache(tmp_path / "jax") is None
+    assert capsys.readouterr().err == (
+        f"lab: compiled programs are not kept on disk ({tmp_path / 'jax'}: the file system is read-only)\n"
+    )
