@@ -212,7 +212,7 @@ def read_checked(path: Path, decode: Callable[[Path], T], what: str) -> T | None
     is absent, or damaged (then it is discarded, saying so: the caller makes it again)."""
     if not path.exists():
         return None
-    problem = damage(path) if path.is_dir() else _file_damage(path)
+    problem = damage(path) if path.is_dir() else file_damage(path)
     if problem is None:
         try:
             return decode(path)
@@ -230,7 +230,7 @@ def write_checked(path: Path, content: bytes | str, what: str) -> bool:
     try:
         _remove_stale_temporaries(path.parent)
         files.write_atomic(path, content)
-        files.write_atomic(_digest_file(path), f"{sha256_file(path)}  {path.name}\n")
+        record_digest(path)
         return True
     except OSError as error:
         _not_cached(what, path, error)
@@ -290,11 +290,21 @@ def _not_cached(what: str, path: Path, error: BaseException) -> None:
     notice(f"{what} was not cached ({path.parent}: {reason}); going on with it in memory")
 
 
+def record_digest(path: Path) -> None:
+    """Write the SHA-256 of the file ``path`` beside it, in ``<path>.sha256``, for :func:`file_damage`."""
+    files.write_atomic(_digest_file(path), f"{sha256_file(path)}  {path.name}\n")
+
+
 def _digest_file(path: Path) -> Path:
     return path.with_name(f"{path.name}.sha256")
 
 
-def _file_damage(path: Path) -> str | None:
+def has_digest(path: Path) -> bool:
+    return _digest_file(path).is_file()
+
+
+def file_damage(path: Path) -> str | None:
+    """None if the file ``path`` has the digest recorded beside it (:func:`record_digest`), else what is wrong."""
     try:
         recorded = _parse_sha256sum(_digest_file(path).read_text())
     except (OSError, ValueError):

@@ -684,7 +684,8 @@ def _train_and_evaluate(
         # Claimed only once the config has passed every check above, so a refused config is never recorded.
         checkpoints = None
         if workdir is not None:
-            checkpoints = train.Checkpointer(claimed.enter_context(_claimed_workdir(Path(workdir), config)) / "checkpoints")
+            claimed_workdir = claimed.enter_context(_claimed_workdir(Path(workdir), config))
+            checkpoints = train.Checkpointer(claimed_workdir / "checkpoints")
             claimed.callback(checkpoints.close)
 
         def kept(error: train.NonFiniteLossError) -> str:

@@ -713,7 +713,8 @@ class Checkpointer:
             if problem is None:
                 try:
                     with _orbax_logs_held():
-                        restored, resumed_at = self.manager.restore(step, args=self._ocp.args.StandardRestore(like)), step
+                        restored = self.manager.restore(step, args=self._ocp.args.StandardRestore(like))
+                    resumed_at = step
                     break
                 except Exception as error:  # damaged where no digest says so: the next older one may restore
                     problem = f"unreadable: {type(error).__name__}: {error}".splitlines()[0]

@@ -144,7 +144,9 @@ def test_a_damaged_file_entry_is_discarded_and_said_in_one_line(tmp_path, capsys
     _flip(path, offset=len(path.read_bytes()) - 200, count=8)  # inside the array's data: np.load would not notice
     assert cache.read_checked(path, cache.read_npz, "the thing") is None
     message = capsys.readouterr().err
-    assert message == f"lab: the thing cached in {path} failed its check (damaged: thing.npz); discarded, it is made again\n"
+    assert message == (
+        f"lab: the thing cached in {path} failed its check (damaged: thing.npz); discarded, it is made again\n"
+    )
     assert list(tmp_path.iterdir()) == []
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lab import data
+from lab import cache, data
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -377,16 +377,36 @@ def test_download_fetches_verified_files_into_the_cache(tmp_path, mirror):
     ds = data.mnist(download=True, mirror=url)
     assert_matches(ds, arrays)
     target = tmp_path / "cache" / "mnist"
-    assert sorted(p.name for p in target.iterdir()) == sorted(f"{stem}.gz" for stem in STEMS)
+    # Each with its digest beside it, checked whenever it is read.
+    expected = [f"{stem}.gz{ext}" for stem in STEMS for ext in ("", ".sha256")]
+    assert sorted(p.name for p in target.iterdir()) == sorted(expected)
     assert ds.source == str(target)
     assert_matches(data.mnist(), arrays)  # later calls find the cached copy
+
+
+def test_a_damaged_download_is_removed_and_downloaded_again(tmp_path, mirror, capsys):
+    """A flipped byte in a downloaded file was read as other pixels (the download's digest is checked once)."""
+    url, arrays, _ = mirror
+    data.mnist(download=True, mirror=url)
+    damaged = tmp_path / "cache" / "mnist" / "train-images-idx3-ubyte.gz"
+    content = bytearray(damaged.read_bytes())
+    content[len(content) // 2] ^= 0x01
+    damaged.write_bytes(bytes(content))
+    with pytest.raises(data.DataNotFoundError, match="missing train-images-idx3-ubyte"):
+        data.mnist()
+    assert capsys.readouterr().err == (
+        f"lab: the downloaded file {damaged} failed its check (damaged: {damaged.name}); "
+        "removed, to be downloaded again\n"
+    )
+    assert_matches(data.mnist(download=True, mirror=url), arrays)
+    assert cache.file_damage(damaged) is None
 
 
 def test_download_mirror_from_environment_into_data_dir(tmp_path, monkeypatch, mirror):
     url, arrays, _ = mirror
     monkeypatch.setenv("LAB_MIRROR_MNIST", url)
     assert_matches(data.load("mnist", data_dir=tmp_path / "mine", download=True), arrays)
-    assert len(list((tmp_path / "mine").iterdir())) == 4
+    assert len(list((tmp_path / "mine").glob("*.gz"))) == 4
 
 
 def test_download_refuses_a_checksum_mismatch(tmp_path, monkeypatch, mirror):
@@ -396,7 +416,8 @@ def test_download_refuses_a_checksum_mismatch(tmp_path, monkeypatch, mirror):
     with pytest.raises(ValueError, match=pattern):
         data.mnist(download=True, mirror=url)
     saved = [p.name for p in (tmp_path / "cache" / "mnist").iterdir()]
-    assert sorted(saved) == ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]  # nothing else, no temp
+    kept = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    assert sorted(saved) == sorted([*kept, *(f"{name}.sha256" for name in kept)])  # nothing else, no temp
 
 
 def test_download_failure_names_the_url(tmp_path):
