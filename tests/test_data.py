@@ -385,7 +385,8 @@ def test_download_fetches_verified_files_into_the_cache(tmp_path, mirror):
 
 
 def test_a_damaged_download_is_removed_and_downloaded_again(tmp_path, mirror, capsys):
-    """A flipped byte in a downloaded file was read as other pixels (the download's digest is checked once)."""
+    """A flipped byte in a downloaded file failed as "corrupt gzip data" (in a raw file: other pixels), and
+    download=True did not fetch it again: its digest was checked once, when it was downloaded."""
     url, arrays, _ = mirror
     data.mnist(download=True, mirror=url)
     damaged = tmp_path / "cache" / "mnist" / "train-images-idx3-ubyte.gz"
