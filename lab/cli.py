@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import os
 import sys
 import time
@@ -575,6 +576,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
+        # A checkpoint save that Ctrl-C cut short fails in orbax's threads as the process exits, and orbax
+        # logs that with a traceback: the interruption is all there is to say.
+        logging.getLogger("absl").disabled = True
         sys.stderr.write(f"lab {command}: interrupted; finished runs are saved, run the same command again to resume\n")
         return 130
     except Exception as error:

@@ -29,7 +29,6 @@ import contextlib
 import gzip
 import hashlib
 import inspect
-import io
 import logging
 import math
 import os
@@ -115,10 +114,8 @@ def mnist1d(*, seed: int = 42) -> Dataset:
     args = mnist1d.data.get_dataset_args()
     args.seed = seed
     path = cache_dir() / "mnist1d" / f"mnist1d-{cache.key(vars(args), cache.fingerprint(__name__))}.npz"
-    if path.exists():
-        with np.load(path) as cached:
-            arrays = {name: cached[name] for name in cached.files}
-    else:
+    arrays = cache.read_checked(path, cache.read_npz, "MNIST-1D")
+    if arrays is None:
         # make_dataset reseeds numpy's and Python's global RNGs; don't let that leak to the caller.
         with _global_rng_restored():
             generated = mnist1d.data.make_dataset(args)
@@ -128,9 +125,7 @@ def mnist1d(*, seed: int = 42) -> Dataset:
             "x_test": generated["x_test"].astype(np.float32)[..., None],
             "y_test": generated["y_test"].astype(np.int32),
         }
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        files.write_atomic(path, buffer.getvalue())
+        cache.write_checked(path, cache.npz_bytes(**arrays), "MNIST-1D")
     return Dataset("mnist1d", **arrays, class_names=DIGIT_NAMES, source=f"mnist1d.data.make_dataset(seed={seed})")
 
 
@@ -297,7 +292,7 @@ def _load_idx_dataset(spec: _IDXDataset, data_dir: PathLike | None, download: bo
     # An explicit data_dir is the only place looked at: silently reading another copy would hide a wrong path.
     directories = [Path(data_dir).expanduser()] if data_dir is not None else _search_dirs(spec)
     for directory in directories:
-        files = _find_idx_files(directory)
+        files = _without_damaged_downloads(_find_idx_files(directory))
         if len(files) == len(_IDX_STEMS):
             return _read_idx_dataset(spec, directory, files)
     if not download:
@@ -377,7 +372,22 @@ def _download(spec: _IDXDataset, target: Path, mirror: str | None) -> None:
                 f"(of the decompressed content); not saved. Check the mirror ({base}, ${env_var})."
             )
         # Saved as served: read_idx tells gzip from raw by content, the name just says which it is.
-        files.write_atomic(target / (f"{stem}.gz" if payload[:2] == _GZIP_MAGIC else stem), payload)
+        path = files.write_atomic(target / (f"{stem}.gz" if payload[:2] == _GZIP_MAGIC else stem), payload)
+        cache.record_digest(path)  # checked whenever it is read (_without_damaged_downloads)
+
+
+def _without_damaged_downloads(found: dict[str, Path]) -> dict[str, Path]:
+    """``found`` less the files that lab downloaded (they have a digest beside them) and that no longer
+    match it; those are removed, saying so, to be downloaded again. Files put there by hand are as they are."""
+    intact = {}
+    for stem, path in found.items():
+        problem = cache.file_damage(path) if cache.has_digest(path) else None
+        if problem is None:
+            intact[stem] = path
+        else:
+            cache.notice(f"the downloaded file {path} failed its check ({problem}); removed, to be downloaded again")
+            cache.discard(path)
+    return intact
 
 
 def _read_idx_dataset(spec: _IDXDataset, directory: Path, files: dict[str, Path]) -> Dataset:

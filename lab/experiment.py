@@ -25,12 +25,13 @@ on top (see :func:`resolve_preset`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import time
 import typing
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,8 @@ import optax
 from flax import nnx
 
 from lab import (
-    checkpoints, data, devices, files, metrics, models, optim, parallel, provenance, semisupervised, train,
-    transfer, validate,
+    checkpoints, data, devices, files, metrics, models, optim, parallel, processes, provenance, semisupervised,
+    train, transfer, validate,
 )  # fmt: skip
 from lab.record import Record
 
@@ -728,27 +729,29 @@ def _train_and_evaluate(
     def evaluate(state: train.TrainState) -> dict[str, float]:
         return {"test_accuracy": metrics.accuracy(test_logits(state), dataset.y_test)}
 
-    # Claimed only once the config has passed every check above, so a refused config is never recorded.
-    checkpoints = None if workdir is None else train.Checkpointer(_claim_workdir(Path(workdir), config) / "checkpoints")
+    with contextlib.ExitStack() as claimed:
+        # Claimed only once the config has passed every check above, so a refused config is never recorded.
+        checkpoints = None
+        if workdir is not None:
+            claimed_workdir = claimed.enter_context(_claimed_workdir(Path(workdir), config))
+            checkpoints = train.Checkpointer(claimed_workdir / "checkpoints")
+            claimed.callback(checkpoints.close)
 
-    def kept(error: train.NonFiniteLossError) -> str:
-        if checkpoints is None:
-            return "Nothing was saved (no --workdir)"
-        if checkpoints.latest_step() != error.step:  # it may have diverged right after a checkpoint
-            checkpoints.save(error.state)
-        return f"The last finite state (step {error.step}) is saved in {checkpoints.directory / str(error.step)}"
+        def kept(error: train.NonFiniteLossError) -> str:
+            if checkpoints is None:
+                return "Nothing was saved (no --workdir)"
+            if checkpoints.latest_step() != error.step:  # it may have diverged right after a checkpoint
+                checkpoints.save(error.state)
+            return f"The last finite state (step {error.step}) is saved in {checkpoints.directory / str(error.step)}"
 
-    try:
         result = _fit(
             config, model, state, tx, objective, pools, evaluate, progress, kept=kept,
             checkpoints=checkpoints,
             checkpoint_every=None if checkpoints is None else checkpoint_every,
             parallel=parallel.DataParallel(parallel.data_mesh(platform_devices)) if config.data_parallel else None,
         )  # fmt: skip
-    finally:
-        if checkpoints is not None:
-            checkpoints.close()
     final = metrics.classification_metrics(test_logits(result.state), dataset.y_test)
+
     return {
         "config": dataclasses.asdict(config),
         "dataset": {
@@ -768,15 +771,25 @@ def _train_and_evaluate(
 _RESUMABLE_ACROSS = ("eval_every", "platform")
 
 
-def _claim_workdir(workdir: Path, config: TrainConfig) -> Path:
-    """Record ``config`` in ``workdir/config.json``, or check it against the one recorded there.
+@contextlib.contextmanager
+def _claimed_workdir(workdir: Path, config: TrainConfig) -> Iterator[Path]:
+    """Hold ``workdir`` for this process (its ``lock``), and record ``config`` in ``workdir/config.json``
+    or check it against the one recorded there.
 
+    Two processes training in one workdir would write the same checkpoints; the second is refused,
+    naming the first (a lock left by a killed process does not count, see :func:`lab.processes.exclusive`).
     Resuming another config's checkpoints would report that config's model as this one's.
     """
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise ValueError(f"workdir {workdir} is not a folder (a file is in the way); choose a folder path") from None
+    with processes.exclusive(workdir / "lock", f"workdir {workdir}"):
+        _check_record(workdir, config)
+        yield workdir
+
+
+def _check_record(workdir: Path, config: TrainConfig) -> None:
     record = workdir / "config.json"
     current = json.loads(json.dumps(dataclasses.asdict(config)))  # as JSON reads it back: tuples become lists
     if not record.exists():
@@ -786,7 +799,7 @@ def _claim_workdir(workdir: Path, config: TrainConfig) -> Path:
                 "use another --workdir (or delete its checkpoints)"
             )
         files.write_atomic(record, json.dumps(current, indent=2))
-        return workdir
+        return
     # A field added since the record was written stands at its default there.
     recorded = {**json.loads(json.dumps(dataclasses.asdict(TrainConfig()))), **json.loads(record.read_text())}
     differences = [
@@ -799,7 +812,6 @@ def _claim_workdir(workdir: Path, config: TrainConfig) -> Path:
             f"workdir {workdir} holds a run of another config ({'; '.join(differences)}); "
             "use another --workdir for this config, or the recorded one to resume"
         )
-    return workdir
 
 
 def _pools(

@@ -4,7 +4,7 @@ Each row is one sweep point: its notebook parameters, its status, and once it
 finished its :class:`lab.record.Record` (as JSON, in ``payload``) with provenance
 (:mod:`lab.provenance`). Rows live in a SQLite database, ``runs/results.db`` by
 default, through :class:`ResultsStore`. A running row names the process that runs
-it (:class:`Owner`): a sweep claims a point only when no live process runs it, and
+it (:class:`lab.processes.Owner`): a sweep claims a point only when no live process runs it, and
 a row left running by a process that is gone reads as ``interrupted``. :func:`load`
 turns the rows into a pandas DataFrame; :mod:`lab.export` writes them out, and
 ``lab runs`` (:mod:`lab.cli`) shows them.
@@ -26,6 +26,7 @@ import pandas as pd
 
 import lab
 from lab import files, provenance
+from lab.processes import Owner
 from lab.record import DESCRIPTORS, is_int
 
 DEFAULT_PATH = Path("runs/results.db")
@@ -76,52 +77,6 @@ class StoreError(RuntimeError):
 
 class StoreVersionError(StoreError):
     """The results database was written by a lab with a different schema."""
-
-
-# --------------------------------------------------------------------------------------
-# Who runs a point
-# --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Owner:
-    """A process that runs sweep points: its host, PID, and start time (which tells it apart
-    from a later process that reuses the PID; None where the system does not say)."""
-
-    host: str
-    pid: int
-    start: str | None
-
-    @classmethod
-    def of(cls, pid: int) -> Owner:
-        """The process ``pid`` of this host."""
-        return cls(provenance.host(), pid, _process_stat(pid)[19])
-
-    @classmethod
-    def current(cls) -> Owner:
-        return cls.of(os.getpid())
-
-    def is_gone(self) -> bool:
-        """Whether the process has certainly ended. Processes of other hosts cannot be seen: never gone."""
-        if self.host != provenance.host():
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # it exists, run by another user
-            pass
-        stat = _process_stat(self.pid)
-        return stat[0] == "Z" or (self.start is not None and stat[19] not in (None, self.start))
-
-
-def _process_stat(pid: int) -> list[str | None]:
-    """The fields of /proc/PID/stat after the command name (state first, start time at 19); Nones without /proc."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return [None] * 20
-    return text.rsplit(")", 1)[1].split()
 
 
 # --------------------------------------------------------------------------------------

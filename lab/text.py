@@ -507,11 +507,10 @@ def train_tokenizer(
     digest = hashlib.sha256(json.dumps(corpus).encode()).hexdigest()
     settings = {"model": "bpe", "vocab_size": vocab_size}
     path = cache.cache_dir() / "tokenizers" / f"bpe-{cache.key(digest, settings, cache.fingerprint(__name__))}.json"
-    if path.exists():
-        backend = tokenizers.Tokenizer.from_file(str(path))
-    else:
+    backend = cache.read_checked(path, lambda path: tokenizers.Tokenizer.from_file(str(path)), "the tokenizer")
+    if backend is None:
         backend = _train(corpus, vocab_size)
-        files.write_atomic(path, backend.to_str())
+        cache.write_checked(path, backend.to_str(), "the tokenizer")
     return Tokenizer(backend, max_length=max_length, unknown=unknown)
 
 
@@ -589,14 +588,12 @@ def _cached_ids(name: str, encoder: Tokenizer, texts: list[str]) -> np.ndarray:
         cache.fingerprint(__name__),
     )
     path = cache.cache_dir() / "text" / f"{name}-{cache.key(*parts)}.npz"
-    if path.exists():
-        with np.load(path) as cached:
-            ids, truncated = cached["ids"], int(cached["truncated"])
+    cached = cache.read_checked(path, cache.read_npz, f"the token ids of {name}")
+    if cached is not None:
+        ids, truncated = cached["ids"], int(cached["truncated"])
     else:
         ids, truncated = encoder._encode(texts)
-        buffer = io.BytesIO()
-        np.savez(buffer, ids=ids, truncated=truncated)
-        files.write_atomic(path, buffer.getvalue())
+        cache.write_checked(path, cache.npz_bytes(ids=ids, truncated=truncated), f"the token ids of {name}")
     _warn_truncated(name, truncated, len(ids), encoder.max_length)
     return ids
 

@@ -18,12 +18,15 @@ parallel give the same numbers as one uninterrupted single-device run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,7 @@ from flax import nnx
 from tqdm import tqdm as std_tqdm
 from tqdm.auto import tqdm
 
-from lab import validate
+from lab import cache, validate
 
 
 PyTree = Any
@@ -380,15 +383,24 @@ def enable_compilation_cache(directory: str | Path | None = None) -> Path | None
 
     The folder is ``directory``, else ``$LAB_COMPILATION_CACHE``, else
     ``<lab cache>/jax`` (see :func:`lab.cache.cache_dir`); ``LAB_COMPILATION_CACHE=off``
-    turns it off. Returns the folder in use, or None. JAX fixes the folder at the
+    turns it off, and so does a folder that cannot be made (saying so). Empty entries (left by a full
+    disk) are removed. Returns the folder in use, or None. JAX fixes the folder at the
     first compilation of a process, so call this early.
     """
-    from lab import cache
-
     setting = directory or os.environ.get("LAB_COMPILATION_CACHE") or cache.cache_dir() / "jax"
     if str(setting) == "off":
         return None
     path = Path(setting).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        cache.notice(f"compiled programs are not kept on disk ({path}: {cache.disk_error(error) or error})")
+        return None
+    # A write that a full disk cut short leaves an empty entry (JAX's "<key>-cache" files), which JAX
+    # warns about in every later run.
+    for entry in path.glob("*-cache"):
+        if entry.is_file() and entry.stat().st_size == 0:
+            entry.unlink(missing_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -646,11 +658,19 @@ def _to_python(value) -> float | list | None:
 # -------------------------------------------------------------------- checkpoints
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. a full disk); the earlier ones are kept."""
+
+
 class Checkpointer:
     """Orbax checkpoints of a :class:`TrainState` in ``directory``.
 
     Orbax writes each checkpoint to a temporary folder and renames it when complete,
-    so an interrupted save never replaces the last good checkpoint.
+    so an interrupted save never replaces the last good checkpoint. Each saved checkpoint
+    then gets the SHA-256 digests of its files (:func:`lab.cache.write_manifest`), checked
+    when resuming: a damaged checkpoint is named and moved aside to ``<directory>-damaged``,
+    and training resumes from the newest intact one. A save that the disk refuses (full,
+    read-only) raises :class:`CheckpointWriteError` in one line; the earlier checkpoints stay usable.
     """
 
     def __init__(self, directory: str | Path, max_to_keep: int = 3):
@@ -661,18 +681,98 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep))
 
     def save(self, state: TrainState) -> None:
-        self.manager.save(int(state.step), args=self._ocp.args.StandardSave(state))
-        self.manager.wait_until_finished()
+        step = int(state.step)
+        try:
+            with _orbax_logs_held() as logs:
+                self.manager.save(step, args=self._ocp.args.StandardSave(state))
+                self.manager.wait_until_finished()
+                cache.write_manifest(self.step_directory(step))
+        except Exception as error:
+            reason = cache.disk_error(error)
+            if reason is None:
+                logs.replay()
+                raise
+            # Dropped: the same error, with its traceback, from each of orbax's threads.
+            kept = [kept for kept in self.manager.all_steps() if kept != step]
+            raise CheckpointWriteError(
+                f"the checkpoint of step {step} could not be written in {self.directory}: {reason}; "
+                + (f"the checkpoint of step {max(kept)} is kept and resumes" if kept else "no checkpoint is kept")
+                + " (make room and run the same command again)"
+            ) from error
+
+    def step_directory(self, step: int) -> Path:
+        return self.directory / str(step)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def restore_latest(self, like: TrainState) -> TrainState:
-        """The latest checkpoint, shaped like ``like``; ``like`` itself if there is none."""
-        step = self.manager.latest_step()
-        if step is None:
-            return like
-        return self.manager.restore(step, args=self._ocp.args.StandardRestore(like))
+        """The newest intact checkpoint, shaped like ``like``; ``like`` itself if there is none.
+
+        A checkpoint whose files fail their digests, or that does not restore, is moved aside and
+        named in one line; checkpoints saved without digests (by older versions) are restored as they are.
+        """
+        damaged = []
+        restored, resumed_at = like, None
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            folder = self.step_directory(step)
+            problem = cache.damage(folder) if (folder / cache.MANIFEST).exists() else None
+            if problem is None:
+                try:
+                    with _orbax_logs_held():
+                        restored = self.manager.restore(step, args=self._ocp.args.StandardRestore(like))
+                    resumed_at = step
+                    break
+                except Exception as error:  # damaged where no digest says so: the next older one may restore
+                    problem = f"unreadable: {type(error).__name__}: {error}".splitlines()[0]
+            damaged.append((step, problem))
+        then = "training starts from step 0" if resumed_at is None else f"resuming from step {resumed_at}"
+        for step, problem in damaged:
+            aside = self._set_aside(step)
+            cache.notice(f"the checkpoint of step {step} in {self.directory} failed its check ({problem}); "
+                         f"moved to {aside}; {then}")  # fmt: skip
+        if damaged:
+            self.manager.reload()
+        return restored
+
+    def _set_aside(self, step: int) -> Path:
+        aside = self.directory.with_name(f"{self.directory.name}-damaged") / str(step)
+        if aside.exists():
+            aside = aside.with_name(f"{step}-{uuid.uuid4().hex[:8]}")
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        self.step_directory(step).rename(aside)
+        return aside
 
     def close(self) -> None:
         self.manager.close()
+
+
+class _HeldRecords(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def replay(self) -> None:
+        for record in self.records:
+            logging.getLogger(record.name).handle(record)
+        self.records.clear()
+
+
+@contextlib.contextmanager
+def _orbax_logs_held() -> Iterator[_HeldRecords]:
+    """Hold back what orbax logs (through absl) while it saves or restores, and pass it on when the block
+    succeeds. When the disk is full or a checkpoint is damaged, orbax logs the same error with its
+    traceback once per thread, where one line says it all: on an error, the caller drops them, or passes
+    them on with ``.replay()``."""
+    logger = logging.getLogger("absl")
+    held = _HeldRecords()
+    handlers, propagate = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [held], False
+    try:
+        yield held
+    finally:
+        logger.handlers, logger.propagate = handlers, propagate
+    held.replay()

@@ -44,7 +44,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,9 +54,7 @@ import numpy as np
 import optax
 from flax import nnx, traverse_util
 
-from lab import (
-    augment, cache, checkpoints, data, devices, files, losses, modality, models, optim, semisupervised, train, validate,
-)  # fmt: skip
+from lab import augment, cache, checkpoints, data, devices, losses, modality, models, optim, semisupervised, train, validate
 
 ADAPTATIONS = ("linear_probe", "finetune", "finetune_low_lr")
 # The source of a backbone read from a Hugging Face checkpoint (lab.checkpoints) rather than pretrained here.
@@ -506,7 +503,9 @@ def pretrain(
     (the config, its :func:`producer` and the tokenizer) and the arrays as an orbax checkpoint.
     Code or library versions other than those that made an entry, or another tokenizer, give
     another key, so the backbone is pretrained again. An entry is written in a temporary folder
-    and renamed into place when complete, so an interrupted run never leaves a half-written entry behind.
+    and renamed into place when complete, so an interrupted run never leaves a half-written entry behind;
+    its files' digests are checked before it is read, and a damaged entry is pretrained again
+    (:func:`lab.cache.read_checked`, :func:`lab.cache.publish`).
     ``load_dataset(name)`` loads datasets by name (e.g. with a ``data_dir`` bound); a dataset
     registered as other than text is loaded only on a cache miss.
     """
@@ -517,10 +516,11 @@ def pretrain(
     target = None if untokenized else load_dataset(config.dataset)
     tokenizer = None if target is None else target.tokenizer
     entry = (root / config.key_for(tokenizer)).absolute()
-    if entry.exists():
-        return _read_entry(entry, config)
+    cached = cache.read_checked(entry, lambda entry: _read_entry(entry, config), "the pretrained backbone")
+    if cached is not None:
+        return cached
     backbone = _train_backbone(config, target or load_dataset(config.dataset), load_dataset, progress)
-    _write_entry(entry, config, backbone, tokenizer)
+    cache.publish(entry, lambda folder: _write_entry(folder, config, backbone, tokenizer), "the pretrained backbone")
     return backbone
 
 
@@ -741,11 +741,9 @@ _CONFIG_FILE = "config.json"
 _ARRAYS_DIR = "arrays"
 
 
-def _write_entry(entry: Path, config: PretrainConfig, backbone: Backbone, tokenizer: str | None) -> None:
+def _write_entry(folder: Path, config: PretrainConfig, backbone: Backbone, tokenizer: str | None) -> None:
     import orbax.checkpoint as ocp  # imported here: it takes half a second, and only the cache needs it
 
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    temporary = files.temporary_sibling(entry)
     arrays = {group: traverse_util.unflatten_dict(getattr(backbone, group), sep="/") for group in _TRANSFERRED}
     arrays["pretraining_head"] = {
         group: traverse_util.unflatten_dict(values, sep="/") for group, values in backbone.pretraining_head.items()
@@ -757,18 +755,9 @@ def _write_entry(entry: Path, config: PretrainConfig, backbone: Backbone, tokeni
         "architecture": dataclasses.asdict(backbone.architecture),
         "log": dict(backbone.log),
     }
-    try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(temporary / _ARRAYS_DIR, arrays)
-        (temporary / _CONFIG_FILE).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
-        try:
-            temporary.rename(entry)
-        except OSError:
-            if not entry.is_dir():
-                raise
-            # Another run wrote the same entry first; both hold the same backbone, keep theirs.
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(folder / _ARRAYS_DIR, arrays)
+    (folder / _CONFIG_FILE).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
 
 
 def _read_entry(entry: Path, config: PretrainConfig) -> Backbone:

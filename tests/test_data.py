@@ -10,12 +10,13 @@ import gzip
 import hashlib
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lab import data
+from lab import cache, data
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -122,7 +123,7 @@ def test_mnist1d_second_call_reads_the_cache(mnist1d_cached, monkeypatch):
 
     ds, cache = mnist1d_cached
     files = sorted((cache / "mnist1d").iterdir())
-    assert [f.suffix for f in files] == [".npz"]  # one cache file, no temporary left behind
+    assert [f.name[len(files[0].stem) :] for f in files] == [".npz", ".npz.sha256"]  # no temporary left behind
     monkeypatch.setenv("LAB_CACHE", str(cache))
 
     def must_not_generate(args):
@@ -135,6 +136,30 @@ def test_mnist1d_second_call_reads_the_cache(mnist1d_cached, monkeypatch):
     # Another seed is another cache entry, so it must be generated.
     with pytest.raises(AssertionError, match="regenerated"):
         data.mnist1d(seed=1)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_mnist1d_cache_is_generated_again(mnist1d_cached, tmp_path, monkeypatch, capsys, damage):
+    """A flipped byte inside the arrays, or a truncated file, failed with a bare zipfile error (BadZipFile)."""
+    ds, cache = mnist1d_cached
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    monkeypatch.setenv("LAB_CACHE", str(copy))
+    (entry,) = (copy / "mnist1d").glob("*.npz")
+    content = bytearray(entry.read_bytes())
+    if damage == "flip":
+        content[len(content) // 3] ^= 0x40  # inside x_train's float32 data
+    else:
+        del content[len(content) // 2 :]
+    entry.write_bytes(bytes(content))
+    again = data.mnist1d()
+    np.testing.assert_array_equal(again.x_train, ds.x_train)
+    np.testing.assert_array_equal(again.y_test, ds.y_test)
+    assert capsys.readouterr().err == (
+        f"lab: MNIST-1D cached in {entry} failed its check (damaged: {entry.name}); discarded, it is made again\n"
+    )
+    np.testing.assert_array_equal(data.mnist1d().x_train, ds.x_train)  # the entry made again reads back
+    assert capsys.readouterr().err == ""
 
 
 def test_mnist1d_made_by_other_code_is_generated_again(mnist1d_cached, monkeypatch):
@@ -352,16 +377,37 @@ def test_download_fetches_verified_files_into_the_cache(tmp_path, mirror):
     ds = data.mnist(download=True, mirror=url)
     assert_matches(ds, arrays)
     target = tmp_path / "cache" / "mnist"
-    assert sorted(p.name for p in target.iterdir()) == sorted(f"{stem}.gz" for stem in STEMS)
+    # Each with its digest beside it, checked whenever it is read.
+    expected = [f"{stem}.gz{ext}" for stem in STEMS for ext in ("", ".sha256")]
+    assert sorted(p.name for p in target.iterdir()) == sorted(expected)
     assert ds.source == str(target)
     assert_matches(data.mnist(), arrays)  # later calls find the cached copy
+
+
+def test_a_damaged_download_is_removed_and_downloaded_again(tmp_path, mirror, capsys):
+    """A flipped byte in a downloaded file failed as "corrupt gzip data" (in a raw file: other pixels), and
+    download=True did not fetch it again: its digest was checked once, when it was downloaded."""
+    url, arrays, _ = mirror
+    data.mnist(download=True, mirror=url)
+    damaged = tmp_path / "cache" / "mnist" / "train-images-idx3-ubyte.gz"
+    content = bytearray(damaged.read_bytes())
+    content[len(content) // 2] ^= 0x01
+    damaged.write_bytes(bytes(content))
+    with pytest.raises(data.DataNotFoundError, match="missing train-images-idx3-ubyte"):
+        data.mnist()
+    assert capsys.readouterr().err == (
+        f"lab: the downloaded file {damaged} failed its check (damaged: {damaged.name}); "
+        "removed, to be downloaded again\n"
+    )
+    assert_matches(data.mnist(download=True, mirror=url), arrays)
+    assert cache.file_damage(damaged) is None
 
 
 def test_download_mirror_from_environment_into_data_dir(tmp_path, monkeypatch, mirror):
     url, arrays, _ = mirror
     monkeypatch.setenv("LAB_MIRROR_MNIST", url)
     assert_matches(data.load("mnist", data_dir=tmp_path / "mine", download=True), arrays)
-    assert len(list((tmp_path / "mine").iterdir())) == 4
+    assert len(list((tmp_path / "mine").glob("*.gz"))) == 4
 
 
 def test_download_refuses_a_checksum_mismatch(tmp_path, monkeypatch, mirror):
@@ -371,7 +417,8 @@ def test_download_refuses_a_checksum_mismatch(tmp_path, monkeypatch, mirror):
     with pytest.raises(ValueError, match=pattern):
         data.mnist(download=True, mirror=url)
     saved = [p.name for p in (tmp_path / "cache" / "mnist").iterdir()]
-    assert sorted(saved) == ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]  # nothing else, no temp
+    kept = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    assert sorted(saved) == sorted([*kept, *(f"{name}.sha256" for name in kept)])  # nothing else, no temp
 
 
 def test_download_failure_names_the_url(tmp_path):

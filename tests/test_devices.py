@@ -103,7 +103,9 @@ def test_a_workdir_resumes_on_another_platform(tmp_path):
     """A checkpoint taken on one platform (a laptop's CPU) resumes on another (a GPU): same training."""
     workdir = tmp_path / "run"
     small = {"steps": 2, "eval_every": 2, "batch_size": 16}
-    experiment._claim_workdir(workdir, experiment.TrainConfig(**small, platform="cpu"))
-    experiment._claim_workdir(workdir, experiment.TrainConfig(**small, platform="auto"))
+    for platform in ("cpu", "auto"):
+        with experiment._claimed_workdir(workdir, experiment.TrainConfig(**small, platform=platform)):
+            pass
     with pytest.raises(ValueError, match="holds a run of another config"):
-        experiment._claim_workdir(workdir, experiment.TrainConfig(**{**small, "steps": 3}))
+        with experiment._claimed_workdir(workdir, experiment.TrainConfig(**{**small, "steps": 3})):
+            pass

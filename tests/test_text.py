@@ -377,6 +377,39 @@ def test_tokenizer_is_cached_by_corpus_and_settings(monkeypatch, tmp_path):
     assert train(CORPUS, 120).to_str() == first.backend.to_str()
 
 
+def _damage_middle(path) -> None:
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 0x01
+    path.write_bytes(bytes(content))
+
+
+def test_a_damaged_cached_tokenizer_is_trained_again(monkeypatch, tmp_path, capsys):
+    """A damaged tokenizer JSON failed with a bare library error ("key must be a string at line 1 ...")."""
+    trained = []
+    train = text._train
+    monkeypatch.setattr(text, "_train", lambda corpus, size: trained.append(size) or train(corpus, size))
+    first = text.train_tokenizer(CORPUS, vocab_size=120)
+    (path,) = (tmp_path / "cache" / "tokenizers").glob("bpe-*.json")
+    _damage_middle(path)
+    again = text.train_tokenizer(CORPUS, vocab_size=120)
+    assert trained == [120, 120] and again.backend.to_str() == first.backend.to_str()
+    assert capsys.readouterr().err == (
+        f"lab: the tokenizer cached in {path} failed its check (damaged: {path.name}); discarded, it is made again\n"
+    )
+
+
+def test_damaged_cached_token_ids_are_encoded_again(fortunes, tmp_path, capsys):
+    first = data.load("fortunes_topics", data_dir=fortunes, vocab_size=300, max_length=32)
+    (path,) = (tmp_path / "cache" / "text").glob("*.npz")
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 0x01  # a token id: failed with a bare "Bad CRC-32 for file 'ids.npy'"
+    path.write_bytes(bytes(content))
+    again = data.load("fortunes_topics", data_dir=fortunes, vocab_size=300, max_length=32)
+    for split in ("x_train", "x_test", "x_unlabeled"):
+        np.testing.assert_array_equal(getattr(again, split), getattr(first, split))
+    assert "token ids of fortunes_topics cached in" in capsys.readouterr().err
+
+
 def test_a_pretrained_backbone_is_keyed_by_the_tokenizer_of_its_data(tmp_path, monkeypatch):
     """The stale-cache bug: the backbone's key hashed the config alone, so after the corpus changed, a
     backbone pretrained on the ids of the old tokenizer (same vocabulary size, other tokens) was reused."""

@@ -3,9 +3,11 @@ checkpoint resume, early stopping and chunking invariance."""
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -449,6 +451,140 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_uninterrupted_numb
     assert resumed["test"] == uninterrupted["test"]  # bit for bit
 
 
+SHORT_RUN = ["--steps", "60", "--eval-every", "20", "--checkpoint-every", "20", "--batch-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def short_run_result():
+    """The test metrics of ``lab train SHORT_RUN`` without a workdir (uninterrupted)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+        return experiment.train_and_evaluate(experiment.TrainConfig(steps=60, eval_every=20, batch_size=32),
+                                             progress=False)["test"]  # fmt: skip
+
+
+def _largest_file(folder: Path) -> Path:
+    return max((path for path in folder.rglob("*") if path.is_file()), key=lambda path: path.stat().st_size)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_checkpoint_is_named_and_the_run_resumes_from_the_newest_intact_one(
+    tmp_path, capsys, monkeypatch, short_run_result, damage
+):
+    """The issue: one bit flipped in the latest checkpoint's largest file, and the resumed run exited 0
+    with accuracy 0.10 instead of 0.99; other damage read as a non-finite loss."""
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+    workdir = tmp_path / "w"
+    status, first, err = train_cli(capsys, *SHORT_RUN, "--workdir", str(workdir))
+    assert status == 0 and first["test"] == short_run_result, err
+    checkpoints = workdir / "checkpoints"
+    assert _finished_checkpoints(checkpoints) == [20, 40, 60]
+    largest = _largest_file(checkpoints / "60")
+    content = bytearray(largest.read_bytes())
+    if damage == "flip":
+        content[len(content) // 2] ^= 0x10
+    else:
+        del content[len(content) // 2 :]
+    largest.write_bytes(bytes(content))
+
+    status, resumed, err = train_cli(capsys, *SHORT_RUN, "--workdir", str(workdir))
+    assert status == 0, err
+    assert resumed["test"] == short_run_result  # trained again from step 40
+    name = largest.relative_to(checkpoints / "60").as_posix()
+    assert err == (
+        f"lab: the checkpoint of step 60 in {checkpoints} failed its check (damaged: {name}); "
+        f"moved to {tmp_path / 'w' / 'checkpoints-damaged' / '60'}; resuming from step 40\n"
+    )
+    assert _finished_checkpoints(checkpoints) == [20, 40, 60]  # step 60 saved again, intact
+
+
+def test_checkpoints_without_digests_are_restored_and_damaged_ones_skipped(digits, tmp_path, capsys):
+    """Checkpoints saved before digests were recorded still resume; one that does not restore is skipped."""
+    model, tx, state, pools = _setup(digits)
+    checkpoints = train.Checkpointer(tmp_path / "ckpt")
+    train.fit(model, state, tx, SUPERVISED, pools, steps=10, batch_size=32, eval_every=5, checkpoints=checkpoints,
+              checkpoint_every=5, progress=False)  # fmt: skip
+    checkpoints.close()
+    for step in (5, 10):
+        (tmp_path / "ckpt" / str(step) / "manifest.sha256").unlink()
+    assert int(train.Checkpointer(tmp_path / "ckpt").restore_latest(state).step) == 10
+    (_largest_file(tmp_path / "ckpt" / "10")).write_bytes(b"")
+    restored = train.Checkpointer(tmp_path / "ckpt").restore_latest(state)
+    assert int(restored.step) == 5
+    err = capsys.readouterr().err
+    assert err.startswith("lab: the checkpoint of step 10 in ") and "unreadable" in err and err.count("\n") == 1, err
+
+
+def test_a_full_disk_during_a_checkpoint_says_so_in_one_line_and_the_earlier_ones_resume(
+    tmp_path, capsys, monkeypatch, short_run_result
+):
+    """The issue: 427 lines and 21 tracebacks. TensorStore reports a full disk as this ValueError, and
+    orbax logs it with its traceback from each of its threads."""
+    import orbax.checkpoint as ocp
+    from absl import logging as absl_logging
+
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+    workdir = tmp_path / "w"
+    real_save = ocp.CheckpointManager.save
+
+    def full_at_40(self, step, *args, **kwargs):
+        if step == 40:
+            message = "RESOURCE_EXHAUSTED: Failed to write: No space left on device [os_error_code='28']"
+            absl_logging.error("_SignalingThread.run() raised an exception: %s\nTraceback (most recent ...", message)
+            raise ValueError(message)
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_at_40)
+    status, result, err = train_cli(capsys, *SHORT_RUN, "--workdir", str(workdir))
+    assert status == 2 and result is None
+    assert err == (
+        f"lab train: error: the checkpoint of step 40 could not be written in {workdir / 'checkpoints'}: "
+        "the disk is full; the checkpoint of step 20 is kept and resumes (make room and run the same command again)\n"
+    )
+    monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
+    status, resumed, err = train_cli(capsys, *SHORT_RUN, "--workdir", str(workdir))
+    assert status == 0, err
+    assert resumed["test"] == short_run_result
+
+
+def _hold_workdir(workdir: Path) -> subprocess.Popen:
+    """Another process that holds ``workdir`` as a running ``lab train`` does, once it has said so."""
+    repository = Path(__file__).resolve().parents[1]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom lab import processes\n"
+         "with processes.exclusive(sys.argv[1], 'workdir'):\n    print('held', flush=True)\n    time.sleep(120)\n",
+         str(workdir / "lock")],
+        env={**os.environ, "PYTHONPATH": str(repository)}, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_second_lab_train_on_a_busy_workdir_is_refused_naming_the_first(tmp_path, capsys, monkeypatch):
+    """The issue: two runs in one workdir crashed with raw orbax errors, 150-270 lines each."""
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    holder = _hold_workdir(workdir)
+    try:
+        status, result, err = train_cli(capsys, *SHORT_RUN, "--workdir", str(workdir))
+    finally:
+        holder.kill()  # SIGKILL: its lock is left behind, as a killed run leaves it
+        holder.wait()
+        holder.stdout.close()
+    assert status == 2 and result is None
+    assert re.fullmatch(
+        rf"lab train: error: workdir {re.escape(str(workdir))} is in use by process {holder.pid} on "
+        rf"{re.escape(socket.gethostname())} since \d{{4}}-\d\d-\d\dT[^ ]+ \(lock {re.escape(str(workdir))}/lock\); "
+        r"wait for it to finish, or stop it\n",
+        err,
+    ), err
+    assert not (workdir / "checkpoints").exists() and not (workdir / "config.json").exists()
+    # The killed holder's lock does not block: the run takes it over.
+    status, result, err = train_cli(capsys, *SHORT_RUN[:2], "--workdir", str(workdir))
+    assert status == 0, err
+
+
 def test_a_diverging_run_stops_with_one_line_and_saves_the_last_finite_state(tmp_path, capsys, monkeypatch, digits):
     monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
     workdir = tmp_path / "w"
@@ -644,3 +780,31 @@ def test_the_progress_bar_names_its_phase_and_says_compiling_until_a_chunk_retur
     assert any(line.startswith("pretrain mlm (compiling):  83%") for line in lines)
     assert lines[-1].startswith("pretrain mlm: 100%")
     assert not any(line.startswith("train") for line in lines)
+
+
+def test_empty_compilation_cache_entries_left_by_a_full_disk_are_removed(tmp_path, monkeypatch):
+    """A full disk left 0-byte JAX compilation-cache entries, which JAX warned about in every later run."""
+    folder = tmp_path / "jax"
+    folder.mkdir()
+    (folder / "jit_chunk-0a-cache").write_bytes(b"")
+    (folder / "jit_chunk-0b-cache").write_bytes(b"compiled")
+    (folder / "jit_chunk-0b-atime").write_bytes(b"")  # JAX's own bookkeeping: not an entry
+    previous = jax.config.jax_compilation_cache_dir
+    try:
+        assert train.enable_compilation_cache(folder) == folder
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
+    assert sorted(path.name for path in folder.iterdir()) == ["jit_chunk-0b-atime", "jit_chunk-0b-cache"]
+
+
+def test_a_compilation_cache_that_cannot_be_made_is_off_saying_so(tmp_path, monkeypatch, capsys):
+    """With a read-only LAB_CACHE, JAX warned with a traceback-like message at every compilation."""
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert train.enable_compilation_cache(tmp_path / "jax") is None
+    assert capsys.readouterr().err == (
+        f"lab: compiled programs are not kept on disk ({tmp_path / 'jax'}: the file system is read-only)\n"
+    )

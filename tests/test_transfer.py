@@ -5,8 +5,13 @@ checks, and that a transferred backbone beats training from scratch with few lab
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from lab import cache, data, experiment, losses, models, optim, semisupervised, train, transfer
+from lab import cache, data, experiment, losses, models, optim, processes, semisupervised, train, transfer
 
 FIRST_HALF, SECOND_HALF = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 
@@ -345,15 +350,111 @@ def test_interrupted_cache_write_leaves_nothing(tmp_path, fit_calls, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cache_entry_of_another_config_is_refused(tmp_path, fit_calls):
+def test_cache_entry_of_another_config_is_pretrained_again(tmp_path, fit_calls, capsys):
     config = tiny_config()
     transfer.pretrain(config, cache_dir=tmp_path)
     config_file = tmp_path / config.cache_key / "config.json"
     description = json.loads(config_file.read_text())
     description["config"]["seed"] = 7
     config_file.write_text(json.dumps(description))
-    with pytest.raises(ValueError, match="made by another config"):
-        transfer.pretrain(config, cache_dir=tmp_path)
+    cache.write_manifest(config_file.parent)  # as if written so: its digests match, its config does not
+    transfer.pretrain(config, cache_dir=tmp_path)
+    assert len(fit_calls) == 2
+    assert "made by another config" in capsys.readouterr().err
+    assert json.loads(config_file.read_text())["config"] == config.to_dict()
+
+
+def _arrays_equal(first: transfer.Backbone, second: transfer.Backbone) -> None:
+    for group in ("params", "model_state"):
+        assert getattr(first, group).keys() == getattr(second, group).keys()
+        for path, value in getattr(first, group).items():
+            np.testing.assert_array_equal(getattr(second, group)[path], value)
+
+
+def test_a_damaged_cache_entry_is_pretrained_again_not_read(tmp_path, fit_calls, capsys):
+    """The issue: 8 bytes XOR-ed inside the largest array file were read back as other weights (0.6178
+    accuracy instead of 0.62, exit status 0)."""
+    config = tiny_config()
+    trained = transfer.pretrain(config, cache_dir=tmp_path)
+    entry = tmp_path / config.cache_key
+    largest = max((path for path in (entry / "arrays").rglob("*") if path.is_file()), key=lambda p: p.stat().st_size)
+    content = bytearray(largest.read_bytes())
+    middle = len(content) // 2
+    content[middle : middle + 8] = bytes(byte ^ 0x5A for byte in content[middle : middle + 8])
+    largest.write_bytes(bytes(content))
+
+    again = transfer.pretrain(config, cache_dir=tmp_path)
+    assert len(fit_calls) == 2
+    _arrays_equal(trained, again)
+    name = largest.relative_to(entry).as_posix()
+    assert capsys.readouterr().err == (
+        f"lab: the pretrained backbone cached in {entry} failed its check (damaged: {name}); "
+        "discarded, it is made again\n"
+    )
+    assert cache.damage(entry) is None
+    _arrays_equal(trained, transfer.pretrain(config, cache_dir=tmp_path))
+    assert len(fit_calls) == 2
+
+
+def _flip_one_bit(path) -> None:
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 0x01
+    path.write_bytes(bytes(content))
+
+
+def test_every_single_file_corruption_of_an_entry_is_found_and_pretrained_again(tmp_path, fit_calls, capsys):
+    """17 of 39 such corruptions ended in a TensorStore dump, others were read silently."""
+    config = tiny_config()
+    root = tmp_path / "cache"
+    entry = root / config.cache_key
+    trained = transfer.pretrain(config, cache_dir=root)
+    pristine = tmp_path / "pristine"
+    shutil.copytree(entry, pristine)
+    names = sorted(path.relative_to(pristine).as_posix() for path in pristine.rglob("*") if path.is_file())
+    assert len(names) > 10 and "config.json" in names and cache.MANIFEST in names
+
+    def damaged_copy(name):
+        shutil.rmtree(entry)
+        shutil.copytree(pristine, entry)
+        _flip_one_bit(entry / name)
+
+    for name in names:  # every file is covered by the digests
+        damaged_copy(name)
+        assert cache.damage(entry) is not None, name
+    # Orbax's and TensorStore's metadata, and the manifest itself: read, they failed with dumps or tracebacks.
+    for count, name in enumerate(["arrays/_METADATA", "arrays/ocdbt.process_0/manifest.ocdbt", cache.MANIFEST], 2):
+        damaged_copy(name)
+        _arrays_equal(trained, transfer.pretrain(config, cache_dir=root))
+        assert len(fit_calls) == count, name
+        assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("code", "reason"), [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "read-only")])
+def test_a_backbone_that_cannot_be_cached_is_used_from_memory(tmp_path, fit_calls, monkeypatch, capsys, code, reason):
+    def failing_save(self, directory, *args, **kwargs):
+        try:
+            raise OSError(code, os.strerror(code))
+        except OSError as error:
+            raise ValueError("orbax: the save failed") from error
+
+    trained = transfer.pretrain(tiny_config(seed=3), cache_dir=tmp_path / "elsewhere")
+    monkeypatch.setattr(ocp.StandardCheckpointer, "save", failing_save)
+    backbone = transfer.pretrain(tiny_config(seed=3), cache_dir=tmp_path / "cache")
+    _arrays_equal(trained, backbone)
+    message = capsys.readouterr().err
+    assert message.startswith("lab: the pretrained backbone was not cached") and reason in message
+    assert message.count("\n") == 1
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_cache_folder_left_by_a_killed_writer_is_removed_at_the_next_write(tmp_path, fit_calls):
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    left = tmp_path / f".{tiny_config().cache_key}.0123.tmp"
+    (left / "arrays").mkdir(parents=True)
+    (left / ".writer.json").write_text(processes.Owner(processes.Owner.current().host, child.pid, "0").to_json())
+    transfer.pretrain(tiny_config(seed=5), cache_dir=tmp_path)
+    assert [path.name for path in tmp_path.iterdir()] == [tiny_config(seed=5).cache_key]
 
 
 def test_default_cache_dir_is_under_lab_cache(tmp_path, fit_calls):
