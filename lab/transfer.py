@@ -54,7 +54,9 @@ import numpy as np
 import optax
 from flax import nnx, traverse_util
 
-from lab import augment, cache, checkpoints, data, devices, losses, modality, models, optim, semisupervised, train, validate
+from lab import (
+    augment, cache, checkpoints, data, devices, losses, modality, models, optim, semisupervised, train, validate,
+)  # fmt: skip
 
 ADAPTATIONS = ("linear_probe", "finetune", "finetune_low_lr")
 # The source of a backbone read from a Hugging Face checkpoint (lab.checkpoints) rather than pretrained here.
