@@ -491,6 +491,7 @@ def _run(config: ExperimentConfig, progress: bool) -> Result:
     plan = SETUPS[config.setup]
     dataset = _load(config)
     dataset.check_batch_size(config.batch_size)
+    dataset.check_classes(config.labels_per_class)
     splits = [data.labeled_split(dataset.y_train, config.labels_per_class, seed) for seed in config.seeds]
 
     tic = time.perf_counter()
@@ -664,6 +665,7 @@ def _train_and_evaluate(
     train.enable_compilation_cache()
     dataset = data.load(config.dataset)
     dataset.check_batch_size(config.batch_size)
+    dataset.check_classes()
     make_module = SETUPS["supervised"].classifier(config, dataset, None)
     # The supervised objective on the inputs as they are, as `lab train` has always trained.
     objective = semisupervised.Supervised(
