@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lab.validate import argument, integer, number
@@ -81,7 +82,8 @@ def add_train_command(subparsers) -> None:
         help="where to compute (default: auto, the accelerator when JAX sees one, else the CPU)",
     )  # fmt: skip
     parser.add_argument(
-        "--workdir", default=None, help="record the config and checkpoint here; resume from the latest checkpoint"
+        "--workdir", default=None,
+        help="record the config and checkpoint here; resume from the latest checkpoint; TensorBoard logs go here too",
     )
     parser.add_argument(
         "--checkpoint-every", type=positive_int, default=500, help="steps between checkpoints (with --workdir)"
@@ -139,7 +141,8 @@ def add_run_command(subparsers) -> None:
     parser.add_argument(
         "--output", default=None, metavar="FILE",
         help="also write the full result as JSON here: config, per-seed metrics, curves, wall times, "
-        "environment, and the record that sweeps store",
+        "environment, and the record that sweeps store; and TensorBoard logs beside it, in FILE's name "
+        "with .tensorboard for its suffix, one folder per seed (with tensorboardX installed)",
     )  # fmt: skip
     parser.add_argument(
         "--store", default=None, metavar="PATH", help="also save the record as a done point in this results database"
@@ -194,7 +197,7 @@ def read_config_file(path: str) -> dict:
 
 
 def run_experiment(args: argparse.Namespace) -> int:
-    from lab import experiment, files, provenance, store, sweep
+    from lab import experiment, files, provenance, store, sweep, tensorboard
 
     fields = read_config_file(args.config) if args.config else {}
     fields.update(parse_fields(args.fields))
@@ -212,6 +215,7 @@ def run_experiment(args: argparse.Namespace) -> int:
     result = experiment.run(fields, progress=not args.no_progress)
     if args.output:
         result.save(args.output)
+        tensorboard.write_or_say(result.tensorboard_runs(Path(args.output).with_suffix(".tensorboard")))
     if results is not None:
         point_id = sweep.point_id(result.config)
         results.save(
