@@ -7,7 +7,8 @@ backspace overstrikes of old files removed and its whitespace collapsed to singl
 their lower-cased words (``\\w+``) agree, so a quote with other spacing or punctuation
 counts as a repeat. The ROT13 ``off/`` folders are never read.
 
-**The tasks** (both split 25% stratified test, ``random_state=0``, as ``digits``):
+**The tasks** (both split 25% stratified test, ``random_state=0``, as ``digits``; a class needs at
+least 4 distinct fortunes, so that both splits hold it, and a file without any is refused by name):
 
 ``fortunes_topics``
     an English fortune's file, one of :data:`FORTUNE_TOPICS` (3,929 fortunes in
