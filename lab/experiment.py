@@ -537,8 +537,9 @@ def _run(config: ExperimentConfig, progress: bool, device: jax.Device) -> Result
         per_seed = [metrics.accuracy(seed_logits, dataset.y_test) for seed_logits in test_logits(state)]
         return {"test_accuracy": np.array(per_seed)}
 
-    histories, final_logits = [], []
-    for rows, kept in groups:
+    def train_group(rows: np.ndarray, kept: int) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+        """The history and final test logits of the first ``kept`` seeds of ``rows``; a function, so that
+        a group's train state is freed before the next group's is made."""
         # A run keeps no checkpoints: its last finite state ends with the process.
         fit = _fit(
             config, model, initial_states(jnp.asarray(config.seeds)[rows]), tx, objective,
@@ -547,8 +548,14 @@ def _run(config: ExperimentConfig, progress: bool, device: jax.Device) -> Result
         )  # fmt: skip
         for phase, seconds in fit.wall_time_s.items():
             wall[phase] += seconds
-        histories.append([{name: _kept_seeds(value, kept) for name, value in row.items()} for row in fit.history])
-        final_logits += list(test_logits(fit.state)[:kept])
+        history = [{name: _kept_seeds(value, kept) for name, value in row.items()} for row in fit.history]
+        return history, list(test_logits(fit.state)[:kept])
+
+    histories, final_logits = [], []
+    for rows, kept in groups:
+        group_history, group_logits = train_group(rows, kept)
+        histories.append(group_history)
+        final_logits += group_logits
     history = [_joined_rows(rows) for rows in zip(*histories, strict=True)]
     per_seed = [metrics.classification_metrics(seed_logits, dataset.y_test) for seed_logits in final_logits]
     return Result(
