@@ -528,10 +528,11 @@ def _run(config: ExperimentConfig, progress: bool, device: jax.Device) -> Result
     # initializer would compile on its own, which costs more than the training.
     initial_states = jax.jit(jax.vmap(_initial_state(make_module, objective, tx, config.ema_decay)))
     pools = _pools(dataset, splits, with_unlabeled_split="unlabeled" in objective.batch_sizes(config.batch_size))
+    test_program = _test_logits_program(model, dataset.x_test, seed_axis=True)
     tic = time.perf_counter()
-    groups, memory_use = _seed_groups(config, model, initial_states, tx, objective, pools, device)
+    groups, memory_use = _seed_groups(config, model, initial_states, tx, objective, pools, test_program, device)
     wall["compile"] += time.perf_counter() - tic  # the estimate compiles the training program (fit reuses it)
-    test_logits = _test_logits(model, dataset.x_test, seed_axis=True)
+    test_logits = _test_logits(test_program)
 
     def evaluate(state: train.TrainState) -> dict[str, np.ndarray]:
         per_seed = [metrics.accuracy(seed_logits, dataset.y_test) for seed_logits in test_logits(state)]
@@ -580,13 +581,16 @@ def _seed_groups(
     tx: optax.GradientTransformation,
     objective: train.Objective,
     pools: train.Pools,
+    test_program: Callable,
     device: jax.Device,
 ) -> tuple[list[tuple[np.ndarray, int]], dict[str, int]]:
     """The groups of seeds to train one after another, as (rows of ``config.seeds``, how many of them to keep),
     so that each group fits in :func:`lab.memory.limit`; and the memory figures (bytes) behind them.
 
-    The estimate is XLA's (:func:`lab.train.fit_memory`), compiled from shapes alone, for every seed at once
-    and, when that does not fit, for one seed, to learn what each seed adds. Every group has the same size,
+    The estimate is XLA's, compiled from shapes alone, of the larger of training (:func:`lab.train.fit_memory`)
+    and evaluating (``test_program``'s own memory beside the three copies of the state that ``fit`` then
+    holds, and the data), for every seed at once and, when that does not fit, for one seed, to learn what
+    each seed adds. Every group has the same size,
     so one program serves them all: the last is filled up with repeats of its first seed, whose results
     are dropped. Each seed trains as it would with all the others; XLA may round a program of another
     number of seeds differently, by a few ulps (tests/test_experiment.py checks this on the CPU)."""
@@ -594,11 +598,14 @@ def _seed_groups(
 
     def needed_by(rows: np.ndarray) -> int:
         states = jax.eval_shape(initial_states, jnp.asarray(config.seeds)[rows])
-        return train.fit_memory(
-            model, states, tx, objective, {name: _seed_rows(pool, rows) for name, pool in pools.items()},
-            steps=config.steps, batch_size=config.batch_size, eval_every=config.eval_every, seed_axis=True,
-            precision=config.precision,
+        group_pools = {name: _seed_rows(pool, rows) for name, pool in pools.items()}
+        training = train.fit_memory(
+            model, states, tx, objective, group_pools, steps=config.steps, batch_size=config.batch_size,
+            eval_every=config.eval_every, seed_axis=True, precision=config.precision,
         )  # fmt: skip
+        evaluation = test_program.lower(states.eval_params, states.model_state).compile()
+        evaluating = 3 * memory.tree_bytes(states) + memory.tree_bytes(group_pools)
+        return max(training, evaluating + memory.compiled_bytes(evaluation, arguments=False))
 
     needed, allowed = needed_by(np.arange(count)), memory.limit(device)
     # One seed alone is compiled only when all do not fit, to learn what a seed adds.
@@ -671,17 +678,20 @@ def _initial_state(
     return initial_state
 
 
-def _test_logits(
-    model: train.Graphs, x_test: np.ndarray, *, seed_axis: bool
-) -> Callable[[train.TrainState], np.ndarray]:
-    """state -> the logits of the test inputs under its evaluation weights (the EMA's, when it keeps one)."""
+def _test_logits_program(model: train.Graphs, x_test: np.ndarray, *, seed_axis: bool) -> Callable:
+    """The jitted ``(eval params, model state) -> logits of the test inputs`` (over seeds with ``seed_axis``)."""
     x_test = jnp.asarray(x_test)
 
     def logits(params: nnx.State, model_state: nnx.State) -> jax.Array:
         return train.predict(model, params, model_state, x_test)
 
-    compiled = jax.jit(jax.vmap(logits) if seed_axis else logits)
-    return lambda state: np.asarray(compiled(state.eval_params, state.model_state))
+    return jax.jit(jax.vmap(logits) if seed_axis else logits)
+
+
+def _test_logits(program: Callable) -> Callable[[train.TrainState], np.ndarray]:
+    """state -> the logits of the test inputs (by ``program``, :func:`_test_logits_program`) under its
+    evaluation weights (the EMA's, when it keeps one)."""
+    return lambda state: np.asarray(program(state.eval_params, state.model_state))
 
 
 def _fit(
@@ -785,7 +795,7 @@ def _train_and_evaluate(
     model, _, _ = train.Graphs.split(nnx.eval_shape(lambda: make_module(0)))
     state = _initial_state(make_module, objective, tx, config.ema_decay)(config.seed)
     pools = {"labeled": {"x": jnp.asarray(dataset.x_train), "y": jnp.asarray(dataset.y_train)}}
-    test_logits = _test_logits(model, dataset.x_test, seed_axis=False)
+    test_logits = _test_logits(_test_logits_program(model, dataset.x_test, seed_axis=False))
 
     def evaluate(state: train.TrainState) -> dict[str, float]:
         return {"test_accuracy": metrics.accuracy(test_logits(state), dataset.y_test)}

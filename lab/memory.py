@@ -17,6 +17,8 @@ import os
 import re
 from typing import Any
 
+import jax
+
 __all__ = [
     "ACCELERATOR_FRACTION",
     "HOST_FRACTION",
@@ -26,6 +28,7 @@ __all__ = [
     "limit",
     "parse_size",
     "seeds_per_group",
+    "tree_bytes",
 ]
 
 LIMIT_VARIABLE = "LAB_MEMORY_LIMIT"
@@ -63,14 +66,20 @@ def limit(device: Any) -> int:
     return int(HOST_FRACTION * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def compiled_bytes(compiled: Any) -> int:
-    """The bytes a compiled program holds while it runs, by XLA's memory analysis: its arguments,
-    its outputs that do not reuse (alias) a donated argument, and its temporaries."""
+def compiled_bytes(compiled: Any, *, arguments: bool = True) -> int:
+    """The bytes a compiled program holds while it runs, by XLA's memory analysis: its arguments (unless
+    ``arguments`` is false: they are counted elsewhere), its outputs that do not reuse (alias) a donated
+    argument, and its temporaries."""
     stats = compiled.memory_analysis()
     if stats is None:  # a backend without the analysis: nothing is known
         return 0
     outputs = stats.output_size_in_bytes - stats.alias_size_in_bytes
-    return int(stats.argument_size_in_bytes + outputs + stats.temp_size_in_bytes)
+    return int(stats.argument_size_in_bytes * arguments + outputs + stats.temp_size_in_bytes)
+
+
+def tree_bytes(tree: Any) -> int:
+    """The bytes of a pytree's arrays (or of their ``jax.ShapeDtypeStruct``)."""
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
 
 
 def seeds_per_group(seeds: int, needed: int, needed_by_one: int, allowed: int) -> int:

@@ -566,8 +566,7 @@ def fit_memory(
     length = min(eval_every or steps, steps)
     seed_axes = _freeze(_seed_axes(pools)) if seed_axis else None
     chunk = _compiled_chunk(model, tx, objective, batch_size, None, seed_axes, precision, length)
-    state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
-    return memory.compiled_bytes(chunk.lower(state, pools).compile()) + 2 * state_bytes
+    return memory.compiled_bytes(chunk.lower(state, pools).compile()) + 2 * memory.tree_bytes(state)
 
 
 @functools.lru_cache(maxsize=64)

@@ -441,6 +441,8 @@ def test_the_fixmatch_protocol_trains_end_to_end_on_small_images(tiny_preset):
 def test_seeds_past_the_memory_limit_train_in_groups_to_the_same_numbers(monkeypatch, capsys):
     """A limit a byte below what five seeds need: two groups of four (the second filled up with repeats of
     seed 4, dropped), said in one line, and every seed's numbers those of the run of all five at once."""
+    from lab import memory
+
     config = {**SMALL, "setup": "semi_supervised", "method": "freematch", "seeds": [0, 1, 2, 3, 4]}
     together = experiment.run(config, progress=False)
     estimate = together.memory["estimate_bytes"]
@@ -450,8 +452,9 @@ def test_seeds_past_the_memory_limit_train_in_groups_to_the_same_numbers(monkeyp
     grouped = experiment.run(config, progress=False)
     assert grouped.memory == {"estimate_bytes": estimate, "limit_bytes": estimate - 1, "seeds_per_group": 4}
     (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith("lab: 5 seeds need about ") and line.endswith(
-        "of memory, more than the limit of 2.7 MB (LAB_MEMORY_LIMIT); training them in 2 groups of 4"
+    assert line == (
+        f"lab: 5 seeds need about {memory.describe(estimate)} of memory, more than the limit of "
+        f"{memory.describe(estimate - 1)} (LAB_MEMORY_LIMIT); training them in 2 groups of 4"
     )
     assert grouped.seeds == together.seeds and grouped.curves.keys() == together.curves.keys()
     # The same training: equal where only comparisons enter (accuracies); elsewhere XLA may round a

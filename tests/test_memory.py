@@ -53,3 +53,10 @@ def test_seeds_per_group_fit_the_limit_with_the_shared_data_once(needed, needed_
 
 def test_a_single_seed_past_the_limit_does_not_fit():
     assert memory.seeds_per_group(1, 50, 50, 49) == 0 and memory.seeds_per_group(1, 50, 50, 50) == 1
+
+
+def test_compiled_bytes_without_arguments_and_tree_bytes():
+    x = jax.ShapeDtypeStruct((1000, 250), jnp.float32)
+    copy = jax.jit(lambda a: a * 2.0).lower(x).compile()
+    assert memory.compiled_bytes(copy, arguments=False) == 10**6  # the output alone
+    assert memory.tree_bytes({"a": x, "b": [jnp.zeros(3, jnp.int8)]}) == 10**6 + 3
