@@ -14,8 +14,10 @@ from lab import cli, experiment, tensorboard
 pytest.importorskip("tensorboardX")  # the optional extra; the dev extra installs it
 from tensorboardX.proto.event_pb2 import Event  # noqa: E402  (the format's schema, not its writer)
 
-SMALL = ["steps=20", "eval_every=10", "labels_per_class=2", "batch_size=16", "learning_rate=0.01",
-         "setup=semi_supervised", "method=fixmatch", "method_kwargs={mu: 2}", "seeds=[0,1]", "--no-progress"]  # fmt: skip
+SMALL = [
+    "steps=20", "eval_every=10", "labels_per_class=2", "batch_size=16", "learning_rate=0.01",
+    "setup=semi_supervised", "method=fixmatch", "method_kwargs={mu: 2}", "seeds=[0,1]", "--no-progress",
+]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
