@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lab.validate import argument, integer, number
@@ -82,7 +83,8 @@ def add_train_command(subparsers) -> None:
         help="where to compute (default: auto, the accelerator when JAX sees one, else the CPU)",
     )  # fmt: skip
     parser.add_argument(
-        "--workdir", default=None, help="record the config and checkpoint here; resume from the latest checkpoint"
+        "--workdir", default=None,
+        help="record the config and checkpoint here; resume from the latest checkpoint; TensorBoard logs go here too",
     )
     parser.add_argument(
         "--checkpoint-every", type=positive_int, default=500, help="steps between checkpoints (with --workdir)"
@@ -140,7 +142,8 @@ def add_run_command(subparsers) -> None:
     parser.add_argument(
         "--output", default=None, metavar="FILE",
         help="also write the full result as JSON here: config, per-seed metrics, curves, wall times, "
-        "environment, and the record that sweeps store",
+        "environment, and the record that sweeps store; and TensorBoard logs beside it, in FILE's name "
+        "with .tensorboard for its suffix, one folder per seed (with tensorboardX installed)",
     )  # fmt: skip
     parser.add_argument(
         "--store", default=None, metavar="PATH", help="also save the record as a done point in this results database"
@@ -199,7 +202,7 @@ def read_config_file(path: str) -> dict:
 
 
 def run_experiment(args: argparse.Namespace) -> int:
-    from lab import experiment, files, provenance, store, sweep
+    from lab import experiment, files, provenance, store, sweep, tensorboard
 
     fields = read_config_file(args.config) if args.config else {}
     fields.update(parse_fields(args.fields))
@@ -228,6 +231,8 @@ def run_experiment(args: argparse.Namespace) -> int:
         except OSError as error:
             # A failed write names the file in its text (lab.files); another error (mkdir) in its filename.
             unsaved.append(f"--output: {error if error.filename else error.strerror or error}")
+        else:
+            tensorboard.write_or_say(result.tensorboard_runs(Path(args.output).with_suffix(".tensorboard")))
     if results is not None:
         point_id = sweep.point_id(result.config)
         try:

@@ -93,6 +93,22 @@ class Dataset:
                 f"choose at most {len(self.y_train)}"
             )
 
+    def check_classes(self, per_class: int = 1) -> None:
+        """Refuse, before any training, a dataset whose training split has fewer than ``per_class``
+        examples of some class (a labeled set draws ``per_class`` of each) or whose test split misses a
+        class (ROC-AUC and the per-class metrics need every one); the message names those classes."""
+        for split, labels, needed in (("training", self.y_train, per_class), ("test", self.y_test, 1)):
+            counts = np.bincount(labels, minlength=self.num_classes)
+            short = np.flatnonzero(counts < needed)
+            if short.size:
+                named = ", ".join(f"{c} ({self.class_names[c]!r}: {counts[c]})" for c in short)
+                why = f"labels_per_class={per_class} draws" if split == "training" else "the test metrics need"
+                raise ValueError(
+                    f"{self.name}: the {split} split has fewer than {needed} example{'s' if needed != 1 else ''} "
+                    f"of class{'es' if short.size > 1 else ''} {named}, but {why} {needed} of each of its "
+                    f"{self.num_classes} classes; check the {split} labels in {self.source}"
+                )
+
     def subset(self, classes: Sequence[int]) -> Dataset:
         """Keep only ``classes``; label ``classes[i]`` becomes ``i``.
 

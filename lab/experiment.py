@@ -29,6 +29,8 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
+import sys
 import time
 import typing
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -42,8 +44,8 @@ import optax
 from flax import nnx
 
 from lab import (
-    checkpoints, data, devices, files, metrics, models, optim, parallel, processes, provenance, semisupervised,
-    train, transfer, validate,
+    checkpoints, data, devices, files, memory, metrics, models, optim, parallel, processes, provenance,
+    semisupervised, tensorboard, train, transfer, validate,
 )  # fmt: skip
 from lab.record import Record
 
@@ -495,6 +497,8 @@ class Result:
     curves: dict[str, list]  # "step", then per evaluation one list per seed (test_accuracy, train_loss, ...)
     wall_time_s: dict[str, float]  # pretrain (0 on a cache hit), compile, train
     environment: dict[str, Any]  # library versions, git commit, host, devices (lab.provenance.environment)
+    # XLA's estimate for every seed at once and the limit (lab.memory.limit), in bytes; the seeds trained at once
+    memory: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Mean and (population) standard deviation over seeds of each final metric."""
@@ -522,62 +526,175 @@ class Result:
             }
         )
 
+    def seed_history(self, index: int) -> list[dict[str, Any]]:
+        """The history of seed ``seeds[index]``: a row per evaluation of :attr:`curves` (``step``, then its
+        value of each curve), the last row with its final test metrics too (``test_macro_f1``, ...)."""
+        names = [name for name in self.curves if name != "step"]
+        rows = [
+            {"step": step, **{name: self.curves[name][row][index] for name in names}}
+            for row, step in enumerate(self.curves["step"])
+        ]
+        return tensorboard.with_final(rows, {name: values[index] for name, values in self.metrics.items()})
+
+    def tensorboard_runs(self, directory: str | Path) -> dict[Path, list[dict[str, Any]]]:
+        """Each seed's :meth:`seed_history` by the folder its TensorBoard logs go to, ``directory/seed_<seed>``
+        (one run per seed, so that their curves overlay): write them with :func:`lab.tensorboard.write`."""
+        return {Path(directory) / f"seed_{seed}": self.seed_history(index) for index, seed in enumerate(self.seeds)}
+
     def save(self, path: str | Path) -> Path:
         """Write :meth:`to_dict` as JSON, atomically (see :mod:`lab.files`)."""
         return files.write_atomic(path, json.dumps(self.to_dict(), indent=2))
 
 
 def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) -> Result:
-    """Train and evaluate ``config`` for every seed in ``config.seeds``, side by side, on ``config.platform``."""
+    """Train and evaluate ``config`` for every seed in ``config.seeds``, side by side, on ``config.platform``.
+
+    Seeds that would need more memory together than :func:`lab.memory.limit` train in groups that fit,
+    to the same numbers (see :func:`_seed_groups`)."""
     if isinstance(config, ExperimentConfig):
         config.validate()  # built directly, not by from_dict, which validates
     else:
         config = ExperimentConfig.from_dict(config)
-    with devices.use(config.platform):
-        return _run(config, progress)
+    with devices.use(config.platform) as platform_devices:
+        return _run(config, progress, platform_devices[0])
 
 
-def _run(config: ExperimentConfig, progress: bool) -> Result:
+def _run(config: ExperimentConfig, progress: bool, device: jax.Device) -> Result:
     train.enable_compilation_cache()
     plan = SETUPS[config.setup]
     dataset = _load(config)
     dataset.check_batch_size(config.batch_size)
+    dataset.check_classes(config.labels_per_class)
     splits = [data.labeled_split(dataset.y_train, config.labels_per_class, seed) for seed in config.seeds]
 
     tic = time.perf_counter()
     pretrained = plan.pretrain(config, progress)
-    wall = {"pretrain": time.perf_counter() - tic}
+    wall = {"pretrain": time.perf_counter() - tic, "compile": 0.0, "train": 0.0}
     make_module = plan.classifier(config, dataset, pretrained)
     objective = plan.objective(config, dataset.input_shape)
     tx = _optimizer(config, param_groups=plan.param_groups(config))
     model, _, _ = train.Graphs.split(nnx.eval_shape(lambda: make_module(0)))
-    initial_state = _initial_state(make_module, objective, tx, config.ema_decay)
-    # One compiled, vmapped initialisation for all seeds: built eagerly, every
+    # One compiled, vmapped initialisation per group of seeds: built eagerly, every
     # initializer would compile on its own, which costs more than the training.
-    state = jax.jit(jax.vmap(initial_state))(jnp.asarray(config.seeds))
-
+    initial_states = jax.jit(jax.vmap(_initial_state(make_module, objective, tx, config.ema_decay)))
     pools = _pools(dataset, splits, with_unlabeled_split="unlabeled" in objective.batch_sizes(config.batch_size))
-    test_logits = _test_logits(model, dataset.x_test, seed_axis=True)
+    test_program = _test_logits_program(model, dataset.x_test, seed_axis=True)
+    tic = time.perf_counter()
+    groups, memory_use = _seed_groups(config, model, initial_states, tx, objective, pools, test_program, device)
+    wall["compile"] += time.perf_counter() - tic  # the estimate compiles the training program (fit reuses it)
+    test_logits = _test_logits(test_program)
 
     def evaluate(state: train.TrainState) -> dict[str, np.ndarray]:
         per_seed = [metrics.accuracy(seed_logits, dataset.y_test) for seed_logits in test_logits(state)]
         return {"test_accuracy": np.array(per_seed)}
 
-    # A run keeps no checkpoints: its last finite state ends with the process.
-    fit = _fit(
-        config, model, state, tx, objective, pools, evaluate, progress,
-        kept=lambda error: "Nothing was saved", seed_axis=True, label=f"train {config.method_label}",
-    )  # fmt: skip
-    wall.update(fit.wall_time_s)
-    per_seed = [metrics.classification_metrics(seed_logits, dataset.y_test) for seed_logits in test_logits(fit.state)]
+    def train_group(rows: np.ndarray, kept: int) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+        """The history and final test logits of the first ``kept`` seeds of ``rows``; a function, so that
+        a group's train state is freed before the next group's is made."""
+        # A run keeps no checkpoints: its last finite state ends with the process.
+        fit = _fit(
+            config, model, initial_states(jnp.asarray(config.seeds)[rows]), tx, objective,
+            {name: _seed_rows(pool, rows) for name, pool in pools.items()}, evaluate, progress,
+            kept=lambda error: "Nothing was saved", seed_axis=True, label=f"train {config.method_label}",
+        )  # fmt: skip
+        for phase, seconds in fit.wall_time_s.items():
+            wall[phase] += seconds
+        history = [{name: _kept_seeds(value, kept) for name, value in row.items()} for row in fit.history]
+        return history, list(test_logits(fit.state)[:kept])
+
+    histories, final_logits = [], []
+    for rows, kept in groups:
+        group_history, group_logits = train_group(rows, kept)
+        histories.append(group_history)
+        final_logits += group_logits
+    history = [_joined_rows(rows) for rows in zip(*histories, strict=True)]
+    per_seed = [metrics.classification_metrics(seed_logits, dataset.y_test) for seed_logits in final_logits]
     return Result(
         config=config.to_dict(),
         seeds=list(config.seeds),
         metrics={name: [row[name] for row in per_seed] for name in per_seed[0]},
-        curves=_curves(fit.history),
+        curves=_curves(history),
         wall_time_s={name: round(seconds, 3) for name, seconds in wall.items()},
         environment=provenance.environment(_SOURCE_DIR),
+        memory=memory_use,
     )
+
+
+# The fields of a pool that hold one row per seed (see _pools); the others are the data, shared by all seeds.
+_PER_SEED_FIELDS = ("index", "count")
+
+
+def _seed_groups(
+    config: ExperimentConfig,
+    model: train.Graphs,
+    initial_states: Callable[[jax.Array], train.TrainState],
+    tx: optax.GradientTransformation,
+    objective: train.Objective,
+    pools: train.Pools,
+    test_program: Callable,
+    device: jax.Device,
+) -> tuple[list[tuple[np.ndarray, int]], dict[str, int]]:
+    """The groups of seeds to train one after another, as (rows of ``config.seeds``, how many of them to keep),
+    so that each group fits in :func:`lab.memory.limit`; and the memory figures (bytes) behind them.
+
+    The estimate is XLA's, compiled from shapes alone, of the larger of training (:func:`lab.train.fit_memory`)
+    and evaluating (``test_program``'s own memory beside the three copies of the state that ``fit`` then
+    holds, and the data), for every seed at once and, when that does not fit, for one seed, to learn what
+    each seed adds. Every group has the same size,
+    so one program serves them all: the last is filled up with repeats of its first seed, whose results
+    are dropped. Each seed trains as it would with all the others; XLA may round a program of another
+    number of seeds differently, by a few ulps (tests/test_experiment.py checks this on the CPU)."""
+    count = len(config.seeds)
+
+    def needed_by(rows: np.ndarray) -> int:
+        states = jax.eval_shape(initial_states, jnp.asarray(config.seeds)[rows])
+        group_pools = {name: _seed_rows(pool, rows) for name, pool in pools.items()}
+        training = train.fit_memory(
+            model, states, tx, objective, group_pools, steps=config.steps, batch_size=config.batch_size,
+            eval_every=config.eval_every, seed_axis=True, precision=config.precision,
+        )  # fmt: skip
+        evaluation = test_program.lower(states.eval_params, states.model_state).compile()
+        evaluating = 3 * memory.tree_bytes(states) + memory.tree_bytes(group_pools)
+        return max(training, evaluating + memory.compiled_bytes(evaluation, arguments=False))
+
+    needed, allowed = needed_by(np.arange(count)), memory.limit(device)
+    # One seed alone is compiled only when all do not fit, to learn what a seed adds.
+    needed_by_one = needed if needed <= allowed or count == 1 else needed_by(np.arange(1))
+    size = memory.seeds_per_group(count, needed, needed_by_one, allowed)
+    if size == 0:
+        raise ValueError(
+            f"one seed of this run needs about {memory.describe(needed_by_one)} of memory, more than the limit "
+            f"of {memory.describe(allowed)}; raise it with {memory.LIMIT_VARIABLE}=<size> (e.g. "
+            f"{memory.LIMIT_VARIABLE}={math.ceil(needed_by_one / 1e9)}GB) if the device has the memory, "
+            "or train a smaller model or batch"
+        )
+    if size < count:
+        sys.stderr.write(
+            f"lab: {count} seeds need about {memory.describe(needed)} of memory, more than the limit of "
+            f"{memory.describe(allowed)} ({memory.LIMIT_VARIABLE}); training them in {math.ceil(count / size)} "
+            f"groups of {size}\n"
+        )
+    groups = []
+    for start in range(0, count, size):
+        rows = np.arange(start, min(start + size, count))
+        groups.append((np.concatenate([rows, np.full(size - len(rows), start)]), len(rows)))
+    return groups, {"estimate_bytes": needed, "limit_bytes": allowed, "seeds_per_group": size}
+
+
+def _seed_rows(pool: Mapping[str, jax.Array], rows: np.ndarray) -> dict[str, jax.Array]:
+    """``pool`` for the seeds in ``rows`` (of its per-seed fields), sharing its data."""
+    return {name: array[rows] if name in _PER_SEED_FIELDS else array for name, array in pool.items()}
+
+
+def _kept_seeds(value: Any, kept: int) -> Any:
+    """A history value of a group without its filler seeds: per-seed lists cut to ``kept``; the step as it is."""
+    return value[:kept] if isinstance(value, list) else value
+
+
+def _joined_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One history row of the same row of every group: the step, and each per-seed list in seed order."""
+    return {name: [v for row in rows for v in row[name]] if isinstance(value, list) else value
+            for name, value in rows[0].items()}  # fmt: skip
 
 
 # ------------------------------------------------- what run and lab train share
@@ -611,17 +728,20 @@ def _initial_state(
     return initial_state
 
 
-def _test_logits(
-    model: train.Graphs, x_test: np.ndarray, *, seed_axis: bool
-) -> Callable[[train.TrainState], np.ndarray]:
-    """state -> the logits of the test inputs under its evaluation weights (the EMA's, when it keeps one)."""
+def _test_logits_program(model: train.Graphs, x_test: np.ndarray, *, seed_axis: bool) -> Callable:
+    """The jitted ``(eval params, model state) -> logits of the test inputs`` (over seeds with ``seed_axis``)."""
     x_test = jnp.asarray(x_test)
 
     def logits(params: nnx.State, model_state: nnx.State) -> jax.Array:
         return train.predict(model, params, model_state, x_test)
 
-    compiled = jax.jit(jax.vmap(logits) if seed_axis else logits)
-    return lambda state: np.asarray(compiled(state.eval_params, state.model_state))
+    return jax.jit(jax.vmap(logits) if seed_axis else logits)
+
+
+def _test_logits(program: Callable) -> Callable[[train.TrainState], np.ndarray]:
+    """state -> the logits of the test inputs (by ``program``, :func:`_test_logits_program`) under its
+    evaluation weights (the EMA's, when it keeps one)."""
+    return lambda state: np.asarray(program(state.eval_params, state.model_state))
 
 
 def _fit(
@@ -715,6 +835,7 @@ def _train_and_evaluate(
     train.enable_compilation_cache()
     dataset = data.load(config.dataset)
     dataset.check_batch_size(config.batch_size)
+    dataset.check_classes()
     make_module = SETUPS["supervised"].classifier(config, dataset, None)
     # The supervised objective on the inputs as they are, as `lab train` has always trained.
     objective = semisupervised.Supervised(
@@ -724,7 +845,7 @@ def _train_and_evaluate(
     model, _, _ = train.Graphs.split(nnx.eval_shape(lambda: make_module(0)))
     state = _initial_state(make_module, objective, tx, config.ema_decay)(config.seed)
     pools = {"labeled": {"x": jnp.asarray(dataset.x_train), "y": jnp.asarray(dataset.y_train)}}
-    test_logits = _test_logits(model, dataset.x_test, seed_axis=False)
+    test_logits = _test_logits(_test_logits_program(model, dataset.x_test, seed_axis=False))
 
     def evaluate(state: train.TrainState) -> dict[str, float]:
         return {"test_accuracy": metrics.accuracy(test_logits(state), dataset.y_test)}
@@ -751,7 +872,8 @@ def _train_and_evaluate(
             parallel=parallel.DataParallel(parallel.data_mesh(platform_devices)) if config.data_parallel else None,
         )  # fmt: skip
     final = metrics.classification_metrics(test_logits(result.state), dataset.y_test)
-
+    if workdir is not None:
+        tensorboard.write_or_say({workdir: tensorboard.with_final(result.history, final)})
     return {
         "config": dataclasses.asdict(config),
         "dataset": {

@@ -7,7 +7,8 @@ backspace overstrikes of old files removed and its whitespace collapsed to singl
 their lower-cased words (``\\w+``) agree, so a quote with other spacing or punctuation
 counts as a repeat. The ROT13 ``off/`` folders are never read.
 
-**The tasks** (both split 25% stratified test, ``random_state=0``, as ``digits``):
+**The tasks** (both split 25% stratified test, ``random_state=0``, as ``digits``; a class needs at
+least 4 distinct fortunes, so that both splits hold it, and a file without any is refused by name):
 
 ``fortunes_topics``
     an English fortune's file, one of :data:`FORTUNE_TOPICS` (3,929 fortunes in
@@ -135,6 +136,9 @@ FORTUNE_MOD_SHA256 = "ac4d1486cac9b999049107136b94106fe98a4aeac00ec635b144c43764
 
 _SPLIT_SEED = 0
 _TEST_SIZE = 0.25
+# The stratified split gives a class of n texts at least floor(n * _TEST_SIZE) test texts and more training
+# texts: with n >= 1 / _TEST_SIZE every class is in both splits (the test metrics need each).
+_MIN_PER_CLASS = round(1 / _TEST_SIZE)
 _SEPARATOR = re.compile(r"^%[ \t\r]*$", flags=re.M)
 _OVERSTRIKE = re.compile(".\x08")  # "_\bx" (underlined) and "x\bx" (bold) print as x
 
@@ -155,6 +159,14 @@ def _read(path: Path) -> list[str]:
 def _same_text_key(text: str) -> str:
     """Texts with equal keys are the same text: their lower-cased words agree (pictures: their characters)."""
     return " ".join(re.findall(r"\w+", text.lower())) or text
+
+
+def _class_source(name: str, directory: Path, class_name: str) -> str:
+    """Where the fortunes of class ``class_name`` of dataset ``name`` are read, for messages."""
+    if name == "fortunes_topics":
+        return str(directory / class_name)
+    where = LANGUAGE_SOURCES[class_name][0]
+    return str(directory / where) if where else f"the English files of {directory}"
 
 
 def _english_paths(directory: Path) -> list[Path]:
@@ -222,8 +234,21 @@ def load_texts(name: str, *, data_dir: str | os.PathLike[str] | None = None, dow
         }
         everything = [text for texts in by_class.values() for text in texts]
 
+    for class_name, class_texts in by_class.items():
+        if not class_texts:
+            raise ValueError(
+                f"{_class_source(name, directory, class_name)} holds no fortune (it is empty or has only '%' lines); "
+                f"class {class_name!r} of {name} needs at least {_MIN_PER_CLASS} fortunes"
+            )
     key = {text: _same_text_key(text) for text in everything}.__getitem__  # every class text is in everything
     texts, labels, counts = _distinct_texts(by_class, key)
+    for class_name in classes:
+        if counts[f"class:{class_name}"] < _MIN_PER_CLASS:
+            raise ValueError(
+                f"{name}: class {class_name!r} keeps {counts[f'class:{class_name}']} of its fortunes after merging "
+                f"repeats and dropping texts found under other classes ({_class_source(name, directory, class_name)}); "
+                f"the stratified {_TEST_SIZE:.0%} test split needs at least {_MIN_PER_CLASS} of every class"
+            )
     if name == "fortunes_language":
         texts, labels, counts["subsampled_to"] = _balanced(texts, labels, len(classes))
     from sklearn.model_selection import train_test_split  # ~2 s to import: only for text datasets
@@ -277,8 +302,6 @@ def _distinct_texts(
         kept = [text for text in class_texts if key(text) not in shared]
         texts += kept
         labels += [label] * len(kept)
-        if not kept:
-            raise ValueError(f"no fortune of class {list(by_class)[label]!r} is left after dropping shared texts")
     read = sum(map(len, by_class.values()))
     counts = {
         "read": read,

@@ -39,7 +39,7 @@ from flax import nnx
 from tqdm import tqdm as std_tqdm
 from tqdm.auto import tqdm
 
-from lab import cache, validate
+from lab import cache, memory, validate
 
 
 PyTree = Any
@@ -562,6 +562,30 @@ def fit(
         state = jax.device_put(best[1])
     steps_log = {name: np.concatenate(chunks, axis=-1) for name, chunks in log.items()}
     return FitResult(state, history, steps_log, wall)
+
+
+def fit_memory(
+    model: Graphs,
+    state: TrainState,
+    tx: optax.GradientTransformation,
+    objective: Objective,
+    pools: Pools,
+    *,
+    steps: int,
+    batch_size: int,
+    eval_every: int | None = None,
+    seed_axis: bool = False,
+    precision: str = "float32",
+) -> int:
+    """The bytes :func:`fit` needs for these arguments, before it runs: XLA's memory analysis of the
+    compiled chunk (:func:`lab.memory.compiled_bytes`), plus the two more copies of the state that
+    ``fit`` holds (its caller's, and the chunk's start, kept to trace a NaN back). ``state`` may be
+    arrays or their ``jax.ShapeDtypeStruct`` (``jax.eval_shape``), allocating nothing. The chunk compiled
+    here is the first one ``fit`` runs, which ``fit`` then finds in JAX's cache."""
+    length = min(eval_every or steps, steps)
+    seed_axes = _freeze(_seed_axes(pools)) if seed_axis else None
+    chunk = _compiled_chunk(model, tx, objective, batch_size, None, seed_axes, precision, length)
+    return memory.compiled_bytes(chunk.lower(state, pools).compile()) + 2 * memory.tree_bytes(state)
 
 
 @functools.lru_cache(maxsize=64)

@@ -344,6 +344,32 @@ def test_an_empty_idx_set_is_refused_naming_the_file(tmp_path, split):
         data.mnist(data_dir=tmp_path)
 
 
+def test_idx_data_missing_classes_is_refused_before_training(tmp_path, monkeypatch):
+    """Labels 0-4 only: every class of MNIST needs labels_per_class training examples and a test
+    example (ROC-AUC needs each), so the run stops before training, naming the missing classes."""
+    from lab import experiment, train
+
+    rng = np.random.default_rng(0)
+    write_mnist_like(tmp_path, n_train=40, labels=np.repeat(np.arange(5, dtype=np.uint8), 8))
+    data.write_idx(tmp_path / "t10k-labels-idx1-ubyte", rng.permutation(np.arange(4, dtype=np.uint8) % 5))
+    monkeypatch.setattr(train, "fit", lambda *args, **kwargs: pytest.fail("trained despite missing classes"))
+    config = {"dataset": "mnist", "data_dir": str(tmp_path), "labels_per_class": 2, "batch_size": 4}
+    message = "mnist: the training split has fewer than 2 examples of classes 5 ('5': 0), 6 ('6': 0), 7 ('7': 0)"
+    with pytest.raises(ValueError, match=re.escape(message)) as caught:
+        experiment.run(config, progress=False)
+    assert f"check the training labels in {tmp_path}" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_test_split_missing_a_class_is_refused_naming_it(tmp_path):
+    write_mnist_like(tmp_path, n_train=20, labels=np.arange(20, dtype=np.uint8) % 10)
+    data.write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([0, 1, 2, 3], np.uint8))
+    dataset = data.mnist(data_dir=tmp_path)
+    with pytest.raises(ValueError, match=re.escape("the test split has fewer than 1 example of classes 4 ('4': 0)")):
+        dataset.check_classes(2)
+    with pytest.raises(ValueError, match=re.escape("training split has fewer than 3 examples of classes 0 ('0': 2)")):
+        dataset.check_classes(3)
+
+
 def test_labels_must_be_in_range(tmp_path):
     write_mnist_like(tmp_path, labels=np.array([0, 1, 2, 10, 4, 5], np.uint8))
     with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte: label 10 at index 3 is out of range; .* 0\.\.9"):

@@ -455,3 +455,48 @@ def test_progress_bars_name_each_phase(setup_values, phases, monkeypatch, capsys
     lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
     shown = [line.split(":")[0].removesuffix(" (compiling)").strip() for line in lines if "step/s" in line]
     assert list(dict.fromkeys(shown)) == phases
+
+
+def test_seeds_past_the_memory_limit_train_in_groups_to_the_same_numbers(monkeypatch, capsys):
+    """A limit a byte below what five seeds need: two groups of four (the second filled up with repeats of
+    seed 4, dropped), said in one line, and every seed's numbers those of the run of all five at once."""
+    from lab import memory
+
+    config = {**SMALL, "setup": "semi_supervised", "method": "freematch", "seeds": [0, 1, 2, 3, 4]}
+    together = experiment.run(config, progress=False)
+    estimate = together.memory["estimate_bytes"]
+    assert together.memory["seeds_per_group"] == 5 and estimate < together.memory["limit_bytes"]
+    monkeypatch.setenv("LAB_MEMORY_LIMIT", str(estimate - 1))
+    capsys.readouterr()
+    grouped = experiment.run(config, progress=False)
+    assert grouped.memory == {"estimate_bytes": estimate, "limit_bytes": estimate - 1, "seeds_per_group": 4}
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"lab: 5 seeds need about {memory.describe(estimate)} of memory, more than the limit of "
+        f"{memory.describe(estimate - 1)} (LAB_MEMORY_LIMIT); training them in 2 groups of 4"
+    )
+    assert grouped.seeds == together.seeds and grouped.curves.keys() == together.curves.keys()
+    # The same training: equal where only comparisons enter (accuracies); elsewhere XLA may round a
+    # program of 4 seeds otherwise than one of 5, by a few ulps.
+    assert grouped.metrics["accuracy"] == together.metrics["accuracy"]
+    assert grouped.curves["test_accuracy"] == together.curves["test_accuracy"]
+    for name, values in together.metrics.items():
+        np.testing.assert_allclose(grouped.metrics[name], values, rtol=1e-6, err_msg=name)
+    for name, values in together.curves.items():
+        np.testing.assert_allclose(np.asarray(grouped.curves[name], float), np.asarray(values, float), rtol=1e-6)
+
+
+def test_a_seed_past_the_memory_limit_is_refused_naming_the_estimate_and_the_limit(monkeypatch):
+    from lab import train
+
+    monkeypatch.setenv("LAB_MEMORY_LIMIT", "1KB")
+    monkeypatch.setattr(train, "fit", lambda *args, **kwargs: pytest.fail("trained past the memory limit"))
+    message = (
+        r"one seed of this run needs about [0-9.]+ [KM]B of memory, more than the limit of 1\.0 KB; "
+        r"raise it with LAB_MEMORY_LIMIT=<size> \(e\.g\. LAB_MEMORY_LIMIT=1GB\) if the device has the memory"
+    )
+    with pytest.raises(ValueError, match=message):
+        experiment.run({**SMALL, "seeds": [0, 1]}, progress=False)
+    monkeypatch.setenv("LAB_MEMORY_LIMIT", "lots")
+    with pytest.raises(ValueError, match=r"LAB_MEMORY_LIMIT='lots' is not a memory size; give bytes or a number"):
+        experiment.run({**SMALL, "seeds": [0, 1]}, progress=False)

@@ -187,6 +187,9 @@ def test_notebook_runs_with_small_parameters(prefix, tmp_path, headless, caplog)
         assert all(len(entry["accuracy"]) == len(parameters["seeds"]) for entry in record["comparison"])
         assert {entry["labels_per_class"] for entry in record["comparison"]} == set(parameters["label_budgets"])
         assert len(list((tmp_path / "figures").glob("*.png"))) >= 3
+    if prefix == "05":  # each seed's curves as TensorBoard logs in the output folder
+        logs = sorted(path.parent.name for path in (tmp_path / "figures").glob("seed_*/*tfevents*"))
+        assert logs == [f"seed_{seed}" for seed in parameters["seeds"]]
     if prefix == "04":
         assert record["source"] == "computed"  # there is no store at results_db
         assert {entry["setup"] for entry in record["comparison"]} == {"supervised", "semi_supervised", "transfer"}

@@ -187,6 +187,35 @@ def test_language_is_balanced_and_reads_only_each_languages_files(fortunes):
     assert every - set(texts.test) <= set(texts.corpus)
 
 
+@pytest.mark.parametrize("content", ["", "%\n", "\n%\n  \n%\n"])
+def test_an_empty_topic_file_is_named(fortunes, content):
+    (fortunes / "computers").write_text(content)
+    message = f"{fortunes / 'computers'} holds no fortune (it is empty or has only '%' lines); class 'computers'"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        text.load_texts("fortunes_topics", data_dir=fortunes)
+
+
+def test_a_language_without_fortunes_is_named(fortunes):
+    for path in (fortunes / "pl").iterdir():
+        path.write_text("%\n")
+    with pytest.raises(ValueError, match=re.escape(f"{fortunes / 'pl'} holds no fortune (it is empty or has only")):
+        text.load_texts("fortunes_language", data_dir=fortunes)
+
+
+@pytest.mark.parametrize("left", [1, 3])  # 1: scikit-learn's split refused; 3: food could miss the test split
+def test_too_few_fortunes_of_a_class_say_which_and_how_many_are_needed(fortunes, left):
+    (fortunes / "food").write_text(_fortune_file(TOPIC_TEXTS["food"][:left] + [SHARED]))  # SHARED is dropped
+    message = (
+        f"fortunes_topics: class 'food' keeps {left} of its fortunes after merging repeats and dropping texts "
+        f"found under other classes ({fortunes / 'food'}); the stratified 25% test split needs at least 4 of every class"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        text.load_texts("fortunes_topics", data_dir=fortunes)
+    (fortunes / "food").write_text(_fortune_file(TOPIC_TEXTS["food"][:4]))
+    texts = text.load_texts("fortunes_topics", data_dir=fortunes)  # 4 are enough: one of them is a test text
+    assert np.bincount(texts.y_test, minlength=10)[data.FORTUNE_TOPICS.index("food")] == 1
+
+
 def test_language_subsample_is_seeded(fortunes):
     first, second = (text.load_texts("fortunes_language", data_dir=fortunes) for _ in range(2))
     assert first.train == second.train and first.test == second.test
