@@ -2,7 +2,7 @@
 
     python benchmarks/pretrained.py [--checkpoint ../shared/checkpoints/all-MiniLM-L6-v2]
         [--dataset fortunes_topics] [--budgets 5 10 25 50] [--seeds 0 1 2] [--max-length 128]
-        [--speed-texts 256]
+        [--speed-texts 256] [--finetune-steps 20] [--no-probe]
 
 The checkpoint is read by :mod:`lab.checkpoints` (its tokenizer makes the dataset's ids through
 ``data.load(name, tokenizer=...)``); every training and test text is embedded once by lab's encoder
@@ -19,24 +19,35 @@ batch and length (padded to ``--max-length``), on the same CPU, and the throughp
 (lab's after one pass that compiles; the model's construction is not timed on either side);
 ``lab_trimmed_texts_per_s`` is lab's own way, batches of similar length cut to their longest text
 (:func:`lab.checkpoints.embed_ids`), which the probe above uses.
+
+With ``--finetune-steps N`` and the ``bench`` extra, the cost of fine-tuning: lab's steps/s
+(``lab.experiment.run``: the checkpoint's encoder and a new head, ``adaptation="finetune"``, AdamW,
+batches of 32 texts x 64 tokens, 10 labels per topic, one seed; N steps after compiling, evaluation
+not timed: ``wall_time_s["train"]``), then, in the same process, ``transformers``' in PyTorch eager
+(the same encoder, mean pooling, normalisation and head, AdamW, dropout on, one batch of 32 of those
+labeled texts x 64 tokens; N steps after one warm-up step), as a ratio. The load average (1 minute)
+is printed before and after each, since the machine may be shared.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from lab import checkpoints, data
+from lab import checkpoints, data, experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = ROOT.parent / "shared" / "checkpoints" / "all-MiniLM-L6-v2"
 C_VALUES = (1.0, 10.0, 100.0)
 BATCH = 64
+# The fine-tuning cost: batches of this many texts of this many tokens, AdamW at this rate, labels per topic.
+FINETUNE_BATCH, FINETUNE_LENGTH, FINETUNE_LR, FINETUNE_LABELS = 32, 64, 3e-5, 10
 
 
 def probe_accuracy(x_train, y_train, x_test, y_test) -> float:
@@ -66,6 +77,100 @@ def torch_throughput(folder: Path, ids: np.ndarray) -> float:
     return len(ids) / (time.perf_counter() - start)
 
 
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def lab_finetune_steps_per_s(folder: str, dataset: str, steps: int) -> float:
+    """Steps/s of lab's fine-tuning through ``experiment.run`` (compilation and evaluation not timed)."""
+    result = experiment.run(
+        {
+            "setup": "transfer", "pretrain": "checkpoint", "checkpoint": folder, "model": "bert", "dataset": dataset,
+            "adaptation": "finetune", "optimizer": "adamw", "learning_rate": FINETUNE_LR,
+            "pretrain_kwargs": {"max_length": FINETUNE_LENGTH}, "labels_per_class": FINETUNE_LABELS, "seeds": [0],
+            "batch_size": FINETUNE_BATCH, "steps": steps, "eval_every": steps,
+        },  # fmt: skip
+        progress=False,
+    )
+    return steps / result.wall_time_s["train"]
+
+
+def torch_finetune_steps_per_s(
+    folder: Path, ids: np.ndarray, labels: np.ndarray, num_classes: int, steps: int
+) -> float:
+    """Steps/s of transformers' BertModel (PyTorch eager, training mode) with lab's pooling and a linear head,
+    AdamW, on the one batch ``ids``; after one warm-up step."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModel.from_pretrained(folder).train()
+    head = torch.nn.Linear(model.config.hidden_size, num_classes)
+    optimizer = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=FINETUNE_LR)
+    batch, targets = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(labels.astype(np.int64))
+    mask = (batch != 0).long()
+    weights = mask.unsqueeze(-1).float()
+
+    def step() -> None:
+        hidden = model(input_ids=batch, attention_mask=mask).last_hidden_state
+        pooled = torch.nn.functional.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1)
+        loss = torch.nn.functional.cross_entropy(head(pooled), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps / (time.perf_counter() - start)
+
+
+def finetune_costs(folder: str, dataset_name: str, steps: int) -> dict[str, float]:
+    """lab's fine-tuning steps/s, then transformers' on a batch of the same labeled texts, and the load around each."""
+    checkpoint = checkpoints.load(folder, max_length=FINETUNE_LENGTH)
+    dataset = data.load(dataset_name, tokenizer=checkpoint.tokenizer)
+    labeled, _ = data.labeled_split(dataset.y_train, FINETUNE_LABELS, 0)
+    batch = labeled[:FINETUNE_BATCH]
+    costs = {"finetune_load_before_lab": load_average()}
+    costs["lab_finetune_steps_per_s"] = lab_finetune_steps_per_s(folder, dataset_name, steps)
+    costs["finetune_load_before_torch"] = load_average()
+    costs["torch_finetune_steps_per_s"] = torch_finetune_steps_per_s(
+        checkpoint.folder, dataset.x_train[batch], dataset.y_train[batch], dataset.num_classes, steps
+    )
+    costs["finetune_load_after"] = load_average()
+    costs["finetune_ratio"] = costs["lab_finetune_steps_per_s"] / costs["torch_finetune_steps_per_s"]
+    return costs
+
+
+def probe_rows(args, checkpoint, dataset, costs: dict) -> dict[str, list[float]]:
+    """Test accuracy (%) per budget and seed of LogisticRegression on the frozen embeddings; timings into ``costs``."""
+    ids = np.concatenate([dataset.x_train, dataset.x_test])
+    tic = time.perf_counter()
+    embeddings = checkpoint.embed_ids(ids, batch_size=BATCH)
+    costs["embed_s"] = time.perf_counter() - tic  # ~0 on a cache hit
+    costs["texts"] = len(ids)
+    x_train, x_test = embeddings[: len(dataset.x_train)], embeddings[len(dataset.x_train) :]
+    rows: dict[str, list[float]] = {}
+    for k in args.budgets:
+        for seed in args.seeds:
+            labeled, _ = data.labeled_split(dataset.y_train, k, seed)
+            accuracy = probe_accuracy(x_train[labeled], dataset.y_train[labeled], x_test, dataset.y_test)
+            rows.setdefault(str(k), []).append(accuracy)
+    rows["all"] = [probe_accuracy(x_train, dataset.y_train, x_test, dataset.y_test)]
+    return rows
+
+
+def print_table(args, rows: dict[str, list[float]]) -> None:
+    header = " | ".join(f"{k} / topic" if k != "all" else "all labels" for k in rows)
+    cells = " | ".join(
+        f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+        for values in rows.values()
+    )
+    print(f"| `{args.dataset}`, {len(args.seeds)} draws | {header} |")
+    print("| --- |" + " ---: |" * len(rows))
+    print(f"| lab: {Path(args.checkpoint).name}, frozen, mean-pooled + normalised, LogisticRegression | {cells} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
@@ -74,26 +179,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--speed-texts", type=int, default=0)
+    parser.add_argument("--finetune-steps", type=int, default=0)
+    parser.add_argument("--no-probe", action="store_true", help="skip the probe table (only the costs asked for)")
     args = parser.parse_args()
 
     tic = time.perf_counter()
     checkpoint = checkpoints.load(args.checkpoint, max_length=args.max_length)
     dataset = data.load(args.dataset, tokenizer=checkpoint.tokenizer)
     costs = {"load_s": time.perf_counter() - tic}
-    ids = np.concatenate([dataset.x_train, dataset.x_test])
-    tic = time.perf_counter()
-    embeddings = checkpoint.embed_ids(ids, batch_size=BATCH)
-    costs["embed_s"] = time.perf_counter() - tic  # ~0 on a cache hit
-    costs["texts"] = len(ids)
-    x_train, x_test = embeddings[: len(dataset.x_train)], embeddings[len(dataset.x_train) :]
-
-    rows: dict[str, list[float]] = {}
-    for k in args.budgets:
-        for seed in args.seeds:
-            labeled, _ = data.labeled_split(dataset.y_train, k, seed)
-            accuracy = probe_accuracy(x_train[labeled], dataset.y_train[labeled], x_test, dataset.y_test)
-            rows.setdefault(str(k), []).append(accuracy)
-    rows["all"] = [probe_accuracy(x_train, dataset.y_train, x_test, dataset.y_test)]
+    rows = {} if args.no_probe else probe_rows(args, checkpoint, dataset, costs)
     costs["total_s"] = sum(value for name, value in costs.items() if name.endswith("_s"))
 
     if args.speed_texts:
@@ -110,14 +204,12 @@ def main() -> None:
             ratio=rates[False] / reference_rate,
         )  # fmt: skip
 
-    header = " | ".join(f"{k} / topic" if k != "all" else "all labels" for k in rows)
-    cells = " | ".join(
-        f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
-        for values in rows.values()
-    )
-    print(f"| `{args.dataset}`, {len(args.seeds)} draws | {header} |")
-    print("| --- |" + " ---: |" * len(rows))
-    print(f"| lab: {Path(args.checkpoint).name}, frozen, mean-pooled + normalised, LogisticRegression | {cells} |")
+    if args.finetune_steps:
+        costs.update(finetune_costs(args.checkpoint, args.dataset, args.finetune_steps))
+    costs["cores"] = os.cpu_count()
+
+    if rows:
+        print_table(args, rows)
     print(json.dumps({"costs": {k: round(v, 3) for k, v in costs.items()}, "per_seed": rows}, indent=1))
 
 

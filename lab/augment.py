@@ -22,11 +22,12 @@ and its successors build on:
     [0, 1]. For 1-D signals: a larger shift, a wider gain, Gaussian noise and
     Cutout, all growing with ``magnitude``.
 
-Token sequences ``(N, L)`` (int32 ids, :data:`lab.modality.SPECIAL_TOKENS`: ``[CLS]`` first, ``[PAD]`` = 0
-at the end) are edited UDA/EDA style, only at their tokens: ``[CLS]`` at position 0 and
-the padding are never touched, and the length is kept. Weak replaces 10% of the tokens
-by ``[MASK]`` (token dropout). Strong, at magnitude ``m``, masks a span of ``m / 4`` of
-the tokens (cut-out), then masks each other token with probability ``0.1 + 0.2 m``,
+Token sequences ``(N, L)`` (int32 ids, ``[CLS]`` first, ``[PAD]`` = 0 at the end) are edited
+UDA/EDA style, only at their tokens: the tokenizer's special ids (``special_ids``, a
+:class:`lab.modality.SpecialIds` its tokenizer provides: ``[CLS]``, ``[SEP]``, padding; lab's own
+by default), position 0 and the padding are never touched, and the length is kept. Weak replaces
+10% of the tokens by the tokenizer's ``[MASK]`` (token dropout). Strong, at magnitude ``m``, masks
+a span of ``m / 4`` of the tokens (cut-out), then masks each other token with probability ``0.1 + 0.2 m``,
 replaces it by a token drawn from the same sequence with probability ``0.2 m`` (no
 vocabulary needed), and deletes it with probability ``0.2 m``, shifting the rest left and
 padding the end. ``flip`` is refused: text has no mirror image.
@@ -68,7 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lab import modality, validate
-from lab.modality import MASK_ID, PAD_ID
+from lab.modality import LAB_SPECIAL_IDS, PAD_ID, SpecialIds
 
 __all__ = [
     "BY_MODALITY",
@@ -119,7 +120,13 @@ _STRONG_DELETE = 0.2
 
 
 def make_augmentation(
-    strength: str, input_shape: Sequence[int], *, flip: bool = False, magnitude: float = 0.5, policy: str = "default"
+    strength: str,
+    input_shape: Sequence[int],
+    *,
+    flip: bool = False,
+    magnitude: float = 0.5,
+    policy: str = "default",
+    special_ids: SpecialIds | None = None,
 ) -> Augmentation:
     """``augment(key, batch)`` for batches of examples shaped ``input_shape``.
 
@@ -127,7 +134,8 @@ def make_augmentation(
     1-D signals, ``(L,)`` for token sequences. ``flip`` adds random mirroring along the
     width (time, for signals; refused for token sequences).
     ``magnitude`` in [0, 1] scales the strong augmentation (unused by the others).
-    ``policy`` is a key of :data:`POLICIES`.
+    ``policy`` is a key of :data:`POLICIES`. ``special_ids``: the special tokens of the tokenizer
+    that made token sequences (its ``special_ids``); lab's own when None.
     """
     validate.choice("augmentation strength", strength, STRENGTHS)
     check_options(flip=flip, magnitude=magnitude, policy=policy)
@@ -140,10 +148,11 @@ def make_augmentation(
         )
 
     weak, strong = POLICIES[policy][kind]
+    tokens = {"special_ids": special_ids or LAB_SPECIAL_IDS} if modality.MODALITIES[kind].tokenized else {}
     per_example = {
         "none": None,
-        "weak": partial(weak, flip=flip),
-        "strong": partial(strong, flip=flip, magnitude=float(magnitude)),
+        "weak": partial(weak, flip=flip, **tokens),
+        "strong": partial(strong, flip=flip, magnitude=float(magnitude), **tokens),
     }[strength]
 
     def augment(key: jax.Array, batch: jax.Array) -> jax.Array:
@@ -551,9 +560,9 @@ def _strong_signal(key: jax.Array, signal: jax.Array, *, flip: bool, magnitude: 
 # ------------------------------------------------------------------ token sequences (L,)
 
 
-def _editable(ids: jax.Array) -> jax.Array:
-    """Where an augmentation may edit: the tokens, not [CLS] at position 0 and not [PAD]."""
-    return (ids != PAD_ID) & (jnp.arange(ids.shape[0]) > 0)
+def _editable(ids: jax.Array, special_ids: SpecialIds) -> jax.Array:
+    """Where an augmentation may edit: the tokens, not position 0 ([CLS]) nor the special ids ([SEP], [PAD])."""
+    return ~jnp.isin(ids, jnp.asarray((PAD_ID, *special_ids.kept))) & (jnp.arange(ids.shape[0]) > 0)
 
 
 def _refuse_flip(flip: bool) -> None:
@@ -561,17 +570,19 @@ def _refuse_flip(flip: bool) -> None:
         raise ValueError("flip=True mirrors images and signals; token sequences have no mirror image")
 
 
-def _weak_text(key: jax.Array, ids: jax.Array, *, flip: bool) -> jax.Array:
+def _weak_text(key: jax.Array, ids: jax.Array, *, flip: bool, special_ids: SpecialIds) -> jax.Array:
     _refuse_flip(flip)
     u = _uniforms(key, mask=ids.shape)
-    return jnp.where(_editable(ids) & (u["mask"] < _WEAK_MASK), MASK_ID, ids)
+    return jnp.where(_editable(ids, special_ids) & (u["mask"] < _WEAK_MASK), special_ids.mask, ids)
 
 
-def _strong_text(key: jax.Array, ids: jax.Array, *, flip: bool, magnitude: float) -> jax.Array:
+def _strong_text(
+    key: jax.Array, ids: jax.Array, *, flip: bool, magnitude: float, special_ids: SpecialIds
+) -> jax.Array:
     _refuse_flip(flip)
     length = ids.shape[0]
     u = _uniforms(key, span=(), mask=ids.shape, replace=ids.shape, source=ids.shape, delete=ids.shape)
-    editable = _editable(ids)
+    editable = _editable(ids, special_ids)
     count = jnp.sum(editable)
     position = jnp.arange(length)
     # The editable positions first, in order: the k-th token of the sequence is at order[k].
@@ -582,13 +593,13 @@ def _strong_text(key: jax.Array, ids: jax.Array, *, flip: bool, magnitude: float
     start = order[_integers(u["span"], 0, jnp.maximum(count - 1, 0))]
     masked = editable & (position >= start) & (position < start + span)
     masked |= editable & (u["mask"] < _WEAK_MASK + magnitude * _STRONG_MASK)
-    out = jnp.where(masked, MASK_ID, ids)
+    out = jnp.where(masked, special_ids.mask, ids)
 
     # Replacement by a token of the same sequence (its original id), among the unmasked ones.
     drawn = ids[order[_integers(u["source"], 0, jnp.maximum(count - 1, 0))]]
     out = jnp.where(editable & ~masked & (u["replace"] < magnitude * _STRONG_REPLACE), drawn, out)
 
-    # Deletion: kept positions move left in order ([CLS] and padding are kept), the end fills with [PAD].
+    # Deletion: kept positions move left in order ([CLS], [SEP] and padding are kept), the end fills with [PAD].
     kept = ~(editable & (u["delete"] < magnitude * _STRONG_DELETE))
     out = out[jnp.argsort(~kept, stable=True)]
     return jnp.where(position < jnp.sum(kept), out, PAD_ID)

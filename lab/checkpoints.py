@@ -40,7 +40,7 @@ import tokenizers
 from flax import nnx
 
 from lab import cache, devices, files, models, validate
-from lab.modality import PAD_ID
+from lab.modality import PAD_ID, SpecialIds
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, MODULES_FILE = (
     "config.json",
@@ -255,10 +255,14 @@ class CheckpointTokenizer:
     """A checkpoint's ``tokenizer.json`` with fixed-length encoding: the file's normaliser, special
     tokens and padding token, cut and padded to ``max_length`` tokens. It has what
     :func:`lab.text.load_dataset` asks of a tokenizer: ``vocab_size``, ``fingerprint``, ``max_length``,
-    ``settings`` and ``encode``. ``vocab_size`` is that of the model reading the ids (its embeddings,
-    which may outnumber the file's tokens); the file's by default."""
+    ``settings``, ``encode`` and ``special_ids``. ``vocab_size`` is that of the model reading the ids (its
+    embeddings, which may outnumber the file's tokens); the file's by default."""
+
+    # The mask token's names in the vocabularies of the models lab reads (BERT's; RoBERTa's).
+    MASK_TOKENS = ("[MASK]", "<mask>")
 
     def __init__(self, path: Path, *, max_length: int, vocab_size: int | None = None) -> None:
+        self.path = path
         self.max_length = validate.integer("max_length", max_length, minimum=2)
         try:
             backend = tokenizers.Tokenizer.from_file(str(path))
@@ -295,6 +299,17 @@ class CheckpointTokenizer:
     @property
     def settings(self) -> dict[str, Any]:
         return {"max_length": self.max_length}
+
+    @property
+    def special_ids(self) -> SpecialIds:
+        """The file's mask token, and the ids its template adds to every text ([CLS], [SEP]) with padding:
+        those of an empty text."""
+        masks = [found for token in self.MASK_TOKENS if (found := self.backend.token_to_id(token)) is not None]
+        if not masks:
+            raise CheckpointError(
+                f"{self.path}: no mask token ({' or '.join(self.MASK_TOKENS)}); lab's text augmentations mask with it"
+            )
+        return SpecialIds(mask=masks[0], kept=tuple(sorted(set(self.backend.encode("").ids))))
 
     def encode(self, texts: Sequence[str], *, what: str = "") -> np.ndarray:
         """``(len(texts), max_length)`` int32 ids; longer texts are cut, with one warning per call."""

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lab.modality import SpecialIds
+
 __all__ = ["DIGIT_NAMES", "DataNotFoundError", "Dataset", "PathLike"]
 
 PathLike = str | os.PathLike[str]
@@ -45,6 +47,7 @@ class Dataset:
     # STL-10's unlabeled split, which the benchmark provides for that; a text corpus is for pretraining.
     unlabeled_in_pool: bool = False
     tokenizer: str | None = None  # token sequences: the fingerprint of the tokenizer that made the ids
+    special_ids: SpecialIds | None = None  # token sequences: that tokenizer's special tokens, for augmentations
 
     def __post_init__(self) -> None:
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
@@ -140,6 +143,7 @@ class Dataset:
             source=self.source,
             vocab_size=self.vocab_size,
             tokenizer=self.tokenizer,
+            special_ids=self.special_ids,
             x_unlabeled=self.x_unlabeled,
             unlabeled_in_pool=self.unlabeled_in_pool,
         )

@@ -47,6 +47,7 @@ from lab import (
     checkpoints, data, devices, files, memory, metrics, models, optim, parallel, processes, provenance,
     semisupervised, tensorboard, train, transfer, validate,
 )  # fmt: skip
+from lab.modality import SpecialIds
 from lab.record import Record
 
 # Results name the git commit of lab's own source, wherever the run is started from.
@@ -301,6 +302,7 @@ def _distinct(name: str, values: Sequence[int]) -> None:
 
 
 ModuleFactory = Callable[[int], nnx.Module]  # seed -> a freshly initialised classifier
+FeatureMap = Callable[[np.ndarray], np.ndarray]  # inputs -> a frozen backbone's features of them
 
 
 def _fresh_classifier(config, dataset: data.Dataset, backbone: None = None) -> ModuleFactory:
@@ -338,12 +340,50 @@ class Plan:
 
     method_label: Callable[[ExperimentConfig], str]  # the name a comparison shows
     check: Callable[[ExperimentConfig], None]  # setup-specific validation, before any data is loaded
-    objective: Callable[[ExperimentConfig, tuple[int, ...]], train.Objective]  # (config, input shape)
+    # (config, input shape, the special ids of a text dataset's tokenizer: Dataset.special_ids)
+    objective: Callable[[ExperimentConfig, tuple[int, ...], SpecialIds | None], train.Objective]
     # (config, progress): a backbone pretrained (or read from the cache), with a progress bar when progress
     pretrain: Callable[[ExperimentConfig, bool], transfer.Backbone | None] = _no_backbone
     classifier: Callable[[ExperimentConfig, data.Dataset, Any], ModuleFactory] = _fresh_classifier  # pretrained too
     param_groups: Callable[[ExperimentConfig], Mapping[str, str | float] | None] = _nothing
     other_datasets: Callable[[ExperimentConfig], tuple[str, ...]] = _no_datasets  # loaded besides config.dataset
+    # (config, pretrained) -> the frozen backbone's feature map when only a head trains on it and the backbone
+    # can embed once (transfer.Backbone.embed); the head then trains on those features (see _trainee)
+    frozen_features: Callable[[ExperimentConfig, Any], FeatureMap | None] = lambda config, pretrained: None
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainee:
+    """What a run trains: on which inputs (the dataset's examples, or a frozen backbone's features of
+    them), which module, under which objective and parameter groups."""
+
+    dataset: data.Dataset
+    make_module: ModuleFactory
+    objective: train.Objective
+    param_groups: Mapping[str, str | float] | None
+
+
+def _trainee(plan: Plan, config: ExperimentConfig, dataset: data.Dataset, pretrained: Any) -> Trainee:
+    """The plan's classifier, objective and parameter groups on ``dataset``; or, where the plan has a frozen
+    feature map, the classifier's head alone on the features of the training and test examples, computed
+    once: the same head, initial values and batches, unaugmented, as a frozen encoder in eval mode gives."""
+    embed = plan.frozen_features(config, pretrained)
+    if embed is None:
+        return Trainee(
+            dataset, plan.classifier(config, dataset, pretrained),
+            plan.objective(config, dataset.input_shape, dataset.special_ids), plan.param_groups(config),
+        )  # fmt: skip
+    features = embed(np.concatenate([dataset.x_train, dataset.x_test]))
+    embedded = dataclasses.replace(
+        dataset, x_train=features[: len(dataset.x_train)], x_test=features[len(dataset.x_train) :],
+        vocab_size=None, tokenizer=None, special_ids=None, x_unlabeled=None, unlabeled_in_pool=False,
+    )  # fmt: skip
+    return Trainee(
+        embedded,
+        lambda seed: pretrained.probe_head(dataset.num_classes, seed=seed),
+        semisupervised.Supervised(input_shape=embedded.input_shape, augmentation="none"),
+        None,
+    )
 
 
 # Settings of method_kwargs that say how examples are seen: properties of the data rather than of the method.
@@ -362,8 +402,12 @@ def _check_view_settings(config: ExperimentConfig) -> None:
     semisupervised.check_hyperparameters("supervised", **_view_settings(config))
 
 
-def _weakly_augmented_supervised(config: ExperimentConfig, input_shape: tuple[int, ...]) -> train.Objective:
-    return semisupervised.Supervised(input_shape=input_shape, augmentation="weak", **_view_settings(config))
+def _weakly_augmented_supervised(
+    config: ExperimentConfig, input_shape: tuple[int, ...], special_ids: SpecialIds | None = None
+) -> train.Objective:
+    return semisupervised.Supervised(
+        input_shape=input_shape, special_ids=special_ids, augmentation="weak", **_view_settings(config)
+    )
 
 
 def _pretrained(config: ExperimentConfig, progress: bool) -> transfer.Backbone:
@@ -407,6 +451,10 @@ def _adaptation_param_groups(config: ExperimentConfig) -> dict[str, str | float]
     return transfer.adaptation_param_groups(config.adaptation, config.backbone_lr_multiplier)
 
 
+def _probed_features(config: ExperimentConfig, backbone: transfer.Backbone) -> FeatureMap | None:
+    return backbone.embed if config.adaptation == "linear_probe" else None
+
+
 def _pretraining_datasets(config: ExperimentConfig) -> tuple[str, ...]:
     source = config.pretrain_kwargs.get("source_dataset")
     return (source,) if source else ()
@@ -416,8 +464,12 @@ def _check_method(config: ExperimentConfig) -> None:
     semisupervised.check_hyperparameters(config.method, **config.method_kwargs)
 
 
-def _semi_supervised_objective(config: ExperimentConfig, input_shape: tuple[int, ...]) -> train.Objective:
-    return semisupervised.make_method(config.method, input_shape=input_shape, **config.method_kwargs)
+def _semi_supervised_objective(
+    config: ExperimentConfig, input_shape: tuple[int, ...], special_ids: SpecialIds | None = None
+) -> train.Objective:
+    return semisupervised.make_method(
+        config.method, input_shape=input_shape, special_ids=special_ids, **config.method_kwargs
+    )
 
 
 def _check_pretraining(config: ExperimentConfig) -> None:
@@ -467,10 +519,12 @@ SETUPS: dict[str, Plan] = {
         objective=_semi_supervised_objective,
     ),
     # a backbone pretrained by lab.transfer (cached), adapted on the labeled examples
+    # (a linear probe of a backbone that embeds once trains its head on the embeddings: see _trainee)
     "transfer": Plan(
         method_label=lambda config: f"{config.pretrain}+{config.adaptation}",
         check=_check_transfer,
         objective=_weakly_augmented_supervised,
+        frozen_features=_probed_features,
         **_ADAPTED_BACKBONE,
     ),
     # the same pretrained backbone, adapted on the labeled examples and the unlabeled pool by a
@@ -568,11 +622,11 @@ def _run(config: ExperimentConfig, progress: bool, device: jax.Device) -> Result
     splits = [data.labeled_split(dataset.y_train, config.labels_per_class, seed) for seed in config.seeds]
 
     tic = time.perf_counter()
-    pretrained = plan.pretrain(config, progress)
+    trainee = _trainee(plan, config, dataset, plan.pretrain(config, progress))
+    # The pretraining and a frozen probe's embeddings (0 on cache hits).
     wall = {"pretrain": time.perf_counter() - tic, "compile": 0.0, "train": 0.0}
-    make_module = plan.classifier(config, dataset, pretrained)
-    objective = plan.objective(config, dataset.input_shape)
-    tx = _optimizer(config, param_groups=plan.param_groups(config))
+    dataset, make_module, objective = trainee.dataset, trainee.make_module, trainee.objective
+    tx = _optimizer(config, param_groups=trainee.param_groups)
     model, _, _ = train.Graphs.split(nnx.eval_shape(lambda: make_module(0)))
     # One compiled, vmapped initialisation per group of seeds: built eagerly, every
     # initializer would compile on its own, which costs more than the training.

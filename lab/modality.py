@@ -29,6 +29,19 @@ MODALITIES: dict[str, Modality] = {modality.name: modality for modality in (IMAG
 # these tokens are fixed here so models, augmentations and tokenizers (lab.text) agree.
 SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[MASK]", "[UNK]")
 PAD_ID, CLS_ID, MASK_ID, UNK_ID = range(len(SPECIAL_TOKENS))
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+    """What text augmentations need of a tokenizer: the id of its ``mask`` token, which replaces
+    tokens, and the ids they never edit (``kept``: padding and the tokens its template adds, such as
+    ``[CLS]`` and ``[SEP]``). Each tokenizer provides its own (``special_ids``)."""
+
+    mask: int
+    kept: tuple[int, ...]
+
+
+LAB_SPECIAL_IDS = SpecialIds(mask=MASK_ID, kept=(PAD_ID, CLS_ID))  # lab's own tokenizers (lab.text)
 _BY_RANK = {modality.rank: modality for modality in MODALITIES.values()}
 
 

@@ -90,6 +90,7 @@ import optax
 from flax import nnx
 
 from lab import augment, losses, metrics, train, validate
+from lab.modality import SpecialIds
 
 __all__ = [
     "METHODS",
@@ -140,13 +141,16 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
     return add
 
 
-def make_method(name: str, *, input_shape: tuple[int, ...], **hyperparameters: Any) -> Method:
-    """The objective of method ``name`` for examples of ``input_shape``, e.g. ``(8, 8, 1)``.
+def make_method(
+    name: str, *, input_shape: tuple[int, ...], special_ids: SpecialIds | None = None, **hyperparameters: Any
+) -> Method:
+    """The objective of method ``name`` for examples of ``input_shape``, e.g. ``(8, 8, 1)``; token
+    sequences are augmented with the ``special_ids`` of their tokenizer (:attr:`lab.data.Dataset.special_ids`).
 
     ``hyperparameters`` override the method's defaults; :func:`hyperparameters_of`
     lists them.
     """
-    return _method_class(name, hyperparameters)(input_shape=input_shape, **hyperparameters)
+    return _method_class(name, hyperparameters)(input_shape=input_shape, special_ids=special_ids, **hyperparameters)
 
 
 def check_hyperparameters(name: str, **hyperparameters: Any) -> None:
@@ -305,20 +309,28 @@ class Method(train.Objective):
     ``flip``: whether weak (and strong) augmentations may mirror examples; off by
     default, since a mirrored digit is a different symbol or none. ``policy``: the
     :data:`lab.augment.POLICIES` entry the views come from (``"randaugment"`` is
-    FixMatch's, for natural images).
+    FixMatch's, for natural images). ``special_ids``: the special tokens of the tokenizer that made
+    token sequences, which their augmentations never edit and mask with (lab's own when None).
     """
 
     name: ClassVar[str]
     input_shape: tuple[int, ...] = _setting()
+    special_ids: SpecialIds | None = _setting(default=None)
     flip: bool = False
     policy: str = "default"
     augmentations: dict[str, augment.Augmentation] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         _check_values({name: getattr(self, name) for name in hyperparameters_of(type(self))})
-        weak = augment.make_augmentation("weak", self.input_shape, flip=self.flip, policy=self.policy)  # checks input_shape
+        weak = self.view("weak")  # checks input_shape
         object.__setattr__(self, "input_shape", tuple(int(n) for n in self.input_shape))  # hashable, for jit caches
         object.__setattr__(self, "augmentations", {"weak": weak})
+
+    def view(self, strength: str, **options: Any) -> augment.Augmentation:
+        """The :func:`lab.augment.make_augmentation` of ``strength`` for this method's examples and views."""
+        return augment.make_augmentation(
+            strength, self.input_shape, flip=self.flip, policy=self.policy, special_ids=self.special_ids, **options
+        )
 
     def labeled_term(
         self, logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
@@ -384,9 +396,7 @@ class Supervised(Method):
     def __post_init__(self):
         super().__post_init__()
         if self.augmentation not in self.augmentations:
-            self.augmentations[self.augmentation] = augment.make_augmentation(
-                self.augmentation, self.input_shape, flip=self.flip, policy=self.policy
-            )
+            self.augmentations[self.augmentation] = self.view(self.augmentation)
 
     def loss(self, model, batch, key, objective_state, step):
         labeled = batch["labeled"]
@@ -611,9 +621,7 @@ class WeakToStrong(SemiSupervised):
 
     def __post_init__(self):
         super().__post_init__()
-        self.augmentations["strong"] = augment.make_augmentation(
-            "strong", self.input_shape, flip=self.flip, magnitude=self.magnitude, policy=self.policy
-        )
+        self.augmentations["strong"] = self.view("strong", magnitude=self.magnitude)
 
     def thresholds(self, probs: jax.Array, objective_state: PyTree) -> tuple[jax.Array | float, PyTree]:
         """(threshold, scalar or per class, for these weak-view ``probs``; new ``objective_state``)."""

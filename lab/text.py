@@ -63,7 +63,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from lab import cache, files, validate
 from lab.dataset import DataNotFoundError, Dataset
-from lab.modality import CLS_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
+from lab.modality import CLS_ID, LAB_SPECIAL_IDS, MASK_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, SpecialIds
 
 __all__ = [
     "CLS_ID",
@@ -437,6 +437,10 @@ class Tokenizer:
         return self.backend.get_vocab_size()
 
     @property
+    def special_ids(self) -> SpecialIds:
+        return LAB_SPECIAL_IDS
+
+    @property
     def fingerprint(self) -> str:
         """A hash of the vocabulary and settings: equal fingerprints, equal ids (e.g. to key a pretrained backbone)."""
         return hashlib.sha256(self.backend.to_str().encode()).hexdigest()[:16]
@@ -578,7 +582,7 @@ def load_dataset(
     corpus) of shape ``(N, max_length)``, with the tokenizer trained on the corpus.
 
     ``tokenizer`` is the one door through which a run chooses other ids: any object with the
-    ``encode``, ``vocab_size``, ``fingerprint``, ``settings`` and ``max_length`` of :class:`Tokenizer`,
+    ``encode``, ``vocab_size``, ``fingerprint``, ``settings``, ``max_length`` and ``special_ids`` of :class:`Tokenizer`,
     e.g. a Hugging Face checkpoint's (:class:`lab.checkpoints.CheckpointTokenizer`); then it makes
     the ids (``vocab_size`` and ``max_length`` are its own) and none is trained.
     """
@@ -598,6 +602,7 @@ def load_dataset(
         source=texts.source,
         vocab_size=encoder.vocab_size,
         tokenizer=encoder.fingerprint,
+        special_ids=encoder.special_ids,
         x_unlabeled=x_unlabeled,
     )
 

@@ -117,6 +117,9 @@ class Backbone:
     model_state: Mapping[str, jax.Array]
     log: Mapping[str, list[float]] = dataclasses.field(default_factory=dict)
     pretraining_head: Mapping[str, Mapping[str, jax.Array]] = dataclasses.field(default_factory=dict)
+    # inputs -> the frozen backbone's features of them, in eval mode and cached, for a probe that embeds
+    # once (a checkpoint's Checkpoint.embed_ids); None: the backbone runs inside every step
+    embed: Callable[[np.ndarray], np.ndarray] | None = None
 
     @classmethod
     def from_module(
@@ -142,6 +145,22 @@ class Backbone:
             )
         return init_from_backbone(self.architecture.build(num_classes, seed=seed), self)
 
+    def probe_head(self, num_classes: int, *, seed: int) -> ProbeHead:
+        """The head alone of :meth:`classifier` (the same initial values for ``seed``), to train on
+        the features :attr:`embed` computed once."""
+        return ProbeHead(self.architecture.build(num_classes, seed=seed).head)
+
+
+class ProbeHead(nnx.Module):
+    """A classifier's linear ``head`` on features a frozen backbone computed beforehand: parameter
+    paths ``head/...`` as in the whole classifier."""
+
+    def __init__(self, head: nnx.Linear):
+        self.head = head
+
+    def __call__(self, features: jax.Array) -> jax.Array:
+        return self.head(features)
+
 
 def from_checkpoint(checkpoint: checkpoints.Checkpoint, **model_kwargs: Any) -> Backbone:
     """The encoder of a Hugging Face checkpoint as a backbone; ``model_kwargs`` override its
@@ -152,7 +171,8 @@ def from_checkpoint(checkpoint: checkpoints.Checkpoint, **model_kwargs: Any) -> 
         {**checkpoint.model_kwargs, **model_kwargs},
         {"vocab_size": checkpoint.vocab_size},
     )
-    return Backbone(architecture, params=dict(checkpoint.params), model_state={})
+    embedding = dataclasses.replace(checkpoint, model_kwargs=dict(architecture.model_kwargs))
+    return Backbone(architecture, params=dict(checkpoint.params), model_state={}, embed=embedding.embed_ids)
 
 
 def _describe_inputs(model_inputs: Mapping[str, Any]) -> str:

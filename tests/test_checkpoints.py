@@ -4,6 +4,7 @@ The references under tests/data/hf/ were computed once by tests/data/make_hf_fix
 `transformers` + `torch`; these tests need neither.
 """
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from lab import checkpoints, cli, data, experiment, transfer
+from lab import augment, checkpoints, cli, data, experiment, train, transfer
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "data" / "hf"
@@ -287,3 +289,37 @@ def test_batches_cut_to_their_longest_text_embed_as_the_padded_ids_do(tiny_refer
     padded = checkpoints.embed_ids(backbone, ids, batch_size=2, trim=False)
     np.testing.assert_allclose(checkpoints.embed_ids(backbone, ids, batch_size=2), padded, rtol=0, atol=1e-6)
     np.testing.assert_allclose(padded[[1, 4]], tiny_reference["pooled"][[1, 4]], atol=1e-5)  # the untruncated two
+
+
+def _fitted_parameter_paths(monkeypatch) -> list[set[str]]:
+    """Records the parameter paths of the state every train.fit call of experiment.run trains."""
+    paths = []
+    fit = train.fit
+
+    def recording_fit(model, state, *args, **kwargs):
+        paths.append({"/".join(map(str, path)) for path, _ in nnx.to_flat_state(state.params)})
+        return fit(model, state, *args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", recording_fit)
+    return paths
+
+
+def test_a_frozen_probe_of_a_checkpoint_trains_its_head_on_embeddings_as_the_step_by_step_probe(monkeypatch):
+    # The step-by-step reference: the encoder inside every step, without dropout or token masking, so that it
+    # computes what the encoder computes in eval mode; the probe embeds once and trains the same head.
+    config = {**TINY_RUN, "setup": "transfer", "adaptation": "linear_probe", "model_kwargs": {"dropout": 0.0}}
+    trained = _fitted_parameter_paths(monkeypatch)
+    with pytest.warns(UserWarning, match="longer than max_length=16"):
+        probe = experiment.run(config, progress=False)
+    assert trained == [{"head/kernel", "head/bias"}]  # the compiled step holds no encoder parameter
+    with monkeypatch.context() as step_by_step:
+        plan = experiment.SETUPS["transfer"]
+        step_by_step.setitem(experiment.SETUPS, "transfer", dataclasses.replace(plan, frozen_features=lambda *_: None))
+        step_by_step.setattr(augment, "_WEAK_MASK", 0.0)
+        with pytest.warns(UserWarning, match="longer than max_length=16"):
+            reference = experiment.run(config, progress=False)
+    assert any(path.startswith("backbone/") for path in trained[1])
+    assert probe.curves["step"] == reference.curves["step"] == [3, 6]
+    for name, values in reference.metrics.items():
+        np.testing.assert_allclose(probe.metrics[name], values, rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(probe.curves["train_loss"], reference.curves["train_loss"], rtol=1e-5)
