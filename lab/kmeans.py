@@ -1,0 +1,96 @@
+"""k-means in JAX: k-means++ seeding (Arthur & Vassilvitskii, 2007) and Lloyd iterations.
+
+Pure functions of an explicit key, jit-able (``k`` and ``iterations`` are static) and vmapped
+over seeds with :func:`kmeans_seeds`. Active learning uses them twice: TypiClust clusters
+embeddings with :func:`kmeans`, and BADGE seeds its batch with :func:`plus_plus` on gradient
+embeddings (the picked points themselves, hence indices rather than centres).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["KMeans", "kmeans", "kmeans_seeds", "plus_plus", "squared_distances"]
+
+
+class KMeans(NamedTuple):
+    centers: jax.Array  # (k, d)
+    assignments: jax.Array  # (n,) index of each point's nearest centre
+    inertia: jax.Array  # () sum of squared distances of the points to their centres
+    inertia_history: jax.Array  # (iterations + 1,) inertia of the seeding, then after each Lloyd step
+
+
+def squared_distances(x: jax.Array, centers: jax.Array) -> jax.Array:
+    """(n, k) squared Euclidean distances, as one matrix product; clipped at 0 against rounding."""
+    cross = x @ centers.T
+    return jnp.maximum(jnp.sum(x * x, 1)[:, None] - 2 * cross + jnp.sum(centers * centers, 1)[None, :], 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "first"))
+def plus_plus(key: jax.Array, x: jax.Array, k: int, candidates: jax.Array | None = None, first: str = "random"):
+    """Indices of ``k`` points of ``x`` seeded by k-means++: the first at random (``first="random"``)
+    or the one of largest norm (``"largest"``, as BADGE starts), each next drawn with probability
+    proportional to its squared distance to the nearest point already picked.
+
+    ``candidates`` (a boolean mask, default all) limits the draw to some points; a point already
+    picked has distance 0 and is not drawn again while any other candidate is left.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    n = x.shape[0]
+    candidates = jnp.ones(n, bool) if candidates is None else jnp.asarray(candidates, bool)
+    keys = jax.random.split(key, k)
+    if first == "largest":
+        start = jnp.argmax(jnp.where(candidates, jnp.sum(x * x, 1), -jnp.inf))
+    else:
+        start = jax.random.choice(keys[0], n, p=candidates / jnp.sum(candidates))
+    nearest = jnp.where(candidates, squared_distances(x, x[start][None])[:, 0], 0.0)
+
+    def pick(i, carry):
+        picked, nearest = carry
+        # All left at distance 0 (duplicates): fall back to a uniform draw among unpicked candidates.
+        unpicked = candidates & ~jnp.isin(jnp.arange(n), picked)
+        weights = jnp.where(jnp.sum(nearest) > 0, nearest, unpicked.astype(jnp.float32))
+        chosen = jax.random.choice(keys[i], n, p=weights / jnp.sum(weights))
+        nearest = jnp.minimum(nearest, squared_distances(x, x[chosen][None])[:, 0])
+        return picked.at[i].set(chosen), nearest
+
+    picked = jnp.full(k, -1, jnp.int32).at[0].set(start)
+    picked, _ = jax.lax.fori_loop(1, k, pick, (picked, nearest))
+    return picked
+
+
+def _assign(x: jax.Array, centers: jax.Array) -> tuple[jax.Array, jax.Array]:
+    distances = squared_distances(x, centers)
+    assignments = jnp.argmin(distances, 1)
+    return assignments, jnp.sum(jnp.min(distances, 1))
+
+
+@functools.partial(jax.jit, static_argnames=("k", "iterations"))
+def kmeans(key: jax.Array, x: jax.Array, k: int, iterations: int = 50) -> KMeans:
+    """k-means++ seeding, then ``iterations`` Lloyd steps (assign each point to its nearest centre,
+    move each centre to the mean of its points; a centre left without points stays where it is)."""
+    x = jnp.asarray(x, jnp.float32)
+    centers = x[plus_plus(key, x, k)]
+
+    def lloyd(centers, _):
+        assignments, inertia = _assign(x, centers)
+        one_hot = jax.nn.one_hot(assignments, k, dtype=x.dtype)
+        counts = jnp.sum(one_hot, 0)
+        means = (one_hot.T @ x) / jnp.maximum(counts, 1)[:, None]
+        return jnp.where(counts[:, None] > 0, means, centers), inertia
+
+    centers, inertias = jax.lax.scan(lloyd, centers, length=iterations)
+    assignments, inertia = _assign(x, centers)
+    return KMeans(centers, assignments, inertia, jnp.append(inertias, inertia))
+
+
+@functools.partial(jax.jit, static_argnames=("k", "iterations"))
+def kmeans_seeds(keys: jax.Array, x: jax.Array, k: int, iterations: int = 50) -> KMeans:
+    """:func:`kmeans` for each key of ``keys`` (one run per seed, side by side): every field gains a
+    leading seed axis. ``x`` is shared, or (seeds, n, d) for one data set per seed."""
+    in_axes = (0, 0 if jnp.ndim(x) == 3 else None)
+    return jax.vmap(functools.partial(kmeans, k=k, iterations=iterations), in_axes=in_axes)(keys, x)
