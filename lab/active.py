@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +33,8 @@ import numpy as np
 from lab import kmeans, validate
 
 __all__ = [
+    "ActiveConfig",
+    "ActiveResult",
     "STRATEGIES",
     "Strategy",
     "bald_scores",
@@ -42,6 +45,7 @@ __all__ = [
     "max_coverage",
     "probcover_delta",
     "query",
+    "run",
     "typicality",
 ]
 
@@ -387,3 +391,254 @@ def max_coverage(key: jax.Array, labeled: np.ndarray, batch: int, embeddings: np
         picked.append(chosen)
         taken[chosen] = True
     return np.array(picked)
+
+
+# ------------------------------------------------------------------ the loop
+
+EMBEDDINGS = ("auto", "model", "pretrained", "inputs")
+
+
+@dataclasses.dataclass(frozen=True)
+class ActiveConfig:
+    """A pool-based active-learning run; ``ActiveConfig.from_dict`` validates it before anything trains.
+
+    ``learner`` is an :class:`lab.experiment.ExperimentConfig` as a mapping (any setup; its
+    ``labels_per_class`` is not used). ``budgets`` are the totals of labels after each query: the
+    cold-start strategy (it reads no model) fills the first, from ``initial`` (labeled indices every
+    seed starts from) or from nothing; then, round after round, the learner trains and ``strategy``
+    picks the next budget's batch. ``embeddings``: ``model`` (the trained learner's backbone features),
+    ``pretrained`` (the setup's pretrained backbone), ``inputs`` (the flattened inputs), or ``auto``: the
+    model's after a round, and at the cold start the pretrained backbone, else the inputs (not for text).
+    """
+
+    learner: typing.Mapping[str, Any]
+    strategy: str = "margin"
+    cold_start: str = "random"
+    budgets: tuple[int, ...] = (10, 20, 40, 80)
+    initial: tuple[int, ...] = ()
+    embeddings: str = "auto"
+
+    @classmethod
+    def from_dict(cls, values: typing.Mapping[str, Any]) -> ActiveConfig:
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown active-learning parameter(s) {unknown}; allowed: {sorted(known)}")
+        hints = typing.get_type_hints(cls)
+        config = cls(**{name: validate.coerce(name, value, hints[name]) for name, value in values.items()})
+        config.learner_config()  # validates the learner
+        config.validate()
+        return config
+
+    def learner_config(self):
+        from lab import experiment  # the loop trains through experiment.run; the strategies need none of it
+
+        return experiment.ExperimentConfig.from_dict(self.learner)
+
+    def validate(self) -> None:
+        """Every check that needs no data: names, the schedule's shape, the embedding source."""
+        from lab import data
+
+        learner = self.learner_config()
+        strategy, cold = check_strategy(self.strategy), check_strategy(self.cold_start)
+        if not cold.cold_start:
+            cold_starts = [name for name, entry in STRATEGIES.items() if entry.cold_start]
+            raise ValueError(
+                f"cold_start {self.cold_start!r} reads a model's predictions, and none is trained yet; "
+                f"choose one of: {', '.join(cold_starts)}"
+            )
+        check_budgets(self.budgets, pool_size=max(self.budgets, default=0))
+        if len(self.initial) > self.budgets[0]:
+            raise ValueError(f"initial holds {len(self.initial)} labels, more than the first budget {self.budgets[0]}")
+        if self.strategy == "bald" and len(learner.seeds) < 2:
+            raise ValueError("strategy 'bald' reads the seeds' ensemble: give at least 2 seeds, got 1")
+        validate.choice("embeddings", self.embeddings, EMBEDDINGS)
+        pretrains = _pretrains(learner)
+        text = data.DATASET_ENTRIES[learner.dataset].modality == "text"
+        if self.embeddings == "pretrained" and not pretrains:
+            raise ValueError(
+                f"embeddings='pretrained' needs a setup with a pretrained backbone (transfer, "
+                f"transfer_semi_supervised), got setup {learner.setup!r}"
+            )
+        if "embeddings" in cold.needs and not pretrains and (self.embeddings == "model" or text):
+            source = "the model (none is trained at the cold start)" if self.embeddings == "model" else (
+                f"the inputs ({learner.dataset} is text: token ids are no embedding)"
+            )  # fmt: skip
+            raise ValueError(
+                f"cold_start {self.cold_start!r} needs embeddings, and has no source: not {source}; use a "
+                "setup with a pretrained backbone (e.g. setup=transfer pretrain=mlm) or another cold_start"
+            )
+        if "embeddings" in strategy.needs and self.embeddings == "inputs" and text:
+            raise ValueError(f"embeddings='inputs' of {learner.dataset} are token ids, no embedding; use model")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "learner": dict(self.learner), "budgets": list(self.budgets),
+                "initial": list(self.initial)}  # fmt: skip
+
+
+@dataclasses.dataclass
+class ActiveResult:
+    """What an active-learning run produced, JSON-ready; per-seed lists align with ``seeds``."""
+
+    config: dict[str, Any]
+    seeds: list[int]
+    budgets: list[int]
+    selections: list[list[list[int]]]  # per seed, per round: the pool indices labeled then (round 0: cold start)
+    curve: dict[str, list[list[float]]]  # metric -> per budget, one value per seed (the label curve)
+    wall_time_s: dict[str, float]
+
+    def summary(self) -> dict[str, list[dict[str, float]]]:
+        """Mean and standard deviation over seeds of each metric, per budget."""
+        return {
+            name: [{"mean": float(np.mean(v)), "std": float(np.std(v))} for v in per_budget]
+            for name, per_budget in self.curve.items()
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path) -> Any:
+        import json
+
+        from lab import files
+
+        return files.write_atomic(path, json.dumps(self.to_dict(), indent=2))
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, np.float32).reshape(len(x), -1)
+
+
+def _pool_outputs(model, params, model_state, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Each seed's eval-mode class probabilities (seeds, n, c) and backbone features (seeds, n, d) on ``x``
+    (``params`` and ``model_state`` stacked over seeds)."""
+    n = len(x)
+    batches = -(-n // batch_size)
+    padded = jnp.pad(jnp.asarray(x), [(0, batches * batch_size - n)] + [(0, 0)] * (x.ndim - 1))
+    padded = padded.reshape(batches, batch_size, *x.shape[1:])
+
+    def per_seed(params, model_state):
+        def chunk(xb):
+            module = model.bind(params, model_state, train=False)
+            features = module.features(xb)
+            return jax.nn.softmax(module.head(features)), features
+
+        probabilities, features = jax.lax.map(chunk, padded)
+        return probabilities.reshape(-1, probabilities.shape[-1])[:n], features.reshape(-1, features.shape[-1])[:n]
+
+    probabilities, features = jax.jit(jax.vmap(per_seed))(params, model_state)
+    return np.asarray(probabilities), np.asarray(features)
+
+
+def _pretrains(learner) -> bool:
+    from lab.experiment import SETUPS
+
+    return SETUPS[learner.setup].pretrain is not SETUPS["supervised"].pretrain
+
+
+def _pretrained_features(learner, dataset) -> np.ndarray:
+    """The pool's features under the setup's pretrained backbone (cached by lab.transfer), before adaptation."""
+    from lab import train
+    from lab.experiment import SETUPS
+
+    plan = SETUPS[learner.setup]
+    module = plan.classifier(learner, dataset, plan.pretrain(learner))(0)
+    graphs, params, model_state = train.Graphs.split(module)
+    params, model_state = jax.tree.map(lambda leaf: leaf[None], (params, model_state))  # one seed
+    return _pool_outputs(graphs, params, model_state, dataset.x_train)[1][0]
+
+
+def run(config: ActiveConfig | typing.Mapping[str, Any], *, progress: bool = True) -> ActiveResult:
+    """Cold start, then per budget: train the learner on every seed's labeled set (all seeds side by side,
+    their sets of equal size), score the pool, query the next batch, reveal its labels."""
+    import time
+
+    from lab import devices, experiment
+
+    config = ActiveConfig.from_dict(config.to_dict() if isinstance(config, ActiveConfig) else config)
+    learner = config.learner_config()
+    with devices.use(learner.platform):
+        dataset = experiment.load_dataset(learner)
+        pool = len(dataset.y_train)
+        check_budgets(config.budgets, pool)
+        initial = np.asarray(config.initial, np.int64)
+        if initial.size and (len(np.unique(initial)) != initial.size or initial.min() < 0 or initial.max() >= pool):
+            raise ValueError(f"initial must be distinct training indices in 0..{pool - 1}, got {initial.tolist()}")
+        seeds = list(learner.seeds)
+        keys = {seed: jax.random.key(seed) for seed in seeds}
+        labeled = {seed: np.zeros(pool, bool) for seed in seeds}
+        selections: dict[int, list[list[int]]] = {seed: [] for seed in seeds}
+        pretrained = None
+        fixed = None  # the embeddings when they do not change with the model
+        wall = {"query": 0.0, "train": 0.0}
+
+        def embeddings_for(cold: bool) -> np.ndarray | None:
+            nonlocal pretrained, fixed
+            use = config.embeddings
+            if use == "auto":
+                use = "model" if not cold else ("pretrained" if _pretrains(learner) else "inputs")
+            if use == "pretrained":
+                pretrained = _pretrained_features(learner, dataset) if pretrained is None else pretrained
+                return pretrained
+            if use == "inputs":
+                fixed = _flat(dataset.x_train) if fixed is None else fixed
+                return fixed
+            return None  # the model's, per seed, after training
+
+        def pick(name: str, seed: int, batch: int, probabilities=None, embeddings=None) -> None:
+            tic = time.perf_counter()
+            keys[seed], key = jax.random.split(keys[seed])
+            picked = query(
+                name, key, labeled[seed], batch, probabilities=probabilities, embeddings=embeddings,
+                labels=dataset.y_train, num_classes=dataset.num_classes,
+            )  # fmt: skip
+            labeled[seed][picked] = True
+            selections[seed].append(sorted(int(i) for i in picked))
+            wall["query"] += time.perf_counter() - tic
+
+        for seed in seeds:
+            labeled[seed][initial] = True
+        if config.budgets[0] > initial.size:
+            cold_embeddings = embeddings_for(cold=True) if "embeddings" in STRATEGIES[config.cold_start].needs else None
+            for seed in seeds:
+                pick(config.cold_start, seed, config.budgets[0] - initial.size, embeddings=cold_embeddings)
+        else:
+            for seed in seeds:
+                selections[seed].append(sorted(initial.tolist()))
+
+        curve: dict[str, list[list[float]]] = {}
+        outputs: dict[str, np.ndarray] = {}
+
+        def keep_outputs(model, state, _dataset) -> None:
+            outputs["probabilities"], outputs["features"] = _pool_outputs(
+                model, state.eval_params, state.model_state, dataset.x_train
+            )
+
+        needs = STRATEGIES[config.strategy].needs
+        for round_index, budget in enumerate(config.budgets):
+            tic = time.perf_counter()
+            last = round_index + 1 == len(config.budgets)
+            result = experiment.run(
+                learner, progress=progress, labeled=[np.flatnonzero(labeled[seed]) for seed in seeds],
+                trained=None if last else keep_outputs,
+            )  # fmt: skip
+            wall["train"] += time.perf_counter() - tic
+            for name, values in result.metrics.items():
+                curve.setdefault(name, []).append([float(v) for v in values])
+            if last:
+                break
+            batch = config.budgets[round_index + 1] - budget
+            embeddings = embeddings_for(cold=False) if "embeddings" in needs else None
+            for s, seed in enumerate(seeds):
+                # bald reads every seed's model (the seeds' ensemble); the others the seed's own model
+                probabilities = outputs["probabilities"][slice(None) if config.strategy == "bald" else slice(s, s + 1)]
+                own = outputs["features"][s] if embeddings is None else embeddings
+                pick(config.strategy, seed, batch, probabilities=probabilities, embeddings=own)
+    return ActiveResult(
+        config=config.to_dict(),
+        seeds=seeds,
+        budgets=list(config.budgets),
+        selections=[selections[seed] for seed in seeds],
+        curve=curve,
+        wall_time_s={name: round(seconds, 3) for name, seconds in wall.items()},
+    )

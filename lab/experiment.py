@@ -476,22 +476,62 @@ class Result:
         return files.write_atomic(path, json.dumps(self.to_dict(), indent=2))
 
 
-def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) -> Result:
-    """Train and evaluate ``config`` for every seed in ``config.seeds``, side by side, on ``config.platform``."""
+# Called with the trained classifier's graphs, the seeds' stacked final state and the dataset (active learning
+# scores the pool with them).
+TrainedCallback = Callable[[train.Graphs, train.TrainState, data.Dataset], None]
+
+
+def run(
+    config: ExperimentConfig | Mapping[str, Any],
+    *,
+    progress: bool = True,
+    labeled: Sequence[Sequence[int]] | None = None,
+    trained: TrainedCallback | None = None,
+) -> Result:
+    """Train and evaluate ``config`` for every seed in ``config.seeds``, side by side, on ``config.platform``.
+
+    ``labeled`` gives each seed's labeled training indices instead of its stratified draw
+    (``labels_per_class`` is then not used); ``trained`` is called with the trained seeds (see
+    :data:`TrainedCallback`)."""
     if isinstance(config, ExperimentConfig):
         config.validate()  # built directly, not by from_dict, which validates
     else:
         config = ExperimentConfig.from_dict(config)
     with devices.use(config.platform):
-        return _run(config, progress)
+        return _run(config, progress, labeled, trained)
 
 
-def _run(config: ExperimentConfig, progress: bool) -> Result:
+def _splits(
+    config: ExperimentConfig, dataset: data.Dataset, labeled: Sequence[Sequence[int]] | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each seed's ``(labeled, rest)`` training indices: its stratified draw, or the ``labeled`` indices given."""
+    if labeled is None:
+        return [data.labeled_split(dataset.y_train, config.labels_per_class, seed) for seed in config.seeds]
+    if len(labeled) != len(config.seeds):
+        raise ValueError(f"labeled must give one index set per seed ({len(config.seeds)}), got {len(labeled)}")
+    n = len(dataset.y_train)
+    splits = []
+    for indices in labeled:
+        indices = np.asarray(indices, np.int64)
+        if indices.size == 0 or len(np.unique(indices)) != indices.size or not np.all((0 <= indices) & (indices < n)):
+            raise ValueError(
+                f"labeled index sets must be distinct training indices in 0..{n - 1}, got {indices.tolist()}"
+            )
+        splits.append((np.sort(indices), np.setdiff1d(np.arange(n), indices)))
+    return splits
+
+
+def _run(
+    config: ExperimentConfig,
+    progress: bool,
+    labeled: Sequence[Sequence[int]] | None = None,
+    trained: TrainedCallback | None = None,
+) -> Result:
     train.enable_compilation_cache()
     plan = SETUPS[config.setup]
     dataset = _load(config)
     dataset.check_batch_size(config.batch_size)
-    splits = [data.labeled_split(dataset.y_train, config.labels_per_class, seed) for seed in config.seeds]
+    splits = _splits(config, dataset, labeled)
 
     tic = time.perf_counter()
     pretrained = plan.pretrain(config)
@@ -518,6 +558,8 @@ def _run(config: ExperimentConfig, progress: bool) -> Result:
         kept=lambda error: "Nothing was saved", seed_axis=True,
     )  # fmt: skip
     wall.update(fit.wall_time_s)
+    if trained is not None:
+        trained(model, fit.state, dataset)
     per_seed = [metrics.classification_metrics(seed_logits, dataset.y_test) for seed_logits in test_logits(fit.state)]
     return Result(
         config=config.to_dict(),
@@ -785,6 +827,11 @@ def _padded_index(indices: Sequence[np.ndarray], length: int) -> dict[str, jax.A
     for row, values in zip(index, indices):
         row[: len(values)] = values
     return {"index": jnp.asarray(index), "count": jnp.asarray([len(values) for values in indices], jnp.int32)}
+
+
+def load_dataset(config: ExperimentConfig) -> data.Dataset:
+    """The dataset a run of ``config`` trains on (its ``classes`` only, when it names some)."""
+    return _load(config)
 
 
 def _load(config: ExperimentConfig) -> data.Dataset:
