@@ -195,3 +195,77 @@ def test_bad_input_fails_in_one_line_naming_the_value(call, message):
     with pytest.raises(ValueError) as error:
         call()
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+# ---------------------------------------------------------------- the loop
+
+LEARNER = {"setup": "supervised", "model": "logreg", "steps": 10, "eval_every": 10, "seeds": [0, 1]}
+
+
+def test_experiment_with_explicit_labeled_sets_equals_its_stratified_draw():
+    from lab import data, experiment
+
+    drawn = experiment.run({**LEARNER, "labels_per_class": 2}, progress=False)
+    y = experiment.load_dataset(experiment.ExperimentConfig.from_dict(LEARNER)).y_train
+    given = [data.labeled_split(y, 2, seed)[0] for seed in LEARNER["seeds"]]
+    explicit = experiment.run({**LEARNER, "labels_per_class": 2}, progress=False, labeled=given)
+    assert explicit.metrics == drawn.metrics
+
+
+def test_loop_queries_each_seeds_most_uncertain_examples_and_records_the_label_curve():
+    from lab import experiment
+
+    result = active.run({"learner": LEARNER, "strategy": "entropy", "budgets": [10, 20]}, progress=False)
+    assert result.budgets == [10, 20] and len(result.curve["accuracy"]) == 2
+    for s, (cold, queried) in enumerate(result.selections):
+        assert len(cold) == 10 and len(queried) == 10 and not set(cold) & set(queried)
+    assert result.selections[0][0] != result.selections[1][0]  # each seed its own cold start
+
+    # Independent replay: train on the cold-start sets, score the pool with scipy's entropy, take the top 10.
+    captured = {}
+
+    def keep(model, state, dataset):
+        captured["probabilities"] = active._pool_outputs(model, state.eval_params, state.model_state, dataset.x_train)[0]
+
+    cold = [selection[0] for selection in result.selections]
+    experiment.run(LEARNER, progress=False, labeled=cold, trained=keep)
+    for s, selection in enumerate(result.selections):
+        scores = scipy.stats.entropy(captured["probabilities"][s].astype(np.float64), axis=-1)
+        scores[cold[s]] = -np.inf
+        assert set(selection[1]) == set(np.argsort(-scores, kind="stable")[:10].tolist())
+    final = experiment.run(LEARNER, progress=False, labeled=[a + b for a, b in result.selections])
+    assert [row[-1] for row in zip(*result.curve["accuracy"])] == final.metrics["accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"strategy": "oracle"}, "unknown strategy 'oracle'"),
+        ({"cold_start": "margin"}, "cold_start 'margin' reads a model's predictions"),
+        ({"budgets": []}, "zero rounds"),
+        ({"budgets": [20, 10]}, "budgets must be increasing"),
+        ({"budgets": [10, 5000]}, "within the pool of 1347 examples"),
+        ({"strategy": "bald"}, "give at least 2 seeds, got 1"),
+        ({"initial": [1, 2, 3], "budgets": [2, 4]}, "initial holds 3 labels, more than the first budget 2"),
+        ({"cold_start": "typiclust", "embeddings": "model"}, "needs embeddings, and has no source"),
+        ({"cold_start": "typiclust", "learner": {"dataset": "fortunes_topics", "model": "bag"}}, "token ids"),
+        ({"embeddings": "pretrained"}, "needs a setup with a pretrained backbone"),
+        ({"embeddings": "features"}, "unknown embeddings 'features'"),
+        ({"learner": {"setup": "supervised", "steps": 0}}, "steps must be"),
+        ({"rounds": 3}, "unknown active-learning parameter(s) ['rounds']"),
+    ],
+)
+def test_loop_refuses_bad_config_before_training(fields, message):
+    config = {"learner": {"setup": "supervised", "seeds": [0]}, **fields}
+    with pytest.raises(ValueError) as error:
+        active.run(config, progress=False)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_experiment_refuses_labeled_sets_that_do_not_fit_the_seeds_or_the_pool():
+    from lab import experiment
+
+    with pytest.raises(ValueError, match=r"one index set per seed \(2\), got 1"):
+        experiment.run(LEARNER, progress=False, labeled=[[0, 1]])
+    with pytest.raises(ValueError, match=r"distinct training indices in 0\.\.1346, got \[0, 0\]"):
+        experiment.run(LEARNER, progress=False, labeled=[[0, 1], [0, 0]])
