@@ -411,7 +411,7 @@ class ActiveConfig:
     model's after a round, and at the cold start the pretrained backbone, else the inputs (not for text).
     """
 
-    learner: typing.Mapping[str, Any]
+    learner: typing.Mapping[str, Any] = dataclasses.field(default_factory=dict)
     strategy: str = "margin"
     cold_start: str = "random"
     budgets: tuple[int, ...] = (10, 20, 40, 80)
@@ -420,10 +420,24 @@ class ActiveConfig:
 
     @classmethod
     def from_dict(cls, values: typing.Mapping[str, Any]) -> ActiveConfig:
+        """Build and validate a config. Without a ``learner`` key, the fields that are not this
+        config's are the learner's (``{"strategy": "typiclust", "setup": "semi_supervised", ...}``)."""
+        from lab.experiment import ExperimentConfig
+
         known = {field.name for field in dataclasses.fields(cls)}
+        if "learner" not in values:
+            learner_fields = {field.name for field in dataclasses.fields(ExperimentConfig)} | {"preset"}
+            values = {
+                **{k: v for k, v in values.items() if k in known},
+                "learner": {k: v for k, v in values.items() if k not in known and k in learner_fields},
+                **{k: v for k, v in values.items() if k not in known and k not in learner_fields},
+            }  # fmt: skip
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown active-learning parameter(s) {unknown}; allowed: {sorted(known)}")
+            raise ValueError(
+                f"unknown active-learning parameter(s) {unknown}; allowed: {sorted(known - {'learner'})} "
+                "and the experiment's fields"
+            )
         hints = typing.get_type_hints(cls)
         config = cls(**{name: validate.coerce(name, value, hints[name]) for name, value in values.items()})
         config.learner_config()  # validates the learner

@@ -269,3 +269,22 @@ def test_experiment_refuses_labeled_sets_that_do_not_fit_the_seeds_or_the_pool()
         experiment.run(LEARNER, progress=False, labeled=[[0, 1]])
     with pytest.raises(ValueError, match=r"distinct training indices in 0\.\.1346, got \[0, 0\]"):
         experiment.run(LEARNER, progress=False, labeled=[[0, 1], [0, 0]])
+
+
+def test_command_line_runs_the_loop_and_writes_selections_and_the_label_curve(tmp_path, capsys):
+    import json
+
+    from lab import cli
+
+    output = tmp_path / "active.json"
+    status = cli.main([
+        "active", "strategy=coreset", "cold_start=typiclust", "budgets=[5,8]", "model=logreg", "steps=5",
+        "eval_every=5", "seeds=[0]", "--output", str(output), "--no-progress",
+    ])  # fmt: skip
+    assert status == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads(output.read_text())
+    assert printed["budgets"] == saved["budgets"] == [5, 8]
+    assert [len(batch) for batch in saved["selections"][0]] == [5, 3]
+    assert saved["config"]["learner"]["model"] == "logreg" and saved["config"]["strategy"] == "coreset"
+    assert printed["summary"]["accuracy"][1]["mean"] == pytest.approx(saved["curve"]["accuracy"][1][0], abs=1e-4)
