@@ -21,7 +21,7 @@ class KMeans(NamedTuple):
     centers: jax.Array  # (k, d)
     assignments: jax.Array  # (n,) index of each point's nearest centre
     inertia: jax.Array  # () sum of squared distances of the points to their centres
-    inertia_history: jax.Array  # (iterations + 1,) inertia of the seeding, then after each Lloyd step
+    inertia_history: jax.Array  # (iterations + 1,) inertia of the seeding, then after each Lloyd step (see kmeans)
 
 
 def squared_distances(x: jax.Array, centers: jax.Array) -> jax.Array:
@@ -46,7 +46,7 @@ def plus_plus(key: jax.Array, x: jax.Array, k: int, candidates: jax.Array | None
     if first == "largest":
         start = jnp.argmax(jnp.where(candidates, jnp.sum(x * x, 1), -jnp.inf))
     else:
-        start = jax.random.choice(keys[0], n, p=candidates / jnp.sum(candidates))
+        start = _draw(keys[0], candidates.astype(jnp.float32))
     nearest = jnp.where(candidates, squared_distances(x, x[start][None])[:, 0], 0.0)
 
     def pick(i, carry):
@@ -54,13 +54,18 @@ def plus_plus(key: jax.Array, x: jax.Array, k: int, candidates: jax.Array | None
         # All left at distance 0 (duplicates): fall back to a uniform draw among unpicked candidates.
         unpicked = candidates & ~jnp.isin(jnp.arange(n), picked)
         weights = jnp.where(jnp.sum(nearest) > 0, nearest, unpicked.astype(jnp.float32))
-        chosen = jax.random.choice(keys[i], n, p=weights / jnp.sum(weights))
+        chosen = _draw(keys[i], weights)
         nearest = jnp.minimum(nearest, squared_distances(x, x[chosen][None])[:, 0])
         return picked.at[i].set(chosen), nearest
 
     picked = jnp.full(k, -1, jnp.int32).at[0].set(start)
     picked, _ = jax.lax.fori_loop(1, k, pick, (picked, nearest))
     return picked
+
+
+def _draw(key: jax.Array, weights: jax.Array) -> jax.Array:
+    """An index drawn with probability proportional to ``weights`` (Gumbel-max: no cumulative sum to compile)."""
+    return jax.random.categorical(key, jnp.log(weights))
 
 
 def _assign(x: jax.Array, centers: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -70,26 +75,38 @@ def _assign(x: jax.Array, centers: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 @functools.partial(jax.jit, static_argnames=("k", "iterations"))
-def kmeans(key: jax.Array, x: jax.Array, k: int, iterations: int = 50) -> KMeans:
-    """k-means++ seeding, then ``iterations`` Lloyd steps (assign each point to its nearest centre,
-    move each centre to the mean of its points; a centre left without points stays where it is)."""
+def kmeans(key: jax.Array, x: jax.Array, k: int, iterations: int = 100) -> KMeans:
+    """k-means++ seeding, then Lloyd steps (assign each point to its nearest centre, move each centre to
+    the mean of its points; a centre left without points stays where it is) until no assignment changes,
+    at most ``iterations``. ``inertia_history`` holds the seeding's inertia, then each step's; once
+    converged, the final inertia repeats."""
     x = jnp.asarray(x, jnp.float32)
     centers = x[plus_plus(key, x, k)]
+    assignments, inertia = _assign(x, centers)
+    history = jnp.full(iterations + 1, inertia)
 
-    def lloyd(centers, _):
-        assignments, inertia = _assign(x, centers)
+    def lloyd(carry):
+        step, centers, assignments, _, history = carry
         one_hot = jax.nn.one_hot(assignments, k, dtype=x.dtype)
         counts = jnp.sum(one_hot, 0)
         means = (one_hot.T @ x) / jnp.maximum(counts, 1)[:, None]
-        return jnp.where(counts[:, None] > 0, means, centers), inertia
+        centers = jnp.where(counts[:, None] > 0, means, centers)
+        new_assignments, inertia = _assign(x, centers)
+        history = jnp.where(jnp.arange(iterations + 1) > step, inertia, history)
+        return step + 1, centers, new_assignments, jnp.any(new_assignments != assignments), history
 
-    centers, inertias = jax.lax.scan(lloyd, centers, length=iterations)
-    assignments, inertia = _assign(x, centers)
-    return KMeans(centers, assignments, inertia, jnp.append(inertias, inertia))
+    def going(carry):
+        step, _, _, changed, _ = carry
+        return (step < iterations) & changed
+
+    _, centers, assignments, _, history = jax.lax.while_loop(
+        going, lloyd, (0, centers, assignments, jnp.array(True), history)
+    )
+    return KMeans(centers, assignments, history[-1], history)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "iterations"))
-def kmeans_seeds(keys: jax.Array, x: jax.Array, k: int, iterations: int = 50) -> KMeans:
+def kmeans_seeds(keys: jax.Array, x: jax.Array, k: int, iterations: int = 100) -> KMeans:
     """:func:`kmeans` for each key of ``keys`` (one run per seed, side by side): every field gains a
     leading seed axis. ``x`` is shared, or (seeds, n, d) for one data set per seed."""
     in_axes = (0, 0 if jnp.ndim(x) == 3 else None)

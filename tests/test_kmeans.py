@@ -25,6 +25,7 @@ def test_inertia_within_one_percent_of_scikit_learn(dataset):
 def test_assignments_are_nearest_centres_and_inertia_never_increases():
     x, _ = make_blobs(n_samples=300, centers=5, n_features=3, random_state=1)
     result = kmeans.kmeans(jax.random.key(3), x, k=6, iterations=20)
+    assert np.ptp(np.asarray(result.inertia_history)) > 0  # the Lloyd steps moved the centres
     centers = np.asarray(result.centers, np.float64)
     distances = ((x[:, None, :] - centers[None]) ** 2).sum(-1)
     np.testing.assert_array_equal(np.asarray(result.assignments), distances.argmin(1))
