@@ -41,6 +41,7 @@ __all__ = [
     "check_budgets",
     "entropy_scores",
     "k_center_greedy",
+    "labels_to_reach",
     "margin_scores",
     "max_coverage",
     "probcover_delta",
@@ -508,6 +509,10 @@ class ActiveResult:
             for name, per_budget in self.curve.items()
         }
 
+    def labels_to_reach(self, target: float, metric: str = "accuracy") -> int | None:
+        """See :func:`labels_to_reach`."""
+        return labels_to_reach(self.budgets, self.curve[metric], target)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -517,6 +522,14 @@ class ActiveResult:
         from lab import files
 
         return files.write_atomic(path, json.dumps(self.to_dict(), indent=2))
+
+
+def labels_to_reach(budgets: Sequence[int], curve: Sequence[Sequence[float]], target: float) -> int | None:
+    """The fewest labels of ``budgets`` whose mean over seeds (``curve``: per budget, one value per seed)
+    reaches ``target``, e.g. 0.95; None when no budget does ("not reached")."""
+    validate.number("target", target, minimum=0, maximum=1)
+    reached = [budget for budget, values in zip(budgets, curve) if np.mean(values) >= target]
+    return reached[0] if reached else None
 
 
 def _flat(x: np.ndarray) -> np.ndarray:

@@ -288,3 +288,12 @@ def test_command_line_runs_the_loop_and_writes_selections_and_the_label_curve(tm
     assert [len(batch) for batch in saved["selections"][0]] == [5, 3]
     assert saved["config"]["learner"]["model"] == "logreg" and saved["config"]["strategy"] == "coreset"
     assert printed["summary"]["accuracy"][1]["mean"] == pytest.approx(saved["curve"]["accuracy"][1][0], abs=1e-4)
+
+
+def test_labels_to_reach_is_the_first_budget_whose_seed_mean_reaches_the_target():
+    curve = [[0.80, 0.90], [0.94, 0.97], [0.90, 0.99], [0.99, 0.99]]  # means 0.85, 0.955, 0.945, 0.99
+    assert active.labels_to_reach([10, 20, 40, 80], curve, 0.95) == 20
+    assert active.labels_to_reach([10, 20, 40, 80], curve, 0.99) == 80
+    assert active.labels_to_reach([10, 20, 40, 80], curve, 0.995) is None
+    with pytest.raises(ValueError, match="target must be a number in"):
+        active.labels_to_reach([10], [[0.5]], 95)
