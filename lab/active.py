@@ -16,12 +16,18 @@ of each class: the oracle no user has), the uncertainty scores ``least_confidenc
 ``coreset`` (k-center greedy, Sener & Savarese, 2018), ``badge`` (k-means++ seeding on gradient
 embeddings, Ash et al., 2020), and for the cold start ``typiclust`` (Hacohen et al., 2022) and
 ``probcover`` (Yehuda et al., 2022).
+
+:func:`run` is the pool-based loop around them (:class:`ActiveConfig`): a cold start, then per
+budget the learner (any setup of :mod:`lab.experiment`) trains, the strategy scores the pool and
+queries, and the batch's labels are revealed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import time
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lab import kmeans, validate
+from lab import files, kmeans, validate
 
 __all__ = [
     "ActiveConfig",
@@ -516,11 +522,8 @@ class ActiveResult:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def save(self, path) -> Any:
-        import json
-
-        from lab import files
-
+    def save(self, path: str) -> Any:
+        """Write :meth:`to_dict` as JSON, atomically."""
         return files.write_atomic(path, json.dumps(self.to_dict(), indent=2))
 
 
@@ -578,9 +581,7 @@ def _pretrained_features(learner, dataset) -> np.ndarray:
 def run(config: ActiveConfig | typing.Mapping[str, Any], *, progress: bool = True) -> ActiveResult:
     """Cold start, then per budget: train the learner on every seed's labeled set (all seeds side by side,
     their sets of equal size), score the pool, query the next batch, reveal its labels."""
-    import time
-
-    from lab import devices, experiment
+    from lab import devices, experiment  # the strategies need none of the training code
 
     config = ActiveConfig.from_dict(config.to_dict() if isinstance(config, ActiveConfig) else config)
     learner = config.learner_config()

@@ -225,7 +225,8 @@ def test_loop_queries_each_seeds_most_uncertain_examples_and_records_the_label_c
     captured = {}
 
     def keep(model, state, dataset):
-        captured["probabilities"] = active._pool_outputs(model, state.eval_params, state.model_state, dataset.x_train)[0]
+        outputs = active._pool_outputs(model, state.eval_params, state.model_state, dataset.x_train)
+        captured["probabilities"] = outputs[0]
 
     cold = [selection[0] for selection in result.selections]
     experiment.run(LEARNER, progress=False, labeled=cold, trained=keep)
