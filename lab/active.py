@@ -92,7 +92,8 @@ def check_strategy(name: str) -> Strategy:
 
 
 def check_budgets(budgets: Sequence[int], pool_size: int) -> tuple[int, ...]:
-    """The budget schedule (total labels after each query) as ints: at least one, increasing, within the pool."""
+    """The budget schedule (total labels after each query) as ints: at least one, increasing, and below
+    the pool's size (an unlabeled pool is left to query from and to learn from)."""
     budgets = tuple(budgets)
     if not budgets:
         raise ValueError("budgets must name at least one total number of labels (zero rounds), got []")
@@ -100,8 +101,11 @@ def check_budgets(budgets: Sequence[int], pool_size: int) -> tuple[int, ...]:
         validate.integer("budgets", budget, minimum=1)
     if any(later <= earlier for earlier, later in zip(budgets, budgets[1:])):
         raise ValueError(f"budgets must be increasing totals of labels, got {list(budgets)}")
-    if budgets[-1] > pool_size:
-        raise ValueError(f"budgets must stay within the pool of {pool_size} examples, got {list(budgets)}")
+    if budgets[-1] >= pool_size:
+        raise ValueError(
+            f"budgets must stay below the pool's {pool_size} examples (a batch must not exhaust the pool), "
+            f"got {list(budgets)}"
+        )
     return budgets
 
 
@@ -468,7 +472,7 @@ class ActiveConfig:
                 f"cold_start {self.cold_start!r} reads a model's predictions, and none is trained yet; "
                 f"choose one of: {', '.join(cold_starts)}"
             )
-        check_budgets(self.budgets, pool_size=max(self.budgets, default=0))
+        check_budgets(self.budgets, pool_size=max(self.budgets, default=0) + 1)  # run checks the pool's size
         if len(self.initial) > self.budgets[0]:
             raise ValueError(f"initial holds {len(self.initial)} labels, more than the first budget {self.budgets[0]}")
         if self.strategy == "bald" and len(learner.seeds) < 2:

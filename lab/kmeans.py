@@ -1,7 +1,7 @@
 """k-means in JAX: k-means++ seeding (Arthur & Vassilvitskii, 2007) and Lloyd iterations.
 
 Pure functions of an explicit key, jit-able (``k`` and ``iterations`` are static) and vmapped
-over seeds with :func:`kmeans_seeds`. Active learning uses them twice: TypiClust clusters
+over seeds with :func:`kmeans_seeds`. Active learning uses them: TypiClust and ProbCover cluster
 embeddings with :func:`kmeans`, and BADGE seeds its batch with :func:`plus_plus` on gradient
 embeddings (the picked points themselves, hence indices rather than centres).
 """
@@ -107,7 +107,6 @@ def kmeans(key: jax.Array, x: jax.Array, k: int, iterations: int = 100) -> KMean
 
 @functools.partial(jax.jit, static_argnames=("k", "iterations"))
 def kmeans_seeds(keys: jax.Array, x: jax.Array, k: int, iterations: int = 100) -> KMeans:
-    """:func:`kmeans` for each key of ``keys`` (one run per seed, side by side): every field gains a
-    leading seed axis. ``x`` is shared, or (seeds, n, d) for one data set per seed."""
-    in_axes = (0, 0 if jnp.ndim(x) == 3 else None)
-    return jax.vmap(functools.partial(kmeans, k=k, iterations=iterations), in_axes=in_axes)(keys, x)
+    """:func:`kmeans` of ``x`` for each key of ``keys`` (one run per seed, side by side): every field
+    gains a leading seed axis. The best of several seeds is scikit-learn's ``n_init``."""
+    return jax.vmap(functools.partial(kmeans, k=k, iterations=iterations), in_axes=(0, None))(keys, x)

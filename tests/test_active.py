@@ -187,7 +187,7 @@ def test_probcover_and_typiclust_cover_separated_groups_at_the_cold_start():
         (lambda: active.query("random", KEY, np.zeros(5, bool), 1, logits=1), "unknown strategy inputs ['logits']"),
         (lambda: active.check_budgets([], 10), "at least one total number of labels (zero rounds)"),
         (lambda: active.check_budgets([10, 10], 100), "budgets must be increasing"),
-        (lambda: active.check_budgets([10, 200], 100), "within the pool of 100 examples"),
+        (lambda: active.check_budgets([10, 100], 100), "below the pool's 100 examples (a batch must not exhaust"),
         (lambda: active.check_budgets([0, 10], 100), "budgets must be a positive integer, got 0"),
     ],
 )
@@ -245,7 +245,8 @@ def test_loop_queries_each_seeds_most_uncertain_examples_and_records_the_label_c
         ({"cold_start": "margin"}, "cold_start 'margin' reads a model's predictions"),
         ({"budgets": []}, "zero rounds"),
         ({"budgets": [20, 10]}, "budgets must be increasing"),
-        ({"budgets": [10, 5000]}, "within the pool of 1347 examples"),
+        ({"budgets": [10, 5000]}, "below the pool's 1347 examples"),
+        ({"budgets": [10, 1347]}, "a batch must not exhaust the pool"),
         ({"strategy": "bald"}, "give at least 2 seeds, got 1"),
         ({"initial": [1, 2, 3], "budgets": [2, 4]}, "initial holds 3 labels, more than the first budget 2"),
         ({"cold_start": "typiclust", "embeddings": "model"}, "needs embeddings, and has no source"),

@@ -42,7 +42,7 @@ ACTIVE_CASES = [
     (["active", "strategy=oracle"], "unknown strategy 'oracle'; choose one of: random, stratified_random"),
     (["active", "budgets=[]"], "budgets must name at least one total number of labels (zero rounds)"),
     (["active", "budgets=[20,10]"], "budgets must be increasing totals of labels, got [20, 10]"),
-    (["active", "budgets=[10,5000]", "steps=1"], "budgets must stay within the pool of 1347 examples"),
+    (["active", "budgets=[10,5000]", "steps=1"], "budgets must stay below the pool's 1347 examples"),
     (["active", "cold_start=typiclust", "dataset=fortunes_topics", "model=bag"], "token ids are no embedding"),
     (["active", "rounds=3"], "unknown active-learning parameter(s) ['rounds']"),
     (["active", "--output", "{tmp}"], "--output {tmp} is a folder; give a file name"),
