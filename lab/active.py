@@ -47,8 +47,10 @@ __all__ = [
     "check_budgets",
     "entropy_scores",
     "k_center_greedy",
+    "label_curves_markdown",
     "labels_to_reach",
     "margin_scores",
+    "plot_label_curves",
     "max_coverage",
     "probcover_delta",
     "query",
@@ -674,3 +676,46 @@ def run(config: ActiveConfig | typing.Mapping[str, Any], *, progress: bool = Tru
         curve=curve,
         wall_time_s={name: round(seconds, 3) for name, seconds in wall.items()},
     )
+
+
+# ------------------------------------------------------------------ reports
+
+
+def _label(result: ActiveResult) -> str:
+    from lab.experiment import ExperimentConfig
+
+    config = result.config
+    learner = ExperimentConfig.from_dict(config["learner"]).method_label
+    return f"{learner}: {config['cold_start']}, then {config['strategy']}"
+
+
+def label_curves_markdown(results: Sequence[ActiveResult], target: float, metric: str = "accuracy") -> str:
+    """One row per run: its mean ± std over seeds (in %) at each budget, and the labels it needed to
+    reach ``target`` (a fraction; "not reached" when no budget did)."""
+    budgets = sorted({budget for result in results for budget in result.budgets})
+    header = f"| run | {' | '.join(str(b) for b in budgets)} | labels to reach {100 * target:g}% |"
+    lines = [header, "| --- |" + " ---: |" * (len(budgets) + 1)]
+    for result in results:
+        at = dict(zip(result.budgets, result.curve[metric]))
+        cells = [f"{100 * np.mean(at[b]):.1f} ± {100 * np.std(at[b]):.1f}" if b in at else "" for b in budgets]
+        needed = result.labels_to_reach(target, metric)
+        lines.append(f"| {_label(result)} | {' | '.join(cells)} | {'not reached' if needed is None else needed} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_label_curves(results: Sequence[ActiveResult], metric: str = "accuracy"):
+    """Label curves: the mean over seeds against the labels, one line per run, a band of ± one std."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
+    for result in results:
+        mean = np.array([100 * np.mean(values) for values in result.curve[metric]])
+        std = np.array([100 * np.std(values) for values in result.curve[metric]])
+        axes.plot(result.budgets, mean, marker="o", label=_label(result))
+        axes.fill_between(result.budgets, mean - std, mean + std, alpha=0.2)
+    axes.set_xlabel("labels (in total)")
+    axes.set_ylabel(f"test {metric} (%)")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    return figure

@@ -252,12 +252,41 @@ def add_active_command(subparsers) -> None:
         help="also write the full result as JSON: selections per seed and round, the label curve, wall times",
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--report", nargs="+", default=None, metavar="RESULT",
+        help="run nothing: compare the --output files of earlier runs (label curves, labels needed to reach --target)",
+    )  # fmt: skip
+    parser.add_argument("--target", type=float, default=0.95, help="accuracy the report's table asks for (a fraction)")
+    parser.add_argument("--out", default="figures", help="folder for the report's label_curves.md and .png")
     parser.set_defaults(handler=run_active)
+
+
+def report_active(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lab import active, files
+
+    results = []
+    for path in args.report:
+        try:
+            results.append(active.ActiveResult(**json.loads(Path(path).read_text())))
+        except (OSError, ValueError, TypeError) as error:
+            raise ValueError(f"--report {path} is not the --output of a `lab active` run ({error})") from None
+    table = active.label_curves_markdown(results, args.target)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files.write_atomic(out / "label_curves.md", table)
+    with files.atomic_path(out / "label_curves.png") as temporary:
+        active.plot_label_curves(results).savefig(temporary, format="png", dpi=150)
+    print(table, end="")
+    return 0
 
 
 def run_active(args: argparse.Namespace) -> int:
     from lab import active, files
 
+    if args.report:
+        return report_active(args)
     fields = read_config_file(args.config) if args.config else {}
     fields.update(parse_fields(args.fields))
     config = active.ActiveConfig.from_dict(fields)  # refused here, before any data is loaded

@@ -299,3 +299,36 @@ def test_labels_to_reach_is_the_first_budget_whose_seed_mean_reaches_the_target(
     assert active.labels_to_reach([10, 20, 40, 80], curve, 0.995) is None
     with pytest.raises(ValueError, match="target must be a number in"):
         active.labels_to_reach([10], [[0.5]], 95)
+
+
+def _result(strategy, budgets, curve):
+    config = {"learner": {"setup": "supervised"}, "strategy": strategy, "cold_start": "random"}
+    return active.ActiveResult(config, [0, 1], budgets, [[[0]], [[1]]], {"accuracy": curve}, {})
+
+
+def test_label_curve_report_table_and_figure_show_the_seed_means(tmp_path, capsys):
+    import json
+
+    from lab import cli
+
+    runs = [
+        _result("margin", [10, 20], [[0.90, 0.94], [0.95, 0.97]]),
+        _result("random", [10, 20, 40], [[0.80, 0.90], [0.88, 0.90], [0.93, 0.93]]),
+    ]
+    table = active.label_curves_markdown(runs, 0.95)
+    assert table.splitlines() == [
+        "| run | 10 | 20 | 40 | labels to reach 95% |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        "| supervised: random, then margin | 92.0 ± 2.0 | 96.0 ± 1.0 |  | 20 |",
+        "| supervised: random, then random | 85.0 ± 5.0 | 89.0 ± 1.0 | 93.0 ± 0.0 | not reached |",
+    ]
+    lines = active.plot_label_curves(runs).axes[0].get_lines()
+    np.testing.assert_allclose(lines[1].get_ydata(), [85.0, 89.0, 93.0])
+    paths = []
+    for i, run in enumerate(runs):
+        paths.append(tmp_path / f"{i}.json")
+        run.save(paths[-1])
+    assert cli.main(["active", "--report", *map(str, paths), "--out", str(tmp_path / "figures")]) == 0
+    assert capsys.readouterr().out == table
+    assert (tmp_path / "figures" / "label_curves.md").read_text() == table
+    assert (tmp_path / "figures" / "label_curves.png").stat().st_size > 0

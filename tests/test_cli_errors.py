@@ -46,6 +46,7 @@ ACTIVE_CASES = [
     (["active", "cold_start=typiclust", "dataset=fortunes_topics", "model=bag"], "token ids are no embedding"),
     (["active", "rounds=3"], "unknown active-learning parameter(s) ['rounds']"),
     (["active", "--output", "{tmp}"], "--output {tmp} is a folder; give a file name"),
+    (["active", "--report", "{tmp}/list.yaml"], "--report {tmp}/list.yaml is not the --output of a `lab active` run"),
 ]
 
 TRAIN_CASES: list = [
