@@ -266,6 +266,70 @@ def run_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_active_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "active",
+        help="pool-based active learning: a cold start, then train, score the pool and query, per budget",
+        description="Run lab.active.run: `lab active strategy=margin cold_start=typiclust budgets=[10,20,40] "
+        "setup=semi_supervised method=flexmatch model=cnn seeds=[0,1,2]`. The fields that are not the loop's "
+        "(strategy, cold_start, budgets, initial, embeddings) are the learner's experiment config.",
+    )
+    parser.add_argument("fields", nargs="*", metavar="FIELD=VALUE", help="loop and learner config fields")
+    parser.add_argument("--config", default=None, help="YAML file with config fields")
+    parser.add_argument(
+        "--output", default=None, metavar="FILE",
+        help="also write the full result as JSON: selections per seed and round, the label curve, wall times",
+    )  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--report", nargs="+", default=None, metavar="RESULT",
+        help="run nothing: compare the --output files of earlier runs (label curves, labels needed to reach --target)",
+    )  # fmt: skip
+    parser.add_argument("--target", type=float, default=0.95, help="accuracy the report's table asks for (a fraction)")
+    parser.add_argument("--out", default="figures", help="folder for the report's label_curves.md and .png")
+    parser.set_defaults(handler=run_active)
+
+
+def report_active(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lab import active, files
+
+    results = []
+    for path in args.report:
+        try:
+            results.append(active.ActiveResult(**json.loads(Path(path).read_text())))
+        except (OSError, ValueError, TypeError) as error:
+            raise ValueError(f"--report {path} is not the --output of a `lab active` run ({error})") from None
+    table = active.label_curves_markdown(results, args.target)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files.write_atomic(out / "label_curves.md", table)
+    with files.atomic_path(out / "label_curves.png") as temporary:
+        active.plot_label_curves(results).savefig(temporary, format="png", dpi=150)
+    print(table, end="")
+    return 0
+
+
+def run_active(args: argparse.Namespace) -> int:
+    from lab import active, files
+
+    if args.report:
+        return report_active(args)
+    fields = read_config_file(args.config) if args.config else {}
+    fields.update(parse_fields(args.fields))
+    config = active.ActiveConfig.from_dict(fields)  # refused here, before any data is loaded
+    if args.output:
+        files.check_output_path(args.output, "--output")
+    result = active.run(config, progress=not args.no_progress)
+    if args.output:
+        result.save(args.output)
+    summary = {name: [{k: round(v, 4) for k, v in stats.items()} for stats in per_budget]
+               for name, per_budget in result.summary().items()}  # fmt: skip
+    print(json.dumps({"budgets": result.budgets, "summary": summary, "wall_time_s": result.wall_time_s}, indent=2))
+    return 0
+
+
 def add_data_command(subparsers) -> None:
     from lab import data
 
@@ -533,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_train_command(subparsers)
     add_run_command(subparsers)
+    add_active_command(subparsers)
     add_data_command(subparsers)
     add_sweep_command(subparsers, validate=experiment.validate_parameters)
     add_runs_command(subparsers)

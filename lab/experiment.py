@@ -600,26 +600,66 @@ class Result:
         return files.write_atomic(path, json.dumps(self.to_dict(), indent=2))
 
 
-def run(config: ExperimentConfig | Mapping[str, Any], *, progress: bool = True) -> Result:
+# Called once per group of seeds trained together (see _seed_groups), in seed order, with the trained classifier's
+# graphs, the group's stacked final state, the dataset and how many of the group's seeds are real (the first ones;
+# the rest repeat a seed to fill the group). Active learning scores the pool with them.
+TrainedCallback = Callable[[train.Graphs, train.TrainState, data.Dataset, int], None]
+
+
+def run(
+    config: ExperimentConfig | Mapping[str, Any],
+    *,
+    progress: bool = True,
+    labeled: Sequence[Sequence[int]] | None = None,
+    trained: TrainedCallback | None = None,
+) -> Result:
     """Train and evaluate ``config`` for every seed in ``config.seeds``, side by side, on ``config.platform``.
 
     Seeds that would need more memory together than :func:`lab.memory.limit` train in groups that fit,
-    to the same numbers (see :func:`_seed_groups`)."""
+    to the same numbers (see :func:`_seed_groups`). ``labeled`` gives each seed's labeled training indices
+    instead of its stratified draw (``labels_per_class`` is then not used); ``trained`` is called with the
+    trained seeds (see :data:`TrainedCallback`)."""
     if isinstance(config, ExperimentConfig):
         config.validate()  # built directly, not by from_dict, which validates
     else:
         config = ExperimentConfig.from_dict(config)
     with devices.use(config.platform) as platform_devices:
-        return _run(config, progress, platform_devices[0])
+        return _run(config, progress, platform_devices[0], labeled, trained)
 
 
-def _run(config: ExperimentConfig, progress: bool, device: jax.Device) -> Result:
+def _splits(
+    config: ExperimentConfig, dataset: data.Dataset, labeled: Sequence[Sequence[int]] | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each seed's ``(labeled, rest)`` training indices: its stratified draw, or the ``labeled`` indices given."""
+    if labeled is None:
+        return [data.labeled_split(dataset.y_train, config.labels_per_class, seed) for seed in config.seeds]
+    if len(labeled) != len(config.seeds):
+        raise ValueError(f"labeled must give one index set per seed ({len(config.seeds)}), got {len(labeled)}")
+    n = len(dataset.y_train)
+    splits = []
+    for indices in labeled:
+        indices = np.asarray(indices, np.int64)
+        if indices.size == 0 or len(np.unique(indices)) != indices.size or not np.all((0 <= indices) & (indices < n)):
+            raise ValueError(
+                f"labeled index sets must be distinct training indices in 0..{n - 1}, got {indices.tolist()}"
+            )
+        splits.append((np.sort(indices), np.setdiff1d(np.arange(n), indices)))
+    return splits
+
+
+def _run(
+    config: ExperimentConfig,
+    progress: bool,
+    device: jax.Device,
+    labeled: Sequence[Sequence[int]] | None = None,
+    trained: TrainedCallback | None = None,
+) -> Result:
     train.enable_compilation_cache()
     plan = SETUPS[config.setup]
     dataset = _load(config)
     dataset.check_batch_size(config.batch_size)
-    dataset.check_classes(config.labels_per_class)
-    splits = [data.labeled_split(dataset.y_train, config.labels_per_class, seed) for seed in config.seeds]
+    dataset.check_classes(config.labels_per_class if labeled is None else 1)
+    splits = _splits(config, dataset, labeled)
 
     tic = time.perf_counter()
     trainee = _trainee(plan, config, dataset, plan.pretrain(config, progress))
@@ -651,6 +691,8 @@ def _run(config: ExperimentConfig, progress: bool, device: jax.Device) -> Result
             {name: _seed_rows(pool, rows) for name, pool in pools.items()}, evaluate, progress,
             kept=lambda error: "Nothing was saved", seed_axis=True, label=f"train {config.method_label}",
         )  # fmt: skip
+        if trained is not None:
+            trained(model, fit.state, dataset, kept)
         for phase, seconds in fit.wall_time_s.items():
             wall[phase] += seconds
         history = [{name: _kept_seeds(value, kept) for name, value in row.items()} for row in fit.history]
@@ -1023,6 +1065,11 @@ def _padded_index(indices: Sequence[np.ndarray], length: int) -> dict[str, jax.A
     for row, values in zip(index, indices):
         row[: len(values)] = values
     return {"index": jnp.asarray(index), "count": jnp.asarray([len(values) for values in indices], jnp.int32)}
+
+
+def load_dataset(config: ExperimentConfig) -> data.Dataset:
+    """The dataset a run of ``config`` trains on (its ``classes`` only, when it names some)."""
+    return _load(config)
 
 
 def _load(config: ExperimentConfig) -> data.Dataset:

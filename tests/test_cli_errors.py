@@ -44,6 +44,17 @@ RUN_CASES = [
     (["run", "optimizer=sgd", "learning_rate=1e6", "steps=50", "--no-progress"], "training stopped. Nothing was saved"),
 ]
 
+ACTIVE_CASES = [
+    (["active", "strategy=oracle"], "unknown strategy 'oracle'; choose one of: random, stratified_random"),
+    (["active", "budgets=[]"], "budgets must name at least one total number of labels (zero rounds)"),
+    (["active", "budgets=[20,10]"], "budgets must be increasing totals of labels, got [20, 10]"),
+    (["active", "budgets=[10,5000]", "steps=1"], "budgets must stay below the pool's 1347 examples"),
+    (["active", "cold_start=typiclust", "dataset=fortunes_topics", "model=bag"], "token ids are no embedding"),
+    (["active", "rounds=3"], "unknown active-learning parameter(s) ['rounds']"),
+    (["active", "--output", "{tmp}"], "--output {tmp} is a folder; give a file name"),
+    (["active", "--report", "{tmp}/list.yaml"], "--report {tmp}/list.yaml is not the --output of a `lab active` run"),
+]
+
 TRAIN_CASES: list = [
     # Refused by the argument parser, in one line like the others.
     (["train", "--warmup-steps", "-1"], "argument --warmup-steps: must be an integer >= 0, got -1"),
@@ -113,7 +124,7 @@ FILES = {
     "damaged.db": "SQLite format 3\x00" + "not pages" * 100,
 }
 
-CASES = RUN_CASES + TRAIN_CASES + DATA_CASES + SWEEP_CASES + RUNS_CASES + REPORT_CASES
+CASES = RUN_CASES + ACTIVE_CASES + TRAIN_CASES + DATA_CASES + SWEEP_CASES + RUNS_CASES + REPORT_CASES
 
 
 def run_cli(arguments: list[str], capsys) -> tuple[int, str]:
