@@ -224,9 +224,9 @@ def test_loop_queries_each_seeds_most_uncertain_examples_and_records_the_label_c
     # Independent replay: train on the cold-start sets, score the pool with scipy's entropy, take the top 10.
     captured = {}
 
-    def keep(model, state, dataset):
+    def keep(model, state, dataset, kept):
         outputs = active._pool_outputs(model, state.eval_params, state.model_state, dataset.x_train)
-        captured["probabilities"] = outputs[0]
+        captured["probabilities"] = outputs[0][:kept]
 
     cold = [selection[0] for selection in result.selections]
     experiment.run(LEARNER, progress=False, labeled=cold, trained=keep)

@@ -491,11 +491,12 @@ def test_semi_supervised_runs_on_stl10_draw_the_unlabeled_split_and_supervised_r
 
     from lab import train
 
-    n_train, n_unlabeled = 6, 10
+    n_train, n_unlabeled = 10, 10
     levels = {"train_X.bin": range(n_train), "unlabeled_X.bin": range(100, 100 + n_unlabeled)}
     grey = {name: np.repeat(np.array(list(values), np.uint8), STL10_IMAGE).tobytes() for name, values in levels.items()}
-    every_class = {"test_y.bin": bytes(range(1, 11))}  # for the ROC-AUC of the test metrics
-    _, raw = write_stl10(tmp_path, n_train=n_train, n_test=10, n_unlabeled=n_unlabeled, **grey, **every_class)
+    # Every class in both splits: a run refuses a class its training split lacks, and ROC-AUC needs them in the test.
+    every_class = {"train_y.bin": bytes(range(1, 11)), "test_y.bin": bytes(range(1, 11))}
+    write_stl10(tmp_path, n_train=n_train, n_test=10, n_unlabeled=n_unlabeled, **grey, **every_class)
     fits = []
 
     def recording_fit(model, state, tx, objective, pools, **kwargs):
@@ -519,7 +520,7 @@ def test_semi_supervised_runs_on_stl10_draw_the_unlabeled_split_and_supervised_r
     experiment.run({**config, "setup": "semi_supervised", "method_kwargs": {"mu": 1}}, progress=False)
     levels, labels = epoch(*fits[-1], "unlabeled")
     assert sorted(levels) == [*range(n_train), *range(100, 100 + n_unlabeled)]
-    train_labels = raw["train_y"].astype(int) - 1
+    train_labels = np.frombuffer(every_class["train_y.bin"], np.uint8).astype(int) - 1  # STL-10 labels are 1..10
     assert [label for level, label in zip(levels, labels) if level < 100] == list(train_labels[levels[levels < 100]])
     assert all(labels[levels >= 100] == -1)  # no label: seen by no loss, scored by no metric
     semi_labeled = epoch(*fits[-1], "labeled")
