@@ -211,11 +211,8 @@ def run_experiment(args: argparse.Namespace) -> int:
         return 0
     # Checked before the run, so that an output that cannot be written fails before any training.
     if args.output:
-        files.check_output_path(args.output, "--output")
-        files.check_replaceable(
-            args.output, "--output", "json", force=args.force,
-            keep={args.store: "the results store this command writes (--store)"} if args.store else None,
-        )  # fmt: skip
+        writes = {args.store: "the results store this command writes (--store)"} if args.store else None
+        _check_json_output(args, keep=writes)
     results = None
     if args.store:
         sweep.check_name(args.sweep)
@@ -226,11 +223,8 @@ def run_experiment(args: argparse.Namespace) -> int:
     # A write that fails (a disk filled during the run) loses nothing: the result is printed all the same.
     unsaved = []
     if args.output:
-        try:
-            result.save(args.output)
-        except OSError as error:
-            # A failed write names the file in its text (lab.files); another error (mkdir) in its filename.
-            unsaved.append(f"--output: {error if error.filename else error.strerror or error}")
+        if (problem := _unsaved_output(result, args.output)) is not None:
+            unsaved.append(problem)
         else:
             tensorboard.write_or_say(result.tensorboard_runs(Path(args.output).with_suffix(".tensorboard")))
     if results is not None:
@@ -258,6 +252,30 @@ def run_experiment(args: argparse.Namespace) -> int:
     summary = {name: {k: round(v, 4) for k, v in stats.items()} for name, stats in result.summary().items()}
     print(json.dumps({"config": result.config, "metrics": result.metrics, "summary": summary,
                       "wall_time_s": result.wall_time_s}, indent=2))
+    return _done(unsaved)
+
+
+def _check_json_output(args: argparse.Namespace, keep: dict[str, str] | None = None) -> None:
+    """``--output``, before anything runs: a folder that can be written, a disk with room, and no file of another
+    format there (a results store, say) unless ``--force``; never a file named in ``keep``."""
+    from lab import files
+
+    files.check_output_path(args.output, "--output")
+    files.check_replaceable(args.output, "--output", "json", force=args.force, keep=keep)
+
+
+def _unsaved_output(result, path: str) -> str | None:
+    """Why ``result.save(path)`` failed (a disk filled during the run), or None when it saved."""
+    try:
+        result.save(path)
+    except OSError as error:
+        # A failed write names the file in its text (lab.files); another error (mkdir) in its filename.
+        return f"--output: {error if error.filename else error.strerror or error}"
+    return None
+
+
+def _done(unsaved: Sequence[str]) -> int:
+    """0, or the one-line error naming each write that failed, once the result is printed: nothing computed is lost."""
     if unsaved:
         sys.stdout.flush()  # the result first: the error that follows ends the command
         raise RuntimeError(
@@ -280,6 +298,9 @@ def add_active_command(subparsers) -> None:
         "--output", default=None, metavar="FILE",
         help="also write the full result as JSON: selections per seed and round, the label curve, wall times",
     )  # fmt: skip
+    parser.add_argument(
+        "--force", action="store_true", help="replace an --output file that is not JSON (a results store, say)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--report", nargs="+", default=None, metavar="RESULT",
@@ -301,18 +322,20 @@ def report_active(args: argparse.Namespace) -> int:
             results.append(active.ActiveResult(**json.loads(Path(path).read_text())))
         except (OSError, ValueError, TypeError) as error:
             raise ValueError(f"--report {path} is not the --output of a `lab active` run ({error})") from None
+    files.check_output_path(args.out, "--out", folder=True)
     table = active.label_curves_markdown(results, args.target)
+    figure = active.plot_label_curves(results)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    files.write_atomic(out / "label_curves.md", table)
-    with files.atomic_path(out / "label_curves.png") as temporary:
-        active.plot_label_curves(results).savefig(temporary, format="png", dpi=150)
+    files.write_together({  # both files or neither, as lab report writes its set
+        out / "label_curves.md": lambda path: path.write_text(table, encoding="utf-8"),
+        out / "label_curves.png": lambda path: figure.savefig(path, format="png", dpi=150),
+    })  # fmt: skip
     print(table, end="")
     return 0
 
 
 def run_active(args: argparse.Namespace) -> int:
-    from lab import active, files
+    from lab import active
 
     if args.report:
         return report_active(args)
@@ -320,14 +343,13 @@ def run_active(args: argparse.Namespace) -> int:
     fields.update(parse_fields(args.fields))
     config = active.ActiveConfig.from_dict(fields)  # refused here, before any data is loaded
     if args.output:
-        files.check_output_path(args.output, "--output")
+        _check_json_output(args)
     result = active.run(config, progress=not args.no_progress)
-    if args.output:
-        result.save(args.output)
+    unsaved = [problem] if args.output and (problem := _unsaved_output(result, args.output)) is not None else []
     summary = {name: [{k: round(v, 4) for k, v in stats.items()} for stats in per_budget]
                for name, per_budget in result.summary().items()}  # fmt: skip
     print(json.dumps({"budgets": result.budgets, "summary": summary, "wall_time_s": result.wall_time_s}, indent=2))
-    return 0
+    return _done(unsaved)
 
 
 def add_data_command(subparsers) -> None:

@@ -261,6 +261,49 @@ def test_run_on_a_full_disk_is_refused_before_training(store_path, option, monke
     assert f"{option} results.db cannot be written: the disk of " in err and "is full (4 KiB free)" in err, err
 
 
+def _finished_active_run(config, progress=True):
+    from lab import active
+
+    loop = {"learner": {"setup": "supervised"}, "strategy": "margin", "cold_start": "random"}
+    return active.ActiveResult(loop, [0], [10, 20], [[[1], [2]]], {"accuracy": [[0.5], [0.75]]}, {"train": 1.0})
+
+
+def test_lab_active_guards_its_output_as_lab_run_does(store_path, monkeypatch, capsys):
+    """`lab active --output` never replaces a results store, and a result it cannot save is printed all the same."""
+    from lab import active
+
+    kept = store_path.read_bytes()
+    monkeypatch.setattr(active, "run", _never_run)
+    status, err = run_cli(["active", "--no-progress", "budgets=[10,20]", "--output", "results.db"], capsys)
+    assert status == 2 and err.count("\n") == 1, err
+    assert "--output results.db is a lab results store (1 run), not a JSON file" in err and "--force" in err
+    assert store_path.read_bytes() == kept
+
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(active, "run", _finished_active_run)
+    monkeypatch.setattr(Path, "write_bytes", full_disk)  # the disk fills during the run
+    status = cli.main(["active", "--no-progress", "budgets=[10,20]", "--output", "active.json"])
+    out, err = capsys.readouterr()
+    assert status == 2 and json.loads(out)["summary"]["accuracy"][1]["mean"] == 0.75  # printed all the same
+    assert err.startswith("lab active: error: the run finished and its result is printed") and err.count("\n") == 1
+    assert "--output: cannot write active.json: No space left on device" in err, err
+
+
+def test_lab_active_report_writes_both_files_or_neither(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _finished_active_run(None).save("a.json")
+
+    def fails_at_the_figure(figure, path, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", fails_at_the_figure)
+    status, err = run_cli(["active", "--report", "a.json", "--out", "report"], capsys)
+    assert status == 2 and "label_curves.png" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "report").exists() or not any((tmp_path / "report").iterdir())
+
+
 def test_run_takes_fields_before_and_after_its_options(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     status = cli.main(["run", "model=mlp", "--no-progress", "setup=supervised", "--show-config", "steps=7"])
