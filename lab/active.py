@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lab import files, kmeans, validate
+from lab.record import Record
 
 __all__ = [
     "ActiveConfig",
@@ -527,6 +528,36 @@ class ActiveResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def record(self) -> Record:
+        """The run's record (:mod:`lab.record`), the schema that notebooks, sweeps, the results store and
+        ``lab report`` share: the learner's dataset, setup and method, the metrics at the last budget, and
+        under ``active`` the settings, the label curve and the selections."""
+        from lab.experiment import ExperimentConfig
+
+        learner = ExperimentConfig.from_dict(self.config["learner"])
+        settings = {key: self.config[key] for key in ("strategy", "cold_start", "embeddings", "initial", "budgets")}
+        return Record.from_dict({
+            "dataset": learner.dataset,
+            "setup": learner.setup,
+            "method": learner.method_label,
+            "labels_per_class": None,
+            "seeds": self.seeds,
+            "metrics": {name: per_budget[-1] for name, per_budget in self.curve.items()},
+            "wall_time_s": self.wall_time_s,
+            "active": {**settings, "learner": learner.to_dict(), "curve": self.curve,
+                       "selections": self.selections},
+        })  # fmt: skip
+
+    @classmethod
+    def from_record(cls, record: Record) -> ActiveResult:
+        """The result an active-learning record holds (seeds merged from several records included)."""
+        if record.active is None:
+            raise ValueError(f"the record of {record.dataset} / {record.method} is no active-learning run's")
+        active = record.active
+        config = {key: active[key] for key in ("learner", "strategy", "cold_start", "budgets", "initial", "embeddings")}
+        return cls(config, list(record.seeds), list(active["budgets"]), active["selections"], active["curve"],
+                   dict(record.wall_time_s or {}))  # fmt: skip
 
     def save(self, path: str) -> Any:
         """Write :meth:`to_dict` as JSON, atomically."""

@@ -330,3 +330,24 @@ def test_label_curve_report_table_and_figure_show_the_seed_means(tmp_path, capsy
     assert capsys.readouterr().out == table
     assert (tmp_path / "figures" / "label_curves.md").read_text() == table
     assert (tmp_path / "figures" / "label_curves.png").stat().st_size > 0
+
+
+def test_record_holds_the_settings_label_curve_and_selections_and_emits():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from lab import experiment, record
+
+    config = {"learner": LEARNER, "strategy": "margin", "cold_start": "random", "budgets": [6, 9]}
+    result = active.run(config, progress=False)
+    kept = result.record()
+    assert (kept.dataset, kept.setup, kept.method, kept.seeds) == ("digits", "supervised", "supervised", [0, 1])
+    assert kept.labels_per_class is None
+    assert kept.metrics["accuracy"] == result.curve["accuracy"][-1]
+    assert kept.active["strategy"] == "margin" and kept.active["cold_start"] == "random"
+    assert kept.active["budgets"] == [6, 9] and kept.active["curve"] == result.curve
+    assert kept.active["selections"] == result.selections
+    assert kept.active["learner"] == experiment.ExperimentConfig.from_dict(LEARNER).to_dict()
+    back = active.ActiveResult.from_record(record.Record.from_dict(kept.to_dict()))
+    assert back.to_dict() == {**result.to_dict(), "config": {**result.config, "learner": kept.active["learner"]}}
+    InteractiveShell.instance()  # emit displays through IPython, as in a notebook
+    record.emit(result.record())
