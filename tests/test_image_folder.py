@@ -1,7 +1,9 @@
 """Your own images from a folder (lab.image_folder): folders written with Pillow here, PNG and JPEG,
 decoded arrays compared with what numpy and Pillow give independently."""
 
+import importlib.util
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ from PIL import Image
 
 from lab import cache, image_folder
 from lab.dataset import DataNotFoundError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -277,3 +281,24 @@ def test_labels_per_class_beyond_a_class_folder_and_bad_image_sizes_are_refused(
     for bad in (0, -1, True, 2.5, [4], [4, 0], "32"):
         with pytest.raises(ValueError, match=r"image_size must be a positive integer or a \[height, width\] pair"):
             image_folder.load(tmp_path, image_size=bad)
+
+
+def _examples_script():
+    spec = importlib.util.spec_from_file_location("make_own_data", ROOT / "examples" / "make_own_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_example_digit_folders_hold_the_built_in_digits_and_their_split(tmp_path):
+    from lab import data
+
+    folder = _examples_script().write_digit_folders(tmp_path / "digits")
+    mine, built_in = image_folder.load(folder), data.digits()
+    assert mine.class_names == built_in.class_names and mine.input_shape == built_in.input_shape == (8, 8, 1)
+
+    def rows(x, y):  # (label, 8-bit pixels) per example, in one order: the splits' orders differ
+        return sorted(zip(y.tolist(), map(bytes, np.rint(x.reshape(len(x), -1) * 255).astype(np.uint8)), strict=True))
+
+    assert rows(mine.x_train, mine.y_train) == rows(built_in.x_train, built_in.y_train)
+    assert rows(mine.x_test, mine.y_test) == rows(built_in.x_test, built_in.y_test)
