@@ -302,3 +302,28 @@ def test_the_example_digit_folders_hold_the_built_in_digits_and_their_split(tmp_
 
     assert rows(mine.x_train, mine.y_train) == rows(built_in.x_train, built_in.y_train)
     assert rows(mine.x_test, mine.y_test) == rows(built_in.x_test, built_in.y_test)
+
+
+def test_a_run_trains_on_an_image_folder_with_its_unlabeled_pool(tmp_path, monkeypatch):
+    """experiment.run end to end on a folder, through an entry registered in this process (the
+    ``images:`` names of every entry point are tested with the door that registers them)."""
+    import functools
+    import shutil
+
+    from lab import data, experiment
+
+    folder = _examples_script().write_digit_folders(tmp_path / "digits")
+    for path in sorted(folder.glob("train/*/*.png"))[::10]:  # a pile of unsorted copies
+        (folder / "unlabeled").mkdir(exist_ok=True)
+        shutil.copy(path, folder / "unlabeled" / path.name)
+    contents = image_folder.describe(folder)
+    loader = functools.partial(image_folder.load, folder)  # its keywords: image_size
+    monkeypatch.setitem(data.DATASET_ENTRIES, "photos", data.DatasetEntry(loader, "image", contents.class_names))
+
+    config = {"dataset": "photos", "dataset_kwargs": {"image_size": 8}, "setup": "semi_supervised",
+              "method": "fixmatch", "labels_per_class": 2, "steps": 40, "learning_rate": 0.01, "eval_every": 20,
+              "batch_size": 16, "model_kwargs": {"hidden": (32,)}, "seeds": [0]}
+    result = experiment.run(config, progress=False)
+    assert result.metrics["accuracy"][0] > 0.2  # at least twice chance after 40 steps
+    assert len(experiment.load_dataset(experiment.ExperimentConfig.from_dict(config)).x_unlabeled) == len(
+        contents.unlabeled)
