@@ -327,3 +327,63 @@ def test_a_run_trains_on_an_image_folder_with_its_unlabeled_pool(tmp_path, monke
     assert result.metrics["accuracy"][0] > 0.2  # at least twice chance after 40 steps
     assert len(experiment.load_dataset(experiment.ExperimentConfig.from_dict(config)).x_unlabeled) == len(
         contents.unlabeled)
+
+
+def _benchmark(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_label_efficiency_benchmark_takes_an_image_folder_with_its_options(tmp_path, monkeypatch, capsys):
+    import functools
+    import json
+
+    from sklearn.svm import SVC
+
+    from lab import data
+
+    folder = tmp_path / "photos"
+    make_folder(folder, classes=("a", "b", "c"), per_class=16, shape=(12, 10, 3))
+    loader = functools.partial(image_folder.load, folder)
+    monkeypatch.setitem(data.DATASET_ENTRIES, "photos", data.DatasetEntry(loader, "image", ("a", "b", "c")))
+    monkeypatch.setattr("sys.argv", ["label_efficiency.py", "--dataset", "photos", "--dataset-kwargs",
+                                     "{image_size: 4}", "--budgets", "2", "--seeds", "0", "--runs", "supervised",
+                                     "--peers", "SVC", "--steps", "4"])
+    _benchmark("label_efficiency").main()
+    table = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    small = image_folder.load(folder, image_size=4)  # the peers see the resized images, as the runs do
+    labeled, _ = data.labeled_split(small.y_train, 2, 0)
+    svc = SVC().fit(small.x_train[labeled].reshape(len(labeled), -1), small.y_train[labeled])
+    assert table["sklearn SVC"]["2"] == [svc.score(small.x_test.reshape(len(small.x_test), -1), small.y_test)]
+    assert len(table["lab supervised"]["2"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--dataset", "nowhere"], "--dataset nowhere: unknown dataset 'nowhere'"),
+        (["--dataset-kwargs", "[16]"], "argument --dataset-kwargs: dataset_kwargs must be a mapping, got [16]"),
+        (["--dataset", "photos"], "--dataset photos: "),
+        (["--dataset", "notes"], "--dataset notes is text; benchmarks/language.py"),
+    ],
+)
+def test_the_label_efficiency_benchmark_refuses_what_it_cannot_load_in_one_line(tmp_path, monkeypatch, capsys, argv,
+                                                                                says):
+    import functools
+
+    from lab import data
+
+    photos = functools.partial(image_folder.load, tmp_path / "missing")
+    monkeypatch.setitem(data.DATASET_ENTRIES, "photos", data.DatasetEntry(photos, "image", ("a", "b")))
+    ids = np.array([[1, 2], [2, 1], [3, 1], [1, 3]], np.int32)
+    notes = data.Dataset("notes", ids, np.array([0, 1, 0, 1], np.int32), ids, np.array([0, 1, 0, 1], np.int32),
+                         ("x", "y"), "in memory", vocab_size=4)
+    monkeypatch.setitem(data.DATASET_ENTRIES, "notes", data.DatasetEntry(lambda: notes, "text", ("x", "y")))
+    monkeypatch.setattr("sys.argv", ["label_efficiency.py", *argv])
+    with pytest.raises(SystemExit):
+        _benchmark("label_efficiency").main()
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("label_efficiency.py: error: ") and says in error
