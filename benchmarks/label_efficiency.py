@@ -114,7 +114,8 @@ def main() -> None:
             tic = time.perf_counter()
             config = {
                 "dataset": args.dataset, "dataset_kwargs": args.dataset_kwargs, "model": args.model,
-                "labels_per_class": k, "seeds": args.seeds, "steps": args.steps, "eval_every": args.steps, "learning_rate": args.learning_rate,
+                "labels_per_class": k, "seeds": args.seeds, "steps": args.steps, "eval_every": args.steps,
+                "learning_rate": args.learning_rate,
                 **RUNS[run],
             }
             if RUNS[run]["setup"] == "transfer":
