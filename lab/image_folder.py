@@ -12,7 +12,7 @@ split with a fixed seed, or a test split of your own, with the same class folder
 
 Image files are those with a suffix of :data:`IMAGE_SUFFIXES` (any case); hidden files and folders
 (``.name``) are not read, other files are counted in the dataset's ``source``. Every image is decoded by
-Pillow to 8 bits per channel (16-bit grayscale too), then kept with 1 channel when every image of the
+Pillow to 8 bits per channel (16-bit grayscale too), turned upright as its EXIF orientation says, then kept with 1 channel when every image of the
 folder is grayscale and as RGB otherwise (alpha dropped), resized to ``image_size`` (default: the most
 common size in the folder; the aspect ratio is not kept) with Pillow's antialiased bilinear filter, and
 returned as every image dataset of lab is, float32 ``(N, H, W, C)`` in ``[0, 1]``, in memory. The rows
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from lab import cache
 from lab.dataset import DataNotFoundError, Dataset, PathLike
@@ -60,6 +60,7 @@ SPLIT_SEED = 0
 # Pillow modes read as one channel; the 16- and 32-bit integer ones are brought to 8 bits first.
 _GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N"}
 _WIDE_GRAYSCALE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+_TURNED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations shown a quarter turn from the stored pixels
 _NAMED_AT_MOST = 10  # unreadable files named in a message; the count says how many more
 # What Pillow raises for a file it cannot read: not an image (UnidentifiedImageError, an OSError),
 # truncated or damaged data (OSError, SyntaxError, EOFError, ValueError), or a decompression bomb.
@@ -271,70 +272,80 @@ def _checked_size(image_size: Any) -> tuple[int, int] | None:
 
 
 def _decode(contents: FolderContents, size: tuple[int, int] | None) -> dict[str, np.ndarray]:
-    """Every image of ``contents`` decoded, converted and resized; the files Pillow cannot read are skipped,
-    each named in ``skipped`` with the reason."""
+    """Every image of ``contents`` decoded, converted and resized, in one array filled in place; the files
+    Pillow cannot read are skipped, each named in ``skipped`` with the reason."""
     files = contents.files()
-    skipped: dict[Path, str] = {}
+    skipped: dict[int, str] = {}
     sizes, modes = [], set()
-    for path in files:  # the headers: the common size and mode, without decoding the pixels
+    for i, path in enumerate(files):  # the headers: the common size and mode, without decoding the pixels
         try:
             with Image.open(path) as image:
-                sizes.append(image.size[::-1])  # Pillow's (width, height)
+                sizes.append(_upright_size(image))
                 modes.add(image.mode)
         except _UNREADABLE as error:
-            skipped[path] = _reason(error)
+            skipped[i] = _reason(error)
     if not sizes:
-        raise ValueError(f"{contents.path}: none of its image files can be read: {_named(_skips(skipped, contents))}")
+        unreadable = _named(_skips(skipped, files, contents))
+        raise ValueError(f"{contents.path}: none of its image files can be read: {unreadable}")
     # The most common size; among equally common ones, the largest, so that the choice does not depend on order.
     height, width = size or max(collections.Counter(sizes).items(), key=lambda item: (item[1], item[0]))[0]
     mode = "L" if modes <= _GRAYSCALE_MODES else "RGB"
-    decoded: dict[Path, np.ndarray] = {}
-    for path in files:
-        if path in skipped:
-            continue
-        try:
-            decoded[path] = _read(path, mode, (height, width))
-        except _UNREADABLE as error:
-            skipped[path] = _reason(error)
-    channels = 1 if mode == "L" else 3
+    rows = np.zeros((len(files), height, width, 1 if mode == "L" else 3), np.float32)
+    for i, path in enumerate(files):
+        if i not in skipped:
+            try:
+                rows[i] = _read(path, mode, (height, width))
+            except _UNREADABLE as error:
+                skipped[i] = _reason(error)
+    readable = np.array([i not in skipped for i in range(len(files))])
+    labels = np.array([label for _, label in contents.train + contents.test], np.int32)
+    ends = np.cumsum([len(contents.train), len(contents.test)])
 
-    def stack(paths: list[Path]) -> np.ndarray:
-        rows = [decoded[path] for path in paths if path in decoded]
-        return np.stack(rows) if rows else np.zeros((0, height, width, channels), np.float32)
-
-    def labels(examples: tuple[tuple[Path, int], ...]) -> np.ndarray:
-        return np.array([label for path, label in examples if path in decoded], np.int32)
+    def part(array: np.ndarray, start: int, stop: int | None) -> np.ndarray:  # a view when nothing was skipped
+        keep = readable[start:stop]
+        return array[start:stop] if keep.all() else array[start:stop][keep]
 
     return {
-        "x_train": stack([path for path, _ in contents.train]),
-        "y_train": labels(contents.train),
-        "x_test": stack([path for path, _ in contents.test]),
-        "y_test": labels(contents.test),
-        "x_unlabeled": stack(list(contents.unlabeled)),
-        "skipped": np.array(_skips(skipped, contents), dtype=str),
+        "x_train": part(rows, 0, ends[0]),
+        "y_train": part(labels, 0, ends[0]),
+        "x_test": part(rows, ends[0], ends[1]),
+        "y_test": part(labels, ends[0], ends[1]),
+        "x_unlabeled": part(rows, ends[1], None),
+        "skipped": np.array(_skips(skipped, files, contents), dtype=str),
     }
 
 
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    """(height, width) as the image is shown: turned a quarter when its EXIF orientation says so (a phone's photo)."""
+    width, height = image.size
+    # The EXIF block is read with the header (JPEG, TIFF, WebP, a PNG's eXIf chunk); without one, nothing is decoded.
+    turned = "exif" in image.info and image.getexif().get(ExifTags.Base.Orientation) in _TURNED_ORIENTATIONS
+    return (width, height) if turned else (height, width)
+
+
 def _read(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
-    """One image as float32 ``(height, width, channels)`` in [0, 1]."""
-    with Image.open(path) as image:
-        image.load()
-        if image.mode in _WIDE_GRAYSCALE_MODES:  # Pillow's own conversion to "L" clips at 255
-            wide = np.clip(np.asarray(image, np.int64), 0, 65535)
-            image = Image.fromarray((wide // 257).astype(np.uint8))
-        image = image.convert(mode)
-        if image.size != size[::-1]:
-            image = image.resize(size[::-1], Image.Resampling.BILINEAR)
-        pixels = np.asarray(image, np.float32) / 255.0
+    """One image, upright, as float32 ``(height, width, channels)`` in [0, 1]."""
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened)  # decodes it; a copy, turned as its EXIF orientation says
+    if image.mode in _WIDE_GRAYSCALE_MODES:  # Pillow's own conversion to "L" clips at 255
+        wide = np.clip(np.asarray(image, np.int64), 0, 65535)
+        image = Image.fromarray((wide // 257).astype(np.uint8))
+    image = image.convert(mode)
+    if image.size != size[::-1]:
+        image = image.resize(size[::-1], Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, np.float32) / 255.0
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
 def _reason(error: BaseException) -> str:
+    if isinstance(error, UnidentifiedImageError):  # its message repeats the file's path
+        return "not an image Pillow can read"
     return f"{type(error).__name__}: {error}".splitlines()[0]
 
 
-def _skips(skipped: dict[Path, str], contents: FolderContents) -> list[str]:
-    return [f"{path.relative_to(contents.path).as_posix()} ({reason})" for path, reason in sorted(skipped.items())]
+def _skips(skipped: dict[int, str], files: list[Path], contents: FolderContents) -> list[str]:
+    """``skipped`` (reasons by index in ``files``) as "<path below the folder> (<reason>)", by path."""
+    return sorted(f"{files[i].relative_to(contents.path).as_posix()} ({reason})" for i, reason in skipped.items())
 
 
 def _named(skips: list[str]) -> str:

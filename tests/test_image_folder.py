@@ -387,3 +387,18 @@ def test_the_label_efficiency_benchmark_refuses_what_it_cannot_load_in_one_line(
         _benchmark("label_efficiency").main()
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("label_efficiency.py: error: ") and says in error
+
+
+def test_photos_are_turned_upright_as_their_exif_orientation_says(tmp_path):
+    written = make_folder(tmp_path, per_class=1, shape=(5, 8, 3))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter clockwise from the stored pixels
+    for i, name in enumerate(("cat", "dog", "dog")):  # most images: stored 5 wide, 8 high; shown 8 wide, 5 high
+        stored = pixels(20 + i, (8, 5, 3))
+        Image.fromarray(stored).save(tmp_path / name / f"portrait{i}.png", exif=exif)
+        written[tmp_path / name / f"portrait{i}.png"] = np.rot90(stored, k=-1)  # numpy's clockwise quarter turn
+    dataset = image_folder.load(tmp_path)
+    assert dataset.input_shape == (5, 8, 3)  # the most common size as shown
+    contents = image_folder.describe(tmp_path)
+    rows = [path for path, _ in contents.train + contents.test]
+    np.testing.assert_array_equal(np.concatenate([dataset.x_train, dataset.x_test]), expected_rows(rows, written))
