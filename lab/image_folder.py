@@ -11,12 +11,14 @@ split with a fixed seed, or a test split of your own, with the same class folder
     PATH/train/cat/..., PATH/train/dog/..., PATH/test/cat/..., PATH/test/dog/..., PATH/unlabeled/...
 
 Image files are those with a suffix of :data:`IMAGE_SUFFIXES` (any case); hidden files and folders
-(``.name``) are not read, other files are counted in the dataset's ``source``. Every image is decoded by
-Pillow to 8 bits per channel (16-bit grayscale too), turned upright as its EXIF orientation says, then kept with 1 channel when every image of the
-folder is grayscale and as RGB otherwise (alpha dropped), resized to ``image_size`` (default: the most
-common size in the folder; the aspect ratio is not kept) with Pillow's antialiased bilinear filter, and
-returned as every image dataset of lab is, float32 ``(N, H, W, C)`` in ``[0, 1]``, in memory. The rows
-follow the files: class by class, by path within a class (the unlabeled images by path).
+(``.name``) are not read, other files are counted in the dataset's ``source``. Every image is decoded
+by Pillow to 8 bits per channel (16-bit grayscale too), turned upright as its EXIF orientation says,
+kept with 1 channel when every image of the folder is grayscale and as RGB otherwise (alpha dropped),
+resized to ``image_size`` (default: the most common size in the folder; the aspect ratio is not kept)
+with Pillow's antialiased bilinear filter, and returned as every image dataset of lab is, float32
+``(N, H, W, C)`` in ``[0, 1]``, in memory; a size that would take more than :data:`MEMORY_FRACTION`
+of the machine's memory is refused before decoding. The rows follow the files: class by class, by
+path within a class (the unlabeled images by path).
 
 A file Pillow cannot read is skipped, never silently: it is named in a logged warning and, with the
 count, in the returned ``Dataset.source``. The decoded arrays are cached in ``cache_dir()/image_folder``,
@@ -30,6 +32,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,7 @@ SPLIT_SEED = 0
 _GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N"}
 _WIDE_GRAYSCALE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 _TURNED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations shown a quarter turn from the stored pixels
+MEMORY_FRACTION = 0.5  # of the machine's memory, at most, for the decoded images (other processes share it)
 _NAMED_AT_MOST = 10  # unreadable files named in a message; the count says how many more
 # What Pillow raises for a file it cannot read: not an image (UnidentifiedImageError, an OSError),
 # truncated or damaged data (OSError, SyntaxError, EOFError, ValueError), or a decompression bomb.
@@ -290,7 +294,9 @@ def _decode(contents: FolderContents, size: tuple[int, int] | None) -> dict[str,
     # The most common size; among equally common ones, the largest, so that the choice does not depend on order.
     height, width = size or max(collections.Counter(sizes).items(), key=lambda item: (item[1], item[0]))[0]
     mode = "L" if modes <= _GRAYSCALE_MODES else "RGB"
-    rows = np.zeros((len(files), height, width, 1 if mode == "L" else 3), np.float32)
+    shape = (len(files), height, width, 1 if mode == "L" else 3)
+    _check_memory(contents.path, shape, chosen=size is not None)
+    rows = np.zeros(shape, np.float32)
     for i, path in enumerate(files):
         if i not in skipped:
             try:
@@ -313,6 +319,23 @@ def _decode(contents: FolderContents, size: tuple[int, int] | None) -> dict[str,
         "x_unlabeled": part(rows, ends[1], None),
         "skipped": np.array(_skips(skipped, files, contents), dtype=str),
     }
+
+
+def _check_memory(folder: Path, shape: tuple[int, ...], *, chosen: bool) -> None:
+    """Refuse, before decoding, images that would take more than :data:`MEMORY_FRACTION` of the machine's
+    memory as float32 (a folder of full-size photos at their own size), saying what size to choose."""
+    needed, available = 4 * int(np.prod(shape)), _physical_memory()
+    if needed > MEMORY_FRACTION * available:
+        size = "the image_size chosen" if chosen else "the most common size in the folder"
+        raise ValueError(
+            f"{folder}: {shape[0]} images of {shape[1]}x{shape[2]} ({size}) take {needed / 1e6:,.1f} MB as float32, "
+            f"more than {MEMORY_FRACTION:.0%} of this machine's {available / 1e6:,.1f} MB; choose a smaller "
+            f"image_size, e.g. dataset_kwargs={{image_size: 64}}"
+        )
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _upright_size(image: Image.Image) -> tuple[int, int]:

@@ -402,3 +402,15 @@ def test_photos_are_turned_upright_as_their_exif_orientation_says(tmp_path):
     contents = image_folder.describe(tmp_path)
     rows = [path for path, _ in contents.train + contents.test]
     np.testing.assert_array_equal(np.concatenate([dataset.x_train, dataset.x_test]), expected_rows(rows, written))
+
+
+def test_images_too_large_for_memory_are_refused_before_decoding_saying_what_to_choose(tmp_path, monkeypatch):
+    make_folder(tmp_path, shape=(40, 30, 3))  # 8 images of 40x30x3 float32: 115,200 bytes
+    monkeypatch.setattr(image_folder, "_physical_memory", lambda: 200_000)
+    with pytest.raises(ValueError) as raised:
+        image_folder.load(tmp_path)
+    message = str(raised.value)
+    assert message.startswith(f"{tmp_path}: 8 images of 40x30 (the most common size in the folder) take 0.1 MB as "
+                              "float32, more than 50% of this machine's 0.2 MB")
+    assert "choose a smaller image_size" in message and "\n" not in message
+    assert image_folder.load(tmp_path, image_size=10).input_shape == (10, 10, 3)  # 9,600 bytes
