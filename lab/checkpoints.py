@@ -208,7 +208,9 @@ def _vit_kwargs(config: dict[str, Any], path: Path) -> dict[str, Any]:
     expected = {"hidden_act": "gelu", "qkv_bias": True, "pooler_act": "tanh"}
     for key, value in expected.items():
         if config.get(key, value) != value:
-            raise CheckpointError(f"{path}: {key}={config[key]!r}; lab builds ViT checkpoints with {key}={value!r} only")
+            raise CheckpointError(
+                f"{path}: {key}={config[key]!r}; lab builds ViT checkpoints with {key}={value!r} only"
+            )
     patch_height, patch_width = _pair(config, "patch_size", path)
     if patch_height != patch_width:
         raise CheckpointError(f"{path}: patch_size={config['patch_size']!r}; lab builds square patches only")
@@ -328,7 +330,10 @@ _CONVERSIONS: dict[str, tuple[Callable[[list[np.ndarray]], np.ndarray], Callable
         lambda shape, count: (shape[1] // count, shape[0]),
     ),
     # torch.nn.Conv2d keeps (out, in, height, width) kernels, nnx.Conv (height, width, in, out).
-    "convolution": (lambda tensors: tensors[0].transpose(2, 3, 1, 0), lambda shape, count: (*shape[::-1][:2], *shape[:2])),
+    "convolution": (
+        lambda tensors: tensors[0].transpose(2, 3, 1, 0),
+        lambda shape, count: (shape[3], shape[2], shape[0], shape[1]),
+    ),
     # ViT keeps its [CLS] token and positions with a leading batch axis of 1.
     "unbatch": (lambda tensors: tensors[0][0], lambda shape, count: (1, *shape)),
 }
@@ -529,7 +534,9 @@ class ImageProcessor:
         settings = _read_json(path)
         if not isinstance(settings, dict):
             raise CheckpointError(f"{path}: expected a JSON object of preprocessing settings")
-        refused = sorted(key for key, value in settings.items() if key.startswith("do_") and key not in IMAGE_STEPS and value)
+        refused = sorted(
+            key for key, value in settings.items() if key.startswith("do_") and key not in IMAGE_STEPS and value
+        )
         if refused:
             raise CheckpointError(
                 f"{path}: {', '.join(f'{key}=true' for key in refused)}; lab applies {', '.join(IMAGE_STEPS)} only"
@@ -554,8 +561,8 @@ class ImageProcessor:
         scale = 255.0 * (settings.get("rescale_factor", 1 / 255) if settings.get("do_rescale", True) else 1.0)
         normalize = settings.get("do_normalize", True)
         try:
-            mean = _per_channel(settings.get("image_mean", 0.5) if normalize else 0.0, channels)
-            std = _per_channel(settings.get("image_std", 0.5) if normalize else 1.0, channels)
+            mean = models.per_channel("image_mean", settings.get("image_mean", 0.5) if normalize else 0.0, channels)
+            std = models.per_channel("image_std", settings.get("image_std", 0.5) if normalize else 1.0, channels)
             scale = float(scale)
         except (TypeError, ValueError):
             raise CheckpointError(
@@ -609,13 +616,6 @@ class ImageProcessor:
 
         shape = (len(images), *self.input_shape[:2], images.shape[-1])
         return np.asarray(jax.image.resize(images.astype(np.float32), shape, self.resample, antialias=True))
-
-
-def _per_channel(value: Any, channels: int) -> tuple[float, ...]:
-    values = (value,) * channels if isinstance(value, int | float) else tuple(value)
-    if len(values) != channels or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        raise ValueError(value)
-    return tuple(float(v) for v in values)
 
 
 # --------------------------------------------------------------------------- pooling

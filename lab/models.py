@@ -745,7 +745,8 @@ class ViTEncoder(_Encoder):
 VIT_POOLINGS = ("cls", "pooler")
 
 
-def _per_channel(name: str, value, channels: int) -> tuple[float, ...]:
+def per_channel(name: str, value, channels: int) -> tuple[float, ...]:
+    """``value``, one number or one per channel, as one float per channel."""
     values = (value,) * channels if isinstance(value, int | float) else tuple(value)
     if len(values) != channels:
         raise ValueError(f"{name}={value!r} must have one value per channel ({channels}) or be one number")
@@ -784,7 +785,7 @@ class ViT(Classifier):
             raise ValueError(
                 f"patch_size={patch_size} must divide every spatial axis of input_shape={tuple(input_shape)}"
             )
-        std = _per_channel("image_std", image_std, channels)
+        std = per_channel("image_std", image_std, channels)
         if min(std) <= 0:
             raise ValueError(f"image_std={image_std!r} must be positive")
         sizes = _encoder_sizes(dim, depth, heads, mlp_dim, dropout)
@@ -793,7 +794,7 @@ class ViT(Classifier):
             patch_size,
             validate.choice("pooling", pooling, VIT_POOLINGS),
             validate.number("epsilon", epsilon, minimum=0, exclusive_minimum=True),
-            _per_channel("image_mean", image_mean, channels),
+            per_channel("image_mean", image_mean, channels),
             std,
             **sizes,
             rngs=rngs,
