@@ -776,26 +776,21 @@ def _read_config(path: Path) -> tuple[dict[str, Any], ArchitectureReader]:
     return config, ARCHITECTURES[model_type]
 
 
-def model_of(source: str | os.PathLike[str]) -> str:
-    """The :data:`lab.models.MODELS` name checkpoint ``source`` builds, from its ``config.json`` alone
-    (a quick check before a run; :func:`load` reads the rest)."""
-    path = locate(source) / CONFIG_FILE
-    config, reader = _read_config(path)
-    reader.kwargs(config, path)
-    return reader.model
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What a checkpoint's folder says before its weights are read: the reader, the model's hyperparameters,
+    its inputs and the shapes of its backbone's parameters by path."""
+
+    folder: Path
+    reader: ArchitectureReader
+    kwargs: dict[str, Any]
+    inputs: CheckpointInputs
+    shapes: dict[str, tuple[int, ...]]
 
 
-def load(
-    source: str | os.PathLike[str],
-    *,
-    max_length: int | None = None,
-    pooling: str | None = None,
-    normalize: bool | None = None,
-) -> Checkpoint:
-    """Read checkpoint ``source`` (a folder or a hub id, see :func:`locate`); a text checkpoint for texts of
-    up to ``max_length`` tokens (:data:`DEFAULT_MAX_LENGTH` by default), an image checkpoint for images of
-    its size. ``pooling`` (``"mean"`` or ``"cls"`` for text, ``"cls"`` or ``"pooler"`` for a ViT) and
-    ``normalize`` (text) override what the folder says (:func:`read_pooling`)."""
+def _plan(
+    source: str | os.PathLike[str], *, max_length: int | None, pooling: str | None, normalize: bool | None
+) -> _Plan:
     folder = locate(source)
     config_path = folder / CONFIG_FILE
     config, reader = _read_config(config_path)
@@ -816,7 +811,29 @@ def load(
         "/".join(("backbone", *map(str, path))): tuple(variable.shape)
         for path, variable in nnx.to_flat_state(nnx.state(abstract.backbone, nnx.Param))
     }
-    weights_path = folder / WEIGHTS_FILE
-    params = _convert(_read_weights(weights_path), reader, kwargs, shapes, weights_path)
+    return _Plan(folder, reader, kwargs, inputs, shapes)
+
+
+def model_of(source: str | os.PathLike[str], **options: Any) -> str:
+    """The :data:`lab.models.MODELS` name checkpoint ``source`` builds, checking its folder and the
+    ``options`` of :func:`load` but reading no weights (a quick check before a run)."""
+    return _plan(source, **{"max_length": None, "pooling": None, "normalize": None, **options}).reader.model
+
+
+def load(
+    source: str | os.PathLike[str],
+    *,
+    max_length: int | None = None,
+    pooling: str | None = None,
+    normalize: bool | None = None,
+) -> Checkpoint:
+    """Read checkpoint ``source`` (a folder or a hub id, see :func:`locate`); a text checkpoint for texts of
+    up to ``max_length`` tokens (:data:`DEFAULT_MAX_LENGTH` by default), an image checkpoint for images of
+    its size. ``pooling`` (``"mean"`` or ``"cls"`` for text, ``"cls"`` or ``"pooler"`` for a ViT) and
+    ``normalize`` (text) override what the folder says (:func:`read_pooling`)."""
+    plan = _plan(source, max_length=max_length, pooling=pooling, normalize=normalize)
+    weights_path = plan.folder / WEIGHTS_FILE
+    params = _convert(_read_weights(weights_path), plan.reader, plan.kwargs, plan.shapes, weights_path)
     read = [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, MODULES_FILE, "1_Pooling/config.json", PREPROCESSOR_FILE]
-    return Checkpoint(folder, reader.model, kwargs, params, inputs, _file_digest(folder, read))
+    digest = _file_digest(plan.folder, read)
+    return Checkpoint(plan.folder, plan.reader.model, plan.kwargs, params, plan.inputs, digest)

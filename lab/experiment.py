@@ -437,7 +437,7 @@ def _check_checkpoint(config: ExperimentConfig) -> None:
     unknown = sorted(set(config.pretrain_kwargs) - set(_CHECKPOINT_KWARGS))
     if unknown:
         raise ValueError(f"unknown pretrain_kwargs {unknown} for a checkpoint; allowed: {list(_CHECKPOINT_KWARGS)}")
-    model = checkpoints.model_of(config.checkpoint)
+    model = checkpoints.model_of(config.checkpoint, **config.pretrain_kwargs)
     if config.model != model:
         raise ValueError(
             f"checkpoint {config.checkpoint!r} is a {model!r} model: set model={model!r} (got {config.model!r})"

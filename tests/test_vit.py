@@ -230,6 +230,8 @@ def test_the_door_gives_an_image_dataset_the_checkpoints_size_and_channels():
     [
         ({"model": "transformer"}, f"checkpoint '{TINY_VIT}' is a 'vit' model: set model='vit'"),
         ({"dataset": "mnist1d"}, "model 'vit' does not take signal inputs"),
+        ({"pretrain_kwargs": {"max_length": 16}}, "max_length=16 is for text checkpoints"),
+        ({"pretrain_kwargs": {"pooling": "mean"}}, "unknown pooling 'mean'; choose one of: cls, pooler"),
     ],
 )
 def test_a_vit_run_is_checked_before_any_data_is_loaded(changes, expected, monkeypatch):
