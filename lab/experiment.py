@@ -419,7 +419,7 @@ def _pretrained(config: ExperimentConfig, progress: bool) -> transfer.Backbone:
 
 
 # What pretrain_kwargs set for a checkpoint: the length its tokenizer cuts texts to and its pooling
-# (checkpoints.load refuses those a checkpoint does not take: a ViT has no max_length).
+# (checkpoints.model_of refuses those a checkpoint does not take: a ViT has no max_length).
 _CHECKPOINT_KWARGS = ("max_length", "pooling", "normalize")
 
 

@@ -720,7 +720,6 @@ class ViTEncoder(_Encoder):
         self.cls = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, dim)))
         num_tokens = _num_patches(spatial, patch_size) + 1
         self._add_layers(num_tokens, dim, depth, heads, mlp_dim, dropout, rngs, epsilon=epsilon, exact_gelu=True)
-        self.pooling = pooling
         self.pooler = nnx.Linear(dim, dim, rngs=rngs) if pooling == "pooler" else None
 
     def token_features(self, x: jax.Array) -> jax.Array:
