@@ -213,7 +213,7 @@ def _merged_active(first: dict | None, second: dict | None, name: str) -> dict |
         return None
     if (
         first is None or second is None
-        or any(first[key] != second[key] for key in ACTIVE_SETTINGS) or first["curve"].keys() != second["curve"].keys()
+        or _settings(first) != _settings(second) or first["curve"].keys() != second["curve"].keys()
     ):  # fmt: skip
         raise ValueError(
             f"{name} holds records of different active-learning runs (strategy, cold start, learner, budgets or "
@@ -223,7 +223,16 @@ def _merged_active(first: dict | None, second: dict | None, name: str) -> dict |
         metric: [a + b for a, b in zip(first["curve"][metric], second["curve"][metric], strict=True)]
         for metric in first["curve"]
     }
-    return {**first, "curve": curve, "selections": first["selections"] + second["selections"]}
+    merged = {**first, "curve": curve, "selections": first["selections"] + second["selections"]}
+    if "seeds" in first["learner"]:
+        merged["learner"] = {**first["learner"], "seeds": first["learner"]["seeds"] + second["learner"]["seeds"]}
+    return merged
+
+
+def _settings(active: dict[str, Any]) -> dict[str, Any]:
+    """What two records of the same active-learning run share: all but their seeds' curve and selections."""
+    learner = {key: value for key, value in active["learner"].items() if key != "seeds"}
+    return {**{key: active[key] for key in ACTIVE_SETTINGS}, "learner": learner}
 
 
 def _validated(payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -556,3 +556,35 @@ def test_a_point_in_several_sweeps_is_shown_by_the_sweep_slash_point_form_the_er
     assert "sweep:           s\n" in capsys.readouterr().out
     with pytest.raises(ValueError, match="'other/b2' is neither a sweep nor a point id"):
         _run_cli("runs", "--store", str(filled_store), "show", "other/b2")
+
+
+def test_lab_active_keeps_its_record_in_an_old_store_and_lab_runs_shows_it(tmp_path, capsys):
+    """`lab active --store` on a store of schema version 1: the store opens, and keeps the run's settings, label
+    curve and selections as its --output has them; `lab runs show` lists the run and prints its details."""
+    path = tmp_path / "results.db"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(V1_SCHEMA)
+    output = tmp_path / "active.json"
+    assert cli.main([
+        "active", "strategy=margin", "cold_start=random", "budgets=[5,8]", "model=logreg", "steps=5", "eval_every=5",
+        "seeds=[0,1]", "--output", str(output), "--store", str(path), "--no-progress",
+    ]) == 0  # fmt: skip
+    saved = json.loads(output.read_text())
+    (row,) = ResultsStore(path).rows("active")
+    assert row.status == "done" and row.notebook == "lab active" and row.parameters == saved["config"]
+    assert row.payload["active"]["selections"] == saved["selections"]
+    assert row.payload["active"]["curve"] == saved["curve"] and row.payload["active"]["budgets"] == [5, 8]
+    loaded = store.load("active", path=path)
+    assert loaded.loc[0, "active"]["strategy"] == "margin"
+    assert loaded.loc[0, "accuracy"] == saved["curve"]["accuracy"][-1]
+    assert len(store.load(path=path)) == 2  # the old store's row is still there
+    capsys.readouterr()
+
+    assert cli.main(["runs", "--store", str(path), "show", "active"]) == 0
+    listing = capsys.readouterr().out
+    assert "random, then margin" in listing and "[5, 8]" in listing and row.point_id in listing
+    assert cli.main(["runs", "--store", str(path), "show", row.point_id]) == 0
+    details = capsys.readouterr().out
+    accuracy = np.array(saved["curve"]["accuracy"])
+    assert f"{accuracy[1].mean():.4f} ± {accuracy[1].std():.4f}" in details
+    assert f"seed 1, to 8 labels: {saved['selections'][1][1]}" in details
