@@ -58,6 +58,7 @@ __all__ = [
     "query",
     "run",
     "typicality",
+    "validate_parameters",
 ]
 
 INPUTS = ("probabilities", "embeddings", "labels", "num_classes")
@@ -563,6 +564,19 @@ class ActiveResult:
     def save(self, path: str) -> Any:
         """Write :meth:`to_dict` as JSON, atomically."""
         return files.write_atomic(path, json.dumps(self.to_dict(), indent=2))
+
+
+def validate_parameters(parameters: typing.Mapping[str, Any]) -> None:
+    """Validate a notebook's (a sweep point's) parameters as an :class:`ActiveConfig` when they name any of its
+    fields (strategy, cold_start, budgets, initial, embeddings); the experiment's fields among them are the
+    learner's, and the others pass."""
+    from lab.experiment import ExperimentConfig
+
+    own = {field.name for field in dataclasses.fields(ActiveConfig)} - {"learner"}
+    if not own & set(parameters):
+        return
+    learner_fields = {field.name for field in dataclasses.fields(ExperimentConfig)}
+    ActiveConfig.from_dict({key: value for key, value in parameters.items() if key in own | learner_fields})
 
 
 def labels_to_reach(budgets: Sequence[int], curve: Sequence[Sequence[float]], target: float) -> int | None:

@@ -678,8 +678,15 @@ def write_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def validate_point(parameters: dict[str, Any]) -> None:
+    """A sweep point's check before any run: its experiment fields, and its active-learning fields if it has any."""
+    from lab import active, experiment
+
+    experiment.validate_parameters(parameters)
+    active.validate_parameters(parameters)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from lab import experiment
 
     parser = Parser(
         prog="lab",
@@ -694,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_command(subparsers)
     add_active_command(subparsers)
     add_data_command(subparsers)
-    add_sweep_command(subparsers, validate=experiment.validate_parameters)
+    add_sweep_command(subparsers, validate=validate_point)
     add_runs_command(subparsers)
     add_report_command(subparsers)
     return parser
