@@ -618,13 +618,13 @@ def _pretrains(learner) -> bool:
     return SETUPS[learner.setup].pretrain is not SETUPS["supervised"].pretrain
 
 
-def _pretrained_features(learner, dataset) -> np.ndarray:
+def _pretrained_features(learner, dataset, progress: bool) -> np.ndarray:
     """The pool's features under the setup's pretrained backbone (cached by lab.transfer), before adaptation."""
     from lab import train
     from lab.experiment import SETUPS
 
     plan = SETUPS[learner.setup]
-    module = plan.classifier(learner, dataset, plan.pretrain(learner))(0)
+    module = plan.classifier(learner, dataset, plan.pretrain(learner, progress))(0)
     graphs, params, model_state = train.Graphs.split(module)
     params, model_state = jax.tree.map(lambda leaf: leaf[None], (params, model_state))  # one seed
     return _pool_outputs(graphs, params, model_state, dataset.x_train)[1][0]
@@ -658,7 +658,7 @@ def run(config: ActiveConfig | typing.Mapping[str, Any], *, progress: bool = Tru
             if use == "auto":
                 use = "model" if not cold else ("pretrained" if _pretrains(learner) else "inputs")
             if use == "pretrained":
-                pretrained = _pretrained_features(learner, dataset) if pretrained is None else pretrained
+                pretrained = _pretrained_features(learner, dataset, progress) if pretrained is None else pretrained
                 return pretrained
             if use == "inputs":
                 fixed = _flat(dataset.x_train) if fixed is None else fixed
