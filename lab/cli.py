@@ -663,7 +663,7 @@ def write_report(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     if Path(args.out) / "summary.md" in written:
-        table = report.summary_table(report.split_active(frame)[0])
+        table = report.summary_table(frame)
         apart = [key for key in report.ORIGIN_KEYS if key in table.columns]
         if apart:
             sys.stderr.write(

@@ -213,7 +213,7 @@ def _merged_active(first: dict | None, second: dict | None, name: str) -> dict |
         return None
     if (
         first is None or second is None
-        or _settings(first) != _settings(second) or first["curve"].keys() != second["curve"].keys()
+        or active_settings(first) != active_settings(second) or first["curve"].keys() != second["curve"].keys()
     ):  # fmt: skip
         raise ValueError(
             f"{name} holds records of different active-learning runs (strategy, cold start, learner, budgets or "
@@ -229,7 +229,7 @@ def _merged_active(first: dict | None, second: dict | None, name: str) -> dict |
     return merged
 
 
-def _settings(active: dict[str, Any]) -> dict[str, Any]:
+def active_settings(active: dict[str, Any]) -> dict[str, Any]:
     """What two records of the same active-learning run share: all but their seeds' curve and selections."""
     learner = {key: value for key, value in active["learner"].items() if key != "seeds"}
     return {**{key: active[key] for key in ACTIVE_SETTINGS}, "learner": learner}

@@ -70,8 +70,8 @@ FAMILY_COLORS = {
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation and seed count of each metric, per configuration.
 
-    ``df`` is a frame from :func:`lab.store.load` (points that are not done are
-    ignored). Returns one row per configuration, sorted, with the grouping columns
+    ``df`` is a frame from :func:`lab.store.load` (points that are not done, and active-learning
+    points, are ignored). Returns one row per configuration, sorted, with the grouping columns
     (see the module docstring), ``n_seeds``, and ``<metric>_mean`` and
     ``<metric>_std`` for accuracy, macro_f1 and ece (those present).
     """
@@ -93,10 +93,13 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     return per_seed.groupby(keys, sort=True, dropna=False).agg(**aggregations).reset_index()
 
 
-def _done(df: pd.DataFrame) -> pd.DataFrame:
-    done = df[df["status"] == "done"] if "status" in df.columns else df
+def _done(df: pd.DataFrame, *, active: bool = False) -> pd.DataFrame:
+    """The done points of fixed labeled sets, or with ``active`` those of active-learning runs (one kind is
+    never pooled with the other), or a ValueError saying there are none."""
+    done = _done_points(split_active(df)[active])
     if done.empty:
-        raise ValueError("no done points to report on: run a sweep first (`lab runs list` shows what is stored)")
+        kind = "active-learning points" if active else "points"
+        raise ValueError(f"no done {kind} to report on: run a sweep first (`lab runs list` shows what is stored)")
     missing = [column for column in (*GROUP_KEYS, "seeds") if column not in done.columns]
     if missing:
         raise ValueError(f"results lack the record columns {', '.join(missing)}; pass a frame from lab.store.load()")
@@ -338,12 +341,11 @@ def active_results(df: pd.DataFrame) -> list:
     different sweeps are not, when the store holds several)."""
     from lab import active, record
 
-    done = _done(split_active(df)[1])
+    done = _done(df, active=True)
     several_sweeps = "sweep" in done.columns and done["sweep"].nunique() > 1
     groups: dict[str, list[record.Record]] = {}
     for _, point in done.iterrows():
-        settings = {**point["active"], "curve": None, "selections": None}
-        settings["learner"] = {key: value for key, value in settings["learner"].items() if key != "seeds"}
+        settings = record.active_settings(point["active"])
         key = json.dumps([point.get("sweep") if several_sweeps else None, point["dataset"], settings], sort_keys=True)
         metrics = {name: per_budget[-1] for name, per_budget in point["active"]["curve"].items()}
         groups.setdefault(key, []).append(record.Record.from_dict({
@@ -383,24 +385,24 @@ def build_report(
     them new. Returns the paths written.
     """
     out_dir = Path(out_dir)
-    fixed, active_points = split_active(df)
+    has_fixed, has_active = (not _done_points(kind).empty for kind in split_active(df))
     writers = {}
-    if not _done_or_empty(fixed).empty or _done_or_empty(active_points).empty:  # neither: _done says so
-        table = summary_table(fixed)
+    if has_fixed or not has_active:  # neither: summary_table says there is nothing to report
+        table = summary_table(df)
         writers = {
             out_dir / "summary.md": _text_writer(summary_markdown(table)),
             out_dir / "summary.csv": _text_writer(table.to_csv(index=False)),
             out_dir / "accuracy_vs_labels.png": _figure_writer(plot_accuracy_vs_labels(table)),
         }
-        curves = learning_curves(fixed)
+        curves = learning_curves(df)
         if not curves.empty:
             writers[out_dir / "learning_curves.png"] = _figure_writer(plot_learning_curves(curves))
-    if not _done_or_empty(active_points).empty:
-        writers.update(label_curve_writers(active_results(active_points), target, out_dir)[1])
+    if has_active:
+        writers.update(label_curve_writers(active_results(df), target, out_dir)[1])
     return files.write_together(writers)
 
 
-def _done_or_empty(df: pd.DataFrame) -> pd.DataFrame:
+def _done_points(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] == "done"] if "status" in df.columns else df
 
 
