@@ -687,7 +687,6 @@ def validate_point(parameters: dict[str, Any]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-
     parser = Parser(
         prog="lab",
         description="lab: label-efficient deep learning in JAX. Train, run experiments, sweep notebooks over "

@@ -30,7 +30,6 @@ A :class:`Record` holds::
 Other metric names may be added to ``metrics`` and ``curves``. An active-learning record
 counts its labels in total (``active.budgets``), so its ``labels_per_class`` is null, and its
 ``metrics`` are those at the last budget. As JSON
-
 (:meth:`Record.to_dict`) a record is one flat object: the keys above, with the
 ``extra`` keys beside them.
 
@@ -296,8 +295,11 @@ def _validated(payload: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_active(active: Any, n_seeds: int) -> None:
     required = (*ACTIVE_SETTINGS, "curve", "selections")
-    if not isinstance(active, dict) or any(key not in active for key in required):
+    if not isinstance(active, dict):
         raise ValueError(f"lab record: 'active' must be a dict with {', '.join(required)}, got {active!r}")
+    missing = [key for key in required if key not in active]
+    if missing:
+        raise ValueError(f"lab record: 'active' lacks {', '.join(missing)}; it must hold {', '.join(required)}")
     for key in ("strategy", "cold_start", "embeddings"):
         if not isinstance(active[key], str) or not active[key]:
             raise ValueError(f"lab record: 'active.{key}' must be a non-empty string, got {active[key]!r}")
