@@ -332,8 +332,8 @@ def test_label_curve_report_table_and_figure_show_the_seed_means(tmp_path, capsy
     assert (tmp_path / "figures" / "label_curves.png").stat().st_size > 0
 
 
-def test_record_holds_the_settings_label_curve_and_selections_and_emits():
-    from IPython.core.interactiveshell import InteractiveShell
+def test_record_holds_the_settings_label_curve_and_selections_and_emits(monkeypatch):
+    import IPython.display
 
     from lab import experiment, record
 
@@ -349,8 +349,10 @@ def test_record_holds_the_settings_label_curve_and_selections_and_emits():
     assert kept.active["learner"] == experiment.ExperimentConfig.from_dict(LEARNER).to_dict()
     back = active.ActiveResult.from_record(record.Record.from_dict(kept.to_dict()))
     assert back.to_dict() == {**result.to_dict(), "config": {**result.config, "learner": kept.active["learner"]}}
-    InteractiveShell.instance()  # emit displays through IPython, as in a notebook
-    record.emit(result.record())
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda data, raw: shown.append(data))
+    record.emit(result.record())  # as notebook 07 ends
+    assert shown[0][record.MIME_TYPE] == kept.to_dict() and "then margin" in shown[0]["text/plain"]
 
 
 def test_embeddings_pretrained_are_the_transfer_learners_cached_backbone_features():
