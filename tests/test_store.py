@@ -18,7 +18,7 @@ import pytest
 
 from lab import cli, export, store
 from lab.store import ResultsStore, RunRow
-from test_record import make_payload
+from test_record import make_active_payload, make_payload
 
 
 def done_row(sweep="s", point_id="p1", **payload_options):
@@ -458,9 +458,17 @@ def test_mlflow_export_logs_parameters_metrics_and_notebook(filled_store, tmp_pa
     assert metrics[1]["accuracy_std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
     assert metrics[1]["accuracy_seed_1"] == 0.9 and metrics[1]["train_time_s"] == 30.0
     assert ("metric", "curve_accuracy", pytest.approx(0.85), 10) in calls
+    assert not [call for call in calls if call[1] == "label_curve_accuracy"]  # no active-learning run here
     assert ("artifact", str(executed)) in calls
     # Only done points are exported: the failed c3 is not.
     assert [call[1] for call in calls if call[0] == "run"] == ["a1", "b2"]
+
+    calls.clear()
+    active_payload = make_active_payload()
+    results.save(RunRow("al", "m", "07.ipynb", {"strategy": "margin"}, "done", payload=active_payload))
+    export.export_mlflow("al", path=filled_store)
+    label_curve = [call[2:] for call in calls if call[0] == "metric" and call[1] == "label_curve_accuracy"]
+    assert label_curve == [(pytest.approx(0.55), 2), (pytest.approx(0.75), 3)]  # seed means at budgets 2 and 3
 
 
 # --------------------------------------------------------------------------------------
