@@ -30,7 +30,6 @@ A :class:`Record` holds::
 Other metric names may be added to ``metrics`` and ``curves``. An active-learning record
 counts its labels in total (``active.budgets``), so its ``labels_per_class`` is null, and its
 ``metrics`` are those at the last budget. As JSON
-
 (:meth:`Record.to_dict`) a record is one flat object: the keys above, with the
 ``extra`` keys beside them.
 
@@ -213,7 +212,7 @@ def _merged_active(first: dict | None, second: dict | None, name: str) -> dict |
         return None
     if (
         first is None or second is None
-        or any(first[key] != second[key] for key in ACTIVE_SETTINGS) or first["curve"].keys() != second["curve"].keys()
+        or active_settings(first) != active_settings(second) or first["curve"].keys() != second["curve"].keys()
     ):  # fmt: skip
         raise ValueError(
             f"{name} holds records of different active-learning runs (strategy, cold start, learner, budgets or "
@@ -223,7 +222,16 @@ def _merged_active(first: dict | None, second: dict | None, name: str) -> dict |
         metric: [a + b for a, b in zip(first["curve"][metric], second["curve"][metric], strict=True)]
         for metric in first["curve"]
     }
-    return {**first, "curve": curve, "selections": first["selections"] + second["selections"]}
+    merged = {**first, "curve": curve, "selections": first["selections"] + second["selections"]}
+    if "seeds" in first["learner"]:
+        merged["learner"] = {**first["learner"], "seeds": first["learner"]["seeds"] + second["learner"]["seeds"]}
+    return merged
+
+
+def active_settings(active: dict[str, Any]) -> dict[str, Any]:
+    """What two records of the same active-learning run share: all but their seeds' curve and selections."""
+    learner = {key: value for key, value in active["learner"].items() if key != "seeds"}
+    return {**{key: active[key] for key in ACTIVE_SETTINGS}, "learner": learner}
 
 
 def _validated(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -287,8 +295,11 @@ def _validated(payload: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_active(active: Any, n_seeds: int) -> None:
     required = (*ACTIVE_SETTINGS, "curve", "selections")
-    if not isinstance(active, dict) or any(key not in active for key in required):
+    if not isinstance(active, dict):
         raise ValueError(f"lab record: 'active' must be a dict with {', '.join(required)}, got {active!r}")
+    missing = [key for key in required if key not in active]
+    if missing:
+        raise ValueError(f"lab record: 'active' lacks {', '.join(missing)}; it must hold {', '.join(required)}")
     for key in ("strategy", "cold_start", "embeddings"):
         if not isinstance(active[key], str) or not active[key]:
             raise ValueError(f"lab record: 'active.{key}' must be a non-empty string, got {active[key]!r}")

@@ -139,7 +139,7 @@ def test_active_record_reads_back_and_merges_its_seeds():
     ("change", "message"),
     [
         (lambda p: p.update(labels_per_class=2), "its 'labels_per_class' must be null, got 2"),
-        (lambda p: p["active"].pop("selections"), "'active' must be a dict with strategy"),
+        (lambda p: p["active"].pop("selections"), "'active' lacks selections; it must hold strategy, cold_start"),
         (lambda p: p["active"].update(strategy=""), "'active.strategy' must be a non-empty string"),
         (lambda p: p["active"].update(budgets=[3, 2]), r"'active.budgets' must be increasing positive integers"),
         (lambda p: p["active"]["curve"].update(accuracy=[[0.5, 0.6]]), "one list per budget"),
