@@ -416,7 +416,7 @@ class Checkpoint:
         self, ids: np.ndarray, *, batch_size: int = 64, cached: bool = True, trim: bool = True
     ) -> np.ndarray:
         """The embeddings of ``(N, max_length)`` token ids of this checkpoint's tokenizer; with ``cached``,
-        kept in ``cache_dir()/embeddings`` keyed by the ids, :attr:`digest`, the pooling and the code
+        kept in ``cache_dir()/embeddings`` keyed by the ids' content digest, :attr:`digest`, the pooling and the code
         (:func:`lab.cache.fingerprint`), so a frozen encoder embeds a dataset once."""
         ids = np.ascontiguousarray(ids, np.int32)
         path = cache.cache_dir() / "embeddings" / f"{self.model}-{self._embedding_key(ids)}.npy"
@@ -431,9 +431,8 @@ class Checkpoint:
 
     def _embedding_key(self, ids: np.ndarray) -> str:
         pooling = {name: self.model_kwargs[name] for name in ("pooling", "normalize")}
-        ids_digest = hashlib.sha256(ids.tobytes() + str(ids.shape).encode()).hexdigest()
         producer = (cache.fingerprint(__name__), devices.current_platform())
-        return cache.key(self.digest, ids_digest, pooling, *producer)
+        return cache.key(self.digest, cache.content_digest(ids), pooling, *producer)
 
 
 # Texts are embedded in batches of similar length, cut to a multiple of this many tokens: trailing
