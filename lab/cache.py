@@ -6,7 +6,8 @@ meaning the source of the producing ``lab`` module and of every ``lab`` module i
 imports, and the versions of the numerical libraries, and, for an entry derived from
 data, the :func:`content_digest` of those data (never their name: other data under the
 same name make another entry). When any of them changes, the key changes and the entry
-is made again; an entry made by other code or from other data is never reused. (JAX's own compilation cache, kept in ``cache_dir()/jax``, keys itself.)
+is made again; an entry made by other code or from other data is never reused. (JAX's
+own compilation cache, kept in ``cache_dir()/jax``, keys itself.)
 
 Every entry is also checked before it is read: when it is written, the SHA-256 digest of each
 of its files is recorded (a folder's in its ``manifest.sha256``, a file's in ``<file>.sha256``,

@@ -6,6 +6,7 @@ as a user's own dataset is."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 
 import numpy as np
@@ -216,3 +217,45 @@ def test_an_edited_text_is_encoded_again_and_unchanged_texts_read_the_cache(monk
     again = text._cached_ids("own_texts", tokenizer, edited)
     assert len(encoded) == 2
     np.testing.assert_array_equal(again, real_encode(tokenizer, edited)[0])
+
+
+# --------------------------------------------------------------------------- runs
+
+TRANSFER = {
+    "setup": "transfer", "pretrain": "autoencoder", "model": "mlp", "model_kwargs": {"hidden": [8]},
+    "pretrain_kwargs": {"steps": 2, "batch_size": 16}, "steps": 2, "eval_every": 2, "batch_size": 16,
+    "labels_per_class": 2, "seeds": [0],
+}  # fmt: skip
+
+
+def test_a_transfer_run_with_dataset_kwargs_pretrains_on_the_data_they_load(trainings, monkeypatch):
+    """dataset_kwargs were refused for transfer runs while the key could not tell their data apart."""
+    from lab import experiment
+
+    loads = []
+    real_digits = data.DATASET_ENTRIES["digits"].load
+
+    @functools.wraps(real_digits)  # the same signature: dataset_kwargs are checked against it
+    def counted_digits(**kwargs):
+        loads.append(kwargs)
+        return real_digits(**kwargs)
+
+    counted = dataclasses.replace(data.DATASET_ENTRIES["digits"], load=counted_digits)
+    monkeypatch.setitem(data.DATASET_ENTRIES, "digits", counted)
+    experiment.run(TRANSFER, progress=False)
+    experiment.run({**TRANSFER, "dataset_kwargs": {"seed": 1}}, progress=False)
+    assert [config.steps for config in trainings] == [2, 2]
+    experiment.run({**TRANSFER, "dataset_kwargs": {"seed": 1}}, progress=False)  # read from the cache
+    assert len(trainings) == 2
+    # Each run loads its data once, for training and for the backbone's key.
+    assert loads == [{}, {"seed": 1}, {"seed": 1}]
+
+
+def test_active_learning_embeds_the_pool_with_the_pretrained_backbone(trainings):
+    from lab import active
+
+    config = {"learner": TRANSFER, "strategy": "margin", "cold_start": "typiclust", "embeddings": "pretrained",
+              "budgets": [10, 20]}  # fmt: skip
+    result = active.run(config, progress=False)
+    assert [len(selection) for selection in result.selections[0]] == [10, 10]
+    assert len(trainings) == 1  # the cold start's backbone, read again by every round's run
