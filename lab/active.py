@@ -618,13 +618,14 @@ def _pretrains(learner) -> bool:
     return SETUPS[learner.setup].pretrain is not SETUPS["supervised"].pretrain
 
 
-def _pretrained_features(learner, dataset, progress: bool) -> np.ndarray:
-    """The pool's features under the setup's pretrained backbone (cached by lab.transfer), before adaptation."""
+def _pretrained_features(learner, dataset, progress: bool, load_dataset) -> np.ndarray:
+    """The pool's features under the setup's pretrained backbone (cached by lab.transfer), before adaptation;
+    ``load_dataset``: the run's :func:`lab.experiment.dataset_loader`."""
     from lab import train
     from lab.experiment import SETUPS
 
     plan = SETUPS[learner.setup]
-    module = plan.classifier(learner, dataset, plan.pretrain(learner, progress))(0)
+    module = plan.classifier(learner, dataset, plan.pretrain(learner, progress, load_dataset))(0)
     graphs, params, model_state = train.Graphs.split(module)
     params, model_state = jax.tree.map(lambda leaf: leaf[None], (params, model_state))  # one seed
     return _pool_outputs(graphs, params, model_state, dataset.x_train)[1][0]
@@ -638,7 +639,8 @@ def run(config: ActiveConfig | typing.Mapping[str, Any], *, progress: bool = Tru
     config = ActiveConfig.from_dict(config.to_dict() if isinstance(config, ActiveConfig) else config)
     learner = config.learner_config()
     with devices.use(learner.platform):
-        dataset = experiment.load_dataset(learner)
+        load = experiment.dataset_loader(learner)
+        dataset = experiment.load_dataset(learner, load)
         pool = len(dataset.y_train)
         check_budgets(config.budgets, pool)
         initial = np.asarray(config.initial, np.int64)
@@ -658,7 +660,8 @@ def run(config: ActiveConfig | typing.Mapping[str, Any], *, progress: bool = Tru
             if use == "auto":
                 use = "model" if not cold else ("pretrained" if _pretrains(learner) else "inputs")
             if use == "pretrained":
-                pretrained = _pretrained_features(learner, dataset, progress) if pretrained is None else pretrained
+                if pretrained is None:
+                    pretrained = _pretrained_features(learner, dataset, progress, load)
                 return pretrained
             if use == "inputs":
                 fixed = _flat(dataset.x_train) if fixed is None else fixed

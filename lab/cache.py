@@ -1,11 +1,13 @@
 """Where lab keeps what it computes once and reuses, and how entries are keyed.
 
 Every on-disk cache entry is keyed by everything that decides its content: the
-config that describes it, and the :func:`fingerprint` of the code that produces it,
+config that describes it, the :func:`fingerprint` of the code that produces it,
 meaning the source of the producing ``lab`` module and of every ``lab`` module it
-imports, and the versions of the numerical libraries. When any of them changes, the
-key changes and the entry is made again; an entry made by other code is never
-reused. (JAX's own compilation cache, kept in ``cache_dir()/jax``, keys itself.)
+imports, and the versions of the numerical libraries, and, for an entry derived from
+data, the :func:`content_digest` of those data (never their name: other data under the
+same name make another entry). When any of them changes, the key changes and the entry
+is made again; an entry made by other code or from other data is never reused. (JAX's
+own compilation cache, kept in ``cache_dir()/jax``, keys itself.)
 
 Every entry is also checked before it is read: when it is written, the SHA-256 digest of each
 of its files is recorded (a folder's in its ``manifest.sha256``, a file's in ``<file>.sha256``,
@@ -51,6 +53,28 @@ def key(*parts: Any, length: int = 16) -> str:
     """A short stable hash of JSON-serialisable ``parts`` (the same in every process and on every machine)."""
     text = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def content_digest(*parts: Any) -> str:
+    """The SHA-256 (hex) of data's content: the one way lab digests the data an entry is derived from.
+
+    A numpy array counts by its dtype, shape and bytes (not its memory layout), anything else as
+    JSON (texts, names, numbers, None). Each part is framed by its kind and size, so ``("ab", "c")``
+    and ``("a", "bc")`` differ.
+    """
+    import numpy as np  # imported here: keys of entries not derived from arrays need no numpy
+
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray) and not part.dtype.hasobject:
+            array = np.ascontiguousarray(part)
+            digest.update(f"array {np.lib.format.dtype_to_descr(array.dtype)!r} {array.shape}\n".encode())
+            digest.update(array.reshape(-1).view(np.uint8))
+        else:
+            encoded = json.dumps(part.tolist() if isinstance(part, np.ndarray) else part, sort_keys=True).encode()
+            digest.update(f"json {len(encoded)}\n".encode())
+            digest.update(encoded)
+    return digest.hexdigest()
 
 
 def fingerprint(module: str, *, package_dir: Path = _PACKAGE_DIR) -> str:

@@ -707,9 +707,9 @@ class Checkpoint:
         self, ids: np.ndarray, *, batch_size: int = 64, cached: bool = True, trim: bool = True
     ) -> np.ndarray:
         """The embeddings of ``(N, max_length)`` token ids of this checkpoint's tokenizer (or of the images
-        its image processor made); with ``cached``, kept in ``cache_dir()/embeddings`` keyed by the inputs,
-        :attr:`digest`, the pooling and the code (:func:`lab.cache.fingerprint`), so a frozen encoder embeds
-        a dataset once."""
+        its image processor made); with ``cached``, kept in ``cache_dir()/embeddings`` keyed by the inputs'
+        content digest, :attr:`digest`, the pooling and the code (:func:`lab.cache.fingerprint`), so a frozen
+        encoder embeds a dataset once."""
         ids = np.ascontiguousarray(ids, self.inputs.dtype)
         path = cache.cache_dir() / "embeddings" / f"{self.model}-{self._embedding_key(ids)}.npy"
         if cached and path.is_file():
@@ -724,9 +724,8 @@ class Checkpoint:
 
     def _embedding_key(self, ids: np.ndarray) -> str:
         pooling = {name: self.model_kwargs.get(name) for name in ("pooling", "normalize")}
-        ids_digest = hashlib.sha256(ids.tobytes() + str(ids.shape).encode()).hexdigest()
         producer = (cache.fingerprint(__name__), devices.current_platform())
-        return cache.key(self.digest, ids_digest, pooling, *producer)
+        return cache.key(self.digest, cache.content_digest(ids), pooling, *producer)
 
 
 # The length texts are cut and padded to unless a run asks for another.

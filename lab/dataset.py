@@ -7,13 +7,15 @@ both names, so callers keep writing ``data.Dataset``.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import operator
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
+from lab import cache
 from lab.modality import SpecialIds
 
 __all__ = ["DIGIT_NAMES", "DataNotFoundError", "Dataset", "PathLike"]
@@ -28,7 +30,7 @@ class DataNotFoundError(FileNotFoundError):
 
 # eq=False: the generated __eq__ would compare arrays elementwise and fail on `bool(...)`;
 # identity equality (and hashing) is what a bundle of large arrays wants.
-@dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
     """A train/test pair of a classification dataset, as numpy arrays."""
 
@@ -74,6 +76,18 @@ class Dataset:
                 f"{self.name}: the training labels hold {len(present)} class{'es' if len(present) != 1 else ''} "
                 f"({present.tolist()}); a classifier needs at least 2"
             )
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """The SHA-256 of the content (:func:`lab.cache.content_digest`): every array, the class names and
+        what token ids mean (the vocabulary size, the tokenizer's fingerprint and special ids); not the name or
+        where it was read from. What a cache entry derived from the data is keyed by. Computed once per
+        Dataset: its arrays are never changed in place (a changed dataset is a new one)."""
+        return cache.content_digest(
+            self.x_train, self.y_train, self.x_test, self.y_test, self.x_unlabeled, self.unlabeled_in_pool,
+            self.class_names, self.vocab_size, self.tokenizer,
+            None if self.special_ids is None else dataclasses.asdict(self.special_ids),
+        )  # fmt: skip
 
     @property
     def input_shape(self) -> tuple[int, ...]:

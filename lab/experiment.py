@@ -326,7 +326,7 @@ def _no_datasets(config: ExperimentConfig) -> tuple[str, ...]:
     return ()
 
 
-def _no_backbone(config: ExperimentConfig, progress: bool) -> None:
+def _no_backbone(config: ExperimentConfig, progress: bool, load_dataset: Callable[[str], data.Dataset]) -> None:
     return None
 
 
@@ -342,8 +342,11 @@ class Plan:
     check: Callable[[ExperimentConfig], None]  # setup-specific validation, before any data is loaded
     # (config, input shape, the special ids of a text dataset's tokenizer: Dataset.special_ids)
     objective: Callable[[ExperimentConfig, tuple[int, ...], SpecialIds | None], train.Objective]
-    # (config, progress): a backbone pretrained (or read from the cache), with a progress bar when progress
-    pretrain: Callable[[ExperimentConfig, bool], transfer.Backbone | None] = _no_backbone
+    # (config, progress, the run's dataset_loader): a backbone pretrained (or read from the cache, keyed by the
+    # content of the data it loads), with a progress bar when progress
+    pretrain: Callable[[ExperimentConfig, bool, Callable[[str], data.Dataset]], transfer.Backbone | None] = (
+        _no_backbone
+    )
     classifier: Callable[[ExperimentConfig, data.Dataset, Any], ModuleFactory] = _fresh_classifier  # pretrained too
     param_groups: Callable[[ExperimentConfig], Mapping[str, str | float] | None] = _nothing
     other_datasets: Callable[[ExperimentConfig], tuple[str, ...]] = _no_datasets  # loaded besides config.dataset
@@ -410,12 +413,12 @@ def _weakly_augmented_supervised(
     )
 
 
-def _pretrained(config: ExperimentConfig, progress: bool) -> transfer.Backbone:
+def _pretrained(
+    config: ExperimentConfig, progress: bool, load_dataset: Callable[[str], data.Dataset]
+) -> transfer.Backbone:
     if config.pretrain == transfer.CHECKPOINT:
         return transfer.from_checkpoint(_checkpoint(config), **config.model_kwargs)
-    return transfer.pretrain(
-        _pretrain_config(config), load_dataset=functools.partial(_load_named, config), progress=progress
-    )
+    return transfer.pretrain(_pretrain_config(config), load_dataset=load_dataset, progress=progress)
 
 
 # What pretrain_kwargs set for a checkpoint: the length its tokenizer cuts texts to and its pooling
@@ -474,11 +477,7 @@ def _semi_supervised_objective(
 
 
 def _check_pretraining(config: ExperimentConfig) -> None:
-    if config.dataset_kwargs:
-        raise ValueError(
-            f"dataset_kwargs={dict(config.dataset_kwargs)} would change the data a cached backbone was pretrained on "
-            "without changing its cache key; transfer runs take the dataset's defaults"
-        )
+    # dataset_kwargs are welcome: a cached backbone is keyed by the content of the data they load.
     if config.pretrain == transfer.CHECKPOINT:
         _check_checkpoint(config)
     else:
@@ -657,13 +656,14 @@ def _run(
 ) -> Result:
     train.enable_compilation_cache()
     plan = SETUPS[config.setup]
-    dataset = _load(config)
+    load = dataset_loader(config)
+    dataset = load_dataset(config, load)
     dataset.check_batch_size(config.batch_size)
     dataset.check_classes(config.labels_per_class if labeled is None else 1)
     splits = _splits(config, dataset, labeled)
 
     tic = time.perf_counter()
-    trainee = _trainee(plan, config, dataset, plan.pretrain(config, progress))
+    trainee = _trainee(plan, config, dataset, plan.pretrain(config, progress, load))
     # The pretraining and a frozen probe's embeddings (0 on cache hits).
     wall = {"pretrain": time.perf_counter() - tic, "compile": 0.0, "train": 0.0}
     dataset, make_module, objective = trainee.dataset, trainee.make_module, trainee.objective
@@ -1068,14 +1068,18 @@ def _padded_index(indices: Sequence[np.ndarray], length: int) -> dict[str, jax.A
     return {"index": jnp.asarray(index), "count": jnp.asarray([len(values) for values in indices], jnp.int32)}
 
 
-def load_dataset(config: ExperimentConfig) -> data.Dataset:
-    """The dataset a run of ``config`` trains on (its ``classes`` only, when it names some)."""
-    return _load(config)
-
-
-def _load(config: ExperimentConfig) -> data.Dataset:
-    dataset = _load_named(config, config.dataset)
+def load_dataset(config: ExperimentConfig, load: Callable[[str], data.Dataset] | None = None) -> data.Dataset:
+    """The dataset a run of ``config`` trains on (its ``classes`` only, when it names some), loaded by
+    ``load`` (a :func:`dataset_loader` of ``config``; a new one if None)."""
+    dataset = (load or dataset_loader(config))(config.dataset)
     return dataset if config.classes is None else dataset.subset(config.classes)
+
+
+def dataset_loader(config: ExperimentConfig) -> Callable[[str], data.Dataset]:
+    """Loads a dataset by name as ``config`` says (its data_dir, its tokenizer, its dataset_kwargs for
+    its own dataset), each name once: a run's data and the data its backbone's cache key digests
+    (:func:`lab.transfer.pretrain`) are then loaded and digested once."""
+    return functools.cache(functools.partial(_load_named, config))
 
 
 def _load_named(config: ExperimentConfig, name: str) -> data.Dataset:

@@ -39,7 +39,8 @@ Text is NFKC-normalised and lower-cased (accents are kept: they tell languages a
 characters the corpus lacks become ``[UNK]``. Every encoded sequence
 starts with ``[CLS]`` and is cut or padded with ``[PAD]`` to ``max_length``; the
 attention mask is ``ids != PAD_ID``. The trained tokenizer is cached as JSON, keyed by
-the corpus, the vocabulary size and :func:`lab.cache.fingerprint` of this module.
+the corpus' content digest (:func:`lab.cache.content_digest`), the vocabulary size and
+:func:`lab.cache.fingerprint` of this module; the encoded ids by the texts' digest and the tokenizer.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import json
 import logging
 import os
 import re
@@ -525,15 +525,16 @@ def train_tokenizer(
     """A BPE tokenizer of at most ``vocab_size`` tokens trained on ``corpus`` (give it no test text).
 
     Characters of the corpus are always in the vocabulary, so a tiny ``vocab_size`` may be
-    exceeded. Cached in ``cache_dir()/tokenizers``: the same corpus and size train once.
+    exceeded. Cached in ``cache_dir()/tokenizers``, keyed by the corpus' content digest
+    (:func:`lab.cache.content_digest`): the same corpus and size train once, one text edited trains again.
     """
     vocab_size = validate.integer("vocab_size", vocab_size, minimum=len(SPECIAL_TOKENS) + 1)
     corpus = _checked_texts(corpus)
     if not corpus:
         raise ValueError("the corpus to train a tokenizer on is empty")
-    digest = hashlib.sha256(json.dumps(corpus).encode()).hexdigest()
     settings = {"model": "bpe", "vocab_size": vocab_size}
-    path = cache.cache_dir() / "tokenizers" / f"bpe-{cache.key(digest, settings, cache.fingerprint(__name__))}.json"
+    key = cache.key(cache.content_digest(corpus), settings, cache.fingerprint(__name__))
+    path = cache.cache_dir() / "tokenizers" / f"bpe-{key}.json"
     backend = cache.read_checked(path, lambda path: tokenizers.Tokenizer.from_file(str(path)), "the tokenizer")
     if backend is None:
         backend = _train(corpus, vocab_size)
@@ -608,9 +609,10 @@ def load_dataset(
 
 
 def _cached_ids(name: str, encoder: Tokenizer, texts: list[str]) -> np.ndarray:
-    """``encoder.encode(texts)``, kept in ``cache_dir()/text`` (encoding ~10^5 texts takes seconds)."""
+    """``encoder.encode(texts)``, kept in ``cache_dir()/text`` (encoding ~10^5 texts takes seconds), keyed by
+    the texts' content digest, the tokenizer's fingerprint and settings, and the code."""
     parts = (
-        hashlib.sha256(json.dumps(texts).encode()).hexdigest(),
+        cache.content_digest(texts),
         encoder.fingerprint,
         encoder.settings,
         cache.fingerprint(__name__),

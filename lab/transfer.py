@@ -22,8 +22,8 @@ a source asked for another fails before any training, naming those that fit.
 Each source is a :class:`PretrainingTask` in :data:`PRETRAIN_SOURCES` (its module, its
 :class:`lab.train.Objective` and its pools), trained by :func:`lab.train.fit`; a new
 source is a new entry.
-:func:`pretrain` caches its result on disk by a hash of its :class:`PretrainConfig`,
-so a sweep pretrains each backbone once.
+:func:`pretrain` caches its result on disk by a hash of its :class:`PretrainConfig` and of
+the content of the data it pretrains on, so a sweep pretrains each backbone once.
 
 Adaptation (:data:`ADAPTATIONS`) trains a classifier whose backbone starts from the
 pretrained one and whose head is freshly initialised for the target classes. The
@@ -140,8 +140,7 @@ class Backbone:
             raise ValueError(
                 f"the pretrained backbone was made for {_describe_inputs(self.architecture.model_inputs)}, but the "
                 f"data has {_describe_inputs(model_inputs)}: token ids of another vocabulary mean other tokens; "
-                "pretrain on data of this vocabulary (a cached backbone made before the tokenizer changed is stale: "
-                "delete it from the pretrained cache)"
+                "pretrain on data of this vocabulary"
             )
         return init_from_backbone(self.architecture.build(num_classes, seed=seed), self)
 
@@ -486,19 +485,16 @@ class PretrainConfig:
         except TypeError as error:
             raise ValueError(f"every PretrainConfig value must be JSON-serialisable: {error}") from None
 
-    @property
-    def cache_key(self) -> str:
-        """A stable hash of the config and of what else decides the backbone it pretrains: the code
-        (:func:`lab.cache.fingerprint`) and the backend that runs it (a GPU's numbers differ from a CPU's).
-        The key of data that are not token ids; :meth:`key_for` adds the tokenizer of those that are."""
-        return self.key_for(tokenizer=None)
-
-    def key_for(self, tokenizer: str | None) -> str:
-        """:attr:`cache_key` with the fingerprint of the tokenizer whose ids the backbone reads
-        (:attr:`lab.data.Dataset.tokenizer`): token ids of another tokenizer mean other tokens, even
-        with a vocabulary of the same size."""
-        extra = () if tokenizer is None else ({"tokenizer": tokenizer},)
-        return cache.key(self.to_dict(), producer(), *extra)
+    def key_for(self, target: data.Dataset, source: data.Dataset | None = None) -> str:
+        """The name of this config's cache entry when pretrained for ``target`` on ``source`` (the
+        target itself unless :attr:`source_dataset` names another): a stable hash of the config, of what
+        else decides the backbone (:func:`producer`: the code and the backend) and of the data it is
+        pretrained on: the content digest of the source (:attr:`lab.data.Dataset.digest`, which holds
+        what its token ids mean too) and the target's input shape the source is resized to. Other data
+        under the same name, or token ids of another tokenizer, give another key."""
+        source = target if source is None else source
+        pretrained_on = {"data": source.digest, "input_shape": list(target.input_shape)}
+        return cache.key(self.to_dict(), producer(), pretrained_on)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON types (tuples become lists)."""
@@ -508,6 +504,20 @@ class PretrainConfig:
 def producer() -> dict[str, str]:
     """What makes a pretrained backbone besides its config: the fingerprint of the code and the JAX backend."""
     return {"code": cache.fingerprint(__name__), "backend": devices.current_platform()}
+
+
+def cache_key(config: PretrainConfig, *, load_dataset: Callable[[str], data.Dataset] = data.load) -> str:
+    """The name of ``config``'s entry in the cache of :func:`pretrain` (:meth:`PretrainConfig.key_for`
+    the data ``load_dataset`` loads)."""
+    return config.key_for(*_pretraining_data(config, load_dataset))
+
+
+def _pretraining_data(
+    config: PretrainConfig, load_dataset: Callable[[str], data.Dataset]
+) -> tuple[data.Dataset, data.Dataset]:
+    """The target and the dataset pretrained on (the target itself unless ``config.source_dataset``)."""
+    target = load_dataset(config.dataset)
+    return target, target if config.source_dataset is None else load_dataset(config.source_dataset)
 
 
 def pretrain(
@@ -520,29 +530,25 @@ def pretrain(
     """The backbone ``config`` describes: loaded from the cache, else trained and cached.
 
     Entries live in ``cache_dir/<key>/`` (``cache_dir`` defaults to
-    ``lab.cache.cache_dir()/pretrained``; the key is ``config.key_for(tokenizer)``, the
-    target's tokenizer fingerprint for token ids, else ``config.cache_key``): ``config.json``
-    (the config, its :func:`producer` and the tokenizer) and the arrays as an orbax checkpoint.
-    Code or library versions other than those that made an entry, or another tokenizer, give
+    ``lab.cache.cache_dir()/pretrained``; the key is :meth:`PretrainConfig.key_for` the data):
+    ``config.json`` (the config, its :func:`producer`, the data's digest and tokenizer) and the
+    arrays as an orbax checkpoint. Code or library versions other than those that made an entry,
+    or other data (another tokenizer's ids, one pixel or text edited under the same name), give
     another key, so the backbone is pretrained again. An entry is written in a temporary folder
     and renamed into place when complete, so an interrupted run never leaves a half-written entry behind;
     its files' digests are checked before it is read, and a damaged entry is pretrained again
     (:func:`lab.cache.read_checked`, :func:`lab.cache.publish`).
-    ``load_dataset(name)`` loads datasets by name (e.g. with a ``data_dir`` bound); a dataset
-    registered as other than text is loaded only on a cache miss.
+    ``load_dataset(name)`` loads datasets by name (e.g. with a ``data_dir`` bound); the target and
+    the source are loaded (and digested) even when the backbone is read from the cache.
     """
     root = Path(cache_dir) if cache_dir is not None else cache.cache_dir() / "pretrained"
-    entry_of = data.DATASET_ENTRIES.get(config.dataset)
-    # Only tokenized inputs have a tokenizer; a registered dataset of another modality need not be loaded to know.
-    untokenized = entry_of is not None and not modality.MODALITIES[entry_of.modality].tokenized
-    target = None if untokenized else load_dataset(config.dataset)
-    tokenizer = None if target is None else target.tokenizer
-    entry = (root / config.key_for(tokenizer)).absolute()
+    target, source = _pretraining_data(config, load_dataset)
+    entry = (root / config.key_for(target, source)).absolute()
     cached = cache.read_checked(entry, lambda entry: _read_entry(entry, config), "the pretrained backbone")
     if cached is not None:
         return cached
-    backbone = _train_backbone(config, target or load_dataset(config.dataset), load_dataset, progress)
-    cache.publish(entry, lambda folder: _write_entry(folder, config, backbone, tokenizer), "the pretrained backbone")
+    backbone = _train_backbone(config, target, source, progress)
+    cache.publish(entry, lambda folder: _write_entry(folder, config, backbone, source), "the pretrained backbone")
     return backbone
 
 
@@ -556,13 +562,10 @@ def pretraining_model(
     """The whole model ``config`` pretrains, in eval mode: the backbone of :func:`pretrain` (the same
     cache entry, pretrained if absent) with the head its task trained, e.g. MLM's
     :class:`TokenPredictor`, whose logits over the vocabulary fill blanks (:func:`lab.text.fill_masks`)."""
-    target = load_dataset(config.dataset)
-
-    def loaded(name: str) -> data.Dataset:  # the target once, for pretrain and for the source
-        return target if name == config.dataset else load_dataset(name)
-
-    backbone = pretrain(config, cache_dir=cache_dir, load_dataset=loaded, progress=progress)
-    source = _source(config, target, loaded)
+    target, source = _pretraining_data(config, load_dataset)
+    loaded = {config.dataset: target, config.source_dataset: source}  # each loaded once, for pretrain too
+    backbone = pretrain(config, cache_dir=cache_dir, load_dataset=loaded.__getitem__, progress=progress)
+    source = _checked_source(config, target, source)
     module = init_from_backbone(PRETRAIN_SOURCES[config.source].module(backbone.architecture, config, source), backbone)
     _load(module, "head", backbone.pretraining_head, "pretraining head")
     module.eval()
@@ -609,10 +612,9 @@ def check_modality(source: str, kind: str) -> None:
         )
 
 
-def _source(config: PretrainConfig, target: data.Dataset, load_dataset: Callable[[str], data.Dataset]) -> data.Dataset:
-    """The data ``config`` pretrains on, checked against the ``target``'s."""
+def _checked_source(config: PretrainConfig, target: data.Dataset, source: data.Dataset) -> data.Dataset:
+    """The data ``config`` pretrains on (``source``, its ``source_classes`` only), checked against the ``target``'s."""
     check_modality(config.source, modality.of_shape(target.input_shape).name)
-    source = target if config.source_dataset is None else load_dataset(config.source_dataset)
     if source.model_inputs != target.model_inputs:
         raise ValueError(
             f"the source dataset {source.name} has {_describe_inputs(source.model_inputs)} but the target "
@@ -626,10 +628,8 @@ def _source(config: PretrainConfig, target: data.Dataset, load_dataset: Callable
     return source if config.source_classes is None else source.subset(config.source_classes)
 
 
-def _train_backbone(
-    config: PretrainConfig, target: data.Dataset, load_dataset: Callable[[str], data.Dataset], progress: bool
-) -> Backbone:
-    source = _source(config, target, load_dataset)
+def _train_backbone(config: PretrainConfig, target: data.Dataset, source: data.Dataset, progress: bool) -> Backbone:
+    source = _checked_source(config, target, source)
     # JSON types, as a backbone read back from the cache has them.
     architecture = Architecture(
         config.model, tuple(target.input_shape), config.to_dict()["model_kwargs"], dict(target.model_inputs)
@@ -763,7 +763,7 @@ _CONFIG_FILE = "config.json"
 _ARRAYS_DIR = "arrays"
 
 
-def _write_entry(folder: Path, config: PretrainConfig, backbone: Backbone, tokenizer: str | None) -> None:
+def _write_entry(folder: Path, config: PretrainConfig, backbone: Backbone, source: data.Dataset) -> None:
     import orbax.checkpoint as ocp  # imported here: it takes half a second, and only the cache needs it
 
     arrays = {group: traverse_util.unflatten_dict(getattr(backbone, group), sep="/") for group in _TRANSFERRED}
@@ -773,7 +773,7 @@ def _write_entry(folder: Path, config: PretrainConfig, backbone: Backbone, token
     description = {
         "config": config.to_dict(),
         "producer": producer(),
-        "tokenizer": tokenizer,
+        "data": {"name": source.name, "digest": source.digest, "tokenizer": source.tokenizer},
         "architecture": dataclasses.asdict(backbone.architecture),
         "log": dict(backbone.log),
     }

@@ -464,7 +464,7 @@ def test_a_pretrained_backbone_is_keyed_by_the_tokenizer_of_its_data(tmp_path, m
     config = transfer.PretrainConfig(
         "mlm", "fortunes_topics", model="bag", model_kwargs={"dim": 8}, steps=1, batch_size=8
     )
-    assert config.key_for(before.tokenizer) != config.key_for(after.tokenizer)
+    assert config.key_for(before) != config.key_for(after)
 
     cache_dir = tmp_path / "pretrained"
     transfer.pretrain(config, cache_dir=cache_dir, load_dataset=loader(first))
@@ -473,7 +473,7 @@ def test_a_pretrained_backbone_is_keyed_by_the_tokenizer_of_its_data(tmp_path, m
     transfer.pretrain(config, cache_dir=cache_dir, load_dataset=loader(second))  # another tokenizer: not a hit
     assert trained == [1, 1]
     assert sorted(path.name for path in cache_dir.iterdir()) == sorted(
-        config.key_for(dataset.tokenizer) for dataset in (before, after)
+        config.key_for(dataset) for dataset in (before, after)
     )
 
 

@@ -357,15 +357,17 @@ def test_a_backbone_of_another_vocabulary_is_refused_before_training(registered,
         "pretrain_kwargs": {"steps": 2, "batch_size": 8}, "steps": 2, "batch_size": 8,
     }
     # Caches an (untrained) backbone for VOCAB tokens.
-    transfer.pretrain(experiment._pretrain_config(experiment.ExperimentConfig.from_dict(config)), load_dataset=data.load)
-    registered(vocab=VOCAB + 10)  # the tokenizer changed; the cached backbone's key did not
+    pretrain_config = experiment._pretrain_config(experiment.ExperimentConfig.from_dict(config))
+    backbone = transfer.pretrain(pretrain_config, load_dataset=data.load)
+    registered(vocab=VOCAB + 10)  # the tokenizer changed, so did the data's digest: another key, pretrained again
+    again = transfer.pretrain(pretrain_config, load_dataset=data.load)
+    assert again.architecture.model_inputs == {"vocab_size": VOCAB + 10} and len(fit_calls) == 2
 
     with pytest.raises(ValueError, match=(
         r"the pretrained backbone was made for vocab_size=40, but the data has vocab_size=50: token ids of another "
         r"vocabulary mean other tokens; pretrain on data of this vocabulary"
     )):
-        experiment.run(config, progress=False)
-    assert len(fit_calls) == 1  # the pretraining, not the adaptation
+        backbone.classifier(4, seed=0, model_inputs={"vocab_size": VOCAB + 10})
     # A source of another vocabulary than the target's.
     other = text_dataset(vocab=VOCAB + 10, name="other")
     with pytest.raises(ValueError, match="the source dataset other has vocab_size=50 but the target toy_text has vocab_size=40"):

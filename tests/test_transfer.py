@@ -266,8 +266,9 @@ def test_cache_hit_loads_without_training(tmp_path, fit_calls):
     config = tiny_config()
     trained = transfer.pretrain(config, cache_dir=tmp_path)
     assert len(fit_calls) == 1
-    assert [path.name for path in tmp_path.iterdir()] == [config.cache_key]
-    assert json.loads((tmp_path / config.cache_key / "config.json").read_text())["config"] == config.to_dict()
+    key = transfer.cache_key(config)
+    assert [path.name for path in tmp_path.iterdir()] == [key]
+    assert json.loads((tmp_path / key / "config.json").read_text())["config"] == config.to_dict()
 
     loaded = transfer.pretrain(config, cache_dir=tmp_path)
     assert len(fit_calls) == 1
@@ -284,7 +285,7 @@ def test_cache_hit_loads_without_training(tmp_path, fit_calls):
 def test_cache_key_is_stable_and_tells_configs_apart():
     config = tiny_config(source_classes=[5, 6])
     assert config.source_classes == (5, 6)
-    assert config.cache_key == tiny_config(source_classes=(5, 6)).cache_key
+    assert transfer.cache_key(config) == transfer.cache_key(tiny_config(source_classes=(5, 6)))
     changed = [
         tiny_config(seed=1),
         tiny_config(model_kwargs={"hidden": (32,)}),
@@ -292,13 +293,13 @@ def test_cache_key_is_stable_and_tells_configs_apart():
         tiny_config(source_classes=(5, 7)),
         tiny_config(steps=6),
     ]
-    assert len({config.cache_key, *(other.cache_key for other in changed)}) == 1 + len(changed)
+    assert len({transfer.cache_key(config), *(transfer.cache_key(other) for other in changed)}) == 1 + len(changed)
 
 
 def test_cache_key_is_the_same_on_every_machine_for_the_same_code(monkeypatch):
     monkeypatch.setattr(transfer, "producer", lambda: {"code": "0123456789abcdef", "backend": "cpu"})
     # No salted hash(): the same in every process and on every machine that runs the same code.
-    assert tiny_config(source_classes=[5, 6]).cache_key == "37bed3e018741c95"
+    assert transfer.cache_key(tiny_config(source_classes=[5, 6])) == "55f8c01a00d23d29"
 
 
 def test_a_backbone_made_by_other_code_or_on_another_backend_is_pretrained_again(tmp_path, fit_calls, monkeypatch):
@@ -308,7 +309,7 @@ def test_a_backbone_made_by_other_code_or_on_another_backend_is_pretrained_again
     transfer.pretrain(config, cache_dir=tmp_path)
     transfer.pretrain(config, cache_dir=tmp_path)
     assert len(fit_calls) == 1
-    entry = tmp_path / config.cache_key
+    entry = tmp_path / transfer.cache_key(config)
     assert json.loads((entry / "config.json").read_text())["producer"] == transfer.producer()
 
     real_fingerprint = cache.fingerprint
@@ -323,7 +324,7 @@ def test_a_backbone_made_by_other_code_or_on_another_backend_is_pretrained_again
 
 def test_cache_entry_appears_only_when_complete(tmp_path, fit_calls, monkeypatch):
     config = tiny_config()
-    entry = tmp_path / config.cache_key
+    entry = tmp_path / transfer.cache_key(config)
     real_save = ocp.StandardCheckpointer.save
     written_to = []
 
@@ -353,7 +354,7 @@ def test_interrupted_cache_write_leaves_nothing(tmp_path, fit_calls, monkeypatch
 def test_cache_entry_of_another_config_is_pretrained_again(tmp_path, fit_calls, capsys):
     config = tiny_config()
     transfer.pretrain(config, cache_dir=tmp_path)
-    config_file = tmp_path / config.cache_key / "config.json"
+    config_file = tmp_path / transfer.cache_key(config) / "config.json"
     description = json.loads(config_file.read_text())
     description["config"]["seed"] = 7
     config_file.write_text(json.dumps(description))
@@ -376,7 +377,7 @@ def test_a_damaged_cache_entry_is_pretrained_again_not_read(tmp_path, fit_calls,
     accuracy instead of 0.62, exit status 0)."""
     config = tiny_config()
     trained = transfer.pretrain(config, cache_dir=tmp_path)
-    entry = tmp_path / config.cache_key
+    entry = tmp_path / transfer.cache_key(config)
     largest = max((path for path in (entry / "arrays").rglob("*") if path.is_file()), key=lambda p: p.stat().st_size)
     content = bytearray(largest.read_bytes())
     middle = len(content) // 2
@@ -406,7 +407,7 @@ def test_every_single_file_corruption_of_an_entry_is_found_and_pretrained_again(
     """17 of 39 such corruptions ended in a TensorStore dump, others were read silently."""
     config = tiny_config()
     root = tmp_path / "cache"
-    entry = root / config.cache_key
+    entry = root / transfer.cache_key(config)
     trained = transfer.pretrain(config, cache_dir=root)
     pristine = tmp_path / "pristine"
     shutil.copytree(entry, pristine)
@@ -450,17 +451,17 @@ def test_a_backbone_that_cannot_be_cached_is_used_from_memory(tmp_path, fit_call
 def test_a_cache_folder_left_by_a_killed_writer_is_removed_at_the_next_write(tmp_path, fit_calls):
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
-    left = tmp_path / f".{tiny_config().cache_key}.0123.tmp"
+    left = tmp_path / f".{transfer.cache_key(tiny_config())}.0123.tmp"
     (left / "arrays").mkdir(parents=True)
     (left / ".writer.json").write_text(processes.Owner(processes.Owner.current().host, child.pid, "0").to_json())
     transfer.pretrain(tiny_config(seed=5), cache_dir=tmp_path)
-    assert [path.name for path in tmp_path.iterdir()] == [tiny_config(seed=5).cache_key]
+    assert [path.name for path in tmp_path.iterdir()] == [transfer.cache_key(tiny_config(seed=5))]
 
 
 def test_default_cache_dir_is_under_lab_cache(tmp_path, fit_calls):
     config = tiny_config()
     transfer.pretrain(config)
-    assert (tmp_path / "lab-cache" / "pretrained" / config.cache_key / "config.json").is_file()
+    assert (tmp_path / "lab-cache" / "pretrained" / transfer.cache_key(config) / "config.json").is_file()
 
 
 # --------------------------------------------------------------------------- configs and sources
