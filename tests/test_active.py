@@ -371,7 +371,8 @@ def test_embeddings_pretrained_are_the_transfer_learners_cached_backbone_feature
 
     learner_config = experiment.ExperimentConfig.from_dict(learner)
     dataset = experiment.load_dataset(learner_config)
-    module = experiment._pretrained(learner_config, False).classifier(dataset.num_classes, seed=0)
+    backbone = experiment._pretrained(learner_config, False, experiment.dataset_loader(learner_config))
+    module = backbone.classifier(dataset.num_classes, seed=0)
     module.eval()
     features = np.asarray(module.features(jnp.asarray(dataset.x_train)))
     assert features.shape[1] == 32  # the backbone's, not the 64 pixels
