@@ -453,8 +453,8 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         validate.choice("pretraining source", self.source, PRETRAIN_SOURCES)
-        if self.dataset in data.DATASET_ENTRIES:  # others are loaded by the caller's load_dataset
-            check_modality(self.source, data.DATASET_ENTRIES[self.dataset].modality)
+        if data.is_known(self.dataset):  # others are loaded by the caller's load_dataset
+            check_modality(self.source, data.modality_of(self.dataset))
         validate.choice("model", self.model, tuple(models.MODELS))
         validate.choice("optimizer", self.optimizer, optim.OPTIMIZERS)
         validate.choice("augmentation", self.augmentation, augment.STRENGTHS)
@@ -532,9 +532,8 @@ def pretrain(
     registered as other than text is loaded only on a cache miss.
     """
     root = Path(cache_dir) if cache_dir is not None else cache.cache_dir() / "pretrained"
-    entry_of = data.DATASET_ENTRIES.get(config.dataset)
-    # Only tokenized inputs have a tokenizer; a registered dataset of another modality need not be loaded to know.
-    untokenized = entry_of is not None and not modality.MODALITIES[entry_of.modality].tokenized
+    # Only tokenized inputs have a tokenizer; a known dataset of another modality need not be loaded to know.
+    untokenized = data.is_known(config.dataset) and not modality.MODALITIES[data.modality_of(config.dataset)].tokenized
     target = None if untokenized else load_dataset(config.dataset)
     tokenizer = None if target is None else target.tokenizer
     entry = (root / config.key_for(tokenizer)).absolute()
