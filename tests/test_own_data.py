@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lab import cli, data, experiment, store, text
+from lab import cli, data, experiment, store, sweep, text
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = {
@@ -176,6 +176,9 @@ def test_the_cli_refuses_a_bad_file_in_one_line_without_traceback(tmp_path, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"{tmp_path / 'body.csv'}: no column 'text'" in err
+    assert cli.main(["data", "info", "xlsx:t.xlsx"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown dataset scheme 'xlsx' in 'xlsx:t.xlsx'" in err
 
 
 # --------------------------------------------------------------------------- every entry point
@@ -200,6 +203,9 @@ def test_lab_run_takes_a_csv(tmp_path, monkeypatch, capsys):
     assert cli.main(["run", "dataset=csv:t.csv", "seeds=[0]", "--no-progress", *fields]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["config"]["dataset"] == f"csv:{tmp_path / 't.csv'}" and len(printed["metrics"]["accuracy"]) == 1
+    assert cli.main(["data", "info", "csv:t.csv"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["classes"] == list(WORDS) and info["train"] + info["test"] == 36 and "3 unlabeled" in info["source"]
 
 
 def test_lab_sweep_runs_notebook_05_on_a_relative_csv_path(tmp_path, monkeypatch, capsys):
@@ -214,6 +220,20 @@ def test_lab_sweep_runs_notebook_05_on_a_relative_csv_path(tmp_path, monkeypatch
     assert exit_code == 0, capsys.readouterr()
     (row,) = store.ResultsStore(project / "runs" / "results.db", create=False).rows("own")
     assert row.status == "done" and row.parameters["dataset"] == f"csv:{project / 'data' / 't.csv'}"
+
+
+def test_a_sweep_point_names_the_file_by_its_absolute_path_from_any_folder(tmp_path, monkeypatch):
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    absolute = write_csv(tmp_path / "project" / "data" / "t.csv", ticket_rows())
+    notebook = ROOT / "notebooks" / "05_experiment.ipynb"
+    ids = []
+    for folder, name in ((tmp_path / "project", "csv:data/t.csv"), (tmp_path, "csv:project/data/t.csv")):
+        monkeypatch.chdir(folder)
+        grid = {"dataset": [name], "model": ["bag"], "labels_per_class": [2]}
+        (point,) = sweep.expand_grid(notebook, grid, validate=experiment.validate_parameters)
+        assert point.parameters["dataset"] == f"csv:{absolute}"
+        ids.append(point.point_id)
+    assert ids[0] == ids[1]
 
 
 def test_the_language_benchmark_takes_a_csv_with_word_and_character_peers(tmp_path):
