@@ -586,13 +586,15 @@ class Source:
 
     ``loader()`` gives the function ``(path, **options) -> Dataset`` (imported when asked for: the image
     loader needs Pillow); its options after ``path`` are the ``dataset_kwargs`` a run may give.
-    ``texts``, for text files, reads the texts without tokenizing them (:class:`lab.text.Texts`), which
-    is all that validation and the TF-IDF peers need.
+    ``classes(path, options)`` gives the class names and the training examples of each without
+    decoding or tokenizing anything, for validation. ``texts``, for text files, reads the texts
+    without tokenizing them (:class:`lab.text.Texts`), for validation and the TF-IDF peers.
     """
 
     loader: Callable[[], Callable[..., Dataset]]
     modality: str
     what: str  # what PATH names, for messages
+    classes: Callable[[Path, dict[str, Any]], tuple[tuple[str, ...], list[int]]]
     texts: Callable[..., text.Texts] | None = None
 
 
@@ -602,19 +604,33 @@ def _image_folder_loader() -> Callable[..., Dataset]:
     return image_folder.load
 
 
+def _image_folder_classes(path: Path, options: dict[str, Any]) -> tuple[tuple[str, ...], list[int]]:
+    from lab import image_folder
+
+    contents = image_folder.describe(path)  # the folder's listing: no image is decoded
+    return contents.class_names, [contents.train_counts[name] for name in contents.class_names]
+
+
 def _text_file_source(file_format: str, title: str) -> Source:
+    read = functools.partial(text.load_file_texts, file_format=file_format)
+
+    def classes(path: Path, options: dict[str, Any]) -> tuple[tuple[str, ...], list[int]]:
+        found = read(path, **_taken_by(read, options))
+        return found.class_names, np.bincount(found.y_train, minlength=len(found.class_names)).tolist()
+
     return Source(
         loader=lambda: functools.partial(text.load_file, file_format=file_format),
         modality="text",
         what=f"a {title} file of texts",
-        texts=functools.partial(text.load_file_texts, file_format=file_format),
+        classes=classes,
+        texts=read,
     )
 
 
 SOURCES: dict[str, Source] = {
     "csv": _text_file_source("csv", "CSV"),
     "jsonl": _text_file_source("jsonl", "JSON Lines"),
-    "images": Source(_image_folder_loader, "image", "a folder of class folders of images"),
+    "images": Source(_image_folder_loader, "image", "a folder of class folders of images", _image_folder_classes),
 }
 SCHEME_SEPARATOR = ":"
 
@@ -709,15 +725,10 @@ def check_labels(
 
 
 def _own_summary(name: str, options: dict[str, Any]) -> tuple[tuple[str, ...], list[int]]:
-    """Class names and training examples per class of your own data: from its texts, or by loading it."""
+    """Class names and training examples per class of your own data, read from it without loading it whole."""
     check_name(name)
     source, path = _own(name)
-    if source.texts is not None:
-        keywords = _keywords(source.texts)
-        found = source.texts(path, **{key: value for key, value in options.items() if key in keywords})
-        return found.class_names, np.bincount(found.y_train, minlength=len(found.class_names)).tolist()
-    loaded = source.loader()(path, **options)
-    return loaded.class_names, np.bincount(loaded.y_train, minlength=loaded.num_classes).tolist()
+    return source.classes(path, options)
 
 
 def texts(name: str, options: Mapping[str, Any] | None = None) -> text.Texts:
@@ -729,11 +740,16 @@ def texts(name: str, options: Mapping[str, Any] | None = None) -> text.Texts:
     source, path = own
     if source.texts is None:
         raise ValueError(f"{name} names {source.what}, not texts; text data: {', '.join(_text_schemes())}")
-    return source.texts(path, **{k: v for k, v in (options or {}).items() if k in _keywords(source.texts)})
+    return source.texts(path, **_taken_by(source.texts, options or {}))
 
 
 def _text_schemes() -> list[str]:
     return [f"{scheme}{SCHEME_SEPARATOR}PATH" for scheme, source in SOURCES.items() if source.texts is not None]
+
+
+def _taken_by(function: Callable[..., Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """Those of a dataset's ``options`` that ``function`` takes (reading texts needs no tokenizer's options)."""
+    return {key: value for key, value in options.items() if key in _keywords(function)}
 
 
 def _keywords(function: Callable[..., Any]) -> tuple[str, ...]:
