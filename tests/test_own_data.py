@@ -208,18 +208,23 @@ def test_lab_run_takes_a_csv(tmp_path, monkeypatch, capsys):
     assert info["classes"] == list(WORDS) and info["train"] + info["test"] == 36 and "3 unlabeled" in info["source"]
 
 
-def test_lab_sweep_runs_notebook_05_on_a_relative_csv_path(tmp_path, monkeypatch, capsys):
+def test_lab_sweep_runs_notebook_05_on_a_relative_csv_path_with_its_columns(tmp_path, monkeypatch, capsys):
     project = tmp_path / "project"
     (project / "data").mkdir(parents=True)
-    write_csv(project / "data" / "t.csv", ticket_rows())
-    monkeypatch.chdir(project)  # the kernels run in the notebook's folder: the relative path must reach them
+    rows = [{"body": row["text"], "category": row["label"]} for row in ticket_rows()]
+    write_csv(project / "data" / "t.csv", rows, ("body", "category"))
+    monkeypatch.chdir(project)  # the kernels may run elsewhere (Dask workers): the path must be absolute
     notebook = ROOT / "notebooks" / "05_experiment.ipynb"
-    parameters = {**RUN, "setup": "supervised", "seeds": "[0]", "save_figures": "false"}
+    parameters = {
+        **RUN, "setup": "supervised", "seeds": "[0]", "save_figures": "false",
+        "dataset_kwargs": "{text_column: body, label_column: category}",
+    }  # fmt: skip
     options = [word for key, value in parameters.items() for word in ("-p", key, str(value))]
     exit_code = cli.main(["sweep", str(notebook), "-p", "dataset", "csv:data/t.csv", *options, "--name", "own"])
     assert exit_code == 0, capsys.readouterr()
     (row,) = store.ResultsStore(project / "runs" / "results.db", create=False).rows("own")
     assert row.status == "done" and row.parameters["dataset"] == f"csv:{project / 'data' / 't.csv'}"
+    assert row.payload["dataset"] == row.parameters["dataset"] and len(row.payload["metrics"]["accuracy"]) == 1
 
 
 def test_a_sweep_point_names_the_file_by_its_absolute_path_from_any_folder(tmp_path, monkeypatch):
