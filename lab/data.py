@@ -19,7 +19,10 @@ Nothing here touches a device; the training code decides what to put where.
 :data:`DATASET_ENTRIES` names them all, above their loaders: the loaders of other modules
 build on :mod:`lab.dataset` (:class:`Dataset`, :class:`DataNotFoundError`, re-exported here),
 never on this module. ``DATASETS``, ``CLASS_NAMES`` and ``DATA_DIR_DATASETS`` are read from the
-registry each time (see :func:`__getattr__`). The label-efficient splits
+registry each time (see :func:`__getattr__`). :data:`SOURCES` names the kinds of data of your own
+(``csv:PATH``, ``jsonl:PATH``, ``images:PATH``): :func:`load`, :func:`check_name`, :func:`modality_of`
+and :func:`class_names` take those names as they take the registry's, so every entry point (``lab run``,
+sweeps, notebooks, ``experiment.run``) does, and none branches on which it is. The label-efficient splits
 (:func:`labeled_split`, :func:`validation_split`) live here too.
 """
 
@@ -651,10 +654,7 @@ def _own(name: str) -> tuple[Source, Path] | None:
 
 
 def _choices() -> str:
-    return (
-        f"choose one of: {', '.join(DATASET_ENTRIES)}, or your own data: "
-        f"{', '.join(_schemes())}"
-    )
+    return f"choose one of: {', '.join(DATASET_ENTRIES)}, or your own data: {', '.join(_schemes())}"
 
 
 def _schemes() -> list[str]:

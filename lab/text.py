@@ -1,4 +1,4 @@
-"""Text: fortune-cookie datasets and a subword tokenizer (a thin layer over Hugging Face ``tokenizers``).
+"""Text: fortune-cookie datasets, your own texts from a file, and a subword tokenizer (a thin layer over Hugging Face ``tokenizers``).
 
 **The files.** Debian's fortune packages install files of fortunes separated by lines
 holding ``%``. A fortune is read as UTF-8 (undecodable bytes become U+FFFD) with the
@@ -23,6 +23,10 @@ least 4 distinct fortunes, so that both splits hold it, and a file without any i
     language is subsampled (seed 0) to the size of the smallest. The pretraining corpus is
     every distinct fortune of those files except the test texts: the training texts and the
     fortunes the subsampling left out.
+
+**Your own texts** (:func:`load_file_texts`, :func:`load_file`; ``csv:PATH`` and ``jsonl:PATH`` in
+:data:`lab.data.SOURCES`): a CSV or JSON Lines file of a text and a label per row, split, de-duplicated
+(:func:`same_text_key`, as above) and tokenized the same way; rows without a label join the corpus.
 
 **Where the files are looked for**: in ``data_dir`` if given (only there), else the first
 of ``$LAB_DATA/fortunes``, ``/usr/share/games/fortunes`` (Debian's packages) and

@@ -196,6 +196,13 @@ def test_experiment_run_trains_two_seeds_on_a_csv_and_a_jsonl(tmp_path, monkeypa
         assert len(result.metrics["accuracy"]) == 2 and all(0 <= a <= 1 for a in result.metrics["accuracy"])
 
 
+def test_a_transfer_run_pretrains_on_the_file_and_adapts(tmp_path):
+    name = f"csv:{write_csv(tmp_path / 't.csv', ticket_rows())}"
+    config = {**RUN, "dataset": name, "setup": "transfer", "pretrain": "mlm", "pretrain_kwargs": {"steps": 5}}
+    result = experiment.run(config, progress=False)
+    assert result.wall_time_s["pretrain"] > 0 and len(result.metrics["accuracy"]) == 1
+
+
 def test_lab_run_takes_a_csv(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     write_csv(tmp_path / "t.csv", ticket_rows())
