@@ -1,4 +1,5 @@
-"""Text: fortune-cookie datasets, your own texts from a file, and a subword tokenizer (a thin layer over Hugging Face ``tokenizers``).
+"""Text: fortune-cookie datasets, your own texts from a file, and a subword tokenizer (a thin layer over
+Hugging Face ``tokenizers``).
 
 **The files.** Debian's fortune packages install files of fortunes separated by lines
 holding ``%``. A fortune is read as UTF-8 (undecodable bytes become U+FFFD) with the

@@ -1,4 +1,4 @@
-"""Your own texts (issue 22, text half): CSV and JSON Lines files named ``csv:PATH`` / ``jsonl:PATH``, read,
+"""Your own texts: CSV and JSON Lines files named ``csv:PATH`` / ``jsonl:PATH``, read,
 split and de-duplicated as the fortune datasets are, validated in one line naming the file, and run from
 ``experiment.run``, ``lab run``, ``lab sweep`` over notebooks/05 and benchmarks/language.py."""
 
