@@ -3,13 +3,16 @@
     python benchmarks/language.py [--dataset fortunes_topics] [--budgets 5 10 25 50] [--seeds 0 1 2]
         [--runs bag mlm_finetune ...] [--steps 500] [--pretrain-steps 2000] [--peers ...] [--features word char]
 
+``--dataset`` takes any text dataset ``lab run`` takes: ``fortunes_topics``, ``fortunes_language``, or a
+file of your own (``csv:tickets.csv``, ``jsonl:tickets.jsonl``, with the default columns ``text`` and ``label``).
+
 For every label budget k and seed s the labeled set is ``data.labeled_split(y_train, k, s)``,
-the draw ``lab.experiment.run`` makes, applied to the raw texts of ``lab.text.load_texts``
+the draw ``lab.experiment.run`` makes, applied to the raw texts of ``lab.data.texts``
 (in the order of the token arrays; checked below); the rest of the training split is the
 unlabeled pool, and the test set is the dataset's. Peers (scikit-learn), side by side on
 those sets: ``TfidfVectorizer`` features (word 1-2-grams with sublinear tf; with
-``--features char``, character 1-4-grams within word boundaries, the default for
-``fortunes_language``) fitted on the training texts (no labels are used), then
+``--features char``, character 1-4-grams within word boundaries; both are the default for
+``fortunes_language`` and your own files) fitted on the training texts (no labels are used), then
 
 * ``LogReg``: ``LogisticRegression`` on the labeled texts;
 * ``LabelSpreading``: ``LabelSpreading(kernel="knn", n_neighbors=7)`` over all training texts;
@@ -71,8 +74,20 @@ RUNS = {
 
 PEERS = ("LogReg", "LabelSpreading", "SelfTraining")
 FEATURES = ("word", "char")
+# By dataset; other text datasets (your own files) get the last entry's.
 DEFAULT_FEATURES = {"fortunes_topics": ["word"], "fortunes_language": ["word", "char"]}
 DEFAULT_BUDGETS = {"fortunes_topics": [5, 10, 25, 50], "fortunes_language": [1, 2, 4]}
+
+
+def text_dataset(name: str) -> str:
+    """An argparse type: ``name`` if it names text data that ``lab run`` accepts."""
+    try:
+        if data.modality_of(data.check_name(name)) != "text":
+            allowed = ", ".join([*text.TEXT_DATASETS, "csv:PATH", "jsonl:PATH"])
+            raise ValueError(f"{name} is not text; give a text dataset: {allowed}")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return name
 
 
 def vectorizer(kind: str):
@@ -88,7 +103,7 @@ def check_alignment(texts: text.Texts, dataset: data.Dataset) -> None:
     if len(texts.train) != len(dataset.x_train) or not np.array_equal(texts.y_train, dataset.y_train):
         raise AssertionError("load_texts and data.load disagree on the training split")
     sample = np.linspace(0, len(texts.train) - 1, 64).astype(int)
-    encoder = text.tokenizer(dataset.name)
+    encoder = text.train_tokenizer(texts.corpus)  # data.load's, with its default vocabulary size and length
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # truncation, already reported by data.load
         encoded = encoder.encode([texts.train[i] for i in sample])
@@ -126,7 +141,7 @@ def peer_accuracies(features, y_train, y_test, k: int | None, seed: int, peers=P
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="fortunes_topics", choices=text.TEXT_DATASETS)
+    parser.add_argument("--dataset", default="fortunes_topics", type=text_dataset)
     parser.add_argument(
         "--budgets", type=int, nargs="+", help="labels per class (default: 5 10 25 50 for topics, 1 2 4 for languages)"
     )
@@ -157,12 +172,13 @@ def main() -> None:
     )
     parser.add_argument("--pretrain-batch-size", type=int, default=64)
     args = parser.parse_args()
-    budgets = args.budgets or DEFAULT_BUDGETS[args.dataset]
-    features = DEFAULT_FEATURES[args.dataset] if args.features is None else args.features
+    budgets = args.budgets or DEFAULT_BUDGETS.get(args.dataset, DEFAULT_BUDGETS["fortunes_language"])
+    own_features = DEFAULT_FEATURES.get(args.dataset, DEFAULT_FEATURES["fortunes_language"])
+    features = own_features if args.features is None else args.features
     started = time.perf_counter()
 
     dataset = data.load(args.dataset)
-    texts = text.load_texts(args.dataset)
+    texts = data.texts(args.dataset)
     check_alignment(texts, dataset)
     train_texts = list(texts.train)
 

@@ -484,7 +484,7 @@ class ActiveConfig:
             raise ValueError("strategy 'bald' reads the seeds' ensemble: give at least 2 seeds, got 1")
         validate.choice("embeddings", self.embeddings, EMBEDDINGS)
         pretrains = _pretrains(learner)
-        text = data.DATASET_ENTRIES[learner.dataset].modality == "text"
+        text = data.modality_of(learner.dataset) == "text"
         if self.embeddings == "pretrained" and not pretrains:
             raise ValueError(
                 f"embeddings='pretrained' needs a setup with a pretrained backbone (transfer, "

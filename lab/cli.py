@@ -395,13 +395,25 @@ def add_data_command(subparsers) -> None:
 
     parser = subparsers.add_parser("data", help="find, download (opt-in) and describe datasets")
     parser.add_argument("action", choices=("info", "download"))
-    parser.add_argument("dataset", choices=data.DATASETS)
+    parser.add_argument(
+        "dataset", type=dataset_name, help=f"one of {', '.join(data.DATASETS)}, or your own data (csv:PATH, ...)"
+    )
     parser.add_argument(
         "--data-dir",
         default=None,
         help=f"folder with the dataset's files (read by {', '.join(data.DATA_DIR_DATASETS)})",
     )
     parser.set_defaults(handler=run_data)
+
+
+def dataset_name(text: str) -> str:
+    """An argparse type: ``text`` if it names a dataset (:func:`lab.data.check_name`)."""
+    from lab import data
+
+    try:
+        return data.check_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def run_data(args: argparse.Namespace) -> int:

@@ -19,13 +19,17 @@ Nothing here touches a device; the training code decides what to put where.
 :data:`DATASET_ENTRIES` names them all, above their loaders: the loaders of other modules
 build on :mod:`lab.dataset` (:class:`Dataset`, :class:`DataNotFoundError`, re-exported here),
 never on this module. ``DATASETS``, ``CLASS_NAMES`` and ``DATA_DIR_DATASETS`` are read from the
-registry each time (see :func:`__getattr__`). The label-efficient splits
+registry each time (see :func:`__getattr__`). :data:`SOURCES` names the kinds of data of your own
+(``csv:PATH``, ``jsonl:PATH``, ``images:PATH``): :func:`load`, :func:`check_name`, :func:`modality_of`
+and :func:`class_names` take those names as they take the registry's, so every entry point (``lab run``,
+sweeps, notebooks, ``experiment.run``) does, and none branches on which it is. The label-efficient splits
 (:func:`labeled_split`, :func:`validation_split`) live here too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import inspect
@@ -36,9 +40,10 @@ import random
 import struct
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,18 +62,27 @@ __all__ = [
     "Dataset",
     "DatasetEntry",
     "IDXFormatError",
+    "SOURCES",
+    "Source",
+    "absolute_name",
+    "check_labels",
+    "check_name",
+    "class_names",
     "check_data_dir",
     "digits",
     "fashion_mnist",
     "fortunes_language",
     "fortunes_topics",
+    "is_known",
     "labeled_split",
     "load",
     "loader_keywords",
     "mnist",
     "mnist1d",
+    "modality_of",
     "read_idx",
     "resize_images",
+    "texts",
     "validation_split",
     "write_idx",
 ]
@@ -569,6 +583,181 @@ DATASET_ENTRIES: dict[str, DatasetEntry] = {
 }
 
 
+@dataclass(frozen=True)
+class Source:
+    """A kind of data of your own, named ``SCHEME:PATH`` (``csv:tickets.csv``): how to load it and what it holds.
+
+    ``loader()`` gives the function ``(path, **options) -> Dataset`` (imported when asked for: the image
+    loader needs Pillow); its options after ``path`` are the ``dataset_kwargs`` a run may give.
+    ``classes(path, options)`` gives the class names and the training examples of each without
+    decoding or tokenizing anything, for validation. ``texts``, for text files, reads the texts
+    without tokenizing them (:class:`lab.text.Texts`), for validation and the TF-IDF peers.
+    """
+
+    loader: Callable[[], Callable[..., Dataset]]
+    modality: str
+    what: str  # what PATH names, for messages
+    classes: Callable[[Path, dict[str, Any]], tuple[tuple[str, ...], list[int]]]
+    texts: Callable[..., text.Texts] | None = None
+
+
+def _image_folder_loader() -> Callable[..., Dataset]:
+    from lab import image_folder  # Pillow, only for images
+
+    return image_folder.load
+
+
+def _image_folder_classes(path: Path, options: dict[str, Any]) -> tuple[tuple[str, ...], list[int]]:
+    from lab import image_folder
+
+    contents = image_folder.describe(path)  # the folder's listing: no image is decoded
+    return contents.class_names, [contents.train_counts[name] for name in contents.class_names]
+
+
+def _text_file_source(file_format: str, title: str) -> Source:
+    read = functools.partial(text.load_file_texts, file_format=file_format)
+
+    def classes(path: Path, options: dict[str, Any]) -> tuple[tuple[str, ...], list[int]]:
+        found = read(path, **_taken_by(read, options))
+        return found.class_names, np.bincount(found.y_train, minlength=len(found.class_names)).tolist()
+
+    return Source(
+        loader=lambda: functools.partial(text.load_file, file_format=file_format),
+        modality="text",
+        what=f"a {title} file of texts",
+        classes=classes,
+        texts=read,
+    )
+
+
+SOURCES: dict[str, Source] = {
+    "csv": _text_file_source("csv", "CSV"),
+    "jsonl": _text_file_source("jsonl", "JSON Lines"),
+    "images": Source(_image_folder_loader, "image", "a folder of class folders of images", _image_folder_classes),
+}
+SCHEME_SEPARATOR = ":"
+
+
+def _own(name: str) -> tuple[Source, Path] | None:
+    """The source and path that ``name`` names, or None for a dataset of :data:`DATASET_ENTRIES`."""
+    if not isinstance(name, str):
+        raise ValueError(f"a dataset name is a string, got {name!r}")
+    if name in DATASET_ENTRIES or SCHEME_SEPARATOR not in name:
+        validate.choice("dataset", name, tuple(DATASET_ENTRIES), wording=_choices())
+        return None
+    scheme, _, path = name.partition(SCHEME_SEPARATOR)
+    if scheme not in SOURCES:
+        raise ValueError(f"unknown dataset scheme {scheme!r} in {name!r}; choose one of: {', '.join(_schemes())}")
+    if not path:
+        raise ValueError(f"dataset {name!r} names no path; {scheme}:PATH names {SOURCES[scheme].what}")
+    return SOURCES[scheme], Path(path).expanduser()
+
+
+def _choices() -> str:
+    return f"choose one of: {', '.join(DATASET_ENTRIES)}, or your own data: {', '.join(_schemes())}"
+
+
+def _schemes() -> list[str]:
+    return [f"{scheme}{SCHEME_SEPARATOR}PATH" for scheme in SOURCES]
+
+
+def check_name(name: str) -> str:
+    """``name`` if it names a dataset: a key of :data:`DATASET_ENTRIES`, or ``SCHEME:PATH`` of
+    :data:`SOURCES` whose path exists; else one ``ValueError`` line listing what is allowed."""
+    own = _own(name)
+    if own is not None and not own[1].exists():
+        source, path = own
+        scheme = name.partition(SCHEME_SEPARATOR)[0]
+        raise ValueError(f"{path}: no such file or folder; {scheme}{SCHEME_SEPARATOR}PATH names {source.what}")
+    return name
+
+
+def absolute_name(name: str) -> str:
+    """``name`` with its path made absolute (``csv:data/t.csv`` -> ``csv:/home/me/data/t.csv``), so that
+    it names the same file from another working directory (a sweep's kernels); other names as they are."""
+    own = _own(name)
+    if own is None:
+        return name
+    return f"{name.partition(SCHEME_SEPARATOR)[0]}{SCHEME_SEPARATOR}{own[1].absolute()}"
+
+
+def is_known(name: object) -> bool:
+    """Whether ``name`` is a dataset name (a registered one, or one of your own of a known scheme)."""
+    try:
+        _own(name)
+    except ValueError:
+        return False
+    return True
+
+
+def modality_of(name: str) -> str:
+    """The modality (a key of :data:`lab.modality.MODALITIES`) of dataset ``name``, without loading it."""
+    own = _own(name)
+    return DATASET_ENTRIES[name].modality if own is None else own[0].modality
+
+
+def class_names(name: str, options: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """The class names of dataset ``name``; your own data's are read from it (with its ``options``)."""
+    own = _own(name)
+    if own is None:
+        return DATASET_ENTRIES[name].class_names
+    return _own_summary(name, dict(options or {}))[0]
+
+
+def check_labels(
+    name: str, options: Mapping[str, Any] | None, per_class: int, classes: Sequence[int] | None = None
+) -> None:
+    """Refuse, before anything trains, your own data whose training split has fewer than ``per_class``
+    examples of a class (of ``classes``, when a run keeps only those); one line naming the file.
+    A registered dataset is checked when it is loaded (:meth:`Dataset.check_classes`)."""
+    if _own(name) is None:
+        return
+    names, counts = _own_summary(name, dict(options or {}))
+    kept = range(len(names)) if classes is None else [c for c in classes if 0 <= c < len(names)]
+    short = [c for c in kept if counts[c] < per_class]
+    if short:
+        smallest = min(short, key=lambda c: counts[c])
+        raise ValueError(
+            f"{name}: class {names[smallest]!r} has {counts[smallest]} training examples, fewer than "
+            f"labels_per_class={per_class}; choose labels_per_class <= {min(counts[c] for c in kept)} "
+            "or add labeled examples to the file"
+        )
+
+
+def _own_summary(name: str, options: dict[str, Any]) -> tuple[tuple[str, ...], list[int]]:
+    """Class names and training examples per class of your own data, read from it without loading it whole."""
+    check_name(name)
+    source, path = _own(name)
+    return source.classes(path, options)
+
+
+def texts(name: str, options: Mapping[str, Any] | None = None) -> text.Texts:
+    """The raw texts of text dataset ``name`` (a fortune dataset, or a text file of your own), in the order
+    of the token arrays :func:`load` gives (e.g. for TF-IDF peers on the same labeled sets)."""
+    own = _own(name)
+    if own is None:
+        return text.load_texts(name, **dict(options or {}))
+    source, path = own
+    if source.texts is None:
+        raise ValueError(f"{name} names {source.what}, not texts; text data: {', '.join(_text_schemes())}")
+    return source.texts(path, **_taken_by(source.texts, options or {}))
+
+
+def _text_schemes() -> list[str]:
+    return [f"{scheme}{SCHEME_SEPARATOR}PATH" for scheme, source in SOURCES.items() if source.texts is not None]
+
+
+def _taken_by(function: Callable[..., Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """Those of a dataset's ``options`` that ``function`` takes (reading texts needs no tokenizer's options)."""
+    return {key: value for key, value in options.items() if key in _keywords(function)}
+
+
+def _keywords(function: Callable[..., Any]) -> tuple[str, ...]:
+    """The options of a source's function: its parameters after the path, less those bound by a partial."""
+    bound = getattr(function, "keywords", {})
+    return tuple(key for key in list(inspect.signature(function).parameters)[1:] if key not in bound)
+
+
 def _reading_files() -> tuple[str, ...]:
     return tuple(name for name, entry in DATASET_ENTRIES.items() if entry.reads_files)
 
@@ -602,13 +791,21 @@ def check_data_dir(data_dir: PathLike | None, *names: str) -> None:
 
 
 def loader_keywords(name: str) -> tuple[str, ...]:
-    """The keyword arguments that dataset ``name``'s loader takes (e.g. ``extra`` for ``svhn``)."""
-    validate.choice("dataset", name, tuple(DATASET_ENTRIES))
-    return tuple(inspect.signature(DATASET_ENTRIES[name].load).parameters)
+    """The keyword arguments that dataset ``name``'s loader takes (e.g. ``extra`` for ``svhn``,
+    ``text_column`` for ``csv:PATH``)."""
+    own = _own(name)
+    if own is None:
+        return tuple(inspect.signature(DATASET_ENTRIES[name].load).parameters)
+    return _keywords(own[0].loader())
 
 
 def load(name: str, **kwargs: object) -> Dataset:
-    """Load a dataset by name (a key of :data:`DATASET_ENTRIES`); ``kwargs`` go to its loader."""
-    validate.choice("dataset", name, tuple(DATASET_ENTRIES))
+    """Load a dataset by name: a key of :data:`DATASET_ENTRIES`, or ``SCHEME:PATH`` of :data:`SOURCES`
+    (your own data, e.g. ``csv:tickets.csv``); ``kwargs`` go to its loader."""
+    check_name(name)
     check_data_dir(kwargs.get("data_dir"), name)
-    return DATASET_ENTRIES[name].load(**kwargs)
+    own = _own(name)
+    if own is None:
+        return DATASET_ENTRIES[name].load(**kwargs)
+    source, path = own
+    return source.loader()(path, **kwargs)

@@ -102,6 +102,8 @@ class ExperimentConfig:
         values fail with a message that lists what is allowed. A ``"preset"`` key
         starts from that preset's fields (see :func:`resolve_preset`)."""
         values = resolve_preset(values)
+        if data.is_known(values.get("dataset")):  # a path of your own data names its file from any folder
+            values["dataset"] = data.absolute_name(values["dataset"])
         known = {field.name: field for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
@@ -115,7 +117,7 @@ class ExperimentConfig:
     def validate(self) -> None:
         """Check every value that can be checked without loading data."""
         validate.choice("setup", self.setup, SETUPS)
-        validate.choice("dataset", self.dataset, data.DATASETS)
+        data.check_name(self.dataset)
         validate.choice("model", self.model, sorted(models.MODELS))
         validate.choice("optimizer", self.optimizer, optim.OPTIMIZERS)
         validate.choice("schedule", self.schedule, optim.SCHEDULES)
@@ -143,7 +145,7 @@ class ExperimentConfig:
                 f"download=True fetches only {', '.join(data.DATA_DIR_DATASETS)}; {' and '.join(loaded)} "
                 f"{'is' if len(loaded) == 1 else 'are'} made locally"
             )
-        models.check_takes(self.model, data.DATASET_ENTRIES[self.dataset].modality)
+        models.check_takes(self.model, data.modality_of(self.dataset))
         devices.check(self.platform)
         for settings in ("model_kwargs", "dataset_kwargs"):
             owner, accepted_by = _SETTINGS_OF[settings]
@@ -155,7 +157,7 @@ class ExperimentConfig:
                 )
         if self.classes is not None:
             _distinct("classes", self.classes)
-            num_classes = len(data.DATASET_ENTRIES[self.dataset].class_names)
+            num_classes = len(data.class_names(self.dataset, self.dataset_kwargs))
             if len(self.classes) < 2 or not all(0 <= c < num_classes for c in self.classes):
                 raise ValueError(f"classes must list at least 2 labels of {self.dataset} in 0..{num_classes - 1}, got {list(self.classes)}")
         reads_checkpoint = self.pretrain == transfer.CHECKPOINT and self.setup in _TRANSFER_SETUPS
@@ -164,6 +166,8 @@ class ExperimentConfig:
                 f"checkpoint={self.checkpoint!r} is read by setup={' or '.join(_TRANSFER_SETUPS)} with "
                 f"pretrain='{transfer.CHECKPOINT}' (got setup={self.setup!r}, pretrain={self.pretrain!r})"
             )
+        # Your own data's classes are known once its file is read: refuse a class too small for the label budget now.
+        data.check_labels(self.dataset, self.dataset_kwargs, self.labels_per_class, self.classes)
         SETUPS[self.setup].check(self)
 
     @property
@@ -249,7 +253,7 @@ def _dataset_settings(name: str) -> Collection[str]:
     # data_dir and download are fields of their own: they also reach the datasets a setup loads besides;
     # a text dataset's tokenizer is a checkpoint's, set by the checkpoint field.
     own_fields = ("data_dir", "download", "tokenizer")
-    return [key for key in data.loader_keywords(name) if key not in own_fields] if name in data.DATASETS else ()
+    return [key for key in data.loader_keywords(name) if key not in own_fields] if data.is_known(name) else ()
 
 
 # Settings fields, the field naming what they configure, and the settings that thing accepts.
@@ -1104,7 +1108,7 @@ def _pretrain_config(config: ExperimentConfig) -> transfer.PretrainConfig:
                 "pretrain='classes' pretrains on the classes outside the target task: set classes "
                 "(e.g. classes=[5, 6, 7, 8, 9]) or pretrain_kwargs={'source_classes': [...]}"
             )
-        num_classes = len(data.DATASET_ENTRIES[config.dataset].class_names)
+        num_classes = len(data.class_names(config.dataset, config.dataset_kwargs))
         kwargs["source_classes"] = tuple(c for c in range(num_classes) if c not in config.classes)
     return transfer.PretrainConfig(
         source=config.pretrain, dataset=config.dataset, model=config.model, model_kwargs=dict(config.model_kwargs), **kwargs

@@ -86,6 +86,9 @@ from lab.validate import coerce, from_text, integer, yaml_loader
 SEED_AXIS = "seed"
 SEEDS_PARAMETER = "seeds"
 OUTPUT_DIR_PARAMETER = "output_dir"
+# A parameter naming a dataset: its own data's relative path (csv:PATH) is made absolute before the
+# kernels start, since they run in the notebook's folder, not this one.
+DATASET_PARAMETER = "dataset"
 EXECUTORS = ("local", "dask")
 STORE_FILENAME = "results.db"
 # A kernel that does not start (jupyter_client's kernel_info handshake times out or the
@@ -358,6 +361,8 @@ def expand_grid(
     points = []
     for combination in itertools.product(*axes.values()):
         point = {**fixed, **dict(zip(axes, combination, strict=True))}
+        if DATASET_PARAMETER in point:
+            point[DATASET_PARAMETER] = _absolute_dataset(point[DATASET_PARAMETER])
         if seeds is not None:
             point[SEEDS_PARAMETER] = seeds
         points.append(SweepPoint(point_id(point), point))
@@ -369,6 +374,13 @@ def expand_grid(
             except ValueError as error:
                 raise GridError(f"point {json.dumps(point.parameters, sort_keys=True)} is invalid: {error}") from error
     return points
+
+
+def _absolute_dataset(name: Any) -> Any:
+    """A dataset name whose path names the same file from any folder (other values: the validator's to refuse)."""
+    from lab import data  # tokenizers and scikit-learn: imported only for a sweep with a dataset parameter
+
+    return data.absolute_name(name) if data.is_known(name) else name
 
 
 def _convert(parameter: NotebookParameter, value: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Text: fortune-cookie datasets and a subword tokenizer (a thin layer over Hugging Face ``tokenizers``).
+"""Text: fortune-cookie datasets, your own texts from a file, and a subword tokenizer (a thin layer over
+Hugging Face ``tokenizers``).
 
 **The files.** Debian's fortune packages install files of fortunes separated by lines
 holding ``%``. A fortune is read as UTF-8 (undecodable bytes become U+FFFD) with the
@@ -24,6 +25,10 @@ least 4 distinct fortunes, so that both splits hold it, and a file without any i
     every distinct fortune of those files except the test texts: the training texts and the
     fortunes the subsampling left out.
 
+**Your own texts** (:func:`load_file_texts`, :func:`load_file`; ``csv:PATH`` and ``jsonl:PATH`` in
+:data:`lab.data.SOURCES`): a CSV or JSON Lines file of a text and a label per row, split, de-duplicated
+(:func:`same_text_key`, as above) and tokenized the same way; rows without a label join the corpus.
+
 **Where the files are looked for**: in ``data_dir`` if given (only there), else the first
 of ``$LAB_DATA/fortunes``, ``/usr/share/games/fortunes`` (Debian's packages) and
 ``cache_dir()/fortunes`` that holds them. ``download=True`` fetches fortune-mod's source
@@ -45,7 +50,9 @@ the corpus' content digest (:func:`lab.cache.content_digest`), the vocabulary si
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import logging
@@ -78,6 +85,7 @@ __all__ = [
     "SPECIAL_TOKENS",
     "SYSTEM_DIR",
     "TEXT_DATASETS",
+    "TEXT_FILE_FORMATS",
     "UNKNOWN_POLICIES",
     "UNK_ID",
     "Texts",
@@ -87,7 +95,10 @@ __all__ = [
     "fill_masks",
     "load_dataset",
     "load_texts",
+    "load_file",
+    "load_file_texts",
     "parse_fortunes",
+    "same_text_key",
     "tokenizer",
     "train_tokenizer",
 ]
@@ -156,8 +167,10 @@ def _read(path: Path) -> list[str]:
     return parse_fortunes(path.read_bytes().decode("utf-8", errors="replace"))
 
 
-def _same_text_key(text: str) -> str:
-    """Texts with equal keys are the same text: their lower-cased words agree (pictures: their characters)."""
+def same_text_key(text: str) -> str:
+    """Texts with equal keys are the same text: their lower-cased words agree (pictures: their characters).
+
+    The one rule of de-duplication, for the fortune datasets and text files alike (:func:`load_file_texts`)."""
     return " ".join(re.findall(r"\w+", text.lower())) or text
 
 
@@ -240,7 +253,7 @@ def load_texts(name: str, *, data_dir: str | os.PathLike[str] | None = None, dow
                 f"{_class_source(name, directory, class_name)} holds no fortune (it is empty or has only '%' lines); "
                 f"class {class_name!r} of {name} needs at least {_MIN_PER_CLASS} fortunes"
             )
-    key = {text: _same_text_key(text) for text in everything}.__getitem__  # every class text is in everything
+    key = {text: same_text_key(text) for text in everything}.__getitem__  # every class text is in everything
     texts, labels, counts = _distinct_texts(by_class, key)
     for class_name in classes:
         if counts[f"class:{class_name}"] < _MIN_PER_CLASS:
@@ -333,6 +346,226 @@ def _describe(name: str, directory: Path, counts: dict[str, int]) -> str:
         f"{counts['train']} train / {counts['test']} test; pretraining corpus {counts['corpus']} texts "
         "(every distinct fortune read except the test texts)"
     )
+
+
+# --------------------------------------------------------------------------- your own texts: CSV and JSON Lines
+
+TEXT_FILE_FORMATS = ("csv", "jsonl")
+_SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Row:
+    line: int  # where the row starts in the file, for messages
+    text: str  # whitespace collapsed, as a fortune's
+    label: str  # "" for an unlabeled row
+    split: str  # "" when the file has no split column
+
+
+def load_file_texts(
+    path: str | os.PathLike[str],
+    file_format: str,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    split_column: str = "split",
+) -> Texts:
+    """The texts of a CSV file (a header row naming the columns) or a JSON Lines file (one object per line),
+    split and de-duplicated as the fortune datasets are.
+
+    Each row holds a text (``text_column``) and a label (``label_column``); rows with an empty label
+    are unlabeled and join the pretraining corpus only. The classes are the labels, sorted. Rows
+    without text are skipped. Repeats of a text (:func:`same_text_key`) under one label are kept
+    once; a text found under several labels is dropped, all its copies. A ``split_column`` holding
+    ``train`` or ``test`` for every labeled row decides the split; without that column, a stratified
+    25% test split (``random_state=0``) does, as for the fortunes. The corpus is every distinct text
+    of the file, labeled or not, except the test texts. The counts are in :attr:`Texts.counts` and
+    :attr:`Texts.source` and are logged. Every problem is one ``ValueError`` line naming the file.
+    """
+    validate.choice("text file format", file_format, TEXT_FILE_FORMATS)
+    path = Path(path).expanduser()
+    columns = (text_column, label_column, split_column)
+    for option, column in zip(("text_column", "label_column", "split_column"), columns, strict=True):
+        if not isinstance(column, str) or not column:
+            raise ValueError(f"{option} must be a column name (a non-empty string), got {column!r}")
+    expected = f"{file_format}:PATH names a {file_format.upper()} file of texts"
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        raise DataNotFoundError(f"{path}: no such file; {expected}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder; {expected}") from None
+    return _file_texts(content, str(path), file_format, columns)
+
+
+@functools.lru_cache(maxsize=4)
+def _file_texts(content: bytes, path: str, file_format: str, columns: tuple[str, str, str]) -> Texts:
+    # Keyed by the content itself: a config is validated, then run, and both read the same file.
+    read, has_split = _READERS[file_format](_decoded(content, path), path, *columns)
+    rows = [row for row in read if row.text]
+    empty = len(read) - len(rows)
+    text_column, label_column, split_column = columns
+    labeled = [row for row in rows if row.label]
+    class_names = tuple(sorted({row.label for row in labeled}))
+    if len(class_names) < 2:
+        raise ValueError(
+            f"{path}: the label column {label_column!r} holds {len(class_names)} class"
+            f"{'' if len(class_names) == 1 else 'es'} {list(class_names)}; a classifier needs at least 2"
+        )
+    everything = [row.text for row in rows]
+    key = {text: same_text_key(text) for text in everything}.__getitem__
+    by_class: dict[str, list[str]] = {name: [] for name in class_names}
+    for row in labeled:
+        by_class[row.label].append(row.text)
+    texts, labels, counts = _distinct_texts(by_class, key)
+    counts |= {"rows": len(rows) + empty, "no_text": empty, "unlabeled": len(rows) - len(labeled)}
+    if has_split:
+        train_idx, test_idx = _split_by_column(path, labeled, texts, labels, class_names, key, split_column)
+    else:
+        for name in class_names:
+            if counts[f"class:{name}"] < _MIN_PER_CLASS:
+                raise ValueError(
+                    f"{path}: class {name!r} has {counts[f'class:{name}']} distinct texts; the stratified "
+                    f"{_TEST_SIZE:.0%} test split needs at least {_MIN_PER_CLASS} of every class "
+                    f"(or give a {split_column!r} column of train/test)"
+                )
+        from sklearn.model_selection import train_test_split  # ~2 s to import: only for text datasets
+
+        train_idx, test_idx = train_test_split(
+            np.arange(len(labels)), test_size=_TEST_SIZE, random_state=_SPLIT_SEED, stratify=labels
+        )
+    test = tuple(texts[i] for i in test_idx)
+    test_keys = {key(text) for text in test}
+    corpus = tuple(_first_of_each((text for text in everything if key(text) not in test_keys), key))
+    counts |= {"train": len(train_idx), "test": len(test_idx), "corpus": len(corpus)}
+    split = f"split by column {split_column!r}" if has_split else f"stratified {_TEST_SIZE:.0%} test split"
+    per_class = ", ".join(f"{name} {counts[f'class:{name}']}" for name in class_names)
+    source = (
+        f"{path}: {counts['rows']} rows, {counts['read']} labeled, {counts['unlabeled']} unlabeled, "
+        f"{empty} without text; {counts['repeats_merged']} duplicates dropped, {counts['shared_texts']} texts under "
+        f"several labels dropped ({counts['shared_dropped']} rows); {counts['kept']} kept ({per_class}); "
+        f"{counts['train']} train / {counts['test']} test ({split}); pretraining corpus {counts['corpus']} texts "
+        "(every distinct text except the test texts)"
+    )
+    log.info("%s", source)
+    return Texts(
+        name=f"{file_format}:{path}",
+        train=tuple(texts[i] for i in train_idx),
+        y_train=labels[train_idx],
+        test=test,
+        y_test=labels[test_idx],
+        corpus=corpus,
+        class_names=class_names,
+        source=source,
+        counts=counts,
+    )
+
+
+def _split_by_column(
+    path: str,
+    labeled: list[_Row],
+    texts: list[str],
+    labels: np.ndarray,
+    class_names: tuple[str, ...],
+    key: Callable[[str], str],
+    split_column: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training and test indices of ``texts`` as the split column says (a repeated text: its first row's split)."""
+    split_of: dict[str, str] = {}
+    for row in labeled:
+        if row.split not in _SPLITS:
+            raise ValueError(
+                f"{path}, line {row.line}: {split_column} is {row.split!r}; a labeled row's split is train or test"
+            )
+        split_of.setdefault(key(row.text), row.split)
+    in_test = np.array([split_of[key(text)] == "test" for text in texts], bool)
+    for split, rows in (("train", ~in_test), ("test", in_test)):
+        missing = [name for label, name in enumerate(class_names) if not np.any(labels[rows] == label)]
+        if missing:
+            raise ValueError(
+                f"{path}: the {split} split (column {split_column!r}) has no text of class"
+                f"{'es' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}; every class needs "
+                "a text in both splits"
+            )
+    return np.flatnonzero(~in_test), np.flatnonzero(in_test)
+
+
+def _decoded(content: bytes, path: str) -> str:
+    try:
+        return content.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = content[: error.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text ({error.reason}); save the file as UTF-8") from None
+
+
+def _row(path: str, line: int, text: object, label: object, split: object) -> _Row:
+    """One row, its values checked (its text empty when it has none)."""
+    values = {"text": text, "label": label, "split": split}
+    for what, value in values.items():
+        if value is not None and not isinstance(value, str | int | float):
+            raise ValueError(f"{path}, line {line}: the {what} is a {type(value).__name__}; expected a string")
+    label = "" if label is None else str(label).strip()
+    return _Row(line, " ".join(str(text or "").split()), label, str(split or "").strip().lower())
+
+
+def _read_csv(content: str, path: str, *columns: str) -> tuple[list[_Row], bool]:
+    """The rows of a CSV file and whether it has the split column."""
+    reader = csv.reader(io.StringIO(content, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{path}: the file is empty; a CSV file of texts starts with a header naming its columns")
+        where = _column_indices(path, header, *columns)
+        rows, start = [], reader.line_num + 1
+        for fields in reader:
+            if fields and len(fields) != len(header):
+                raise ValueError(
+                    f"{path}, line {start}: {len(fields)} fields, but the header names {len(header)} columns"
+                )
+            if fields:
+                values = [fields[i] if i is not None else None for i in where]
+                rows.append(_row(path, start, *values))
+            start = reader.line_num + 1
+    except csv.Error as error:
+        raise ValueError(f"{path}, line {reader.line_num}: not well-formed CSV ({error})") from None
+    return rows, where[2] is not None
+
+
+def _column_indices(path: str, header: list[str], text: str, label: str, split: str) -> list[int | None]:
+    for option, column in (("text_column", text), ("label_column", label)):
+        if column not in header:
+            raise ValueError(
+                f"{path}: no column {column!r} (dataset_kwargs {option}); its columns are: {', '.join(header)}"
+            )
+    return [header.index(text), header.index(label), header.index(split) if split in header else None]
+
+
+def _read_jsonl(content: str, path: str, text: str, label: str, split: str) -> tuple[list[_Row], bool]:
+    """The rows of a JSON Lines file and whether any has the split key."""
+    rows, has_label, has_split = [], False, False
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg}, column {error.colno})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, line {number}: a JSON {type(record).__name__}; each line holds one object")
+        if text not in record:
+            raise ValueError(
+                f"{path}, line {number}: no key {text!r} (dataset_kwargs text_column); its keys are: "
+                f"{', '.join(record) or 'none'}"
+            )
+        has_label |= label in record
+        has_split |= split in record
+        rows.append(_row(path, number, record[text], record.get(label), record.get(split)))
+    if not has_label:
+        raise ValueError(f"{path}: no line has the key {label!r} (dataset_kwargs label_column)")
+    return rows, has_split
+
+
+_READERS = {"csv": _read_csv, "jsonl": _read_jsonl}
 
 
 # --------------------------------------------------------------------------- finding and downloading
@@ -587,14 +820,38 @@ def load_dataset(
     e.g. a Hugging Face checkpoint's (:class:`lab.checkpoints.CheckpointTokenizer`); then it makes
     the ids (``vocab_size`` and ``max_length`` are its own) and none is trained.
     """
+    return _tokenized(load_texts(name, data_dir=data_dir, download=download), vocab_size, max_length, tokenizer)
+
+
+def load_file(
+    path: str | os.PathLike[str],
+    file_format: str,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    split_column: str = "split",
+    vocab_size: int = 4000,
+    max_length: int = 64,
+    tokenizer: Tokenizer | None = None,
+) -> Dataset:
+    """Your own texts: a CSV or JSON Lines file (see :func:`load_file_texts`) as token ids, tokenized as
+    :func:`load_dataset` tokenizes the fortunes (a tokenizer trained on the file's corpus, or ``tokenizer``)."""
+    texts = load_file_texts(
+        path, file_format, text_column=text_column, label_column=label_column, split_column=split_column
+    )
+    return _tokenized(texts, vocab_size, max_length, tokenizer)
+
+
+def _tokenized(texts: Texts, vocab_size: int, max_length: int, tokenizer: Tokenizer | None) -> Dataset:
     vocab_size = validate.integer("vocab_size", vocab_size, minimum=len(SPECIAL_TOKENS) + 1)
     max_length = validate.integer("max_length", max_length, minimum=2)
-    texts = load_texts(name, data_dir=data_dir, download=download)
     encoder = tokenizer or train_tokenizer(texts.corpus, vocab_size=vocab_size, max_length=max_length)
-    ids = _cached_ids(name, encoder, [*texts.train, *texts.test, *texts.corpus])
+    # A name fit for a cache file's name: that of a text file's dataset holds its path; keep the file's name.
+    short_name = re.sub(r"[^\w.-]+", "_", Path(texts.name).name)
+    ids = _cached_ids(short_name, encoder, [*texts.train, *texts.test, *texts.corpus])
     x_train, x_test, x_unlabeled = np.split(ids, np.cumsum([len(texts.train), len(texts.test)]))
     return Dataset(
-        name=name,
+        name=texts.name,
         x_train=x_train,
         y_train=texts.y_train,
         x_test=x_test,

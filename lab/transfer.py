@@ -452,8 +452,8 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         validate.choice("pretraining source", self.source, PRETRAIN_SOURCES)
-        if self.dataset in data.DATASET_ENTRIES:  # others are loaded by the caller's load_dataset
-            check_modality(self.source, data.DATASET_ENTRIES[self.dataset].modality)
+        if data.is_known(self.dataset):  # others are loaded by the caller's load_dataset
+            check_modality(self.source, data.modality_of(self.dataset))
         validate.choice("model", self.model, tuple(models.MODELS))
         validate.choice("optimizer", self.optimizer, optim.OPTIMIZERS)
         validate.choice("augmentation", self.augmentation, augment.STRENGTHS)
