@@ -704,7 +704,7 @@ class ActiveExplorer(_BackgroundExplorer):
     cached per (strategy, learner), so a budget change re-draws without training. ``labels`` are
     the pool's true classes. The left panel is the label curve (mean ± std over seeds) with the
     chosen budget marked; the right one, how many labels of each class the strategy had picked by
-    then (mean over seeds): what it covered and what it missed.
+    then (mean over seeds): what it covered, and a red cross where no seed has a label of a class.
 
     Controls: ``"strategy"``, ``"learner"``, ``"budget"``; runs go one at a time in the background,
     as :class:`ExperimentExplorer`'s do.
@@ -781,10 +781,15 @@ class ActiveExplorer(_BackgroundExplorer):
         curve.plot(result["budgets"], mean, marker="o", color="tab:blue")
         curve.fill_between(result["budgets"], mean - std, mean + std, color="tab:blue", alpha=0.2)
         curve.axvline(values["budget"], color="0.5", linestyle=":")
+        curve.set_xticks(result["budgets"])
         curve.set(xlabel="labels (in total)", ylabel="test accuracy (%)", title="label curve (mean ± std over seeds)")
         counts = self.class_counts(values["strategy"], values["learner"], values["budget"])
         classes.clear()
-        classes.bar(range(len(counts)), counts, color=np.where(counts > 0, "tab:green", "tab:red"))
+        classes.bar(range(len(counts)), counts, color="tab:green")
+        missed = np.flatnonzero(counts == 0)
+        classes.plot(missed, np.zeros(len(missed)), "x", color="tab:red", markersize=10, label="no label")
+        if missed.size:
+            classes.legend(fontsize="small")
         classes.set_xticks(range(len(counts)), self.class_names, rotation=45 if len(counts) > 10 else 0, ha="right")
         classes.set(ylabel="labels (mean over seeds)", title="labels picked per class")
         description = self._describe_values(values)

@@ -550,3 +550,12 @@ def test_active_explorer_shows_a_failed_run_in_its_status():
         "run failed for typiclust, supervised, 2 labels: ValueError: no embeddings; "
         "the plot shows random, supervised, 2 labels"
     )
+
+
+def test_active_explorer_marks_the_classes_no_seed_picked():
+    explorer = make_active_explorer(FakeActiveRun())  # random by 2 labels: no seed has a "two"
+    missed = [line for line in explorer.axes["classes"].lines if line.get_label() == "no label"]
+    assert len(missed) == 1 and missed[0].get_xdata().tolist() == [2]
+    explorer.controls["budget"].value = 4
+    assert explorer.wait(timeout=60)
+    assert [line.get_xdata().tolist() for line in explorer.axes["classes"].lines] == [[]]
