@@ -171,7 +171,7 @@ def classes_covered(labels: np.ndarray, selections: Sequence[Sequence[int]]) -> 
 
 def expected_classes_covered(labels: np.ndarray, size: int) -> float:
     """The expected :func:`classes_covered` of ``size`` pool examples drawn uniformly without replacement:
-    the sum over classes of 1 - C(n - n_c, size) / C(n, size), the chance that a draw misses class c."""
+    the sum over classes c of 1 - C(n - n_c, size) / C(n, size), the ratio being the chance that a draw misses c."""
     counts = np.bincount(np.asarray(labels))
     n = int(counts.sum())
     validate.integer("size", size, minimum=0, maximum=n)
