@@ -283,7 +283,12 @@ def cover_radius(embeddings: np.ndarray, centres: Sequence[int]) -> float:
     """The k-center objective: the largest distance from a point of ``embeddings`` to its nearest centre
     (``centres``: row indices), the radius within which the centres cover every point."""
     x = jnp.asarray(embeddings, jnp.float32).reshape(len(embeddings), -1)
-    return float(jnp.max(_nearest_distance(x, x[jnp.asarray(centres)])))
+    return float(_cover_radius(x, jnp.asarray(centres)))
+
+
+@jax.jit  # one compiled program: a brute-force optimum calls it for every subset of centres
+def _cover_radius(x: jax.Array, centres: jax.Array) -> jax.Array:
+    return jnp.max(_nearest_distance(x, x[centres]))
 
 
 @register("badge", needs=("probabilities", "embeddings"))
