@@ -1,7 +1,11 @@
 """Accuracy with few labels: lab's setups vs scikit-learn peers on the same labeled sets.
 
-    python benchmarks/label_efficiency.py [--dataset digits] [--budgets 1 2 4 10] [--seeds 0 1 2 3 4]
-        [--runs supervised fixmatch transfer] [--model mlp] [--steps 2000]
+    python benchmarks/label_efficiency.py [--dataset digits] [--dataset-kwargs '{image_size: 16}']
+        [--budgets 1 2 4 10] [--seeds 0 1 2 3 4] [--runs supervised fixmatch transfer] [--model mlp] [--steps 2000]
+
+``--dataset`` takes any image dataset that ``lab run`` takes (a built-in name, or your own
+images, e.g. ``images:own_data/digits``), loaded by ``data.load`` as the runs load it, with
+``--dataset-kwargs`` passed to its loader and to the runs' ``dataset_kwargs``.
 
 For every label budget k and seed s, the labeled set is ``data.labeled_split(y_train,
 k, s)`` -- the draw ``lab.experiment.run`` makes -- and the rest of the training
@@ -20,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from lab import data, experiment
+from lab import data, experiment, validate
 
 RUNS = {
     "supervised": {"setup": "supervised"},
@@ -64,9 +68,30 @@ def peer_accuracies(dataset: data.Dataset, k: int, seed: int, peers=PEERS) -> di
         return {f"sklearn {name}": float(models[name]().score(x_test, dataset.y_test)) for name in peers}
 
 
+def options(text: str) -> dict:
+    """``--dataset-kwargs``' text read as lab run reads ``dataset_kwargs``: a YAML mapping."""
+    try:
+        return validate.coerce("dataset_kwargs", text, dict)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).splitlines()[0]) from None
+
+
+def load_images(parser: argparse.ArgumentParser, name: str, kwargs: dict) -> data.Dataset:
+    """The image dataset ``name`` as the runs load it; a name or file it cannot load ends the script in one line."""
+    try:
+        dataset = data.load(name, **kwargs)
+    except (ValueError, TypeError, OSError) as error:  # an unknown name, a missing folder, a bad option
+        parser.error(f"--dataset {name}: {str(error).splitlines()[0]}")
+    if dataset.vocab_size is not None:  # token ids: the peers here would compare ids as pixels
+        parser.error(f"--dataset {name} is text; benchmarks/language.py compares text setups and peers")
+    return dataset
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="digits", choices=data.DATASETS)
+    parser.add_argument("--dataset", default="digits", help="an image dataset lab run takes (default: digits)")
+    parser.add_argument("--dataset-kwargs", type=options, default={},
+                        help="options of the dataset's loader, as lab run's dataset_kwargs (e.g. '{image_size: 16}')")
     parser.add_argument("--budgets", type=int, nargs="+", default=[1, 2, 4, 10])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--runs", nargs="+", default=["supervised", "fixmatch", "transfer"], choices=sorted(RUNS))
@@ -78,7 +103,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--pretrain-steps", type=int, default=2000)
     args = parser.parse_args()
-    dataset = data.load(args.dataset)
+    dataset = load_images(parser, args.dataset, args.dataset_kwargs)
 
     table: dict[str, dict[int, list[float]]] = {}
     for k in args.budgets:
@@ -88,8 +113,9 @@ def main() -> None:
         for run in args.runs:
             tic = time.perf_counter()
             config = {
-                "dataset": args.dataset, "model": args.model, "labels_per_class": k, "seeds": args.seeds,
-                "steps": args.steps, "eval_every": args.steps, "learning_rate": args.learning_rate,
+                "dataset": args.dataset, "dataset_kwargs": args.dataset_kwargs, "model": args.model,
+                "labels_per_class": k, "seeds": args.seeds, "steps": args.steps, "eval_every": args.steps,
+                "learning_rate": args.learning_rate,
                 **RUNS[run],
             }
             if RUNS[run]["setup"] == "transfer":

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lab import files, kmeans, validate
+from lab.record import Record
 
 __all__ = [
     "ActiveConfig",
@@ -53,6 +54,7 @@ __all__ = [
     "k_center_greedy",
     "label_curves_markdown",
     "labels_to_reach",
+    "run_labels",
     "margin_scores",
     "plot_label_curves",
     "max_coverage",
@@ -60,6 +62,7 @@ __all__ = [
     "query",
     "run",
     "typicality",
+    "validate_parameters",
 ]
 
 INPUTS = ("probabilities", "embeddings", "labels", "num_classes")
@@ -576,9 +579,52 @@ class ActiveResult:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def record(self) -> Record:
+        """The run's record (:mod:`lab.record`), the schema that notebooks, sweeps, the results store and
+        ``lab report`` share: the learner's dataset, setup and method, the metrics at the last budget, and
+        under ``active`` the settings, the label curve and the selections."""
+        from lab.experiment import ExperimentConfig
+
+        learner = ExperimentConfig.from_dict(self.config["learner"])
+        settings = {key: self.config[key] for key in ("strategy", "cold_start", "embeddings", "initial", "budgets")}
+        return Record.from_dict({
+            "dataset": learner.dataset,
+            "setup": learner.setup,
+            "method": learner.method_label,
+            "labels_per_class": None,
+            "seeds": self.seeds,
+            "metrics": {name: per_budget[-1] for name, per_budget in self.curve.items()},
+            "wall_time_s": self.wall_time_s,
+            "active": {**settings, "learner": learner.to_dict(), "curve": self.curve,
+                       "selections": self.selections},
+        })  # fmt: skip
+
+    @classmethod
+    def from_record(cls, record: Record) -> ActiveResult:
+        """The result an active-learning record holds (seeds merged from several records included)."""
+        if record.active is None:
+            raise ValueError(f"the record of {record.dataset} / {record.method} is no active-learning run's")
+        active = record.active
+        config = {key: active[key] for key in ("learner", "strategy", "cold_start", "budgets", "initial", "embeddings")}
+        return cls(config, list(record.seeds), list(active["budgets"]), active["selections"], active["curve"],
+                   dict(record.wall_time_s or {}))  # fmt: skip
+
     def save(self, path: str) -> Any:
         """Write :meth:`to_dict` as JSON, atomically."""
         return files.write_atomic(path, json.dumps(self.to_dict(), indent=2))
+
+
+def validate_parameters(parameters: typing.Mapping[str, Any]) -> None:
+    """Validate a notebook's (a sweep point's) parameters as an :class:`ActiveConfig` when they name any of its
+    fields (strategy, cold_start, budgets, initial, embeddings); the experiment's fields among them are the
+    learner's, and the others pass."""
+    from lab.experiment import ExperimentConfig
+
+    own = {field.name for field in dataclasses.fields(ActiveConfig)} - {"learner"}
+    if not own & set(parameters):
+        return
+    learner_fields = {field.name for field in dataclasses.fields(ExperimentConfig)}
+    ActiveConfig.from_dict({key: value for key, value in parameters.items() if key in own | learner_fields})
 
 
 def labels_to_reach(budgets: Sequence[int], curve: Sequence[Sequence[float]], target: float) -> int | None:
@@ -620,13 +666,13 @@ def _pretrains(learner) -> bool:
     return SETUPS[learner.setup].pretrain is not SETUPS["supervised"].pretrain
 
 
-def _pretrained_features(learner, dataset) -> np.ndarray:
+def _pretrained_features(learner, dataset, progress: bool) -> np.ndarray:
     """The pool's features under the setup's pretrained backbone (cached by lab.transfer), before adaptation."""
     from lab import train
     from lab.experiment import SETUPS
 
     plan = SETUPS[learner.setup]
-    module = plan.classifier(learner, dataset, plan.pretrain(learner))(0)
+    module = plan.classifier(learner, dataset, plan.pretrain(learner, progress))(0)
     graphs, params, model_state = train.Graphs.split(module)
     params, model_state = jax.tree.map(lambda leaf: leaf[None], (params, model_state))  # one seed
     return _pool_outputs(graphs, params, model_state, dataset.x_train)[1][0]
@@ -660,7 +706,7 @@ def run(config: ActiveConfig | typing.Mapping[str, Any], *, progress: bool = Tru
             if use == "auto":
                 use = "model" if not cold else ("pretrained" if _pretrains(learner) else "inputs")
             if use == "pretrained":
-                pretrained = _pretrained_features(learner, dataset) if pretrained is None else pretrained
+                pretrained = _pretrained_features(learner, dataset, progress) if pretrained is None else pretrained
                 return pretrained
             if use == "inputs":
                 fixed = _flat(dataset.x_train) if fixed is None else fixed
@@ -742,17 +788,36 @@ def _label(result: ActiveResult) -> str:
     return f"{learner}: {config['cold_start']}, then {config['strategy']}"
 
 
+def run_labels(results: Sequence[ActiveResult]) -> list[str]:
+    """Each run's name: its learner and strategies, and where runs share that, the learner fields in which they
+    differ (``steps=20``), else their place (``#2``)."""
+    from lab.experiment import ExperimentConfig
+
+    labels = [_label(result) for result in results]
+    learners = [ExperimentConfig.from_dict(result.config["learner"]).to_dict() for result in results]
+    named = []
+    for index, label in enumerate(labels):
+        twins = [other for other, same in enumerate(labels) if same == label]
+        differing = sorted(
+            key for key in learners[index]
+            if key != "seeds" and len({json.dumps(learners[twin].get(key), sort_keys=True) for twin in twins}) > 1
+        )  # fmt: skip
+        detail = ", ".join(f"{key}={learners[index][key]}" for key in differing) or f"#{twins.index(index) + 1}"
+        named.append(label if len(twins) == 1 else f"{label} ({detail})")
+    return named
+
+
 def label_curves_markdown(results: Sequence[ActiveResult], target: float, metric: str = "accuracy") -> str:
     """One row per run: its mean ± std over seeds (in %) at each budget, and the labels it needed to
     reach ``target`` (a fraction; "not reached" when no budget did)."""
     budgets = sorted({budget for result in results for budget in result.budgets})
     header = f"| run | {' | '.join(str(b) for b in budgets)} | labels to reach {100 * target:g}% |"
     lines = [header, "| --- |" + " ---: |" * (len(budgets) + 1)]
-    for result in results:
+    for result, label in zip(results, run_labels(results), strict=True):
         at = dict(zip(result.budgets, result.curve[metric]))
         cells = [f"{100 * np.mean(at[b]):.1f} ± {100 * np.std(at[b]):.1f}" if b in at else "" for b in budgets]
         needed = result.labels_to_reach(target, metric)
-        lines.append(f"| {_label(result)} | {' | '.join(cells)} | {'not reached' if needed is None else needed} |")
+        lines.append(f"| {label} | {' | '.join(cells)} | {'not reached' if needed is None else needed} |")
     return "\n".join(lines) + "\n"
 
 
@@ -762,10 +827,10 @@ def plot_label_curves(results: Sequence[ActiveResult], metric: str = "accuracy")
 
     figure = Figure(figsize=(6, 4))
     axes = figure.subplots()
-    for result in results:
+    for result, label in zip(results, run_labels(results), strict=True):
         mean = np.array([100 * np.mean(values) for values in result.curve[metric]])
         std = np.array([100 * np.std(values) for values in result.curve[metric]])
-        axes.plot(result.budgets, mean, marker="o", label=_label(result))
+        axes.plot(result.budgets, mean, marker="o", label=label)
         axes.fill_between(result.budgets, mean - std, mean + std, alpha=0.2)
     axes.set_xlabel("labels (in total)")
     axes.set_ylabel(f"test {metric} (%)")

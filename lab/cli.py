@@ -31,6 +31,7 @@ non_negative_int = argument(integer, int, minimum=0)
 positive_float = argument(number, float, minimum=0, exclusive_minimum=True)
 non_negative_float = argument(number, float, minimum=0)
 ema_decay = argument(number, float, minimum=0, maximum=1, exclusive_maximum=True)
+fraction = argument(number, float, minimum=0, maximum=1)
 
 
 def seed(text: str) -> int:
@@ -202,7 +203,7 @@ def read_config_file(path: str) -> dict:
 
 
 def run_experiment(args: argparse.Namespace) -> int:
-    from lab import experiment, files, provenance, store, sweep, tensorboard
+    from lab import experiment, provenance, tensorboard
 
     fields = read_config_file(args.config) if args.config else {}
     fields.update(parse_fields(args.fields))
@@ -213,11 +214,7 @@ def run_experiment(args: argparse.Namespace) -> int:
     if args.output:
         writes = {args.store: "the results store this command writes (--store)"} if args.store else None
         _check_json_output(args, keep=writes)
-    results = None
-    if args.store:
-        sweep.check_name(args.sweep)
-        results = store.ResultsStore(args.store)
-        files.check_free_space(results.path.parent, f"--store {args.store}")
+    results = _open_store(args)
     started_at, clock = provenance.utc_now(), time.monotonic()
     result = experiment.run(fields, progress=not args.no_progress)
     # A write that fails (a disk filled during the run) loses nothing: the result is printed all the same.
@@ -228,31 +225,56 @@ def run_experiment(args: argparse.Namespace) -> int:
         else:
             tensorboard.write_or_say(result.tensorboard_runs(Path(args.output).with_suffix(".tensorboard")))
     if results is not None:
-        point_id = sweep.point_id(result.config)
-        try:
-            results.save(
-                store.RunRow(
-                    sweep=args.sweep,
-                    point_id=point_id,
-                    notebook="lab run",
-                    parameters=result.config,
-                    status="done",
-                    payload=result.record().to_dict(),
-                    started_at=started_at,
-                    ended_at=provenance.utc_now(),
-                    duration_s=time.monotonic() - clock,
-                    versions=result.environment["versions"],
-                    git_commit=result.environment["git_commit"],
-                )
-            )
-        except (store.StoreError, OSError) as error:
-            unsaved.append(f"--store: {error}")
-        else:  # on stderr: stdout is the JSON below, for other programs to read
-            sys.stderr.write(f"saved as point {point_id} of sweep {args.sweep} in {results.path}\n")
+        saved = _save_point(results, args.sweep, "lab run", result.config, result.record(), started_at, clock,
+                            result.environment)  # fmt: skip
+        unsaved += [saved] if saved else []
     summary = {name: {k: round(v, 4) for k, v in stats.items()} for name, stats in result.summary().items()}
     print(json.dumps({"config": result.config, "metrics": result.metrics, "summary": summary,
                       "wall_time_s": result.wall_time_s}, indent=2))
     return _done(unsaved)
+
+
+def _open_store(args: argparse.Namespace) -> store.ResultsStore | None:
+    """``--store``'s results database (created if new), checked before the run: a sweep name, room on its disk."""
+    from lab import files, store, sweep
+
+    if not args.store:
+        return None
+    sweep.check_name(args.sweep)
+    results = store.ResultsStore(args.store)
+    files.check_free_space(results.path.parent, f"--store {args.store}")
+    return results
+
+
+def _save_point(
+    results: store.ResultsStore, sweep_name: str, notebook: str, parameters: dict[str, Any], record,
+    started_at: str, clock: float, environment: dict[str, Any],
+) -> str | None:  # fmt: skip
+    """Save a finished run's ``record`` as a done point of ``sweep_name``; None, or why it was not saved."""
+    from lab import provenance, store, sweep
+
+    point_id = sweep.point_id(parameters)
+    try:
+        results.save(
+            store.RunRow(
+                sweep=sweep_name,
+                point_id=point_id,
+                notebook=notebook,
+                parameters=parameters,
+                status="done",
+                payload=record.to_dict(),
+                started_at=started_at,
+                ended_at=provenance.utc_now(),
+                duration_s=time.monotonic() - clock,
+                versions=environment["versions"],
+                git_commit=environment["git_commit"],
+            )
+        )
+    except (store.StoreError, OSError) as error:
+        return f"--store: {error}"
+    # on stderr: stdout is the result's JSON, for other programs to read
+    sys.stderr.write(f"saved as point {point_id} of sweep {sweep_name} in {results.path}\n")
+    return None
 
 
 def _check_json_output(args: argparse.Namespace, keep: dict[str, str] | None = None) -> None:
@@ -284,6 +306,10 @@ def _done(unsaved: Sequence[str]) -> int:
     return 0
 
 
+# The sweep that `lab active --store` saves runs under, unless told otherwise.
+ACTIVE_SWEEP = "active"
+
+
 def add_active_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "active",
@@ -299,22 +325,31 @@ def add_active_command(subparsers) -> None:
         help="also write the full result as JSON: selections per seed and round, the label curve, wall times",
     )  # fmt: skip
     parser.add_argument(
-        "--force", action="store_true", help="replace an --output file that is not JSON (a results store, say)"
-    )
+        "--store", default=None, metavar="PATH",
+        help="also save the record (settings, label curve, selections) as a done point in this results database",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sweep", default=ACTIVE_SWEEP,
+        help=f"the sweep the point is saved under with --store (default: {ACTIVE_SWEEP})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--force", action="store_true",
+        help="replace an --output file that is not JSON (a results store, say); never the --store of the same run",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--report", nargs="+", default=None, metavar="RESULT",
         help="run nothing: compare the --output files of earlier runs (label curves, labels needed to reach --target)",
     )  # fmt: skip
-    parser.add_argument("--target", type=float, default=0.95, help="accuracy the report's table asks for (a fraction)")
+    parser.add_argument(
+        "--target", type=fraction, default=0.95, help="accuracy the report's table asks for (a fraction, default 0.95)"
+    )
     parser.add_argument("--out", default="figures", help="folder for the report's label_curves.md and .png")
     parser.set_defaults(handler=run_active)
 
 
 def report_active(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from lab import active, files
+    from lab import active, files, report
 
     results = []
     for path in args.report:
@@ -323,19 +358,14 @@ def report_active(args: argparse.Namespace) -> int:
         except (OSError, ValueError, TypeError) as error:
             raise ValueError(f"--report {path} is not the --output of a `lab active` run ({error})") from None
     files.check_output_path(args.out, "--out", folder=True)
-    table = active.label_curves_markdown(results, args.target)
-    figure = active.plot_label_curves(results)
-    out = Path(args.out)
-    files.write_together({  # both files or neither, as lab report writes its set
-        out / "label_curves.md": lambda path: path.write_text(table, encoding="utf-8"),
-        out / "label_curves.png": lambda path: figure.savefig(path, format="png", dpi=150),
-    })  # fmt: skip
+    table, writers = report.label_curve_writers(results, args.target, Path(args.out))
+    files.write_together(writers)  # both files or neither, as lab report writes its set
     print(table, end="")
     return 0
 
 
 def run_active(args: argparse.Namespace) -> int:
-    from lab import active
+    from lab import active, provenance
 
     if args.report:
         return report_active(args)
@@ -343,9 +373,17 @@ def run_active(args: argparse.Namespace) -> int:
     fields.update(parse_fields(args.fields))
     config = active.ActiveConfig.from_dict(fields)  # refused here, before any data is loaded
     if args.output:
-        _check_json_output(args)
+        writes = {args.store: "the results store this command writes (--store)"} if args.store else None
+        _check_json_output(args, keep=writes)
+    results = _open_store(args)
+    started_at, clock = provenance.utc_now(), time.monotonic()
     result = active.run(config, progress=not args.no_progress)
     unsaved = [problem] if args.output and (problem := _unsaved_output(result, args.output)) is not None else []
+    if results is not None:
+        environment = provenance.environment(Path(active.__file__).parent)
+        saved = _save_point(results, args.sweep, "lab active", result.config, result.record(), started_at, clock,
+                            environment)  # fmt: skip
+        unsaved += [saved] if saved else []
     summary = {name: [{k: round(v, 4) for k, v in stats.items()} for stats in per_budget]
                for name, per_budget in result.summary().items()}  # fmt: skip
     print(json.dumps({"budgets": result.budgets, "summary": summary, "wall_time_s": result.wall_time_s}, indent=2))
@@ -521,17 +559,19 @@ def _points_table(rows: list[store.RunRow]) -> pd.DataFrame:
     lines = []
     for row in rows:
         accuracy = (row.payload or {}).get("metrics", {}).get("accuracy")
-        lines.append(
-            {
-                "point_id": row.point_id,
-                "status": row.current_status(),
-                "parameters": json.dumps(row.parameters, sort_keys=True),
-                "accuracy": f"{seed_mean(accuracy):.4f}" if accuracy else "",
-                "duration_s": "" if row.duration_s is None else f"{row.duration_s:.1f}",
-                "error": row.error.splitlines()[0][:80] if row.error else "",
-            }
+        line = {"point_id": row.point_id, "status": row.current_status()}
+        # an active-learning run: its strategies and budgets (its accuracy is the last budget's)
+        if active := (row.payload or {}).get("active"):
+            line.update(strategy=f"{active['cold_start']}, then {active['strategy']}", budgets=str(active["budgets"]))
+        line.update(
+            parameters=json.dumps(row.parameters, sort_keys=True),
+            accuracy=f"{seed_mean(accuracy):.4f}" if accuracy else "",
+            duration_s="" if row.duration_s is None else f"{row.duration_s:.1f}",
+            error=row.error.splitlines()[0][:80] if row.error else "",
         )
-    return pd.DataFrame(lines)
+        lines.append(line)
+    frame = pd.DataFrame(lines)
+    return frame.fillna("") if "strategy" in frame.columns else frame
 
 
 def _point_details(row: store.RunRow) -> str:
@@ -555,9 +595,32 @@ def _point_details(row: store.RunRow) -> str:
                 f"{name + ':':<17}{seed_mean(values):.4f} "
                 f"(per seed {dict(zip(row.payload['seeds'], values, strict=True))})"
             )
+        if row.payload.get("active"):
+            lines += _active_details(row.payload["active"], row.payload["seeds"])
     if row.error:
         lines += [f"error:           {row.error}", "traceback:", row.traceback or ""]
     return "\n".join(lines)
+
+
+def _active_details(active: dict[str, Any], seeds: list[int]) -> list[str]:
+    """An active-learning point's settings, label curve (mean ± std over seeds per budget) and selections."""
+    import numpy as np
+
+    width = max(len(name) for name in ("labels", *active["curve"]))
+    lines = [
+        f"strategy:        {active['cold_start']} (cold start), then {active['strategy']}; "
+        f"embeddings {active['embeddings']}",
+        f"budgets:         {active['budgets']}" + (f" (from {len(active['initial'])} given)" * bool(active["initial"])),
+        f"label curve:     {'labels':>{width}}" + "".join(f"{budget:>16}" for budget in active["budgets"]),
+    ]
+    for name, per_budget in active["curve"].items():
+        cells = "".join(f"{f'{np.mean(v):.4f} ± {np.std(v):.4f}':>16}" for v in per_budget)
+        lines.append(f"{'':17}{name:>{width}}{cells}")
+    lines.append("selections:      (pool indices labeled per round)")
+    for seed, rounds in zip(seeds, active["selections"], strict=True):
+        for budget, picked in zip(active["budgets"], rounds, strict=True):
+            lines.append(f"{'':17}seed {seed}, to {budget} labels: {picked}")
+    return lines
 
 
 def export_runs(args: argparse.Namespace) -> int:
@@ -579,6 +642,11 @@ def add_report_command(subparsers: argparse._SubParsersAction) -> argparse.Argum
     parser.add_argument(
         "--out", default=str(report.DEFAULT_OUT_DIR), help=f"output folder (default: {report.DEFAULT_OUT_DIR})"
     )
+    parser.add_argument(
+        "--target", type=fraction, default=report.DEFAULT_TARGET,
+        help="for active-learning runs: the accuracy whose labels needed the table lists "
+        f"(a fraction, default {report.DEFAULT_TARGET})",
+    )  # fmt: skip
     _add_store_argument(parser)
     parser.set_defaults(handler=write_report)
     return parser
@@ -591,23 +659,34 @@ def write_report(args: argparse.Namespace) -> int:
     frame = store.load(args.sweep, path=args.store)
     if args.sweep is not None and frame.empty:
         raise ValueError(f"no sweep named {args.sweep!r} in {args.store}; `lab runs list` shows the sweeps")
-    for path in report.build_report(frame, args.out):
+    written = report.build_report(frame, args.out, target=args.target)
+    for path in written:
         print(f"wrote {path}")
-    table = report.summary_table(frame)
-    apart = [key for key in report.ORIGIN_KEYS if key in table.columns]
-    if apart:
-        sys.stderr.write(
-            f"note: configurations stored by more than one {' or '.join(apart)} are not pooled: one row per "
-            f"{' and '.join(apart)}" + ("; --sweep NAME reports one sweep\n" if "sweep" in apart else "\n")
-        )
-    print()
-    print(report.summary_markdown(table))
+    if Path(args.out) / "summary.md" in written:
+        table = report.summary_table(frame)
+        apart = [key for key in report.ORIGIN_KEYS if key in table.columns]
+        if apart:
+            sys.stderr.write(
+                f"note: configurations stored by more than one {' or '.join(apart)} are not pooled: one row per "
+                f"{' and '.join(apart)}" + ("; --sweep NAME reports one sweep\n" if "sweep" in apart else "\n")
+            )
+        print()
+        print(report.summary_markdown(table))
+    if Path(args.out) / "label_curves.md" in written:
+        print()
+        print((Path(args.out) / "label_curves.md").read_text(encoding="utf-8"))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from lab import experiment
+def validate_point(parameters: dict[str, Any]) -> None:
+    """A sweep point's check before any run: its experiment fields, and its active-learning fields if it has any."""
+    from lab import active, experiment
 
+    experiment.validate_parameters(parameters)
+    active.validate_parameters(parameters)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="lab",
         description="lab: label-efficient deep learning in JAX. Train, run experiments, sweep notebooks over "
@@ -621,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_command(subparsers)
     add_active_command(subparsers)
     add_data_command(subparsers)
-    add_sweep_command(subparsers, validate=experiment.validate_parameters)
+    add_sweep_command(subparsers, validate=validate_point)
     add_runs_command(subparsers)
     add_report_command(subparsers)
     return parser

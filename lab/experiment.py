@@ -418,7 +418,8 @@ def _pretrained(config: ExperimentConfig, progress: bool) -> transfer.Backbone:
     )
 
 
-# What pretrain_kwargs set for a checkpoint: the length its tokenizer cuts texts to and its pooling.
+# What pretrain_kwargs set for a checkpoint: the length its tokenizer cuts texts to and its pooling
+# (checkpoints.model_of refuses those a checkpoint does not take: a ViT has no max_length).
 _CHECKPOINT_KWARGS = ("max_length", "pooling", "normalize")
 
 
@@ -436,7 +437,7 @@ def _check_checkpoint(config: ExperimentConfig) -> None:
     unknown = sorted(set(config.pretrain_kwargs) - set(_CHECKPOINT_KWARGS))
     if unknown:
         raise ValueError(f"unknown pretrain_kwargs {unknown} for a checkpoint; allowed: {list(_CHECKPOINT_KWARGS)}")
-    model = checkpoints.model_of(config.checkpoint)
+    model = checkpoints.model_of(config.checkpoint, **config.pretrain_kwargs)
     if config.model != model:
         raise ValueError(
             f"checkpoint {config.checkpoint!r} is a {model!r} model: set model={model!r} (got {config.model!r})"
@@ -1079,9 +1080,9 @@ def _load(config: ExperimentConfig) -> data.Dataset:
 
 def _load_named(config: ExperimentConfig, name: str) -> data.Dataset:
     files_of = {"data_dir": config.data_dir, "download": config.download} if name in data.DATA_DIR_DATASETS else {}
-    # A checkpoint's encoder reads the ids of its own tokenizer.
-    tokenizer = {"tokenizer": _checkpoint(config).tokenizer} if config.checkpoint is not None else {}
-    return data.load(name, **files_of, **tokenizer, **(config.dataset_kwargs if name == config.dataset else {}))
+    load = functools.partial(data.load, name, **files_of, **(config.dataset_kwargs if name == config.dataset else {}))
+    # A checkpoint's encoder reads the ids of its own tokenizer, or images as its image processor makes them.
+    return load() if config.checkpoint is None else _checkpoint(config).inputs.read(load)
 
 
 def _pretrain_config(config: ExperimentConfig) -> transfer.PretrainConfig:

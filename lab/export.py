@@ -85,7 +85,8 @@ def export_mlflow(
     The MLflow experiment is named after the sweep. Each run gets the notebook
     parameters as params; per metric the mean over seeds (``accuracy``), the
     standard deviation (``accuracy_std``) and each seed's value (``accuracy_seed_3``);
-    learning curves as step-wise means (``curve_accuracy``); the git commit and
+    learning curves as step-wise means (``curve_accuracy``), and an active-learning run's label curve
+    as means with the labels in total for steps (``label_curve_accuracy``); the git commit and
     library versions as tags; and the executed notebook as an artifact. Exporting
     twice makes a second set of runs.
     """
@@ -116,6 +117,10 @@ def export_mlflow(
                 if name != "step":
                     for step, values in zip(row.payload["curves"]["step"], per_step, strict=True):
                         mlflow.log_metric(f"curve_{name}", seed_mean(values), step=step)
+            active = row.payload.get("active") or {}  # an active-learning run: its label curve, by labels in total
+            for name, per_budget in active.get("curve", {}).items():
+                for budget, values in zip(active["budgets"], per_budget, strict=True):
+                    mlflow.log_metric(f"label_curve_{name}", seed_mean(values), step=budget)
             if row.output_notebook and Path(row.output_notebook).exists():
                 mlflow.log_artifact(row.output_notebook)
             run_ids.append(run.info.run_id)

@@ -688,6 +688,119 @@ class Transformer(Classifier):
         super().__init__(encoder, sizes["dim"], num_classes, rngs=rngs)
 
 
+class ViTEncoder(_Encoder):
+    """Hugging Face's ViT encoder: images in [0, 1] normalised by ``image_mean`` / ``image_std`` (per channel,
+    on that scale), patches embedded by a convolution with stride = kernel = patch size (HF's
+    ``ViTPatchEmbeddings``), a learned ``[CLS]`` token before them, learned positions, pre-LN blocks with
+    the exact GELU, LN; then the features of ``[CLS]`` (``pooling="cls"``, what ``ViTForImageClassification``
+    classifies) or ``ViTModel``'s pooler on them (``"pooler"``: dense + tanh). :mod:`lab.checkpoints` loads
+    Hugging Face weights into it."""
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        patch_size: int,
+        pooling: str,
+        epsilon: float,
+        image_mean: tuple[float, ...],
+        image_std: tuple[float, ...],
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        dropout: float,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        *spatial, channels = image_shape
+        self.image_shape = tuple(image_shape)
+        self.image_mean, self.image_std = image_mean, image_std
+        patch = (patch_size,) * len(spatial)
+        self.embed = nnx.Conv(channels, dim, patch, strides=patch, padding="VALID", rngs=rngs)
+        self.cls = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, dim)))
+        num_tokens = _num_patches(spatial, patch_size) + 1
+        self._add_layers(num_tokens, dim, depth, heads, mlp_dim, dropout, rngs, epsilon=epsilon, exact_gelu=True)
+        self.pooler = nnx.Linear(dim, dim, rngs=rngs) if pooling == "pooler" else None
+
+    def token_features(self, x: jax.Array) -> jax.Array:
+        """(N, H, W, C) images in [0, 1] -> (N, 1 + patches, dim): ViT's last hidden states, [CLS] first."""
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"this ViT reads images of shape {self.image_shape}, got {tuple(x.shape[1:])}; resize them "
+                "(a checkpoint's preprocessor does) or build the model for that shape"
+            )
+        pixels = (x - jnp.asarray(self.image_mean, x.dtype)) / jnp.asarray(self.image_std, x.dtype)
+        patches = self.embed(pixels)
+        patches = patches.reshape(len(x), -1, patches.shape[-1])  # the grid's rows one after another, as HF's
+        cls = jnp.broadcast_to(self.cls[...], (len(x), 1, patches.shape[-1])).astype(patches.dtype)
+        return self.encode(jnp.concatenate([cls, patches], axis=1))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cls = self.token_features(x)[:, 0]
+        return jnp.tanh(self.pooler(cls)) if self.pooler is not None else cls
+
+
+# How a ViT turns its last hidden states into one vector.
+VIT_POOLINGS = ("cls", "pooler")
+
+
+def per_channel(name: str, value, channels: int) -> tuple[float, ...]:
+    """``value``, one number or one per channel, as one float per channel."""
+    values = (value,) * channels if isinstance(value, int | float) else tuple(value)
+    if len(values) != channels:
+        raise ValueError(f"{name}={value!r} must have one value per channel ({channels}) or be one number")
+    return tuple(validate.number(name, v) for v in values)
+
+
+class ViT(Classifier):
+    """A Vision Transformer as Hugging Face's ``ViTModel`` builds it (:class:`ViTEncoder`) and a linear head:
+    the shape of the checkpoints :mod:`lab.checkpoints` reads, whose config and ``preprocessor_config.json``
+    set these hyperparameters (the defaults are ``google/vit-base-patch16-224``'s, images as given).
+    Built by name it starts from random weights. It shares its layers with the image :class:`Transformer`;
+    unlike it, it reads images of one size only (no interpolation of the positions)."""
+
+    modalities = ("image",)
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        *,
+        rngs: nnx.Rngs,
+        patch_size: int = 16,
+        dim: int = 768,
+        depth: int = 12,
+        heads: int = 12,
+        mlp_dim: int = 3072,
+        dropout: float = 0.0,
+        epsilon: float = 1e-12,
+        image_mean: float | Sequence[float] = 0.5,
+        image_std: float | Sequence[float] = 0.5,
+        pooling: str = "cls",
+    ):
+        _, spatial, channels = _split_shape(self, input_shape)
+        patch_size = validate.integer("patch_size", patch_size, minimum=1)
+        if any(size % patch_size for size in spatial):
+            raise ValueError(
+                f"patch_size={patch_size} must divide every spatial axis of input_shape={tuple(input_shape)}"
+            )
+        std = per_channel("image_std", image_std, channels)
+        if min(std) <= 0:
+            raise ValueError(f"image_std={image_std!r} must be positive")
+        sizes = _encoder_sizes(dim, depth, heads, mlp_dim, dropout)
+        encoder = ViTEncoder(
+            tuple(input_shape),
+            patch_size,
+            validate.choice("pooling", pooling, VIT_POOLINGS),
+            validate.number("epsilon", epsilon, minimum=0, exclusive_minimum=True),
+            per_channel("image_mean", image_mean, channels),
+            std,
+            **sizes,
+            rngs=rngs,
+        )
+        super().__init__(encoder, sizes["dim"], num_classes, rngs=rngs)
+
+
 def _encoder_sizes(dim, depth, heads, mlp_dim, dropout) -> dict[str, int | float]:
     """The checked sizes of an `_Encoder`, shared by the image and the text transformer."""
     dim = validate.integer("dim", dim, minimum=1)
@@ -939,6 +1052,7 @@ MODELS: dict[str, type[Classifier]] = {
     "bag": Bag,
     "text_transformer": TextTransformer,
     "bert": Bert,
+    "vit": ViT,
 }
 
 

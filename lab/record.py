@@ -5,7 +5,7 @@ A :class:`Record` holds::
     dataset: str                      # e.g. "digits"
     setup: str                        # e.g. "semi_supervised"
     method: str                       # e.g. "fixmatch"
-    labels_per_class: int
+    labels_per_class: int            # null for an active-learning run (see active)
     seeds: [int, ...]
     metrics: {                        # one value per seed, aligned with seeds
         "accuracy": [float, ...],
@@ -17,9 +17,19 @@ A :class:`Record` holds::
         "accuracy": [[float per seed], ...],   # one inner list per step
     }
     wall_time_s: {"compile": float, "train": float}   # optional
+    active: {                         # optional: an active-learning run (lab.active)
+        "strategy": str, "cold_start": str, "embeddings": str,
+        "learner": {...},             # the learner's experiment config
+        "initial": [int, ...],        # labeled indices every seed started from
+        "budgets": [int, ...],        # total labels after each round, increasing
+        "curve": {"accuracy": [[float per seed], ...], ...},   # one inner list per budget
+        "selections": [[[int, ...] per round] per seed],       # the pool indices labeled each round
+    }
     extra: {...}                      # any other keys, kept as they are
 
-Other metric names may be added to ``metrics`` and ``curves``. As JSON
+Other metric names may be added to ``metrics`` and ``curves``. An active-learning record
+counts its labels in total (``active.budgets``), so its ``labels_per_class`` is null, and its
+``metrics`` are those at the last budget. As JSON
 (:meth:`Record.to_dict`) a record is one flat object: the keys above, with the
 ``extra`` keys beside them.
 
@@ -45,7 +55,9 @@ MIME_TYPE = "application/vnd.lab.record+json"
 DESCRIPTORS = ("dataset", "setup", "method", "labels_per_class", "seeds")
 # The metrics every experiment of lab.experiment records.
 METRICS = ("accuracy", "macro_f1", "ece")
-_OPTIONAL = ("curves", "wall_time_s")
+_OPTIONAL = ("curves", "wall_time_s", "active")
+# What an active-learning record's "active" holds besides its per-seed curve and selections.
+ACTIVE_SETTINGS = ("strategy", "cold_start", "embeddings", "learner", "initial", "budgets")
 
 
 class RecordNotFoundError(LookupError):
@@ -59,11 +71,12 @@ class Record:
     dataset: str
     setup: str
     method: str
-    labels_per_class: int
+    labels_per_class: int | None  # None for an active-learning record (its labels are counted in total)
     seeds: list[int]
     metrics: dict[str, list[float]]
     curves: dict[str, list] | None = None
     wall_time_s: dict[str, float] | None = None
+    active: dict[str, Any] | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
@@ -82,12 +95,15 @@ class Record:
 
     def summary_line(self) -> str:
         """One line for people reading the notebook: the experiment and the mean of each metric."""
-        parts = [
-            f"lab record: {self.dataset} / {self.setup} / {self.method}",
-            f"{self.labels_per_class} labels per class",
-            f"seeds {self.seeds}",
-        ]
-        parts += [f"{name} {seed_mean(values):.4f}" for name, values in self.metrics.items()]
+        parts = [f"lab record: {self.dataset} / {self.setup} / {self.method}"]
+        if self.active is None:
+            parts.append(f"{self.labels_per_class} labels per class")
+        else:
+            active = self.active
+            parts.append(f"active: {active['cold_start']}, then {active['strategy']}, budgets {active['budgets']}")
+        parts.append(f"seeds {self.seeds}")
+        at = "" if self.active is None else f" at {self.active['budgets'][-1]} labels"
+        parts += [f"{name} {seed_mean(values):.4f}{at}" for name, values in self.metrics.items()]
         return ", ".join(parts)
 
 
@@ -173,6 +189,7 @@ def merge(first: Record, second: Record, name: str) -> Record:
         for metric in first_curves.keys() - {"step"}:
             per_step = zip(first_curves[metric], second_curves[metric], strict=True)
             curves[metric] = [first_seeds + second_seeds for first_seeds, second_seeds in per_step]
+    active = _merged_active(first.active, second.active, name)
     wall_time_s = None
     first_wall, second_wall = first.wall_time_s or {}, second.wall_time_s or {}
     if first_wall or second_wall:
@@ -184,8 +201,37 @@ def merge(first: Record, second: Record, name: str) -> Record:
         metrics={metric: first.metrics[metric] + second.metrics[metric] for metric in first.metrics},
         curves=curves,
         wall_time_s=wall_time_s,
+        active=active,
         extra={**first.extra, **{key: value for key, value in second.extra.items() if key not in first.extra}},
     )
+
+
+def _merged_active(first: dict | None, second: dict | None, name: str) -> dict | None:
+    """The active-learning sections of two records of the same run's settings, their seeds concatenated."""
+    if first is None and second is None:
+        return None
+    if (
+        first is None or second is None
+        or active_settings(first) != active_settings(second) or first["curve"].keys() != second["curve"].keys()
+    ):  # fmt: skip
+        raise ValueError(
+            f"{name} holds records of different active-learning runs (strategy, cold start, learner, budgets or "
+            "metrics differ); they cannot be merged"
+        )
+    curve = {
+        metric: [a + b for a, b in zip(first["curve"][metric], second["curve"][metric], strict=True)]
+        for metric in first["curve"]
+    }
+    merged = {**first, "curve": curve, "selections": first["selections"] + second["selections"]}
+    if "seeds" in first["learner"]:
+        merged["learner"] = {**first["learner"], "seeds": first["learner"]["seeds"] + second["learner"]["seeds"]}
+    return merged
+
+
+def active_settings(active: dict[str, Any]) -> dict[str, Any]:
+    """What two records of the same active-learning run share: all but their seeds' curve and selections."""
+    learner = {key: value for key, value in active["learner"].items() if key != "seeds"}
+    return {**{key: active[key] for key in ACTIVE_SETTINGS}, "learner": learner}
 
 
 def _validated(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,10 +247,14 @@ def _validated(payload: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("dataset", "setup", "method"):
         if not isinstance(checked[key], str) or not checked[key]:
             raise ValueError(f"lab record: {key!r} must be a non-empty string, got {checked[key]!r}")
-    if not is_int(checked["labels_per_class"]) or checked["labels_per_class"] < 1:
+    labels = checked["labels_per_class"]
+    if "active" in checked and labels is not None:
         raise ValueError(
-            f"lab record: 'labels_per_class' must be a positive integer, got {checked['labels_per_class']!r}"
+            f"lab record: an active-learning record counts its labels in 'active.budgets'; its 'labels_per_class' "
+            f"must be null, got {labels!r}"
         )
+    if "active" not in checked and (not is_int(labels) or labels < 1):
+        raise ValueError(f"lab record: 'labels_per_class' must be a positive integer, got {labels!r}")
     seeds = checked["seeds"]
     if not isinstance(seeds, list) or not seeds or not all(is_int(seed) for seed in seeds):
         raise ValueError(f"lab record: 'seeds' must be a non-empty list of integers, got {seeds!r}")
@@ -238,7 +288,57 @@ def _validated(payload: Mapping[str, Any]) -> dict[str, Any]:
         wall_time = checked["wall_time_s"]
         if not isinstance(wall_time, dict) or not all(_is_number(value) for value in wall_time.values()):
             raise ValueError(f"lab record: 'wall_time_s' must map phase names to seconds, got {wall_time!r}")
+    if "active" in checked:
+        _check_active(checked["active"], len(seeds))
     return checked
+
+
+def _check_active(active: Any, n_seeds: int) -> None:
+    required = (*ACTIVE_SETTINGS, "curve", "selections")
+    if not isinstance(active, dict):
+        raise ValueError(f"lab record: 'active' must be a dict with {', '.join(required)}, got {active!r}")
+    missing = [key for key in required if key not in active]
+    if missing:
+        raise ValueError(f"lab record: 'active' lacks {', '.join(missing)}; it must hold {', '.join(required)}")
+    for key in ("strategy", "cold_start", "embeddings"):
+        if not isinstance(active[key], str) or not active[key]:
+            raise ValueError(f"lab record: 'active.{key}' must be a non-empty string, got {active[key]!r}")
+    if not isinstance(active["learner"], dict):
+        raise ValueError(
+            f"lab record: 'active.learner' must be the learner's config (a dict), got {active['learner']!r}"
+        )
+    if not _is_int_list(active["initial"]):
+        raise ValueError(f"lab record: 'active.initial' must be a list of pool indices, got {active['initial']!r}")
+    budgets = active["budgets"]
+    if (
+        not _is_int_list(budgets) or not budgets or budgets[0] < 1
+        or any(later <= earlier for earlier, later in zip(budgets, budgets[1:]))
+    ):  # fmt: skip
+        raise ValueError(f"lab record: 'active.budgets' must be increasing positive integers, got {budgets!r}")
+    curve = active["curve"]
+    if not isinstance(curve, dict) or not curve:
+        raise ValueError(f"lab record: 'active.curve' must map metric names to per-budget lists, got {curve!r}")
+    for name, per_budget in curve.items():
+        if not isinstance(per_budget, list) or len(per_budget) != len(budgets):
+            raise ValueError(
+                f"lab record: 'active.curve.{name}' must have one list per budget ({len(budgets)}), got {per_budget!r}"
+            )
+        for index, values in enumerate(per_budget):
+            _check_per_seed(values, n_seeds, f"active.curve.{name}[{index}]")
+    selections = active["selections"]
+    if (
+        not isinstance(selections, list) or len(selections) != n_seeds
+        or not all(isinstance(rounds, list) and len(rounds) == len(budgets) for rounds in selections)
+        or not all(_is_int_list(picked) for rounds in selections for picked in rounds)
+    ):  # fmt: skip
+        raise ValueError(
+            f"lab record: 'active.selections' must hold, per seed ({n_seeds}), one list of pool indices per round "
+            f"({len(budgets)}), got {str(selections)[:80]}"
+        )
+
+
+def _is_int_list(values: Any) -> bool:
+    return isinstance(values, list) and all(is_int(value) for value in values)
 
 
 def _check_per_seed(values: Any, n_seeds: int, where: str) -> None:

@@ -8,7 +8,11 @@
 - ``learning_curves.png``: accuracy against training step, when the records have
   learning curves;
 - ``summary.md`` and ``summary.csv``: :func:`summary_table`, the mean, standard
-  deviation and number of seeds of every metric per configuration.
+  deviation and number of seeds of every metric per configuration;
+- for active-learning runs (:mod:`lab.active`), instead: ``label_curves.png``, test accuracy
+  against the labels in total, mean ± std over seeds per strategy × learner, and
+  ``label_curves.md``, its table with the labels each needed to reach a target accuracy
+  (:func:`active_results`, :func:`label_curve_writers`).
 
 Only done points count. Results are grouped by dataset, setup, method and
 labels_per_class, and also by the sweep, the notebook and any other notebook
@@ -49,6 +53,8 @@ ORIGIN_KEYS = ("sweep", "notebook")
 # Parameters that never tell configurations apart: seeds are pooled, output folders differ per point.
 POOLED_PARAMETERS = ("seeds", "seed", "output_dir")
 CURVE_METRIC = "accuracy"
+# The accuracy whose labels needed the active-learning table lists, unless told otherwise.
+DEFAULT_TARGET = 0.95
 DEFAULT_OUT_DIR = Path("figures")
 # The families compared (setups), in the order legends and printouts list them: their names and colors.
 FAMILY_NAMES = {
@@ -64,8 +70,8 @@ FAMILY_COLORS = {
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation and seed count of each metric, per configuration.
 
-    ``df`` is a frame from :func:`lab.store.load` (points that are not done are
-    ignored). Returns one row per configuration, sorted, with the grouping columns
+    ``df`` is a frame from :func:`lab.store.load` (points that are not done, and active-learning
+    points, are ignored). Returns one row per configuration, sorted, with the grouping columns
     (see the module docstring), ``n_seeds``, and ``<metric>_mean`` and
     ``<metric>_std`` for accuracy, macro_f1 and ece (those present).
     """
@@ -87,10 +93,13 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     return per_seed.groupby(keys, sort=True, dropna=False).agg(**aggregations).reset_index()
 
 
-def _done(df: pd.DataFrame) -> pd.DataFrame:
-    done = df[df["status"] == "done"] if "status" in df.columns else df
+def _done(df: pd.DataFrame, *, active: bool = False) -> pd.DataFrame:
+    """The done points of fixed labeled sets, or with ``active`` those of active-learning runs (one kind is
+    never pooled with the other), or a ValueError saying there are none."""
+    done = _done_points(split_active(df)[active])
     if done.empty:
-        raise ValueError("no done points to report on: run a sweep first (`lab runs list` shows what is stored)")
+        kind = "active-learning points" if active else "points"
+        raise ValueError(f"no done {kind} to report on: run a sweep first (`lab runs list` shows what is stored)")
     missing = [column for column in (*GROUP_KEYS, "seeds") if column not in done.columns]
     if missing:
         raise ValueError(f"results lack the record columns {', '.join(missing)}; pass a frame from lab.store.load()")
@@ -320,24 +329,81 @@ def plot_learning_curves(curves: pd.DataFrame) -> Figure:
     return figure
 
 
-def build_report(df: pd.DataFrame, out_dir: str | os.PathLike[str] = DEFAULT_OUT_DIR) -> list[Path]:
-    """Write the figures and summary tables for ``df`` (from :func:`lab.store.load`) into ``out_dir``.
+def split_active(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``df``'s points of fixed labeled sets, and its active-learning points (those whose record has ``active``)."""
+    is_active = df["active"].notna() if "active" in df.columns else pd.Series(False, index=df.index)
+    return df[~is_active], df[is_active]
+
+
+def active_results(df: pd.DataFrame) -> list:
+    """The done active-learning points of ``df`` (from :func:`lab.store.load`) as :class:`lab.active.ActiveResult`
+    objects, one per strategy × learner: the seeds of points that differ in nothing else are pooled (points of
+    different sweeps are not, when the store holds several)."""
+    from lab import active, record
+
+    done = _done(df, active=True)
+    several_sweeps = "sweep" in done.columns and done["sweep"].nunique() > 1
+    groups: dict[str, list[record.Record]] = {}
+    for _, point in done.iterrows():
+        settings = record.active_settings(point["active"])
+        key = json.dumps([point.get("sweep") if several_sweeps else None, point["dataset"], settings], sort_keys=True)
+        metrics = {name: per_budget[-1] for name, per_budget in point["active"]["curve"].items()}
+        groups.setdefault(key, []).append(record.Record.from_dict({
+            "dataset": point["dataset"], "setup": point["setup"], "method": point["method"], "labels_per_class": None,
+            "seeds": point["seeds"], "metrics": metrics, "active": point["active"],
+        }))  # fmt: skip
+    results = []
+    for key, records in groups.items():
+        pooled = records[0]
+        for other in records[1:]:
+            pooled = record.merge(pooled, other, f"the active-learning points of {json.loads(key)[2]['strategy']}")
+        results.append(active.ActiveResult.from_record(pooled))
+    return results
+
+
+def label_curve_writers(results: Sequence, target: float, out_dir: Path) -> tuple[str, dict[Path, Callable]]:
+    """The label-curve table (:func:`lab.active.label_curves_markdown` at ``target``) of active-learning results,
+    and the writers of ``label_curves.md`` and ``label_curves.png`` into ``out_dir``."""
+    from lab import active
+
+    table = active.label_curves_markdown(results, target)
+    return table, {
+        out_dir / "label_curves.md": _text_writer(table),
+        out_dir / "label_curves.png": _figure_writer(active.plot_label_curves(results)),
+    }
+
+
+def build_report(
+    df: pd.DataFrame, out_dir: str | os.PathLike[str] = DEFAULT_OUT_DIR, *, target: float = DEFAULT_TARGET
+) -> list[Path]:
+    """Write the figures and summary tables for ``df`` (from :func:`lab.store.load`) into ``out_dir``: those of
+    its fixed-label points, and the label curves of its active-learning points (``target``: the accuracy whose
+    labels needed the table lists).
 
     The files are written as one set (:func:`lab.files.write_together`): an interrupted
     report, or one that fills the disk, leaves none of them half-written and none of
     them new. Returns the paths written.
     """
     out_dir = Path(out_dir)
-    table = summary_table(df)
-    writers = {
-        out_dir / "summary.md": _text_writer(summary_markdown(table)),
-        out_dir / "summary.csv": _text_writer(table.to_csv(index=False)),
-        out_dir / "accuracy_vs_labels.png": _figure_writer(plot_accuracy_vs_labels(table)),
-    }
-    curves = learning_curves(df)
-    if not curves.empty:
-        writers[out_dir / "learning_curves.png"] = _figure_writer(plot_learning_curves(curves))
+    has_fixed, has_active = (not _done_points(kind).empty for kind in split_active(df))
+    writers = {}
+    if has_fixed or not has_active:  # neither: summary_table says there is nothing to report
+        table = summary_table(df)
+        writers = {
+            out_dir / "summary.md": _text_writer(summary_markdown(table)),
+            out_dir / "summary.csv": _text_writer(table.to_csv(index=False)),
+            out_dir / "accuracy_vs_labels.png": _figure_writer(plot_accuracy_vs_labels(table)),
+        }
+        curves = learning_curves(df)
+        if not curves.empty:
+            writers[out_dir / "learning_curves.png"] = _figure_writer(plot_learning_curves(curves))
+    if has_active:
+        writers.update(label_curve_writers(active_results(df), target, out_dir)[1])
     return files.write_together(writers)
+
+
+def _done_points(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "done"] if "status" in df.columns else df
 
 
 def _text_writer(text: str) -> Callable[[Path], object]:

@@ -434,7 +434,7 @@ _BOOKKEEPING = (
     "output_notebook", "log_path", "git_commit", "updated_at",
 )  # fmt: skip
 _LEADING = ("sweep", "point_id", "status", *DESCRIPTORS)
-_RESERVED = {*_LEADING, *_BOOKKEEPING, "curves"} - set(DESCRIPTORS)
+_RESERVED = {*_LEADING, *_BOOKKEEPING, "curves", "active"} - set(DESCRIPTORS)
 
 
 def load(sweep: str | None = None, *, path: str | os.PathLike[str] = DEFAULT_PATH) -> pd.DataFrame:
@@ -445,7 +445,8 @@ def load(sweep: str | None = None, *, path: str | os.PathLike[str] = DEFAULT_PAT
     they are what the notebook actually ran); one column per other notebook
     parameter; one column per metric holding the per-seed list (aligned with
     ``seeds``, so means and spreads are computed later); ``<phase>_time_s`` per
-    wall-time phase; ``curves`` (the record's dict, or None); the bookkeeping columns
+    wall-time phase; ``curves`` and ``active`` (the record's dicts, or None: an active-learning
+    run's settings, label curve and selections, see :mod:`lab.record`); the bookkeeping columns
     notebook, parameters (the dict passed to the notebook), started_at, ended_at,
     duration_s, error, traceback, output_notebook, log_path, git_commit, updated_at;
     and ``<library>_version``. A parameter or metric whose name is a bookkeeping
@@ -481,6 +482,7 @@ def _flatten(row: RunRow) -> dict[str, Any]:
     for phase, seconds in payload.get("wall_time_s", {}).items():
         entry[f"{phase}_time_s"] = seconds
     entry["curves"] = payload.get("curves")
+    entry["active"] = payload.get("active")
     entry.update({column: getattr(row, column) for column in _BOOKKEEPING})
     for library, version in (row.versions or {}).items():
         entry[f"{library}_version"] = version

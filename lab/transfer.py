@@ -167,9 +167,9 @@ def from_checkpoint(checkpoint: checkpoints.Checkpoint, **model_kwargs: Any) -> 
     hyperparameters that do not change its parameters (``dropout``, ``pooling``, ``normalize``)."""
     architecture = Architecture(
         checkpoint.model,
-        (checkpoint.max_length,),
+        checkpoint.inputs.input_shape,
         {**checkpoint.model_kwargs, **model_kwargs},
-        {"vocab_size": checkpoint.vocab_size},
+        checkpoint.inputs.model_inputs,
     )
     embedding = dataclasses.replace(checkpoint, model_kwargs=dict(architecture.model_kwargs))
     return Backbone(architecture, params=dict(checkpoint.params), model_state={}, embed=embedding.embed_ids)

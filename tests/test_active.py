@@ -330,3 +330,76 @@ def test_label_curve_report_table_and_figure_show_the_seed_means(tmp_path, capsy
     assert capsys.readouterr().out == table
     assert (tmp_path / "figures" / "label_curves.md").read_text() == table
     assert (tmp_path / "figures" / "label_curves.png").stat().st_size > 0
+
+
+def test_record_holds_the_settings_label_curve_and_selections_and_emits(monkeypatch):
+    import IPython.display
+
+    from lab import experiment, record
+
+    config = {"learner": LEARNER, "strategy": "margin", "cold_start": "random", "budgets": [6, 9]}
+    result = active.run(config, progress=False)
+    kept = result.record()
+    assert (kept.dataset, kept.setup, kept.method, kept.seeds) == ("digits", "supervised", "supervised", [0, 1])
+    assert kept.labels_per_class is None
+    assert kept.metrics["accuracy"] == result.curve["accuracy"][-1]
+    assert kept.active["strategy"] == "margin" and kept.active["cold_start"] == "random"
+    assert kept.active["budgets"] == [6, 9] and kept.active["curve"] == result.curve
+    assert kept.active["selections"] == result.selections
+    assert kept.active["learner"] == experiment.ExperimentConfig.from_dict(LEARNER).to_dict()
+    back = active.ActiveResult.from_record(record.Record.from_dict(kept.to_dict()))
+    assert back.to_dict() == {**result.to_dict(), "config": {**result.config, "learner": kept.active["learner"]}}
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda data, raw: shown.append(data))
+    record.emit(result.record())  # as notebook 07 ends
+    assert shown[0][record.MIME_TYPE] == kept.to_dict() and "then margin" in shown[0]["text/plain"]
+
+
+def test_embeddings_pretrained_are_the_transfer_learners_cached_backbone_features():
+    """typiclust (cold start) and coreset read the pool's features under the setup's pretrained backbone: the
+    picks equal those of the strategies on features computed here from the backbone that pretraining cached."""
+    import jax.numpy as jnp
+
+    from lab import experiment
+
+    learner = {
+        "setup": "transfer", "pretrain": "autoencoder", "adaptation": "linear_probe", "pretrain_kwargs": {"steps": 20},
+        "model_kwargs": {"hidden": [32]}, "steps": 10, "eval_every": 10, "seeds": [0],
+    }  # fmt: skip
+    config = {"learner": learner, "cold_start": "typiclust", "strategy": "coreset", "embeddings": "pretrained"}
+    result = active.run({**config, "budgets": [10, 15]}, progress=False)
+
+    learner_config = experiment.ExperimentConfig.from_dict(learner)
+    dataset = experiment.load_dataset(learner_config)
+    module = experiment._pretrained(learner_config, False).classifier(dataset.num_classes, seed=0)
+    module.eval()
+    features = np.asarray(module.features(jnp.asarray(dataset.x_train)))
+    assert features.shape[1] == 32  # the backbone's, not the 64 pixels
+    key, cold_key = jax.random.split(jax.random.key(0))  # the loop's keys: split off the seed's, one per query
+    nothing = np.zeros(len(features), bool)
+    cold = active.query("typiclust", cold_key, nothing, 10, embeddings=features)
+    assert result.selections[0][0] == sorted(cold.tolist())
+    assert sorted(cold.tolist()) != sorted(active.query("typiclust", cold_key, nothing, 10, embeddings=dataset.x_train))
+    labeled = nothing.copy()
+    labeled[cold] = True
+    queried = active.query("coreset", jax.random.split(key)[1], labeled, 5, embeddings=features)
+    assert result.selections[0][1] == sorted(queried.tolist())
+
+
+@pytest.mark.parametrize(
+    ("fields", "message", "before_the_data"),
+    [
+        (["strategy=oracle"], "unknown strategy 'oracle'", True),
+        (["budgets=[10,5000]"], "below the pool's 1347 examples", False),  # the pool's size needs the data
+        (["budgets=[]"], "zero rounds", True),
+        (["cold_start=coreset", "embeddings=model"], "needs embeddings, and has no source", True),
+    ],
+)
+def test_command_line_refuses_bad_input_in_one_line(fields, message, before_the_data, capsys, tmp_path):
+    from lab import cli
+
+    store = tmp_path / "results.db"
+    assert cli.main(["active", *fields, "model=logreg", "steps=5", "--store", str(store), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1 and error.startswith("lab active: error: ")
+    assert store.exists() != before_the_data  # a config refused before the data is loaded writes nothing

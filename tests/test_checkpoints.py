@@ -109,7 +109,7 @@ def test_a_model_type_lab_does_not_build_lists_those_it_does(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
     message = one_line_error(folder)
-    assert message == f"{folder / 'config.json'}: model_type 'gpt2' is not one lab builds; it builds bert"
+    assert message == f"{folder / 'config.json'}: model_type 'gpt2' is not one lab builds; it builds bert, vit"
 
 
 def test_missing_and_unexpected_tensors_are_named(tmp_path):

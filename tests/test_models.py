@@ -20,6 +20,7 @@ SMALL = {
     "resnet": {"widths": (4, 4)},
     "transformer": {"dim": 4, "depth": 1, "heads": 2, "mlp_dim": 4},
     "wrn": {"depth": 10, "widen": 1},
+    "vit": {"patch_size": 2, "dim": 4, "depth": 1, "heads": 2, "mlp_dim": 4},
 }
 # Every model with every kind of input it takes.
 MODEL_INPUTS = [(name, kind) for name, cls in models.MODELS.items() for kind in INPUT_SHAPES if kind in cls.modalities]

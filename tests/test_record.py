@@ -109,3 +109,48 @@ def test_payload_numbers_from_numpy_become_plain_json():
     assert checked.metrics["accuracy"] == [0.25, 0.5]
     assert checked.seeds == [0, 1] and all(type(seed) is int for seed in checked.seeds)
     json.dumps(checked.to_dict())
+
+
+def make_active_payload(seeds=(0, 1), strategy="margin"):
+    per_seed = [[0.5 + 0.1 * s for s in seeds], [0.7 + 0.1 * s for s in seeds]]
+    return {
+        "dataset": "digits", "setup": "supervised", "method": "supervised", "labels_per_class": None,
+        "seeds": list(seeds), "metrics": {"accuracy": per_seed[-1]},
+        "active": {
+            "strategy": strategy, "cold_start": "random", "embeddings": "auto", "learner": {"model": "logreg"},
+            "initial": [], "budgets": [2, 3], "curve": {"accuracy": per_seed},
+            "selections": [[[10 * s, 10 * s + 1], [10 * s + 2]] for s in seeds],
+        },
+    }  # fmt: skip
+
+
+def test_active_record_reads_back_and_merges_its_seeds():
+    first, second = Record.from_dict(make_active_payload([0])), Record.from_dict(make_active_payload([3]))
+    assert Record.from_dict(json.loads(json.dumps(first.to_dict()))) == first
+    assert first.labels_per_class is None and first.active["budgets"] == [2, 3]
+    assert "active: random, then margin, budgets [2, 3]" in first.summary_line()
+    merged = record.from_notebook(_notebook_with_records(first.to_dict(), second.to_dict()), "nb.ipynb")
+    assert merged == Record.from_dict(make_active_payload([0, 3]))
+    with pytest.raises(ValueError, match="different active-learning runs"):
+        record.merge(first, Record.from_dict(make_active_payload([3], strategy="entropy")), "nb.ipynb")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda p: p.update(labels_per_class=2), "its 'labels_per_class' must be null, got 2"),
+        (lambda p: p["active"].pop("selections"), "'active' lacks selections; it must hold strategy, cold_start"),
+        (lambda p: p["active"].update(strategy=""), "'active.strategy' must be a non-empty string"),
+        (lambda p: p["active"].update(budgets=[3, 2]), r"'active.budgets' must be increasing positive integers"),
+        (lambda p: p["active"]["curve"].update(accuracy=[[0.5, 0.6]]), "one list per budget"),
+        (lambda p: p["active"]["curve"]["accuracy"][0].pop(), r"'active.curve.accuracy\[0\]' has 1 values"),
+        (lambda p: p["active"]["selections"].pop(), r"per seed \(2\), one list of pool indices per round \(2\)"),
+        (lambda p: p["active"]["selections"][0][1].append(0.5), "one list of pool indices per round"),
+    ],
+)
+def test_invalid_active_records_are_refused_in_one_line(change, message):
+    payload = make_active_payload()
+    change(payload)
+    with pytest.raises(ValueError, match=message) as error:
+        Record.from_dict(payload)
+    assert "\n" not in str(error.value)

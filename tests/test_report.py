@@ -325,3 +325,50 @@ def test_a_report_that_fails_to_write_a_file_writes_none_and_names_the_file(resu
         "No space left on device\n"
     )
     assert [(path.name, path.read_text()) for path in out.iterdir()] == [("summary.md", "the last report")]
+
+
+def _active_row(point_id, strategy, seeds, curve, *, sweep="s", steps=10):
+    """A done active-learning point: budgets 10, 20; ``curve`` per budget, one accuracy per seed."""
+    learner = {"setup": "supervised", "model": "logreg", "steps": steps, "seeds": seeds}
+    payload = {
+        "dataset": "digits", "setup": "supervised", "method": "supervised", "labels_per_class": None,
+        "seeds": seeds, "metrics": {"accuracy": curve[-1]},
+        "active": {
+            "strategy": strategy, "cold_start": "random", "embeddings": "auto", "learner": learner, "initial": [],
+            "budgets": [10, 20], "curve": {"accuracy": curve}, "selections": [[[s], [s + 1]] for s in seeds],
+        },
+    }  # fmt: skip
+    parameters = {"strategy": strategy, "seeds": seeds, "steps": steps}
+    return RunRow(sweep, point_id, "07.ipynb", parameters, "done", payload=payload)
+
+
+def test_report_draws_label_curves_of_active_runs_pooling_seeds_per_strategy_and_learner(results, tmp_path, capsys):
+    ResultsStore(results).save(
+        _active_row("m0", "margin", [0], [[0.90], [0.94]]),
+        _active_row("m1", "margin", [1], [[0.94], [0.98]]),  # pooled with m0: seeds 0 and 1
+        _active_row("r", "random", [0, 1], [[0.80, 0.90], [0.88, 0.90]]),
+        _active_row("m-long", "margin", [0], [[0.97], [0.99]], steps=20),  # another learner: its own line
+    )
+    out = tmp_path / "figures"
+    assert _cli("report", "--store", str(results), "--out", str(out), "--target", "0.95") == 0
+    printed = capsys.readouterr().out
+    assert {path.name for path in out.iterdir()} == {
+        "accuracy_vs_labels.png", "learning_curves.png", "summary.csv", "summary.md", "label_curves.md",
+        "label_curves.png",
+    }  # fmt: skip
+    assert "margin" not in (out / "summary.md").read_text()  # the fixed-label summary holds no active run
+    assert sorted((out / "label_curves.md").read_text().splitlines()[2:]) == [
+        "| supervised: random, then margin (steps=10) | 92.0 ± 2.0 | 96.0 ± 2.0 | 20 |",
+        "| supervised: random, then margin (steps=20) | 97.0 ± 0.0 | 99.0 ± 0.0 | 10 |",
+        "| supervised: random, then random | 85.0 ± 5.0 | 89.0 ± 1.0 | not reached |",
+    ]
+    assert (out / "label_curves.md").read_text() in printed and "0.7000 ± 0.1000" in printed
+    assert _is_png(out / "label_curves.png")
+
+
+def test_report_of_a_store_of_active_runs_only_writes_the_label_curves(tmp_path):
+    path = tmp_path / "results.db"
+    ResultsStore(path).save(_active_row("r", "random", [0, 1], [[0.80, 0.90], [0.88, 0.90]]))
+    written = report.build_report(store.load(path=path), tmp_path / "out", target=0.85)
+    assert sorted(path.name for path in written) == ["label_curves.md", "label_curves.png"]
+    assert (tmp_path / "out" / "label_curves.md").read_text().splitlines()[-1].endswith("| 10 |")

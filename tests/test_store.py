@@ -18,7 +18,7 @@ import pytest
 
 from lab import cli, export, store
 from lab.store import ResultsStore, RunRow
-from test_record import make_payload
+from test_record import make_active_payload, make_payload
 
 
 def done_row(sweep="s", point_id="p1", **payload_options):
@@ -458,9 +458,17 @@ def test_mlflow_export_logs_parameters_metrics_and_notebook(filled_store, tmp_pa
     assert metrics[1]["accuracy_std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
     assert metrics[1]["accuracy_seed_1"] == 0.9 and metrics[1]["train_time_s"] == 30.0
     assert ("metric", "curve_accuracy", pytest.approx(0.85), 10) in calls
+    assert not [call for call in calls if call[1] == "label_curve_accuracy"]  # no active-learning run here
     assert ("artifact", str(executed)) in calls
     # Only done points are exported: the failed c3 is not.
     assert [call[1] for call in calls if call[0] == "run"] == ["a1", "b2"]
+
+    calls.clear()
+    active_payload = make_active_payload()
+    results.save(RunRow("al", "m", "07.ipynb", {"strategy": "margin"}, "done", payload=active_payload))
+    export.export_mlflow("al", path=filled_store)
+    label_curve = [call[2:] for call in calls if call[0] == "metric" and call[1] == "label_curve_accuracy"]
+    assert label_curve == [(pytest.approx(0.55), 2), (pytest.approx(0.75), 3)]  # seed means at budgets 2 and 3
 
 
 # --------------------------------------------------------------------------------------
@@ -556,3 +564,35 @@ def test_a_point_in_several_sweeps_is_shown_by_the_sweep_slash_point_form_the_er
     assert "sweep:           s\n" in capsys.readouterr().out
     with pytest.raises(ValueError, match="'other/b2' is neither a sweep nor a point id"):
         _run_cli("runs", "--store", str(filled_store), "show", "other/b2")
+
+
+def test_lab_active_keeps_its_record_in_an_old_store_and_lab_runs_shows_it(tmp_path, capsys):
+    """`lab active --store` on a store of schema version 1: the store opens, and keeps the run's settings, label
+    curve and selections as its --output has them; `lab runs show` lists the run and prints its details."""
+    path = tmp_path / "results.db"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(V1_SCHEMA)
+    output = tmp_path / "active.json"
+    assert cli.main([
+        "active", "strategy=margin", "cold_start=random", "budgets=[5,8]", "model=logreg", "steps=5", "eval_every=5",
+        "seeds=[0,1]", "--output", str(output), "--store", str(path), "--no-progress",
+    ]) == 0  # fmt: skip
+    saved = json.loads(output.read_text())
+    (row,) = ResultsStore(path).rows("active")
+    assert row.status == "done" and row.notebook == "lab active" and row.parameters == saved["config"]
+    assert row.payload["active"]["selections"] == saved["selections"]
+    assert row.payload["active"]["curve"] == saved["curve"] and row.payload["active"]["budgets"] == [5, 8]
+    loaded = store.load("active", path=path)
+    assert loaded.loc[0, "active"]["strategy"] == "margin"
+    assert loaded.loc[0, "accuracy"] == saved["curve"]["accuracy"][-1]
+    assert len(store.load(path=path)) == 2  # the old store's row is still there
+    capsys.readouterr()
+
+    assert cli.main(["runs", "--store", str(path), "show", "active"]) == 0
+    listing = capsys.readouterr().out
+    assert "random, then margin" in listing and "[5, 8]" in listing and row.point_id in listing
+    assert cli.main(["runs", "--store", str(path), "show", row.point_id]) == 0
+    details = capsys.readouterr().out
+    accuracy = np.array(saved["curve"]["accuracy"])
+    assert f"{accuracy[1].mean():.4f} ± {accuracy[1].std():.4f}" in details
+    assert f"seed 1, to 8 labels: {saved['selections'][1][1]}" in details

@@ -769,3 +769,46 @@ def test_an_unreachable_scheduler_fails_fast_and_saves_no_rows(tmp_path, monkeyp
     with pytest.raises(ConnectionError, match=r"cannot reach the Dask scheduler at tcp://127\.0\.0\.1:1 \("):
         sweep.run_sweep(TINY, {"x": [1]}, name="nowhere", executor="dask", scheduler="tcp://127.0.0.1:1")
     assert store.ResultsStore(tmp_path / "runs" / "results.db").rows() == []
+
+
+# --------------------------------------------------------------------------------------
+# Active learning: strategies x learners x seeds as one grid
+# --------------------------------------------------------------------------------------
+
+ACTIVE_PARAMETERS = 'strategy = "random"\nsetup = "supervised"\nbudgets = [5, 8]\nseeds = [0]\nsteps = 5'
+ACTIVE_CODE = """from lab import active, record
+result = active.run({"strategy": strategy, "cold_start": "random", "budgets": budgets, "setup": setup,
+                     "model": "logreg", "seeds": seeds, "steps": steps, "eval_every": steps}, progress=False)
+record.emit(result.record())"""
+
+
+def test_a_sweep_of_strategies_and_learners_stores_each_active_run_and_reports_their_label_curves(tmp_path, capsys):
+    notebook = _notebook(tmp_path / "active.ipynb", (ACTIVE_PARAMETERS, ["parameters"]), ACTIVE_CODE)
+    runs = tmp_path / "runs"
+    grid = ["-p", "strategy", "random,margin", "-p", "setup", "supervised", "-p", "seed", "0:2"]
+    assert cli.main(["sweep", str(notebook), *grid, "--name", "al", "--runs-dir", str(runs)]) == 0
+    rows = store.ResultsStore(runs / "results.db", create=False).rows("al")
+    assert sorted(row.payload["active"]["strategy"] for row in rows) == ["margin", "random"]
+    for row in rows:
+        assert row.status == "done" and row.payload["seeds"] == [0, 1] and row.payload["active"]["budgets"] == [5, 8]
+        assert [len(picked) for picked in row.payload["active"]["selections"][1]] == [5, 3]
+    capsys.readouterr()
+    out = tmp_path / "figures"
+    assert cli.main(["report", "--store", str(runs / "results.db"), "--out", str(out), "--target", "0.99"]) == 0
+    table = (out / "label_curves.md").read_text().splitlines()
+    assert sorted(line.split(" | ")[0] for line in table[2:]) == [
+        "| supervised: random, then margin", "| supervised: random, then random"
+    ]
+    by_strategy = {row.payload["active"]["strategy"]: row.payload["active"]["curve"]["accuracy"] for row in rows}
+    margin = next(line for line in table if "then margin" in line)
+    accuracy = [100 * sum(values) / 2 for values in by_strategy["margin"]]
+    assert f"| {accuracy[0]:.1f} ± " in margin and f"| {accuracy[1]:.1f} ± " in margin
+
+
+def test_a_sweep_refuses_an_unknown_strategy_before_any_run(tmp_path, capsys):
+    notebook = _notebook(tmp_path / "active.ipynb", (ACTIVE_PARAMETERS, ["parameters"]), ACTIVE_CODE)
+    runs = tmp_path / "runs"
+    grid = ["-p", "strategy", "margin,oracle"]
+    assert cli.main(["sweep", str(notebook), *grid, "--name", "al", "--runs-dir", str(runs)]) == 2
+    assert "unknown strategy 'oracle'" in capsys.readouterr().err
+    assert not runs.exists()

@@ -1,9 +1,9 @@
 """Makes the Hugging Face fixtures of tests/test_checkpoints.py, once, with `transformers` + `torch`
 (the ``bench`` extra); the test suite itself needs neither.
 
-    python tests/data/make_hf_fixtures.py
+    python tests/data/make_hf_fixtures.py [bert] [minilm] [vit]
 
-writes, under tests/data/hf/:
+writes the parts named (all three by default), under tests/data/hf/:
 
 * ``tiny-bert/``: a tiny random BERT as a standard Hugging Face folder (vocabulary of ~100
   WordPiece tokens, 2 layers, width 32, a ``tokenizer.json``, sentence-transformers'
@@ -15,10 +15,17 @@ writes, under tests/data/hf/:
   ``fortunes_topics``, the token ids of all-MiniLM-L6-v2's tokenizer (cut and padded to 128
   tokens) and the sentence embeddings (mean over non-padding tokens of the last hidden states,
   then L2-normalised, as sentence-transformers computes them), from ``../shared/checkpoints``.
+* ``tiny-vit/``: a tiny random ViT (``ViTModel`` with its pooler: 16x16 RGB images, 4x4 patches,
+  2 layers, width 32, every weight random) and a ``preprocessor_config.json`` (resize to 16x16,
+  bilinear, rescale by 1/255, ImageNet's mean and std).
+* ``tiny-vit-reference.npz``: ``transformers``' pixel values, last hidden states and pooler outputs
+  of :data:`VIT_IMAGES` random uint8 images of that size, and the pixel values its image processor
+  makes of :data:`VIT_IMAGES` grey 8x8 images (as RGB), which it resizes.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -32,6 +39,7 @@ HERE = Path(__file__).resolve().parent / "hf"
 REPOSITORY = Path(__file__).resolve().parents[2]
 MINILM = REPOSITORY.parent / "shared" / "checkpoints" / "all-MiniLM-L6-v2"
 TINY_LENGTH, MINILM_LENGTH, MINILM_TEXTS = 16, 128, 32
+VIT_SIZE, VIT_SMALL_SIZE, VIT_IMAGES = 16, 8, 4
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = (
     "the a an of to and in is it you that he was for on are with as his they be at one have this from or had by "
@@ -81,9 +89,7 @@ def write_tiny(folder: Path) -> None:
     )
     torch.manual_seed(0)
     model = transformers.BertModel(config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():  # LayerNorms and biases too, not their 1s and 0s
-            parameter.copy_(torch.randn_like(parameter) * (0.5 if parameter.ndim > 1 else 0.2) + (parameter.ndim == 1))
+    randomize(model)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save(str(folder / "tokenizer.json"))
     fast = transformers.PreTrainedTokenizerFast(
@@ -129,13 +135,69 @@ def reference(folder: Path, texts: list[str], length: int) -> dict[str, np.ndarr
     }
 
 
-def main() -> None:
-    HERE.mkdir(exist_ok=True)
+def randomize(model: torch.nn.Module) -> None:
+    """Every parameter random, LayerNorms and biases too (not their 1s and 0s), so that a tensor mapped to
+    the wrong place shows (from torch's global generator: seed it before building the model)."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn_like(parameter) * (0.5 if parameter.ndim > 1 else 0.2) + (parameter.ndim == 1))
+
+
+def write_tiny_vit(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    config = transformers.ViTConfig(
+        image_size=VIT_SIZE,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        layer_norm_eps=1e-12,
+    )
+    torch.manual_seed(0)
+    model = transformers.ViTModel(config).eval()
+    randomize(model)
+    model.save_pretrained(folder, safe_serialization=True)
+    processor = transformers.ViTImageProcessor(
+        size={"height": VIT_SIZE, "width": VIT_SIZE},
+        resample=2,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
+    processor.save_pretrained(folder)
+
+
+def vit_reference(folder: Path) -> dict[str, np.ndarray]:
+    """transformers' pixel values, last hidden states and pooler outputs of random images of the model's size,
+    and the pixel values of smaller grey images, which its processor resizes."""
+    processor = transformers.AutoImageProcessor.from_pretrained(folder)
+    model = transformers.AutoModel.from_pretrained(folder).eval()
+    generator = np.random.default_rng(0)
+    images = generator.integers(0, 256, (VIT_IMAGES, VIT_SIZE, VIT_SIZE, 3), dtype=np.uint8)
+    small = generator.integers(0, 256, (VIT_IMAGES, VIT_SMALL_SIZE, VIT_SMALL_SIZE), dtype=np.uint8)
+    pixels = processor(images=list(images), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        output = model(pixel_values=pixels)
+    small_rgb = [np.repeat(image[..., None], 3, axis=-1) for image in small]
+    return {
+        "images": images,
+        "pixel_values": pixels.numpy().astype(np.float32),
+        "hidden": output.last_hidden_state.numpy().astype(np.float32),
+        "pooled": output.pooler_output.numpy().astype(np.float32),
+        "small_images": small,
+        "small_pixel_values": processor(images=small_rgb, return_tensors="np")["pixel_values"].astype(np.float32),
+    }
+
+
+def write_bert() -> None:
     tiny = HERE / "tiny-bert"
     write_tiny(tiny)
     found = reference(tiny, TINY_TEXTS, TINY_LENGTH)
     np.savez_compressed(HERE / "tiny-bert-reference.npz", texts=np.array(TINY_TEXTS), **found)
 
+
+def write_minilm() -> None:
     import sys
 
     sys.path.insert(0, str(REPOSITORY))
@@ -145,8 +207,28 @@ def main() -> None:
     (HERE / "minilm-texts.json").write_text(json.dumps(texts, indent=1, ensure_ascii=False) + "\n")
     found = reference(MINILM, texts, MINILM_LENGTH)
     np.savez_compressed(HERE / "minilm-reference.npz", ids=found["ids"], pooled=found["pooled"])
+
+
+def write_vit() -> None:
+    tiny = HERE / "tiny-vit"
+    write_tiny_vit(tiny)
+    np.savez_compressed(HERE / "tiny-vit-reference.npz", **vit_reference(tiny))
+
+
+PARTS = {"bert": write_bert, "minilm": write_minilm, "vit": write_vit}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("parts", nargs="*", metavar="part", help=f"what to write: {', '.join(PARTS)} (all by default)")
+    parts = parser.parse_args().parts or list(PARTS)
+    if unknown := sorted(set(parts) - set(PARTS)):
+        parser.error(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
+    HERE.mkdir(exist_ok=True)
+    for part in parts:
+        PARTS[part]()
     written = sorted(path.name for path in HERE.iterdir())
-    print(f"transformers {transformers.__version__}, torch {torch.__version__}: wrote {written}")
+    print(f"transformers {transformers.__version__}, torch {torch.__version__}: {written} in {HERE}")
 
 
 if __name__ == "__main__":
