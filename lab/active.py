@@ -44,9 +44,13 @@ __all__ = [
     "ActiveResult",
     "STRATEGIES",
     "Strategy",
+    "bald_monte_carlo",
     "bald_scores",
     "check_budgets",
+    "classes_covered",
+    "cover_radius",
     "entropy_scores",
+    "expected_classes_covered",
     "k_center_greedy",
     "label_curves_markdown",
     "labels_to_reach",
@@ -162,6 +166,24 @@ def stratified_random(key: jax.Array, labeled: np.ndarray, batch: int, labels: n
     return _top_unlabeled(-(have[labels] + rank + noise), labeled, batch)
 
 
+def classes_covered(labels: np.ndarray, selections: Sequence[Sequence[int]]) -> np.ndarray:
+    """How many distinct classes each selection (a list of pool indices) holds."""
+    labels = np.asarray(labels)
+    return np.array([len(np.unique(labels[np.asarray(selection, int)])) for selection in selections])
+
+
+def expected_classes_covered(labels: np.ndarray, size: int) -> float:
+    """The expected :func:`classes_covered` of ``size`` pool examples drawn uniformly without replacement:
+    the sum over classes c of 1 - C(n - n_c, size) / C(n, size), the ratio being the chance that a draw misses c."""
+    counts = np.bincount(np.asarray(labels))
+    n = int(counts.sum())
+    validate.integer("size", size, minimum=0, maximum=n)
+    # C(n - n_c, size) / C(n, size) = prod_{i < size} (n - n_c - i) / (n - i), as a product of ratios (no overflow)
+    steps = np.arange(size)
+    missed = [np.prod(np.clip((n - count - steps) / (n - steps), 0, None)) for count in counts[counts > 0]]
+    return float(np.sum(1 - np.array(missed)))
+
+
 # ------------------------------------------------------------------ uncertainty
 
 
@@ -186,6 +208,20 @@ def bald_scores(probabilities: jax.Array) -> jax.Array:
     p = jnp.asarray(probabilities, jnp.float32)
     expected_entropy = jnp.mean(-jnp.sum(jax.scipy.special.xlogy(p, p), -1), 0)
     return entropy_scores(p) - expected_entropy
+
+
+def bald_monte_carlo(key: jax.Array, probabilities: jax.Array, samples: int) -> tuple[jax.Array, jax.Array]:
+    """A sampled estimate of :func:`bald_scores` and its standard error, per example: draw a member θ
+    uniformly and y ~ p(y|x,θ), ``samples`` times, and average log p(y|x,θ) - log E_θ p(y|x,θ), whose
+    expectation under that joint draw is I(y; θ | x)."""
+    p = jnp.asarray(probabilities, jnp.float32)
+    members, n, _ = p.shape
+    member_key, label_key = jax.random.split(key)
+    theta = jax.random.randint(member_key, (samples, n), 0, members)
+    p_theta = p[theta, jnp.arange(n)]  # (samples, n, c): the drawn member's prediction
+    y = jax.random.categorical(label_key, jnp.log(p_theta))
+    log_ratio = jnp.log(jnp.take_along_axis(p_theta, y[..., None], -1)[..., 0]) - jnp.log(_mean(p)[jnp.arange(n), y])
+    return jnp.mean(log_ratio, 0), jnp.std(log_ratio, 0) / jnp.sqrt(samples)
 
 
 def _uncertainty(scores: Callable[[jax.Array], jax.Array]) -> Callable[..., np.ndarray]:
@@ -244,6 +280,18 @@ def k_center_greedy(key: jax.Array, labeled: np.ndarray, batch: int, embeddings:
 
 
 register("coreset", needs=("embeddings",))(k_center_greedy)
+
+
+def cover_radius(embeddings: np.ndarray, centres: Sequence[int]) -> float:
+    """The k-center objective: the largest distance from a point of ``embeddings`` to its nearest centre
+    (``centres``: row indices), the radius within which the centres cover every point."""
+    x = jnp.asarray(embeddings, jnp.float32).reshape(len(embeddings), -1)
+    return float(_cover_radius(x, jnp.asarray(centres)))
+
+
+@jax.jit  # one compiled program: a brute-force optimum calls it for every subset of centres
+def _cover_radius(x: jax.Array, centres: jax.Array) -> jax.Array:
+    return jnp.max(_nearest_distance(x, x[centres]))
 
 
 @register("badge", needs=("probabilities", "embeddings"))

@@ -1,6 +1,6 @@
 """Interactive explorers for the teaching notebooks, with a static fallback.
 
-Two explorers, built the same way:
+Three explorers, built the same way:
 
 * :class:`OptimizerPathExplorer` (notebook 00): the path an optimizer takes on a
   2-D loss surface, for a chosen optimizer, learning rate and number of steps.
@@ -9,13 +9,16 @@ Two explorers, built the same way:
   a training run, for a chosen label budget, method and learning rate. It calls a
   ``run_fn`` the notebook passes in, so this module does not depend on
   :mod:`lab.experiment`.
+* :class:`ActiveExplorer` (notebook 07): the label curve of an active-learning run and
+  the classes it picked, for a chosen strategy, learner and label budget, from a
+  ``run_fn`` the notebook passes in (so no dependency on :mod:`lab.active` either).
 
 Each explorer draws its figure once, for its default values, when it is built.
 ``show_static()`` displays that figure as a PNG image, which is all a notebook run
 without a widget front end (papermill, nbval, a static HTML export) can show.
 ``explorer()`` returns the ipywidgets UI: its controls, plus an image of the same
 figure (at its natural size) that is re-drawn only when a control changes. The
-experiment explorer trains in a background thread, one run at a time: a change made
+experiment and active explorers train in a background thread, one run at a time: a change made
 during a run waits for it, and only the latest such change runs. Both figures are
 ``matplotlib.figure.Figure`` objects unknown to ``pyplot``, so the inline backend
 never displays them a second time on its own, and the callbacks work without a
@@ -42,6 +45,7 @@ import optax
 
 __all__ = [
     "OPTIMIZERS",
+    "ActiveExplorer",
     "SURFACES",
     "ExperimentExplorer",
     "OptimizerPathExplorer",
@@ -476,7 +480,91 @@ def _describe_run(values: Mapping[str, Any]) -> str:
     return f"{values['method']}, {values['labels_per_class']} labels/class, lr={values['learning_rate']:.1e}"
 
 
-class ExperimentExplorer(_Explorer):
+class _BackgroundExplorer(_Explorer):
+    """An explorer whose figure comes from runs that take a while: one run at a time in a background thread,
+    a change made during a run waits for it (replacing any change already waiting), and :meth:`wait` blocks
+    until all are done. Subclasses set ``controls``, ``image``, ``status`` and call :meth:`_start`; they
+    define ``_show(values)`` (run or fetch, draw, return the status line) and ``_describe_values(values)``."""
+
+    def _start(self) -> None:
+        # Guards what the worker thread and the control observers share: the run in
+        # progress, the request waiting for it, the status line.
+        self._lock = threading.Condition()
+        self._shown: dict[str, Any] = {}  # the values of the run the plot shows
+        self._running: dict[str, Any] | None = None
+        self._waiting: dict[str, Any] | None = None
+        self._outcome = self._show_values(self.values)  # the default values must work: fail loudly here
+        self.status.value = self._outcome
+        self._watch_controls()
+
+    def _show_values(self, values: Mapping[str, Any]) -> str:
+        outcome = self._show(values)
+        self._shown = dict(values)
+        return outcome
+
+    def _on_change(self, _change: Mapping[str, Any]) -> None:
+        self.request(self.values)
+
+    def request(self, values: Mapping[str, Any]) -> None:
+        """Show the run of ``values`` (a dict like :attr:`values`): now, or after the run in progress.
+
+        A request for what is shown, or for the run in progress, changes nothing
+        (and drops the request waiting, if any); a new request replaces the waiting one.
+        """
+        values = dict(values)
+        with self._lock:
+            if self._running is not None:
+                self._waiting = None if values == self._running else values
+                self._update_status()
+                return
+            if values == self._shown:
+                return
+            self._running = values
+            self._update_status()
+        threading.Thread(target=self._work, args=(values,), name=type(self).__name__, daemon=True).start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until no run is in progress or waiting; False if ``timeout`` seconds passed first."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._running is None, timeout)
+
+    def _work(self, values: dict[str, Any] | None) -> None:
+        """The worker thread: run ``values``, then each request that arrived meanwhile, until none waits."""
+        while values is not None:
+            try:
+                outcome = self._show_values(values)
+            except Exception as error:  # shown in the UI; the previous plot stays
+                outcome = (
+                    f"run failed for {self._describe_values(values)}: {type(error).__name__}: {error}; "
+                    f"the plot shows {self._describe_values(self._shown)}"
+                )
+            with self._lock:
+                self._outcome = outcome
+                values, self._waiting = self._waiting, None
+                self._running = values
+                self._update_status()
+                self._lock.notify_all()
+
+    def _update_status(self) -> None:
+        """Set the status line from the run in progress and the one waiting (call with the lock held)."""
+        if self._running is None:
+            self.status.value = self._outcome
+            return
+        line = f"running {self._describe_values(self._running)} ..."
+        if self._waiting is not None:
+            line += f", then {self._describe_values(self._waiting)}"
+        self.status.value = f"{line}; the plot shows {self._describe_values(self._shown)}"
+
+    def explorer(self):
+        """The ipywidgets UI: the controls above the figure, re-drawn on every change."""
+        return _ExplorerBox([_controls_row(list(self.controls.values())), self.image, self.status], self._describe)
+
+    def _describe(self) -> str:
+        values = ", ".join(f"{name}={value!r}" for name, value in self.values.items())
+        return f"{type(self).__name__}({values})"
+
+
+class ExperimentExplorer(_BackgroundExplorer):
     """Explore a training run's curves by label budget, method and learning rate.
 
     ``run_fn(labels_per_class, method, learning_rate)`` trains and returns a dict
@@ -561,15 +649,7 @@ class ExperimentExplorer(_Explorer):
         accuracy_ax.set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(0.0, 1.0))
         self.image = ipywidgets.Image(format="png")
         self.status = ipywidgets.Label()
-        # Guards what the worker thread and the control observers share: the run in
-        # progress, the request waiting for it, the status line.
-        self._lock = threading.Condition()
-        self._shown: dict[str, Any] = {}  # the values of the run the plot shows
-        self._running: dict[str, Any] | None = None
-        self._waiting: dict[str, Any] | None = None
-        self._outcome = self._show(self.values)  # the default values must work: fail loudly here
-        self.status.value = self._outcome
-        self._watch_controls()
+        self._start()
 
     def result(self, labels_per_class: int, method: str, learning_rate: float) -> dict[str, np.ndarray]:
         """The checked curves of one run, from the cache or from ``run_fn``."""
@@ -577,59 +657,6 @@ class ExperimentExplorer(_Explorer):
         if key not in self.results:
             self.results[key] = _curves(self.run_fn(*key))
         return self.results[key]
-
-    def _on_change(self, _change: Mapping[str, Any]) -> None:
-        self.request(self.values)
-
-    def request(self, values: Mapping[str, Any]) -> None:
-        """Show the run of ``values`` (a dict like :attr:`values`): now, or after the run in progress.
-
-        A request for what is shown, or for the run in progress, changes nothing
-        (and drops the request waiting, if any); a new request replaces the waiting one.
-        """
-        values = dict(values)
-        with self._lock:
-            if self._running is not None:
-                self._waiting = None if values == self._running else values
-                self._update_status()
-                return
-            if values == self._shown:
-                return
-            self._running = values
-            self._update_status()
-        threading.Thread(target=self._work, args=(values,), name="ExperimentExplorer", daemon=True).start()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until no run is in progress or waiting; False if ``timeout`` seconds passed first."""
-        with self._lock:
-            return self._lock.wait_for(lambda: self._running is None, timeout)
-
-    def _work(self, values: dict[str, Any] | None) -> None:
-        """The worker thread: run ``values``, then each request that arrived meanwhile, until none waits."""
-        while values is not None:
-            try:
-                outcome = self._show(values)
-            except Exception as error:  # shown in the UI; the previous plot stays
-                outcome = (
-                    f"run failed for {_describe_run(values)}: {type(error).__name__}: {error}; "
-                    f"the plot shows {_describe_run(self._shown)}"
-                )
-            with self._lock:
-                self._outcome = outcome
-                values, self._waiting = self._waiting, None
-                self._running = values
-                self._update_status()
-                self._lock.notify_all()
-
-    def _update_status(self) -> None:
-        """Set the status line from the run in progress and the one waiting (call with the lock held)."""
-        if self._running is None:
-            self.status.value = self._outcome
-            return
-        line = f"running {_describe_run(self._running)} ..."
-        if self._waiting is not None:
-            line += f", then {_describe_run(self._waiting)}"
-        self.status.value = f"{line}; the plot shows {_describe_run(self._shown)}"
 
     def _show(self, values: Mapping[str, Any]) -> str:
         """Run (or fetch) the curves of ``values`` and draw them; returns the status line that describes them."""
@@ -642,14 +669,133 @@ class ExperimentExplorer(_Explorer):
         self.axes["accuracy"].set_ylim(0.0, 1.0)
         self.figure.suptitle(description, fontsize="medium")
         _set_png(self.image, _png(self.figure))
-        self._shown = dict(values)
         accuracy = curves["accuracy"][np.isfinite(curves["accuracy"])]
         return f"{description}: final accuracy {accuracy[-1]:.3f}" if accuracy.size else description
 
-    def explorer(self):
-        """The ipywidgets UI: the controls above the curves, re-drawn on every change."""
-        return _ExplorerBox([_controls_row(list(self.controls.values())), self.image, self.status], self._describe)
+    def _describe_values(self, values: Mapping[str, Any]) -> str:
+        return _describe_run(values)
 
-    def _describe(self) -> str:
-        values = ", ".join(f"{name}={value!r}" for name, value in self.values.items())
-        return f"ExperimentExplorer({values})"
+
+# --------------------------------------------------------------------------
+# Active-learning explorer
+# --------------------------------------------------------------------------
+
+ActiveRunFn = Callable[[str, str], Mapping[str, Any]]
+
+
+def _label_curve(result: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The budgets, accuracies (budgets, seeds) and selections of an active run_fn result, checked."""
+    missing = [name for name in ("budgets", "accuracy", "selections") if name not in result]
+    if missing:
+        raise ValueError(f"run_fn's result lacks {missing}; it needs 'budgets', 'accuracy' and 'selections'.")
+    budgets = np.asarray(result["budgets"], int)
+    accuracy = np.asarray(result["accuracy"], float)
+    if accuracy.ndim != 2 or len(accuracy) != len(budgets):
+        raise ValueError(f"run_fn's 'accuracy' must hold one list of seeds' values per budget, got {accuracy.shape}.")
+    return {"budgets": budgets, "accuracy": accuracy, "selections": result["selections"]}
+
+
+class ActiveExplorer(_BackgroundExplorer):
+    """Explore active-learning runs by strategy, learner and label budget.
+
+    ``run_fn(strategy, learner)`` runs the loop and returns a dict with ``"budgets"`` (the totals of
+    labels), ``"accuracy"`` (per budget, one test accuracy per seed) and ``"selections"`` (per seed,
+    per round, the pool indices labeled then), as ``lab.active.ActiveResult`` holds them; runs are
+    cached per (strategy, learner), so a budget change re-draws without training. ``labels`` are
+    the pool's true classes. The left panel is the label curve (mean ± std over seeds) with the
+    chosen budget marked; the right one, how many labels of each class the strategy had picked by
+    then (mean over seeds): what it covered, and a red cross where no seed has a label of a class.
+
+    Controls: ``"strategy"``, ``"learner"``, ``"budget"``; runs go one at a time in the background,
+    as :class:`ExperimentExplorer`'s do.
+    """
+
+    def __init__(
+        self,
+        run_fn: ActiveRunFn,
+        *,
+        strategies: Sequence[str],
+        learners: Sequence[str],
+        budgets: Sequence[int],
+        labels: np.ndarray,
+        class_names: Sequence[str] | None = None,
+        default_strategy: str | None = None,
+        default_learner: str | None = None,
+    ) -> None:
+        if not callable(run_fn):
+            raise TypeError(f"run_fn must be callable, got {run_fn!r}.")
+        strategies, learners, budgets = list(strategies), list(learners), [int(budget) for budget in budgets]
+        if not strategies or not learners or not budgets:
+            raise ValueError("strategies, learners and budgets must each offer at least one value.")
+        self.run_fn = run_fn
+        self.labels = np.asarray(labels)
+        self.class_names = [str(name) for name in (class_names or range(self.labels.max() + 1))]
+        self.results: dict[tuple[str, str], dict[str, Any]] = {}
+        self.controls = {
+            "strategy": ipywidgets.Dropdown(
+                options=strategies, value=default_strategy or strategies[0], description="strategy", style=_STYLE
+            ),
+            "learner": ipywidgets.Dropdown(
+                options=learners, value=default_learner or learners[0], description="learner", style=_STYLE
+            ),
+            "budget": ipywidgets.SelectionSlider(
+                options=budgets,
+                value=budgets[0],
+                description="labels",
+                continuous_update=False,
+                style=_STYLE,
+                layout=_SLIDER_LAYOUT,
+            ),
+        }
+        self.figure = matplotlib.figure.Figure(figsize=(9.0, 3.4), layout="constrained")
+        self.axes = dict(zip(("curve", "classes"), self.figure.subplots(1, 2)))
+        self.image = ipywidgets.Image(format="png")
+        self.status = ipywidgets.Label()
+        self._start()
+
+    def result(self, strategy: str, learner: str) -> dict[str, Any]:
+        """The checked label curve and selections of one run, from the cache or from ``run_fn``."""
+        key = (str(strategy), str(learner))
+        if key not in self.results:
+            self.results[key] = _label_curve(self.run_fn(*key))
+        return self.results[key]
+
+    def class_counts(self, strategy: str, learner: str, budget: int) -> np.ndarray:
+        """Labels of each class picked by ``budget`` (the rounds up to it), mean over seeds."""
+        result = self.result(strategy, learner)
+        rounds = int(np.searchsorted(result["budgets"], budget, side="right"))
+        counts = [
+            np.bincount(self.labels[np.concatenate(per_round[:rounds]).astype(int)], minlength=len(self.class_names))
+            for per_round in result["selections"]
+        ]
+        return np.mean(counts, 0)
+
+    def _show(self, values: Mapping[str, Any]) -> str:
+        result = self.result(values["strategy"], values["learner"])
+        if values["budget"] not in result["budgets"]:
+            raise ValueError(f"the run has no budget {values['budget']}; its budgets: {result['budgets'].tolist()}")
+        mean, std = 100 * result["accuracy"].mean(1), 100 * result["accuracy"].std(1)
+        at = int(np.flatnonzero(result["budgets"] == values["budget"])[0])
+        curve, classes = self.axes["curve"], self.axes["classes"]
+        curve.clear()
+        curve.plot(result["budgets"], mean, marker="o", color="tab:blue")
+        curve.fill_between(result["budgets"], mean - std, mean + std, color="tab:blue", alpha=0.2)
+        curve.axvline(values["budget"], color="0.5", linestyle=":")
+        curve.set_xticks(result["budgets"])
+        curve.set(xlabel="labels (in total)", ylabel="test accuracy (%)", title="label curve (mean ± std over seeds)")
+        counts = self.class_counts(values["strategy"], values["learner"], values["budget"])
+        classes.clear()
+        classes.bar(range(len(counts)), counts, color="tab:green")
+        missed = np.flatnonzero(counts == 0)
+        classes.plot(missed, np.zeros(len(missed)), "x", color="tab:red", markersize=10, label="no label")
+        if missed.size:
+            classes.legend(fontsize="small")
+        classes.set_xticks(range(len(counts)), self.class_names, rotation=45 if len(counts) > 10 else 0, ha="right")
+        classes.set(ylabel="labels (mean over seeds)", title="labels picked per class")
+        description = self._describe_values(values)
+        self.figure.suptitle(description, fontsize="medium")
+        _set_png(self.image, _png(self.figure))
+        return f"{description}: accuracy {mean[at]:.1f} ± {std[at]:.1f}%"
+
+    def _describe_values(self, values: Mapping[str, Any]) -> str:
+        return f"{values['strategy']}, {values['learner']}, {values['budget']} labels"

@@ -68,6 +68,16 @@ SPECIFIC = {
     # Two methods at one budget: the MLM backbone (pretrained twice: once with its head for the
     # fill-the-blank section, once by experiment.run into the cache) dominates the time.
     "06": {"methods": ["supervised", "mlm+finetune"], "label_budgets": [2], "explorer_budgets": [2]},
+    # Two rounds, two compared strategies, few cheap draws; the headline run's own cold start and strategy.
+    "07": {
+        "budgets": [10, 15],
+        "strategies": ["random", "typiclust"],
+        "learners": ["supervised"],
+        "strategy": "entropy",
+        "cold_start": "coreset",
+        "random_draws": 200,
+        "cold_start_seeds": 2,
+    },
 }
 
 # Notebooks whose records must hold an accuracy (00 derives losses and gradients; it trains no classifier).
@@ -190,6 +200,8 @@ def test_notebook_runs_with_small_parameters(prefix, tmp_path, headless, caplog)
     if prefix == "05":  # each seed's curves as TensorBoard logs in the output folder
         logs = sorted(path.parent.name for path in (tmp_path / "figures").glob("seed_*/*tfevents*"))
         assert logs == [f"seed_{seed}" for seed in parameters["seeds"]]
+    if prefix == "07":  # the label curves of the compared strategies and the headline run
+        assert (tmp_path / "figures" / "label_curves.png").is_file()
     if prefix == "04":
         assert record["source"] == "computed"  # there is no store at results_db
         assert {entry["setup"] for entry in record["comparison"]} == {"supervised", "semi_supervised", "transfer"}

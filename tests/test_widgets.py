@@ -478,3 +478,84 @@ def test_path_explorer_learning_rate_is_a_point_of_its_slider(learning_rate):
     assert abs(steps_from_min - round(steps_from_min)) < 1e-6
     assert np.log10(widgets._LEARNING_RATE_RANGE[0]) - 1e-9 <= slider.min < slider.max <= np.log10(widgets._LEARNING_RATE_RANGE[1]) + 1e-9
     assert slider.max - slider.min > 3.9  # still about four decades
+
+
+# --------------------------------------------------------------------------
+# ActiveExplorer
+# --------------------------------------------------------------------------
+
+POOL_LABELS = np.array([0, 0, 1, 1, 2, 2, 0, 1])
+
+
+class FakeActiveRun:
+    """An active run_fn: two seeds, budgets 2 and 4, selections and accuracies that depend on the strategy."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, strategy, learner):
+        self.calls.append((strategy, learner))
+        first = {"random": [[0, 6], [1, 2]], "typiclust": [[0, 2], [2, 4]]}[strategy]  # per seed: round 0
+        bonus = 0.1 if learner == "fixmatch" else 0.0
+        return {
+            "budgets": [2, 4],
+            "accuracy": [[0.3 + bonus, 0.5 + bonus], [0.6 + bonus, 0.8 + bonus]],
+            "selections": [[first[0], [3, 4]], [first[1], [5, 7]]],
+        }
+
+
+def make_active_explorer(run_fn):
+    return widgets.ActiveExplorer(
+        run_fn, strategies=["random", "typiclust"], learners=["supervised", "fixmatch"], budgets=[2, 4],
+        labels=POOL_LABELS, class_names=["zero", "one", "two"],
+    )  # fmt: skip
+
+
+def test_active_explorer_draws_the_label_curve_and_the_classes_picked():
+    run = FakeActiveRun()
+    explorer = make_active_explorer(run)
+    assert run.calls == [("random", "supervised")]
+    line = explorer.axes["curve"].lines[0]
+    np.testing.assert_allclose(line.get_xdata(), [2, 4])
+    np.testing.assert_allclose(line.get_ydata(), [40.0, 70.0])  # the seeds' mean, in %
+    # by 2 labels: seed 0 picked two zeros, seed 1 a zero and a one
+    np.testing.assert_allclose([bar.get_height() for bar in explorer.axes["classes"].patches], [1.5, 0.5, 0.0])
+    assert explorer.status.value == "random, supervised, 2 labels: accuracy 40.0 ± 10.0%"
+    assert bytes(explorer.image.value).startswith(PNG_MAGIC)
+
+    explorer.controls["budget"].value = 4  # the same run: no training, the rounds up to 4 labels
+    assert explorer.wait(timeout=60)
+    assert run.calls == [("random", "supervised")]
+    np.testing.assert_allclose(explorer.class_counts("random", "supervised", 4), [1.5, 1.5, 1.0])
+    assert explorer.status.value.startswith("random, supervised, 4 labels: accuracy 70.0")
+
+    explorer.controls["learner"].value = "fixmatch"
+    explorer.controls["strategy"].value = "typiclust"
+    assert explorer.wait(timeout=60)
+    assert run.calls[-1] == ("typiclust", "fixmatch")
+    np.testing.assert_allclose([bar.get_height() for bar in explorer.axes["classes"].patches], [0.5, 2.0, 1.5])
+    assert repr(explorer.explorer()) == "ActiveExplorer(strategy='typiclust', learner='fixmatch', budget=4)"
+
+
+def test_active_explorer_shows_a_failed_run_in_its_status():
+    def run(strategy, learner):
+        if strategy == "typiclust":
+            raise ValueError("no embeddings")
+        return FakeActiveRun()(strategy, learner)
+
+    explorer = make_active_explorer(run)
+    explorer.controls["strategy"].value = "typiclust"
+    assert explorer.wait(timeout=60)
+    assert explorer.status.value == (
+        "run failed for typiclust, supervised, 2 labels: ValueError: no embeddings; "
+        "the plot shows random, supervised, 2 labels"
+    )
+
+
+def test_active_explorer_marks_the_classes_no_seed_picked():
+    explorer = make_active_explorer(FakeActiveRun())  # random by 2 labels: no seed has a "two"
+    missed = [line for line in explorer.axes["classes"].lines if line.get_label() == "no label"]
+    assert len(missed) == 1 and missed[0].get_xdata().tolist() == [2]
+    explorer.controls["budget"].value = 4
+    assert explorer.wait(timeout=60)
+    assert [line.get_xdata().tolist() for line in explorer.axes["classes"].lines] == [[]]
