@@ -203,6 +203,27 @@ def test_a_transfer_run_pretrains_on_the_file_and_adapts(tmp_path):
     assert result.wall_time_s["pretrain"] > 0 and len(result.metrics["accuracy"]) == 1
 
 
+def test_editing_one_row_of_a_csv_pretrains_again_and_an_unchanged_file_does_not(tmp_path, monkeypatch):
+    """The backbone's cache key holds the file's content, not its name: the edit keeps every word count, so
+    the tokenizer trained on the file is the same and only the content digest can tell the files apart."""
+    from lab import transfer
+
+    pretrained, train_backbone = [], transfer._train_backbone
+    monkeypatch.setattr(transfer, "_train_backbone", lambda *args: pretrained.append(1) or train_backbone(*args))
+    path = write_csv(tmp_path / "t.csv", ticket_rows())
+    config = {**RUN, "dataset": f"csv:{path}", "setup": "transfer", "pretrain": "mlm", "pretrain_kwargs": {"steps": 2}}
+    before = data.load(f"csv:{path}").tokenizer  # the fingerprint of the tokenizer that made the ids
+    experiment.run(config, progress=False)
+    experiment.run(config, progress=False)  # unchanged file: the cached backbone
+    assert len(pretrained) == 1
+    rows = ticket_rows()
+    rows[0]["text"] = "the dog and the cat number 0"  # was "the cat and the dog number 0": the same words
+    write_csv(path, rows)
+    assert data.load(f"csv:{path}").tokenizer == before
+    experiment.run(config, progress=False)
+    assert len(pretrained) == 2
+
+
 def test_lab_run_takes_a_csv(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     write_csv(tmp_path / "t.csv", ticket_rows())
