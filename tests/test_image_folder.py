@@ -304,29 +304,55 @@ def test_the_example_digit_folders_hold_the_built_in_digits_and_their_split(tmp_
     assert rows(mine.x_test, mine.y_test) == rows(built_in.x_test, built_in.y_test)
 
 
-def test_a_run_trains_on_an_image_folder_with_its_unlabeled_pool(tmp_path, monkeypatch):
-    """experiment.run end to end on a folder, through an entry registered in this process (the
-    ``images:`` names of every entry point are tested with the door that registers them)."""
-    import functools
+def test_a_run_trains_on_an_image_folder_with_its_unlabeled_pool(tmp_path):
+    """experiment.run end to end on a folder named ``images:PATH``, its unlabeled/ pool drawn by FixMatch."""
     import shutil
 
-    from lab import data, experiment
+    from lab import experiment
 
     folder = _examples_script().write_digit_folders(tmp_path / "digits")
     for path in sorted(folder.glob("train/*/*.png"))[::10]:  # a pile of unsorted copies
         (folder / "unlabeled").mkdir(exist_ok=True)
         shutil.copy(path, folder / "unlabeled" / path.name)
     contents = image_folder.describe(folder)
-    loader = functools.partial(image_folder.load, folder)  # its keywords: image_size
-    monkeypatch.setitem(data.DATASET_ENTRIES, "photos", data.DatasetEntry(loader, "image", contents.class_names))
 
-    config = {"dataset": "photos", "dataset_kwargs": {"image_size": 8}, "setup": "semi_supervised",
+    config = {"dataset": f"images:{folder}", "dataset_kwargs": {"image_size": 8}, "setup": "semi_supervised",
               "method": "fixmatch", "labels_per_class": 2, "steps": 40, "learning_rate": 0.01, "eval_every": 20,
               "batch_size": 16, "model_kwargs": {"hidden": (32,)}, "seeds": [0]}
     result = experiment.run(config, progress=False)
     assert result.metrics["accuracy"][0] > 0.2  # at least twice chance after 40 steps
     assert len(experiment.load_dataset(experiment.ExperimentConfig.from_dict(config)).x_unlabeled) == len(
         contents.unlabeled)
+
+
+def test_lab_run_and_lab_sweep_take_a_relative_image_folder(tmp_path, monkeypatch, capsys):
+    """The CLI and a sweep of notebook 05 (its kernels run elsewhere) name the folder by its absolute path;
+    a folder of one class is refused in one line, without a traceback."""
+    import json
+
+    from lab import cli, store
+
+    make_folder(tmp_path / "project" / "photos", classes=("cat", "dog", "owl"), per_class=8, shape=(8, 8, 3))
+    monkeypatch.chdir(tmp_path / "project")
+    fields = ["labels_per_class=2", "model=mlp", "steps=10", "eval_every=10", "batch_size=4", "seeds=[0]"]
+    assert cli.main(["run", "dataset=images:photos", "--no-progress", *fields]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["config"]["dataset"] == f"images:{tmp_path / 'project' / 'photos'}"
+    assert len(printed["metrics"]["accuracy"]) == 1
+
+    options = [word for field in fields[:-1] for word in ("-p", *field.split("=", 1))]
+    notebook = ROOT / "notebooks" / "05_experiment.ipynb"
+    sweep_args = ["sweep", str(notebook), "-p", "dataset", "images:photos", "-p", "dataset_kwargs", "{image_size: 4}",
+                  "-p", "seeds", "[0]", "-p", "save_figures", "false", *options, "--name", "photos"]  # fmt: skip
+    assert cli.main(sweep_args) == 0, capsys.readouterr()
+    (row,) = store.ResultsStore(tmp_path / "project" / "runs" / "results.db", create=False).rows("photos")
+    assert row.status == "done" and row.payload["dataset"] == f"images:{tmp_path / 'project' / 'photos'}"
+
+    make_folder(tmp_path / "project" / "one", classes=("cat",), per_class=4)
+    capsys.readouterr()
+    assert cli.main(["run", "dataset=images:one", *fields]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "one" in error and "Traceback" not in error and len(error.splitlines()) == 1
 
 
 def _benchmark(name):
