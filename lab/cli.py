@@ -54,7 +54,9 @@ def add_train_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="supervised training on a whole dataset; prints final test metrics as JSON"
     )
-    parser.add_argument("--dataset", default="digits", choices=data.DATASETS)
+    parser.add_argument(
+        "--dataset", default="digits", type=dataset_name, help=f"one of {', '.join(data.DATASETS)}, or your own data"
+    )
     parser.add_argument("--model", default="mlp", choices=sorted(models.MODELS))
     parser.add_argument("--optimizer", default="adam", choices=optim.OPTIMIZERS)
     parser.add_argument("--learning-rate", type=positive_float, default=1e-3)
@@ -95,10 +97,10 @@ def add_train_command(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from lab import experiment
+    from lab import data, experiment
 
     config = experiment.TrainConfig(
-        dataset=args.dataset,
+        dataset=data.absolute_name(args.dataset),
         model=args.model,
         optimizer=args.optimizer,
         learning_rate=args.learning_rate,

@@ -66,7 +66,8 @@ TRAIN_CASES: list = [
     (["train", "--ema-decay", "1"], "argument --ema-decay: must be a number in [0, 1), got 1.0"),
     (["train", "--ema-decay", "nan"], "argument --ema-decay: must be a number in [0, 1), got nan"),
     (["train", "--weight-decay-mode", "cubic"], "argument --weight-decay-mode: invalid choice: 'cubic'"),
-    (["train", "--dataset", "cifar"], "argument --dataset: invalid choice: 'cifar'"),
+    (["train", "--dataset", "cifar"], "argument --dataset: unknown dataset 'cifar'; choose one of: digits,"),
+    (["train", "--dataset", "csv:{tmp}/none.csv"], "argument --dataset: {tmp}/none.csv: no such file or folder"),
     # Refused by the command.
     (["train", "--batch-size", "100000"], "batch_size=100000 is larger than the 1347 training examples of digits"),
     (["train", "--workdir", "{tmp}/list.yaml", "--steps", "1"], "workdir {tmp}/list.yaml is not a folder"),
