@@ -129,8 +129,9 @@ def main() -> None:
                 config["pretrain_kwargs"] = {"steps": args.pretrain_steps}
             result = experiment.run(config, progress=False)
             table.setdefault(f"lab {run}", {})[k] = result.metrics["accuracy"]
-            print(f"k={k:<3} lab {run:<16} {np.mean(result.metrics['accuracy']):.4f} "
-                  f"({time.perf_counter() - tic:.0f} s)", flush=True)
+            seeds = ", ".join(f"{accuracy:.4f}" for accuracy in result.metrics["accuracy"])  # kept if cut short
+            print(f"k={k:<3} lab {run:<16} {np.mean(result.metrics['accuracy']):.4f} (seeds: {seeds}; "
+                  f"{time.perf_counter() - tic:.0f} s)", flush=True)
 
     print(f"\n{args.dataset}: test accuracy, mean ± std over seeds {args.seeds}; {args.steps} steps, model {args.model}")
     header = "| method | " + " | ".join(f"{k} / class" for k in args.budgets) + " |"
