@@ -3,6 +3,10 @@
     python benchmarks/label_efficiency.py [--dataset digits] [--dataset-kwargs '{image_size: 16}']
         [--budgets 1 2 4 10] [--seeds 0 1 2 3 4] [--runs supervised fixmatch transfer] [--model mlp] [--steps 2000]
 
+``--runs`` names lab's setups (``RUNS``): ``transfer*`` adapt a SimCLR backbone pretrained once on the
+training images (``--pretrain-steps``, cached); ``transfer_fixmatch`` / ``transfer_flexmatch`` adapt it
+with that semi-supervised method on the labeled set and the unlabeled pool.
+
 ``--dataset`` takes any image dataset that ``lab run`` takes (a built-in name, or your own
 images, e.g. ``images:own_data/digits``), loaded by ``data.load`` as the runs load it, with
 ``--dataset-kwargs`` passed to its loader and to the runs' ``dataset_kwargs``.
@@ -37,6 +41,9 @@ RUNS = {
     "transfer": {"setup": "transfer", "pretrain": "simclr", "adaptation": "finetune"},
     "transfer_probe": {"setup": "transfer", "pretrain": "simclr", "adaptation": "linear_probe"},
     "transfer_low_lr": {"setup": "transfer", "pretrain": "simclr", "adaptation": "finetune_low_lr"},
+    # the same SimCLR backbone (pretrained once on the unlabeled pool, cached), adapted by a method: USB's recipe
+    **{f"transfer_{method}": {"setup": "transfer_semi_supervised", "pretrain": "simclr", "adaptation": "finetune",
+                              "method": method} for method in ("fixmatch", "flexmatch")},
 }
 
 
@@ -118,12 +125,13 @@ def main() -> None:
                 "learning_rate": args.learning_rate,
                 **RUNS[run],
             }
-            if RUNS[run]["setup"] == "transfer":
+            if "pretrain" in RUNS[run]:  # transfer and transfer_semi_supervised
                 config["pretrain_kwargs"] = {"steps": args.pretrain_steps}
             result = experiment.run(config, progress=False)
             table.setdefault(f"lab {run}", {})[k] = result.metrics["accuracy"]
-            print(f"k={k:<3} lab {run:<16} {np.mean(result.metrics['accuracy']):.4f} "
-                  f"({time.perf_counter() - tic:.0f} s)", flush=True)
+            seeds = ", ".join(f"{accuracy:.4f}" for accuracy in result.metrics["accuracy"])  # kept if cut short
+            print(f"k={k:<3} lab {run:<16} {np.mean(result.metrics['accuracy']):.4f} (seeds: {seeds}; "
+                  f"{time.perf_counter() - tic:.0f} s)", flush=True)
 
     print(f"\n{args.dataset}: test accuracy, mean ± std over seeds {args.seeds}; {args.steps} steps, model {args.model}")
     header = "| method | " + " | ".join(f"{k} / class" for k in args.budgets) + " |"

@@ -440,3 +440,31 @@ def test_images_too_large_for_memory_are_refused_before_decoding_saying_what_to_
                               "float32, more than 50% of this machine's 0.2 MB")
     assert "choose a smaller image_size" in message and "\n" not in message
     assert image_folder.load(tmp_path, image_size=10).input_shape == (10, 10, 3)  # 9,600 bytes
+
+
+@pytest.mark.parametrize("method", ["fixmatch", "flexmatch"])
+def test_the_label_efficiency_benchmark_adapts_its_simclr_backbone_with_a_semi_supervised_method(monkeypatch, capsys,
+                                                                                                method):
+    import types
+
+    from lab import data, experiment
+
+    images = np.random.default_rng(0).random((8, 4, 4, 1), np.float32)
+    labels = np.array([0, 1] * 4, np.int32)
+    tiles = data.Dataset("tiles", images, labels, images, labels, ("a", "b"), "in memory")
+    monkeypatch.setitem(data.DATASET_ENTRIES, "tiles", data.DatasetEntry(lambda: tiles, "image", ("a", "b")))
+    configs = []
+
+    def run(config, progress):  # what the script asks lab to run; the setups themselves are tested in test_transfer
+        configs.append(config)
+        return types.SimpleNamespace(metrics={"accuracy": [0.5]})
+
+    monkeypatch.setattr(experiment, "run", run)
+    monkeypatch.setattr("sys.argv", ["label_efficiency.py", "--dataset", "tiles", "--budgets", "2", "--seeds", "0",
+                                     "--runs", f"transfer_{method}", "--peers", "--pretrain-steps", "7"])
+    _benchmark("label_efficiency").main()
+    (config,) = configs
+    assert (config["setup"], config["method"], config["pretrain"]) == ("transfer_semi_supervised", method, "simclr")
+    assert config["pretrain_kwargs"] == {"steps": 7}  # the backbone the transfer rows share, pretrained once
+    experiment.ExperimentConfig.from_dict(config)  # a config lab accepts as it stands
+    assert f"lab transfer_{method}" in capsys.readouterr().out
