@@ -40,6 +40,7 @@ import tokenizers
 from flax import nnx
 
 from lab import cache, devices, files, models, validate
+from lab.dataset import DataNotFoundError
 from lab.modality import PAD_ID, SpecialIds
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, MODULES_FILE = (
@@ -57,6 +58,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read: the message is one line naming the file and what is wrong."""
 
 
+class CheckpointNotFoundError(CheckpointError, DataNotFoundError):
+    """A checkpoint folder that is not there: missing data, as absent dataset files are (so a notebook's
+    :func:`lab.notebook.stop_on_missing_data` shows its one line)."""
+
+
 # --------------------------------------------------------------------------- where from
 
 
@@ -67,7 +73,8 @@ def locate(source: str | os.PathLike[str]) -> Path:
         return path
     name = str(source)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise CheckpointError(
+        error = CheckpointError if path.exists() else CheckpointNotFoundError
+        raise error(
             f"checkpoint {name!r} is not a folder; give a Hugging Face model folder (config.json, model.safetensors, "
             "tokenizer.json) or a hub id such as sentence-transformers/all-MiniLM-L6-v2"
         )

@@ -96,7 +96,8 @@ def list_parameter(name: str, value: Any, example: str = "[0, 1]", *, empty_ok: 
 
 
 def stop_on_missing_data() -> None:
-    """From now on, a ``DataNotFoundError`` in a cell of this IPython kernel shows as its one line.
+    """From now on, a ``DataNotFoundError`` in a cell of this IPython kernel shows as its one line
+    (absent dataset files; an absent checkpoint folder, ``lab.checkpoints.CheckpointNotFoundError``).
 
     The cell still fails (error output, error reply): papermill, ``lab sweep``, nbval and
     JupyterLab's Run All stop there, as they should, and report the message; only the
