@@ -336,6 +336,24 @@ class CheckpointTokenizer:
         ids = np.array([encoding.ids for encoding in encodings], np.int32).reshape(len(encodings), self.max_length)
         return ids, sum(bool(encoding.overflowing) for encoding in encodings)
 
+    def word_pieces(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """How the vocabulary covers ``texts``, uncut and without special tokens, per text: ``words`` (the
+        file's pre-tokenizer's words: BERT's split at spaces and punctuation), ``pieces`` (the tokens they
+        became) and ``unknown`` (the words that became the unknown token, e.g. ``[UNK]``)."""
+        if isinstance(texts, str):
+            raise ValueError("texts must be a sequence of strings, got one string; wrap it in a list")
+        uncut = tokenizers.Tokenizer.from_str(self.backend.to_str())
+        uncut.no_truncation()
+        uncut.no_padding()
+        unknown_id = uncut.token_to_id(getattr(uncut.model, "unk_token", None) or "")
+        counts: dict[str, list[int]] = {"words": [], "pieces": [], "unknown": []}
+        for encoding in uncut.encode_batch(list(texts), add_special_tokens=False):
+            counts["words"].append(len(set(encoding.word_ids) - {None}))
+            counts["pieces"].append(len(encoding.ids))
+            unknown = {word for word, id_ in zip(encoding.word_ids, encoding.ids, strict=True) if id_ == unknown_id}
+            counts["unknown"].append(len(unknown))
+        return {name: np.array(values, np.int64) for name, values in counts.items()}
+
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         return self.backend.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=True)
 
