@@ -44,6 +44,7 @@ __all__ = [
     "ROOT_VARIABLE",
     "ExperimentRuns",
     "FigureSaver",
+    "checkpoint_source",
     "device_summary",
     "explorer_curves",
     "explorer_runs",
@@ -71,6 +72,15 @@ def project_path(path: str | os.PathLike) -> Path:
     """``path`` under :func:`project_root` when it is relative; as it is when absolute."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else project_root() / path
+
+
+def checkpoint_source(name: str | os.PathLike) -> str:
+    """A notebook's ``checkpoint`` parameter as ``lab.checkpoints.load`` takes it: a path (one that is a folder
+    under :func:`project_root`, or that starts with ``.``, ``/`` or ``~``) from the project root, as every
+    relative path of a notebook; anything else, a hub id such as ``sentence-transformers/all-MiniLM-L6-v2``,
+    as it is."""
+    path = project_path(name)
+    return str(path) if path.is_dir() or str(name).startswith((".", "/", "~")) else str(name)
 
 
 def device_summary(platform: str = "auto") -> str:
