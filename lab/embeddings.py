@@ -3,7 +3,8 @@
 * :func:`probe_accuracy`: a linear probe (scikit-learn's ``LogisticRegression``) on frozen
   embeddings, or on any features, e.g. TF-IDF;
 * :data:`TFIDF` / :func:`tfidf_features`: the TF-IDF peers by name, word and character n-grams;
-* :func:`nearest_neighbours`: the texts closest to one, by cosine similarity;
+* :func:`nearest_neighbours`: the texts closest to one, by cosine similarity, and
+  :func:`neighbour_agreement`, how often they share its class;
 * :func:`fine_tuned_features`: a run of :func:`lab.experiment.run` and, for every seed, the pooled
   features its trained encoder gives texts (what fine-tuning did to the embedding space).
 
@@ -73,6 +74,14 @@ def nearest_neighbours(embeddings: np.ndarray, query: int, k: int) -> tuple[np.n
     similarity[query] = -np.inf
     order = np.argsort(-similarity, kind="stable")[:k]
     return order, similarity[order]
+
+
+def neighbour_agreement(embeddings: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """The share of every row's ``k`` nearest neighbours (cosine, itself left out) that have its label:
+    how well the space groups the classes with no classifier at all."""
+    labels = np.asarray(labels)
+    agree = [np.mean(labels[nearest_neighbours(embeddings, row, k)[0]] == labels[row]) for row in range(len(labels))]
+    return float(np.mean(agree))
 
 
 def fine_tuned_features(config: Any, ids: np.ndarray, *, progress: bool = True) -> tuple[Any, np.ndarray]:

@@ -23,6 +23,16 @@ def test_nearest_neighbours_rank_by_cosine_and_leave_the_query_out():
         embeddings.nearest_neighbours(vectors, 5, 1)
 
 
+def test_neighbour_agreement_counts_neighbours_of_the_same_class():
+    # two tight pairs on the axes and one point between them
+    vectors = np.array([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0], [1.0, 0.9]])
+    labels = np.array([0, 0, 1, 1, 1])
+    # k=1: rows 0-3 find their pair (agree); row 4 (45 degrees, a bit closer to x) finds row 1, class 0
+    assert embeddings.neighbour_agreement(vectors, labels, 1) == pytest.approx(4 / 5)
+    # k=2: row 0 -> 1, 4 (1/2); row 1 -> 0, 4 (1/2); row 2 -> 3, 4 (1); row 3 -> 2, 4 (1); row 4 -> 1, 0 (0)
+    assert embeddings.neighbour_agreement(vectors, labels, 2) == pytest.approx(3 / 5)
+
+
 def test_probe_accuracy_is_the_best_logistic_regression_over_c():
     from sklearn.linear_model import LogisticRegression
 
