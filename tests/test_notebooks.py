@@ -68,6 +68,15 @@ SPECIFIC = {
     # Two methods at one budget: the MLM backbone (pretrained twice: once with its head for the
     # fill-the-blank section, once by experiment.run into the cache) dominates the time.
     "06": {"methods": ["supervised", "mlm+finetune"], "label_budgets": [2], "explorer_budgets": [2]},
+    # The tiny random BERT of tests/data/hf (its 32 positions) in place of all-MiniLM-L6-v2: every path, fast.
+    "08": {
+        "checkpoint": str(Path(__file__).resolve().parent / "data" / "hf" / "tiny-bert"),
+        "max_length": 16,
+        "finetune_steps": 2,
+        "finetune_batch_size": 8,
+        "projection_texts": 40,
+        "language_labels_per_class": 1,
+    },
 }
 
 # Notebooks whose records must hold an accuracy (00 derives losses and gradients; it trains no classifier).
