@@ -47,7 +47,7 @@ import tokenizers
 from flax import nnx
 
 from lab import cache, devices, files, models, validate
-from lab.dataset import Dataset
+from lab.dataset import DataNotFoundError, Dataset
 from lab.modality import PAD_ID, SpecialIds
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, MODULES_FILE, PREPROCESSOR_FILE = (
@@ -79,6 +79,11 @@ class CheckpointInputs(Protocol):
     def read(self, load: Callable[..., Dataset]) -> Dataset: ...
 
 
+class CheckpointNotFoundError(CheckpointError, DataNotFoundError):
+    """A checkpoint folder that is not there: missing data, as absent dataset files are (so a notebook's
+    :func:`lab.notebook.stop_on_missing_data` shows its one line)."""
+
+
 # --------------------------------------------------------------------------- where from
 
 
@@ -89,7 +94,8 @@ def locate(source: str | os.PathLike[str]) -> Path:
         return path
     name = str(source)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise CheckpointError(
+        error = CheckpointError if path.exists() else CheckpointNotFoundError
+        raise error(
             f"checkpoint {name!r} is not a folder; give a Hugging Face model folder (config.json, model.safetensors, "
             "tokenizer.json) or a hub id such as sentence-transformers/all-MiniLM-L6-v2"
         )
@@ -489,6 +495,24 @@ class CheckpointTokenizer:
         encodings = self.backend.encode_batch(list(texts))
         ids = np.array([encoding.ids for encoding in encodings], np.int32).reshape(len(encodings), self.max_length)
         return ids, sum(bool(encoding.overflowing) for encoding in encodings)
+
+    def word_pieces(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """How the vocabulary covers ``texts``, uncut and without special tokens, per text: ``words`` (the
+        file's pre-tokenizer's words: BERT's split at spaces and punctuation), ``pieces`` (the tokens they
+        became) and ``unknown`` (the words that became the unknown token, e.g. ``[UNK]``)."""
+        if isinstance(texts, str):
+            raise ValueError("texts must be a sequence of strings, got one string; wrap it in a list")
+        uncut = tokenizers.Tokenizer.from_str(self.backend.to_str())
+        uncut.no_truncation()
+        uncut.no_padding()
+        unknown_id = uncut.token_to_id(getattr(uncut.model, "unk_token", None) or "")
+        counts: dict[str, list[int]] = {"words": [], "pieces": [], "unknown": []}
+        for encoding in uncut.encode_batch(list(texts), add_special_tokens=False):
+            counts["words"].append(len(set(encoding.word_ids) - {None}))
+            counts["pieces"].append(len(encoding.ids))
+            unknown = {word for word, id_ in zip(encoding.word_ids, encoding.ids, strict=True) if id_ == unknown_id}
+            counts["unknown"].append(len(unknown))
+        return {name: np.array(values, np.int64) for name, values in counts.items()}
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         return self.backend.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=True)

@@ -44,6 +44,7 @@ __all__ = [
     "ROOT_VARIABLE",
     "ExperimentRuns",
     "FigureSaver",
+    "checkpoint_source",
     "device_summary",
     "explorer_curves",
     "explorer_runs",
@@ -73,6 +74,15 @@ def project_path(path: str | os.PathLike) -> Path:
     return path if path.is_absolute() else project_root() / path
 
 
+def checkpoint_source(name: str | os.PathLike) -> str:
+    """A notebook's ``checkpoint`` parameter as ``lab.checkpoints.load`` takes it: a path (one that is a folder
+    under :func:`project_root`, or that starts with ``.``, ``/`` or ``~``) from the project root, as every
+    relative path of a notebook; anything else, a hub id such as ``sentence-transformers/all-MiniLM-L6-v2``,
+    as it is."""
+    path = project_path(name)
+    return str(path) if path.is_dir() or str(name).startswith((".", "/", "~")) else str(name)
+
+
 def device_summary(platform: str = "auto") -> str:
     """What this kernel computes on, e.g. ``"cpu (1 device)"`` or ``"NVIDIA H200 x1"``: the devices of
     ``platform`` (``lab.devices``; ``"auto"``, the default, is the accelerator when JAX sees one)."""
@@ -96,7 +106,8 @@ def list_parameter(name: str, value: Any, example: str = "[0, 1]", *, empty_ok: 
 
 
 def stop_on_missing_data() -> None:
-    """From now on, a ``DataNotFoundError`` in a cell of this IPython kernel shows as its one line.
+    """From now on, a ``DataNotFoundError`` in a cell of this IPython kernel shows as its one line
+    (absent dataset files; an absent checkpoint folder, ``lab.checkpoints.CheckpointNotFoundError``).
 
     The cell still fails (error output, error reply): papermill, ``lab sweep``, nbval and
     JupyterLab's Run All stop there, as they should, and report the message; only the

@@ -55,6 +55,7 @@ import dataclasses
 import functools
 import hashlib
 import io
+import json
 import logging
 import os
 import re

@@ -193,6 +193,19 @@ def test_a_path_that_is_neither_folder_nor_hub_id_is_refused(tmp_path):
     assert message.startswith(f"checkpoint '{tmp_path / 'nowhere'}' is not a folder;")
 
 
+def test_an_absent_checkpoint_folder_is_missing_data(tmp_path):
+    # So that a notebook's stop_on_missing_data shows it in one line, as it shows absent dataset files.
+    from lab.dataset import DataNotFoundError
+
+    for absent in (tmp_path / "nowhere", "../no-such-folder/all-MiniLM-L6-v2"):
+        with pytest.raises(DataNotFoundError, match="is not a folder"):
+            checkpoints.load(absent)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(checkpoints.CheckpointError) as error:  # there, but not a folder: not missing
+        checkpoints.load(tmp_path / "a-file")
+    assert not isinstance(error.value, DataNotFoundError)
+
+
 # --------------------------------------------------------------------------- adapting a checkpoint
 
 

@@ -43,6 +43,19 @@ def test_outside_a_checkout_paths_are_relative_to_the_working_directory(tmp_path
     assert notebook.project_path("runs/x") == tmp_path / "runs" / "x"
 
 
+def test_a_checkpoint_parameter_is_a_folder_from_the_root_or_a_hub_id(checkout, monkeypatch):
+    shared = checkout.parent / "shared" / "checkpoints" / "model"
+    shared.mkdir(parents=True)
+    (checkout / "models" / "local").mkdir(parents=True)
+    monkeypatch.chdir(checkout / "notebooks")  # JupyterLab, nbval: paths still start at the checkout
+    assert notebook.checkpoint_source("../shared/checkpoints/model") == str(checkout / ".." / "shared/checkpoints/model")
+    assert notebook.checkpoint_source("models/local") == str(checkout / "models" / "local")
+    # absent, but spelled as a path: still the root's (so that loading it says it is not there)
+    assert notebook.checkpoint_source("../absent/model") == str(checkout / ".." / "absent/model")
+    assert notebook.checkpoint_source("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert notebook.checkpoint_source(str(shared)) == str(shared)
+
+
 def test_the_environment_variable_names_the_root(checkout, tmp_path, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     monkeypatch.setenv(notebook.ROOT_VARIABLE, str(elsewhere))

@@ -78,6 +78,15 @@ SPECIFIC = {
         "random_draws": 200,
         "cold_start_seeds": 2,
     },
+    # The tiny random BERT of tests/data/hf (its 32 positions) in place of all-MiniLM-L6-v2: every path, fast.
+    "08": {
+        "checkpoint": str(Path(__file__).resolve().parent / "data" / "hf" / "tiny-bert"),
+        "max_length": 16,
+        "finetune_steps": 2,
+        "finetune_batch_size": 8,
+        "projection_texts": 40,
+        "language_labels_per_class": 1,
+    },
 }
 
 # Notebooks whose records must hold an accuracy (00 derives losses and gradients; it trains no classifier).
