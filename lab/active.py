@@ -673,7 +673,12 @@ def _pretrained_features(learner, dataset, progress: bool, load_dataset) -> np.n
     from lab.experiment import SETUPS
 
     plan = SETUPS[learner.setup]
-    module = plan.classifier(learner, dataset, plan.pretrain(learner, progress, load_dataset))(0)
+    backbone = plan.pretrain(learner, progress, load_dataset)
+    embed = plan.frozen_features(learner, backbone)
+    if embed is not None:
+        # the ids a frozen probe embeds for training (train and test): one cache entry for both
+        return embed(np.concatenate([dataset.x_train, dataset.x_test]))[: len(dataset.x_train)]
+    module = plan.classifier(learner, dataset, backbone)(0)
     graphs, params, model_state = train.Graphs.split(module)
     params, model_state = jax.tree.map(lambda leaf: leaf[None], (params, model_state))  # one seed
     return _pool_outputs(graphs, params, model_state, dataset.x_train)[1][0]

@@ -157,6 +157,10 @@ class ProbeHead(nnx.Module):
     def __init__(self, head: nnx.Linear):
         self.head = head
 
+    def features(self, features: jax.Array) -> jax.Array:
+        """The classifiers' ``features``: here the frozen backbone's, computed beforehand."""
+        return features
+
     def __call__(self, features: jax.Array) -> jax.Array:
         return self.head(features)
 

@@ -404,3 +404,35 @@ def test_command_line_refuses_bad_input_in_one_line(fields, message, before_the_
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1 and error.startswith("lab active: error: ")
     assert store.exists() != before_the_data  # a config refused before the data is loaded writes nothing
+
+
+def test_a_checkpoints_frozen_probe_learns_in_the_loop_and_its_embeddings_pick():
+    # The frozen probe of a Hugging Face checkpoint: the cold start and later queries read the checkpoint's
+    # embeddings of the pool, here computed independently (uncached) and replayed with the loop's keys.
+    from pathlib import Path
+
+    from lab import checkpoints, experiment
+
+    tiny = Path(__file__).resolve().parent / "data" / "hf" / "tiny-bert"
+    learner = {
+        "setup": "transfer", "adaptation": "linear_probe", "pretrain": "checkpoint", "checkpoint": str(tiny),
+        "model": "bert", "pretrain_kwargs": {"max_length": 16}, "dataset": "fortunes_topics", "seeds": [0, 1],
+        "batch_size": 8, "steps": 4, "eval_every": 4,
+    }  # fmt: skip
+    config = {"learner": learner, "cold_start": "typiclust", "strategy": "coreset", "budgets": [10, 14]}
+    with pytest.warns(UserWarning, match="longer than max_length=16"):
+        result = active.run({**config, "embeddings": "pretrained"}, progress=False)
+        from_the_model = active.run(config, progress=False)  # the probe's features after a round
+        dataset = experiment.load_dataset(experiment.ExperimentConfig.from_dict(learner))
+    pool = len(dataset.y_train)
+    ids = np.concatenate([dataset.x_train, dataset.x_test])
+    embeddings = checkpoints.load(tiny, max_length=16).embed_ids(ids, cached=False)[:pool]
+    for seed, selection in zip(learner["seeds"], result.selections):
+        key, cold_key = jax.random.split(jax.random.key(seed))
+        labeled = np.zeros(pool, bool)
+        assert selection[0] == sorted(active.query("typiclust", cold_key, labeled, 10, embeddings=embeddings))
+        labeled[selection[0]] = True
+        round_key = jax.random.split(key)[1]
+        assert selection[1] == sorted(active.query("coreset", round_key, labeled, 4, embeddings=embeddings))
+    assert from_the_model.selections == result.selections
+    assert len(result.curve["accuracy"]) == 2
