@@ -3,6 +3,8 @@
     python benchmarks/pretrained.py [--checkpoint ../shared/checkpoints/all-MiniLM-L6-v2]
         [--dataset fortunes_topics] [--budgets 5 10 25 50] [--seeds 0 1 2] [--max-length 128]
         [--speed-texts 256] [--finetune-steps 20] [--no-probe]
+        [--adapt finetune finetune_low_lr fixmatch] [--adapt-budgets 10] [--adapt-steps 200]
+        [--adapt-lr 5e-5] [--adapt-length 64] [--adapt-batch-size 32]
 
 The checkpoint is read by :mod:`lab.checkpoints` (its tokenizer makes the dataset's ids through
 ``data.load(name, tokenizer=...)``); every training and test text is embedded once by lab's encoder
@@ -27,6 +29,14 @@ not timed: ``wall_time_s["train"]``), then, in the same process, ``transformers`
 (the same encoder, mean pooling, normalisation and head, AdamW, dropout on, one batch of 32 of those
 labeled texts x 64 tokens; N steps after one warm-up step), as a ratio. The load average (1 minute)
 is printed before and after each, since the machine may be shared.
+
+With ``--adapt NAME ...`` (:data:`ADAPTATIONS`), lab's adaptation rows: for every budget of
+``--adapt-budgets``, one ``lab.experiment.run`` per name with the checkpoint's encoder and a new head
+(``setup=transfer pretrain=checkpoint model=bert``, or ``transfer_semi_supervised`` for a method),
+every seed side by side (vmapped), texts of ``--adapt-length`` tokens, ``--adapt-steps`` steps of
+``--adapt-batch-size``, AdamW at ``--adapt-lr`` (``finetune_low_lr``: the head at that rate, the
+encoder at ``--backbone-lr-multiplier`` times it), scored on the test set once at the end. The wall
+time of each row and the load average around it are printed.
 """
 
 from __future__ import annotations
@@ -48,6 +58,16 @@ C_VALUES = (1.0, 10.0, 100.0)
 BATCH = 64
 # The fine-tuning cost: batches of this many texts of this many tokens, AdamW at this rate, labels per topic.
 FINETUNE_BATCH, FINETUNE_LENGTH, FINETUNE_LR, FINETUNE_LABELS = 32, 64, 3e-5, 10
+# lab's adaptation rows: a name -> the experiment fields that make it (with the checkpoint's encoder and a new head).
+_TRANSFER = {"setup": "transfer", "pretrain": "checkpoint", "model": "bert", "optimizer": "adamw"}
+ADAPTATIONS = {
+    "finetune": {**_TRANSFER, "adaptation": "finetune"},
+    "finetune_low_lr": {**_TRANSFER, "adaptation": "finetune_low_lr"},
+    **{
+        method: {**_TRANSFER, "setup": "transfer_semi_supervised", "method": method, "adaptation": "finetune"}
+        for method in ("fixmatch", "flexmatch")
+    },
+}
 
 
 def probe_accuracy(x_train, y_train, x_test, y_test) -> float:
@@ -142,6 +162,35 @@ def finetune_costs(folder: str, dataset_name: str, steps: int) -> dict[str, floa
     return costs
 
 
+def adaptation_rows(args) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
+    """Test accuracy (%) per adaptation, budget and seed through ``experiment.run``; each row's wall time and load."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    costs: dict[str, float] = {}
+    for name in args.adapt:
+        for k in args.adapt_budgets:
+            config = {
+                **ADAPTATIONS[name], "checkpoint": args.checkpoint, "dataset": args.dataset,
+                "learning_rate": args.adapt_lr, "backbone_lr_multiplier": args.backbone_lr_multiplier,
+                "pretrain_kwargs": {"max_length": args.adapt_length}, "labels_per_class": k, "seeds": args.seeds,
+                "batch_size": args.adapt_batch_size, "steps": args.adapt_steps, "eval_every": args.adapt_steps,
+            }  # fmt: skip
+            row = f"{name} k={k}"
+            costs[f"{row} load_before"] = load_average()
+            tic = time.perf_counter()
+            result = experiment.run(config, progress=False)
+            costs[f"{row} wall_s"] = time.perf_counter() - tic
+            costs[f"{row} train_s"] = result.wall_time_s["train"]
+            costs[f"{row} load_after"] = load_average()
+            rows.setdefault(name, {})[str(k)] = [100 * float(a) for a in result.metrics["accuracy"]]
+            print(
+                f"{row}: {np.mean(rows[name][str(k)]):.1f} ± {np.std(rows[name][str(k)]):.1f} "
+                f"(seeds {rows[name][str(k)]}) in {costs[f'{row} wall_s']:.0f} s, "
+                f"load {costs[f'{row} load_before']} -> {costs[f'{row} load_after']}",
+                flush=True,
+            )
+    return rows, costs
+
+
 def probe_rows(args, checkpoint, dataset, costs: dict) -> dict[str, list[float]]:
     """Test accuracy (%) per budget and seed of LogisticRegression on the frozen embeddings; timings into ``costs``."""
     ids = np.concatenate([dataset.x_train, dataset.x_test])
@@ -181,6 +230,13 @@ def main() -> None:
     parser.add_argument("--speed-texts", type=int, default=0)
     parser.add_argument("--finetune-steps", type=int, default=0)
     parser.add_argument("--no-probe", action="store_true", help="skip the probe table (only the costs asked for)")
+    parser.add_argument("--adapt", nargs="*", default=[], choices=list(ADAPTATIONS), help="lab's adaptation rows")
+    parser.add_argument("--adapt-budgets", type=int, nargs="+", default=[10])
+    parser.add_argument("--adapt-steps", type=int, default=200)
+    parser.add_argument("--adapt-lr", type=float, default=5e-5)
+    parser.add_argument("--backbone-lr-multiplier", type=float, default=0.1, help="finetune_low_lr's encoder rate")
+    parser.add_argument("--adapt-length", type=int, default=64)
+    parser.add_argument("--adapt-batch-size", type=int, default=32)
     args = parser.parse_args()
 
     tic = time.perf_counter()
@@ -206,11 +262,17 @@ def main() -> None:
 
     if args.finetune_steps:
         costs.update(finetune_costs(args.checkpoint, args.dataset, args.finetune_steps))
+    adapted, adaptation_costs = adaptation_rows(args)
+    costs.update(adaptation_costs)
     costs["cores"] = os.cpu_count()
 
     if rows:
         print_table(args, rows)
-    print(json.dumps({"costs": {k: round(v, 3) for k, v in costs.items()}, "per_seed": rows}, indent=1))
+    for name, by_budget in adapted.items():
+        cells = " | ".join(f"{k} / topic: {np.mean(v):.1f} ± {np.std(v):.1f}" for k, v in by_budget.items())
+        print(f"| lab: {name}, {args.adapt_steps} steps, lr {args.adapt_lr:g} | {cells} |")
+    per_seed = {"probe": rows, **adapted}
+    print(json.dumps({"costs": {k: round(v, 3) for k, v in costs.items()}, "per_seed": per_seed}, indent=1))
 
 
 if __name__ == "__main__":
