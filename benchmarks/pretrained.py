@@ -13,7 +13,10 @@ The checkpoint is read by :mod:`lab.checkpoints` (its tokenizer makes the datase
 set is ``data.labeled_split(y_train, k, s)``, the draw ``lab.experiment.run`` makes; a
 ``LogisticRegression`` (scikit-learn) on the labeled embeddings is scored on the test set, with C
 the best of 1, 10 and 100 on the test set, as the reference row (`transformers` + torch) was made (so it is optimistic
-in the same way). Column ``all``: every training label.
+in the same way). Column ``all``: every training label. The TF-IDF peers on the same draws
+(``benchmarks/language.py``'s features: word 1-2-grams and character 1-4-grams within word boundaries,
+each with the vocabulary fitted on the training texts and on train + corpus), each with the same
+``LogisticRegression`` and C chosen the same way; "best peer" is the best of them at each budget.
 
 With ``--speed-texts N`` and ``transformers`` + ``torch`` installed (the ``bench`` extra), the
 first N training texts are also embedded by ``transformers`` in PyTorch eager, same checkpoint,
@@ -37,6 +40,11 @@ every seed side by side (vmapped), texts of ``--adapt-length`` tokens, ``--adapt
 ``--adapt-batch-size``, AdamW at ``--adapt-lr`` (``finetune_low_lr``: the head at that rate, the
 encoder at ``--backbone-lr-multiplier`` times it), scored on the test set once at the end. The wall
 time of each row and the load average around it are printed.
+
+With ``--tokenization``, what the checkpoint's vocabulary makes of each class's training and test
+texts (untruncated, special tokens left out): word pieces per word (words as the tokenizer's
+pre-tokenizer splits them: whitespace and punctuation), the share of words kept whole (one piece,
+not ``[UNK]``), and the share of pieces that are ``[UNK]``; e.g. per language on ``fortunes_language``.
 """
 
 from __future__ import annotations
@@ -48,9 +56,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tokenizers
 from sklearn.linear_model import LogisticRegression
 
-from lab import checkpoints, data, experiment
+import language  # benchmarks/language.py, beside this script: the TF-IDF peers
+from lab import checkpoints, data, experiment, text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = ROOT.parent / "shared" / "checkpoints" / "all-MiniLM-L6-v2"
@@ -209,15 +219,77 @@ def probe_rows(args, checkpoint, dataset, costs: dict) -> dict[str, list[float]]
     return rows
 
 
-def print_table(args, rows: dict[str, list[float]]) -> None:
-    header = " | ".join(f"{k} / topic" if k != "all" else "all labels" for k in rows)
-    cells = " | ".join(
-        f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
-        for values in rows.values()
-    )
+def peer_rows(args, dataset, tokenizer) -> dict[str, dict[str, list[float]]]:
+    """Test accuracy (%) per TF-IDF peer, budget and seed: LogisticRegression as :func:`probe_accuracy`;
+    ``tokenizer`` made ``dataset``'s ids (checked to be the raw texts in the same order)."""
+    texts = text.load_texts(args.dataset)
+    language.check_alignment(texts, dataset, tokenizer)
+    table: dict[str, dict[str, list[float]]] = {}
+    for kind in language.FEATURES:
+        for source in language.VOCABULARY_SOURCES:
+            x_train, x_test = language.tfidf_features(kind, texts, source)
+            rows = table.setdefault(f"{language.peer_name(kind, source)} + LogisticRegression", {})
+            for k in args.budgets:
+                for seed in args.seeds:
+                    labeled, _ = data.labeled_split(texts.y_train, k, seed)
+                    rows.setdefault(str(k), []).append(
+                        probe_accuracy(x_train[labeled], texts.y_train[labeled], x_test, texts.y_test)
+                    )
+            rows["all"] = [probe_accuracy(x_train, texts.y_train, x_test, texts.y_test)]
+    return table
+
+
+def tokenization_by_class(checkpoint, texts) -> dict[str, dict[str, float]]:
+    """Per class of ``texts`` (train and test): word pieces per word, % of words kept whole, % of pieces [UNK]."""
+    backend = tokenizers.Tokenizer.from_str(checkpoint.tokenizer.backend.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    unknown = backend.token_to_id("[UNK]")
+    labels = np.concatenate([texts.y_train, texts.y_test])
+    every_text = [*texts.train, *texts.test]
+    report = {}
+    for label, name in enumerate(texts.class_names):
+        of_class = [t for t, y in zip(every_text, labels) if y == label]
+        encodings = backend.encode_batch(of_class, add_special_tokens=False)
+        pieces = words = whole = unknowns = 0
+        for encoding in encodings:
+            pieces_of_word = np.bincount([w for w in encoding.word_ids if w is not None]) if encoding.ids else []
+            words += int(np.count_nonzero(pieces_of_word))
+            pieces += len(encoding.ids)
+            unknowns += encoding.ids.count(unknown)
+            whole_ids = [i for i, w in zip(encoding.ids, encoding.word_ids) if pieces_of_word[w] == 1]
+            whole += len(whole_ids) - whole_ids.count(unknown)
+        report[name] = {
+            "pieces_per_word": pieces / words, "whole_words_%": 100 * whole / words,
+            "unk_pieces_%": 100 * unknowns / pieces,
+        }  # fmt: skip
+    return report
+
+
+def best_of(table: dict[str, dict[str, list[float]]]) -> dict[str, str]:
+    """Per budget, the name of the row with the best mean."""
+    budgets = dict.fromkeys(k for rows in table.values() for k in rows)
+    return {k: max((name for name in table if k in table[name]), key=lambda n: np.mean(table[n][k])) for k in budgets}
+
+
+def print_table(args, table: dict[str, dict[str, list[float]]]) -> None:
+    columns = list(dict.fromkeys(k for rows in table.values() for k in rows))
+    header = " | ".join(f"{k} / topic" if k != "all" else "all labels" for k in columns)
     print(f"| `{args.dataset}`, {len(args.seeds)} draws | {header} |")
-    print("| --- |" + " ---: |" * len(rows))
-    print(f"| lab: {Path(args.checkpoint).name}, frozen, mean-pooled + normalised, LogisticRegression | {cells} |")
+    print("| --- |" + " ---: |" * len(columns))
+
+    def cell(values: list[float] | None) -> str:
+        if values is None:
+            return ""
+        return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+
+    for name, rows in table.items():
+        print(f"| {name} | " + " | ".join(cell(rows.get(k)) for k in columns) + " |")
+    peers = {name: rows for name, rows in table.items() if name.startswith("TF-IDF")}
+    if peers:
+        best = best_of(peers)
+        print("| best peer | " + " | ".join(cell(peers[best[k]][k]) for k in columns) + " |")
+        print("best peer per budget: " + "; ".join(f"{k}: {name}" for k, name in best.items()))
 
 
 def main() -> None:
@@ -230,6 +302,8 @@ def main() -> None:
     parser.add_argument("--speed-texts", type=int, default=0)
     parser.add_argument("--finetune-steps", type=int, default=0)
     parser.add_argument("--no-probe", action="store_true", help="skip the probe table (only the costs asked for)")
+    parser.add_argument("--no-peers", action="store_true", help="skip the TF-IDF peers")
+    parser.add_argument("--tokenization", action="store_true", help="word pieces and [UNK] per class")
     parser.add_argument("--adapt", nargs="*", default=[], choices=list(ADAPTATIONS), help="lab's adaptation rows")
     parser.add_argument("--adapt-budgets", type=int, nargs="+", default=[10])
     parser.add_argument("--adapt-steps", type=int, default=200)
@@ -244,6 +318,9 @@ def main() -> None:
     dataset = data.load(args.dataset, tokenizer=checkpoint.tokenizer)
     costs = {"load_s": time.perf_counter() - tic}
     rows = {} if args.no_probe else probe_rows(args, checkpoint, dataset, costs)
+    tic = time.perf_counter()
+    peers = {} if args.no_peers or args.no_probe else peer_rows(args, dataset, checkpoint.tokenizer)
+    costs["peers_s"] = time.perf_counter() - tic
     costs["total_s"] = sum(value for name, value in costs.items() if name.endswith("_s"))
 
     if args.speed_texts:
@@ -266,12 +343,18 @@ def main() -> None:
     costs.update(adaptation_costs)
     costs["cores"] = os.cpu_count()
 
+    if args.tokenization:
+        print("| class | word pieces per word | words kept whole (%) | [UNK] pieces (%) |")
+        print("| --- | ---: | ---: | ---: |")
+        for name, found in tokenization_by_class(checkpoint, text.load_texts(args.dataset)).items():
+            print(f"| {name} | " + " | ".join(f"{value:.2f}" for value in found.values()) + " |")
     if rows:
-        print_table(args, rows)
+        probe = f"lab: {Path(args.checkpoint).name}, frozen, mean-pooled + normalised, LogisticRegression"
+        print_table(args, {probe: rows, **peers})
     for name, by_budget in adapted.items():
         cells = " | ".join(f"{k} / topic: {np.mean(v):.1f} ± {np.std(v):.1f}" for k, v in by_budget.items())
         print(f"| lab: {name}, {args.adapt_steps} steps, lr {args.adapt_lr:g} | {cells} |")
-    per_seed = {"probe": rows, **adapted}
+    per_seed = {"probe": rows, **peers, **adapted}
     print(json.dumps({"costs": {k: round(v, 3) for k, v in costs.items()}, "per_seed": per_seed}, indent=1))
 
 
