@@ -301,7 +301,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--speed-texts", type=int, default=0)
     parser.add_argument("--finetune-steps", type=int, default=0)
-    parser.add_argument("--no-probe", action="store_true", help="skip the probe table (only the costs asked for)")
+    parser.add_argument("--no-probe", action="store_true", help="skip lab's probe row (and the embedding)")
     parser.add_argument("--no-peers", action="store_true", help="skip the TF-IDF peers")
     parser.add_argument("--tokenization", action="store_true", help="word pieces and [UNK] per class")
     parser.add_argument("--adapt", nargs="*", default=[], choices=list(ADAPTATIONS), help="lab's adaptation rows")
@@ -319,7 +319,7 @@ def main() -> None:
     costs = {"load_s": time.perf_counter() - tic}
     rows = {} if args.no_probe else probe_rows(args, checkpoint, dataset, costs)
     tic = time.perf_counter()
-    peers = {} if args.no_peers or args.no_probe else peer_rows(args, dataset, checkpoint.tokenizer)
+    peers = {} if args.no_peers else peer_rows(args, dataset, checkpoint.tokenizer)
     costs["peers_s"] = time.perf_counter() - tic
     costs["total_s"] = sum(value for name, value in costs.items() if name.endswith("_s"))
 
@@ -348,9 +348,9 @@ def main() -> None:
         print("| --- | ---: | ---: | ---: |")
         for name, found in tokenization_by_class(checkpoint, text.load_texts(args.dataset)).items():
             print(f"| {name} | " + " | ".join(f"{value:.2f}" for value in found.values()) + " |")
-    if rows:
+    if rows or peers:
         probe = f"lab: {Path(args.checkpoint).name}, frozen, mean-pooled + normalised, LogisticRegression"
-        print_table(args, {probe: rows, **peers})
+        print_table(args, {probe: rows, **peers} if rows else peers)
     for name, by_budget in adapted.items():
         cells = " | ".join(f"{k} / topic: {np.mean(v):.1f} ± {np.std(v):.1f}" for k, v in by_budget.items())
         print(f"| lab: {name}, {args.adapt_steps} steps, lr {args.adapt_lr:g} | {cells} |")
