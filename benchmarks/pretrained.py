@@ -16,7 +16,8 @@ the best of 1, 10 and 100 on the test set, as the reference row (`transformers` 
 in the same way). Column ``all``: every training label. The TF-IDF peers on the same draws
 (``benchmarks/language.py``'s features: word 1-2-grams and character 1-4-grams within word boundaries,
 each with the vocabulary fitted on the training texts and on train + corpus), each with the same
-``LogisticRegression`` and C chosen the same way; "best peer" is the best of them at each budget.
+``LogisticRegression`` and C chosen the same way; "best peer" is the best of them at each budget
+(their every-label column with ``--peers-all-labels``: minutes per peer on the 2 loaded cores).
 
 With ``--speed-texts N`` and ``transformers`` + ``torch`` installed (the ``bench`` extra), the
 first N training texts are also embedded by ``transformers`` in PyTorch eager, same checkpoint,
@@ -235,7 +236,8 @@ def peer_rows(args, dataset, tokenizer) -> dict[str, dict[str, list[float]]]:
                     rows.setdefault(str(k), []).append(
                         probe_accuracy(x_train[labeled], texts.y_train[labeled], x_test, texts.y_test)
                     )
-            rows["all"] = [probe_accuracy(x_train, texts.y_train, x_test, texts.y_test)]
+            if args.peers_all_labels:
+                rows["all"] = [probe_accuracy(x_train, texts.y_train, x_test, texts.y_test)]
     return table
 
 
@@ -303,6 +305,10 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=0)
     parser.add_argument("--no-probe", action="store_true", help="skip lab's probe row (and the embedding)")
     parser.add_argument("--no-peers", action="store_true", help="skip the TF-IDF peers")
+    parser.add_argument(
+        "--peers-all-labels", action="store_true",
+        help="the peers' every-label column too (slow: LogisticRegression at C=100 on every training text)",
+    )
     parser.add_argument("--tokenization", action="store_true", help="word pieces and [UNK] per class")
     parser.add_argument("--adapt", nargs="*", default=[], choices=list(ADAPTATIONS), help="lab's adaptation rows")
     parser.add_argument("--adapt-budgets", type=int, nargs="+", default=[10])
