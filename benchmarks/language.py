@@ -98,12 +98,37 @@ def vectorizer(kind: str):
     return TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True)
 
 
-def check_alignment(texts: text.Texts, dataset: data.Dataset) -> None:
-    """The raw texts are the token arrays' rows, in the same order (so one labeled split indexes both)."""
+VOCABULARY_SOURCES = ("train", "corpus")
+
+
+def vocabulary_texts(texts: text.Texts, source: str) -> list[str]:
+    """The texts a TF-IDF vocabulary and idf are fitted on (no labels, no test text): the training split
+    (``"train"``), or it and the pretraining corpus (``"corpus"``)."""
+    train_texts = list(texts.train)
+    if source == "train":
+        return train_texts
+    # the corpus holds the training texts already (not all of them: see lab.text); each counts once
+    return list(dict.fromkeys([*train_texts, *texts.corpus]))
+
+
+def tfidf_features(kind: str, texts: text.Texts, source: str):
+    """``(x_train, x_test)``: the TF-IDF features ``kind`` of the training and test texts, fitted on
+    :func:`vocabulary_texts` ``source``."""
+    vectors = vectorizer(kind).fit(vocabulary_texts(texts, source))
+    return vectors.transform(list(texts.train)), vectors.transform(list(texts.test))
+
+
+def peer_name(kind: str, source: str) -> str:
+    return f"TF-IDF {kind}" + (" (vocabulary from train + corpus)" if source == "corpus" else "")
+
+
+def check_alignment(texts: text.Texts, dataset: data.Dataset, encoder=None) -> None:
+    """The raw texts are the token arrays' rows, in the same order (so one labeled split indexes both);
+    ``encoder``: the tokenizer that made the rows (default: lab's own for the dataset)."""
     if len(texts.train) != len(dataset.x_train) or not np.array_equal(texts.y_train, dataset.y_train):
         raise AssertionError("load_texts and data.load disagree on the training split")
     sample = np.linspace(0, len(texts.train) - 1, 64).astype(int)
-    encoder = text.train_tokenizer(texts.corpus)  # data.load's, with its default vocabulary size and length
+    encoder = encoder or text.train_tokenizer(texts.corpus)  # data.load's, with its default vocabulary size and length
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # truncation, already reported by data.load
         encoded = encoder.encode([texts.train[i] for i in sample])
@@ -155,7 +180,7 @@ def main() -> None:
         help="TF-IDF features of the peers (default: word; word and char for languages)",
     )
     parser.add_argument(
-        "--vocabulary-from", choices=("train", "corpus"), default="train",
+        "--vocabulary-from", choices=VOCABULARY_SOURCES, default="train",
         help="texts the TF-IDF vocabulary and idf are fitted on: the training split, or it and the "
         "pretraining corpus (the unlabeled texts MLM reads; no test text is in it)",
     )
@@ -180,27 +205,21 @@ def main() -> None:
     dataset = data.load(args.dataset)
     texts = data.texts(args.dataset)
     check_alignment(texts, dataset)
-    train_texts = list(texts.train)
 
     table: dict[str, dict[int | str, list[float]]] = {}
     costs: list[str] = []
-    vocabulary_texts, fitted_on = train_texts, ""
-    if args.vocabulary_from == "corpus":
-        # the corpus holds the training texts already (not all of them: see lab.text); each counts once
-        vocabulary_texts = list(dict.fromkeys([*train_texts, *texts.corpus]))
-        fitted_on = " (vocabulary from train + corpus)"
     for kind in features:
         tic = time.perf_counter()
-        vectors = vectorizer(kind).fit(vocabulary_texts)
-        matrices = (vectors.transform(train_texts), vectors.transform(list(texts.test)))
+        matrices = tfidf_features(kind, texts, args.vocabulary_from)
+        features_name = peer_name(kind, args.vocabulary_from)
         for k in budgets:
             for seed in args.seeds:
                 found = peer_accuracies(matrices, texts.y_train, texts.y_test, k, seed, args.peers)
                 for name, accuracy in found.items():
-                    table.setdefault(f"TF-IDF {kind}{fitted_on} + {name}", {}).setdefault(k, []).append(accuracy)
+                    table.setdefault(f"{features_name} + {name}", {}).setdefault(k, []).append(accuracy)
         if not args.no_all_labels and "LogReg" in args.peers:
             every_label = peer_accuracies(matrices, texts.y_train, texts.y_test, None, 0)["LogReg"]
-            table[f"TF-IDF {kind}{fitted_on} + LogReg"]["all"] = [every_label]
+            table[f"{features_name} + LogReg"]["all"] = [every_label]
         seconds = time.perf_counter() - tic
         print(f"peers on TF-IDF {kind} features ({matrices[0].shape[1]} of them): {seconds:.0f} s", flush=True)
 

@@ -3,6 +3,8 @@
     python benchmarks/pretrained.py [--checkpoint ../shared/checkpoints/all-MiniLM-L6-v2]
         [--dataset fortunes_topics] [--budgets 5 10 25 50] [--seeds 0 1 2] [--max-length 128]
         [--speed-texts 256] [--finetune-steps 20] [--no-probe]
+        [--adapt finetune finetune_low_lr fixmatch] [--adapt-budgets 10] [--adapt-steps 200]
+        [--adapt-lr 5e-5] [--adapt-length 64] [--adapt-batch-size 32]
 
 The checkpoint is read by :mod:`lab.checkpoints` (its tokenizer makes the dataset's ids through
 ``data.load(name, tokenizer=...)``); every training and test text is embedded once by lab's encoder
@@ -11,7 +13,11 @@ The checkpoint is read by :mod:`lab.checkpoints` (its tokenizer makes the datase
 set is ``data.labeled_split(y_train, k, s)``, the draw ``lab.experiment.run`` makes; a
 ``LogisticRegression`` (scikit-learn) on the labeled embeddings is scored on the test set, with C
 the best of 1, 10 and 100 on the test set, as the reference row (`transformers` + torch) was made (so it is optimistic
-in the same way). Column ``all``: every training label.
+in the same way). Column ``all``: every training label. The TF-IDF peers on the same draws
+(``benchmarks/language.py``'s features: word 1-2-grams and character 1-4-grams within word boundaries,
+each with the vocabulary fitted on the training texts and on train + corpus), each with the same
+``LogisticRegression`` and C chosen the same way; "best peer" is the best of them at each budget
+(their every-label column with ``--peers-all-labels``: minutes per peer on the 2 loaded cores).
 
 With ``--speed-texts N`` and ``transformers`` + ``torch`` installed (the ``bench`` extra), the
 first N training texts are also embedded by ``transformers`` in PyTorch eager, same checkpoint,
@@ -27,6 +33,19 @@ not timed: ``wall_time_s["train"]``), then, in the same process, ``transformers`
 (the same encoder, mean pooling, normalisation and head, AdamW, dropout on, one batch of 32 of those
 labeled texts x 64 tokens; N steps after one warm-up step), as a ratio. The load average (1 minute)
 is printed before and after each, since the machine may be shared.
+
+With ``--adapt NAME ...`` (:data:`ADAPTATIONS`), lab's adaptation rows: for every budget of
+``--adapt-budgets``, one ``lab.experiment.run`` per name with the checkpoint's encoder and a new head
+(``setup=transfer pretrain=checkpoint model=bert``, or ``transfer_semi_supervised`` for a method),
+every seed side by side (vmapped), texts of ``--adapt-length`` tokens, ``--adapt-steps`` steps of
+``--adapt-batch-size``, AdamW at ``--adapt-lr`` (``finetune_low_lr``: the head at that rate, the
+encoder at ``--backbone-lr-multiplier`` times it), scored on the test set once at the end. The wall
+time of each row and the load average around it are printed.
+
+With ``--tokenization``, what the checkpoint's vocabulary makes of each class's training and test
+texts (untruncated, special tokens left out): word pieces per word (words as the tokenizer's
+pre-tokenizer splits them: whitespace and punctuation), the share of words kept whole (one piece,
+not ``[UNK]``), and the share of pieces that are ``[UNK]``; e.g. per language on ``fortunes_language``.
 """
 
 from __future__ import annotations
@@ -38,9 +57,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tokenizers
 from sklearn.linear_model import LogisticRegression
 
-from lab import checkpoints, data, experiment
+import language  # benchmarks/language.py, beside this script: the TF-IDF peers
+from lab import checkpoints, data, experiment, text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = ROOT.parent / "shared" / "checkpoints" / "all-MiniLM-L6-v2"
@@ -48,6 +69,16 @@ C_VALUES = (1.0, 10.0, 100.0)
 BATCH = 64
 # The fine-tuning cost: batches of this many texts of this many tokens, AdamW at this rate, labels per topic.
 FINETUNE_BATCH, FINETUNE_LENGTH, FINETUNE_LR, FINETUNE_LABELS = 32, 64, 3e-5, 10
+# lab's adaptation rows: a name -> the experiment fields that make it (with the checkpoint's encoder and a new head).
+_TRANSFER = {"setup": "transfer", "pretrain": "checkpoint", "model": "bert", "optimizer": "adamw"}
+ADAPTATIONS = {
+    "finetune": {**_TRANSFER, "adaptation": "finetune"},
+    "finetune_low_lr": {**_TRANSFER, "adaptation": "finetune_low_lr"},
+    **{
+        method: {**_TRANSFER, "setup": "transfer_semi_supervised", "method": method, "adaptation": "finetune"}
+        for method in ("fixmatch", "flexmatch")
+    },
+}
 
 
 def probe_accuracy(x_train, y_train, x_test, y_test) -> float:
@@ -142,6 +173,35 @@ def finetune_costs(folder: str, dataset_name: str, steps: int) -> dict[str, floa
     return costs
 
 
+def adaptation_rows(args) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
+    """Test accuracy (%) per adaptation, budget and seed through ``experiment.run``; each row's wall time and load."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    costs: dict[str, float] = {}
+    for name in args.adapt:
+        for k in args.adapt_budgets:
+            config = {
+                **ADAPTATIONS[name], "checkpoint": args.checkpoint, "dataset": args.dataset,
+                "learning_rate": args.adapt_lr, "backbone_lr_multiplier": args.backbone_lr_multiplier,
+                "pretrain_kwargs": {"max_length": args.adapt_length}, "labels_per_class": k, "seeds": args.seeds,
+                "batch_size": args.adapt_batch_size, "steps": args.adapt_steps, "eval_every": args.adapt_steps,
+            }  # fmt: skip
+            row = f"{name} k={k}"
+            costs[f"{row} load_before"] = load_average()
+            tic = time.perf_counter()
+            result = experiment.run(config, progress=False)
+            costs[f"{row} wall_s"] = time.perf_counter() - tic
+            costs[f"{row} train_s"] = result.wall_time_s["train"]
+            costs[f"{row} load_after"] = load_average()
+            rows.setdefault(name, {})[str(k)] = [100 * float(a) for a in result.metrics["accuracy"]]
+            print(
+                f"{row}: {np.mean(rows[name][str(k)]):.1f} ± {np.std(rows[name][str(k)]):.1f} "
+                f"(seeds {rows[name][str(k)]}) in {costs[f'{row} wall_s']:.0f} s, "
+                f"load {costs[f'{row} load_before']} -> {costs[f'{row} load_after']}",
+                flush=True,
+            )
+    return rows, costs
+
+
 def probe_rows(args, checkpoint, dataset, costs: dict) -> dict[str, list[float]]:
     """Test accuracy (%) per budget and seed of LogisticRegression on the frozen embeddings; timings into ``costs``."""
     ids = np.concatenate([dataset.x_train, dataset.x_test])
@@ -160,15 +220,78 @@ def probe_rows(args, checkpoint, dataset, costs: dict) -> dict[str, list[float]]
     return rows
 
 
-def print_table(args, rows: dict[str, list[float]]) -> None:
-    header = " | ".join(f"{k} / topic" if k != "all" else "all labels" for k in rows)
-    cells = " | ".join(
-        f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
-        for values in rows.values()
-    )
+def peer_rows(args, dataset, tokenizer) -> dict[str, dict[str, list[float]]]:
+    """Test accuracy (%) per TF-IDF peer, budget and seed: LogisticRegression as :func:`probe_accuracy`;
+    ``tokenizer`` made ``dataset``'s ids (checked to be the raw texts in the same order)."""
+    texts = text.load_texts(args.dataset)
+    language.check_alignment(texts, dataset, tokenizer)
+    table: dict[str, dict[str, list[float]]] = {}
+    for kind in language.FEATURES:
+        for source in language.VOCABULARY_SOURCES:
+            x_train, x_test = language.tfidf_features(kind, texts, source)
+            rows = table.setdefault(f"{language.peer_name(kind, source)} + LogisticRegression", {})
+            for k in args.budgets:
+                for seed in args.seeds:
+                    labeled, _ = data.labeled_split(texts.y_train, k, seed)
+                    rows.setdefault(str(k), []).append(
+                        probe_accuracy(x_train[labeled], texts.y_train[labeled], x_test, texts.y_test)
+                    )
+            if args.peers_all_labels:
+                rows["all"] = [probe_accuracy(x_train, texts.y_train, x_test, texts.y_test)]
+    return table
+
+
+def tokenization_by_class(checkpoint, texts) -> dict[str, dict[str, float]]:
+    """Per class of ``texts`` (train and test): word pieces per word, % of words kept whole, % of pieces [UNK]."""
+    backend = tokenizers.Tokenizer.from_str(checkpoint.tokenizer.backend.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    unknown = backend.token_to_id("[UNK]")
+    labels = np.concatenate([texts.y_train, texts.y_test])
+    every_text = [*texts.train, *texts.test]
+    report = {}
+    for label, name in enumerate(texts.class_names):
+        of_class = [t for t, y in zip(every_text, labels) if y == label]
+        encodings = backend.encode_batch(of_class, add_special_tokens=False)
+        pieces = words = whole = unknowns = 0
+        for encoding in encodings:
+            pieces_of_word = np.bincount([w for w in encoding.word_ids if w is not None]) if encoding.ids else []
+            words += int(np.count_nonzero(pieces_of_word))
+            pieces += len(encoding.ids)
+            unknowns += encoding.ids.count(unknown)
+            whole_ids = [i for i, w in zip(encoding.ids, encoding.word_ids) if pieces_of_word[w] == 1]
+            whole += len(whole_ids) - whole_ids.count(unknown)
+        report[name] = {
+            "pieces_per_word": pieces / words, "whole_words_%": 100 * whole / words,
+            "unk_pieces_%": 100 * unknowns / pieces,
+        }  # fmt: skip
+    return report
+
+
+def best_of(table: dict[str, dict[str, list[float]]]) -> dict[str, str]:
+    """Per budget, the name of the row with the best mean."""
+    budgets = dict.fromkeys(k for rows in table.values() for k in rows)
+    return {k: max((name for name in table if k in table[name]), key=lambda n: np.mean(table[n][k])) for k in budgets}
+
+
+def print_table(args, table: dict[str, dict[str, list[float]]]) -> None:
+    columns = list(dict.fromkeys(k for rows in table.values() for k in rows))
+    header = " | ".join(f"{k} / topic" if k != "all" else "all labels" for k in columns)
     print(f"| `{args.dataset}`, {len(args.seeds)} draws | {header} |")
-    print("| --- |" + " ---: |" * len(rows))
-    print(f"| lab: {Path(args.checkpoint).name}, frozen, mean-pooled + normalised, LogisticRegression | {cells} |")
+    print("| --- |" + " ---: |" * len(columns))
+
+    def cell(values: list[float] | None) -> str:
+        if values is None:
+            return ""
+        return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+
+    for name, rows in table.items():
+        print(f"| {name} | " + " | ".join(cell(rows.get(k)) for k in columns) + " |")
+    peers = {name: rows for name, rows in table.items() if name.startswith("TF-IDF")}
+    if peers:
+        best = best_of(peers)
+        print("| best peer | " + " | ".join(cell(peers[best[k]][k]) for k in columns) + " |")
+        print("best peer per budget: " + "; ".join(f"{k}: {name}" for k, name in best.items()))
 
 
 def main() -> None:
@@ -180,7 +303,20 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--speed-texts", type=int, default=0)
     parser.add_argument("--finetune-steps", type=int, default=0)
-    parser.add_argument("--no-probe", action="store_true", help="skip the probe table (only the costs asked for)")
+    parser.add_argument("--no-probe", action="store_true", help="skip lab's probe row (and the embedding)")
+    parser.add_argument("--no-peers", action="store_true", help="skip the TF-IDF peers")
+    parser.add_argument(
+        "--peers-all-labels", action="store_true",
+        help="the peers' every-label column too (slow: LogisticRegression at C=100 on every training text)",
+    )
+    parser.add_argument("--tokenization", action="store_true", help="word pieces and [UNK] per class")
+    parser.add_argument("--adapt", nargs="*", default=[], choices=list(ADAPTATIONS), help="lab's adaptation rows")
+    parser.add_argument("--adapt-budgets", type=int, nargs="+", default=[10])
+    parser.add_argument("--adapt-steps", type=int, default=200)
+    parser.add_argument("--adapt-lr", type=float, default=5e-5)
+    parser.add_argument("--backbone-lr-multiplier", type=float, default=0.1, help="finetune_low_lr's encoder rate")
+    parser.add_argument("--adapt-length", type=int, default=64)
+    parser.add_argument("--adapt-batch-size", type=int, default=32)
     args = parser.parse_args()
 
     tic = time.perf_counter()
@@ -188,6 +324,9 @@ def main() -> None:
     dataset = data.load(args.dataset, tokenizer=checkpoint.tokenizer)
     costs = {"load_s": time.perf_counter() - tic}
     rows = {} if args.no_probe else probe_rows(args, checkpoint, dataset, costs)
+    tic = time.perf_counter()
+    peers = {} if args.no_peers else peer_rows(args, dataset, checkpoint.tokenizer)
+    costs["peers_s"] = time.perf_counter() - tic
     costs["total_s"] = sum(value for name, value in costs.items() if name.endswith("_s"))
 
     if args.speed_texts:
@@ -206,11 +345,23 @@ def main() -> None:
 
     if args.finetune_steps:
         costs.update(finetune_costs(args.checkpoint, args.dataset, args.finetune_steps))
+    adapted, adaptation_costs = adaptation_rows(args)
+    costs.update(adaptation_costs)
     costs["cores"] = os.cpu_count()
 
-    if rows:
-        print_table(args, rows)
-    print(json.dumps({"costs": {k: round(v, 3) for k, v in costs.items()}, "per_seed": rows}, indent=1))
+    if args.tokenization:
+        print("| class | word pieces per word | words kept whole (%) | [UNK] pieces (%) |")
+        print("| --- | ---: | ---: | ---: |")
+        for name, found in tokenization_by_class(checkpoint, text.load_texts(args.dataset)).items():
+            print(f"| {name} | " + " | ".join(f"{value:.2f}" for value in found.values()) + " |")
+    if rows or peers:
+        probe = f"lab: {Path(args.checkpoint).name}, frozen, mean-pooled + normalised, LogisticRegression"
+        print_table(args, {probe: rows, **peers} if rows else peers)
+    for name, by_budget in adapted.items():
+        cells = " | ".join(f"{k} / topic: {np.mean(v):.1f} ± {np.std(v):.1f}" for k, v in by_budget.items())
+        print(f"| lab: {name}, {args.adapt_steps} steps, lr {args.adapt_lr:g} | {cells} |")
+    per_seed = {"probe": rows, **peers, **adapted}
+    print(json.dumps({"costs": {k: round(v, 3) for k, v in costs.items()}, "per_seed": per_seed}, indent=1))
 
 
 if __name__ == "__main__":
