@@ -40,7 +40,10 @@ def test_a_missing_platform_fails_naming_what_jax_sees(platform):
 
 
 def test_a_run_on_a_missing_platform_fails_before_loading_anything(monkeypatch):
-    monkeypatch.setattr(experiment, "_load", lambda config: pytest.fail("data loaded before the platform was checked"))
+    def load(config, name):
+        pytest.fail("data loaded before the platform was checked")
+
+    monkeypatch.setattr(experiment, "_load_named", load)
     with pytest.raises(ValueError, match="platform 'gpu' is not available here"):
         experiment.run({**TINY, "platform": "gpu"}, progress=False)
 
